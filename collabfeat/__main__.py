@@ -1,0 +1,3 @@
+from collabfeat.cli import main
+
+main()

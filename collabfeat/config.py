@@ -1,0 +1,243 @@
+"""All configuration in one place: typed dataclasses with defaults.
+
+Override from a YAML file (`--config FILE`) and/or dotted CLI settings
+(`--set mf.dim=64 --set cnn.epochs=3`). Every pipeline component receives the
+whole config as JSON, so a run is fully described by one document (written to
+the run directory as config.json).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+
+@dataclass
+class SimulatorConfig:
+    """The behaviour-log generator for the embedded default data (see collabfeat/simulate.py)."""
+    seed: int = 7
+    n_users: int = 4000
+    n_items: int = 6000            # catalogue images drawn from Fashion-MNIST's training split
+    n_eval_images: int = 2000      # held-out labelled images (test split), never seen by users
+    mean_views_per_user: float = 30.0
+    activity_sigma: float = 1.0    # lognormal spread of user activity (power-law-like tail)
+    popularity_exponent: float = 1.0   # Zipf exponent of item popularity within a style
+    taste_concentration: float = 0.3   # Dirichlet concentration of users' tastes over styles
+    noise: float = 0.15            # share of views that ignore taste (uniform random items)
+    appreciate_rate: float = 0.25  # P(appreciate | view), higher when the style is a strong taste
+    comment_rate: float = 0.03
+    bad_row_rate: float = 0.002    # planted bad log rows (unknown items, bad events, missing users)
+    bad_image_count: int = 5       # planted corrupt / missing image files
+
+
+@dataclass
+class DataConfig:
+    """Where the input lives. Empty paths mean: generate the embedded default data."""
+    logs: str = ""                 # CSV / Parquet / TFRecord file (or directory) of behaviour logs
+    items: str = ""                # CSV: item_id, image (path relative to image_dir, or a URI), [label]
+    image_dir: str = ""
+    eval_items: str = ""           # CSV of held-out labelled images: item_id, image, label
+    user_column: str = "user_id"
+    item_column: str = "item_id"
+    event_column: str = "event"
+    time_column: str = "timestamp"
+
+
+@dataclass
+class TransformConfig:
+    """The Beam log transform: weights, log scaling, popularity filtering, splits."""
+    event_weights: Dict[str, float] = field(default_factory=lambda: {
+        "view": 1.0, "appreciate": 4.0, "comment": 3.0, "own": 0.0})
+    min_user_items: int = 3        # users with fewer distinct items are dropped (least popular)
+    min_item_users: int = 3        # items with fewer distinct users are dropped
+    max_user_quantile: float = 0.999   # users above this activity quantile are dropped (bots)
+    max_item_quantile: float = 0.999   # items above this popularity quantile are dropped
+    filter_rounds: int = 2
+    eval_fraction: float = 0.1     # share of each user's pairs held out for MF recall@k
+    split_seed: int = 13
+
+
+@dataclass
+class MFConfig:
+    """Matrix factorisation with TensorFlow Recommenders."""
+    dim: int = 32
+    objective: str = "mse"         # "mse": the paper's weighted squared loss with sampled
+                                   # negatives; "softmax": TFRS retrieval with in-batch negatives
+    negatives: int = 4             # sampled negatives per observed pair (objective=mse)
+    negative_weight: float = 0.1
+    l2: float = 1e-4               # lambda in the paper's objective
+    epochs: int = 12
+    batch_size: int = 1024
+    learning_rate: float = 0.01
+    recall_k: int = 20
+    seed: int = 1
+
+
+@dataclass
+class CNNConfig:
+    """The Keras CNN that maps an image to the collaborative feature space."""
+    image_size: int = 32           # images are decoded to RGB and resized to image_size^2
+    widths: List[int] = field(default_factory=lambda: [32, 64, 128])
+    embedding_dim: int = 64
+    mode: str = "regression"       # the served model's mode: "regression" or "pseudo_class"
+    regression_loss: str = "cosine"   # or "l2"
+    clusters: int = 16             # k-means pseudo-classes (mode=pseudo_class)
+    epochs: int = 8
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    augment: bool = True
+    seed: int = 3
+
+
+@dataclass
+class EvalConfig:
+    """Retrieval evaluation against baselines on held-out labelled images."""
+    k: int = 10
+    baselines: List[str] = field(default_factory=lambda: [
+        "pseudo_class", "supervised", "rotation", "random", "pixels"])
+    baseline_epochs: int = 8
+    bless_margin: float = 0.02     # collaborative must beat random and pixels by this much
+
+
+@dataclass
+class IndexConfig:
+    """ScaNN index over the catalogue's embeddings."""
+    num_neighbors: int = 10
+    leaves: int = 0                # 0: about sqrt(n)
+    leaves_to_search: int = 0      # 0: a quarter of the leaves
+    reorder: int = 100
+    min_recall: float = 0.95
+
+
+@dataclass
+class ServingConfig:
+    model_name: str = "collabfeat"
+    push_dir: str = "serving/models"
+    max_k: int = 100
+
+
+@dataclass
+class RunnerConfig:
+    pipeline_name: str = "collabfeat"
+    output_dir: str = "runs"       # pipeline root, metadata and the generated default data
+    direct_num_workers: int = 2
+    direct_running_mode: str = "multi_processing"
+    beam_args: List[str] = field(default_factory=list)   # extra Beam args (e.g. a cluster runner)
+    container_image: str = "collabfeat/pipeline:latest"
+
+
+@dataclass
+class Config:
+    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    transform: TransformConfig = field(default_factory=TransformConfig)
+    mf: MFConfig = field(default_factory=MFConfig)
+    cnn: CNNConfig = field(default_factory=CNNConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Config":
+        return from_dict(json.loads(text))
+
+    def validate(self) -> "Config":
+        problems = []
+        if self.mf.objective not in ("mse", "softmax"):
+            problems.append(f"mf.objective must be 'mse' or 'softmax', not {self.mf.objective!r}")
+        if self.cnn.mode not in ("regression", "pseudo_class"):
+            problems.append(f"cnn.mode must be 'regression' or 'pseudo_class', not {self.cnn.mode!r}")
+        if self.cnn.regression_loss not in ("cosine", "l2"):
+            problems.append(f"cnn.regression_loss must be 'cosine' or 'l2'")
+        for name, w in self.transform.event_weights.items():
+            if w < 0:
+                problems.append(f"transform.event_weights.{name} is negative ({w})")
+        if not 0 < self.transform.max_user_quantile <= 1 or not 0 < self.transform.max_item_quantile <= 1:
+            problems.append("transform.max_*_quantile must be in (0, 1]")
+        if not 0 <= self.transform.eval_fraction < 1:
+            problems.append("transform.eval_fraction must be in [0, 1)")
+        unknown = set(self.eval.baselines) - {"pseudo_class", "supervised", "rotation", "random", "pixels"}
+        if unknown:
+            problems.append(f"eval.baselines has unknown entries {sorted(unknown)}")
+        if self.cnn.image_size < 16:
+            problems.append("cnn.image_size must be at least 16")
+        if problems:
+            raise ValueError("invalid configuration:\n  " + "\n  ".join(problems))
+        return self
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Converts a YAML/CLI value to the declared field type, naming the field on failure."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return _fill(tp(), value, where)
+    try:
+        if origin in (list, List):
+            (inner,) = typing.get_args(tp)
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v]
+            return [_coerce(inner, v, f"{where}[]") for v in value]
+        if origin in (dict, Dict):
+            _, inner = typing.get_args(tp)
+            if not isinstance(value, dict):
+                raise ValueError("expected a mapping")
+            return {str(k): _coerce(inner, v, f"{where}.{k}") for k, v in value.items()}
+        if tp is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError("expected true or false")
+            return bool(value)
+        if tp in (int, float, str):
+            if tp is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError("expected an integer")
+            return tp(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: cannot use {value!r}: {e}") from None
+    return value
+
+
+def _fill(obj: Any, values: Dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(type(obj))
+    for key, value in values.items():
+        if key not in hints:
+            known = ", ".join(sorted(hints))
+            raise ValueError(f"{where + '.' if where else ''}{key}: unknown setting (known: {known})")
+        setattr(obj, key, _coerce(hints[key], value, f"{where + '.' if where else ''}{key}"))
+    return obj
+
+
+def from_dict(values: Dict[str, Any]) -> Config:
+    return _fill(Config(), values or {}, "")
+
+
+def load(path: Optional[str] = None, overrides: Optional[List[str]] = None) -> Config:
+    """Defaults, then the YAML file, then `section.key=value` overrides; validated."""
+    values: Dict[str, Any] = {}
+    if path:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: the configuration must be a mapping")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected section.key=value")
+        dotted, raw = item.split("=", 1)
+        node = values
+        parts = dotted.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw else ""
+    return from_dict(values).validate()

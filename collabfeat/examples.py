@@ -1,0 +1,74 @@
+"""tf.Example records in TFX's Examples layout: <artifact uri>/Split-<name>/*.gz."""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Iterator, List
+
+import apache_beam as beam
+import tensorflow as tf
+
+
+def split_dir(uri: str, split: str) -> str:
+    return os.path.join(uri, f"Split-{split}")
+
+
+def split_files(uri: str, split: str) -> List[str]:
+    files = sorted(tf.io.gfile.glob(os.path.join(split_dir(uri, split), "*")))
+    if not files:
+        raise FileNotFoundError(f"no records for split {split!r} under {uri}")
+    return files
+
+
+def to_dict(serialized: bytes) -> Dict[str, Any]:
+    """The first value of each feature (records here hold one value per feature)."""
+    ex = tf.train.Example.FromString(serialized)
+    out: Dict[str, Any] = {}
+    for name, feat in ex.features.feature.items():
+        kind = feat.WhichOneof("kind")
+        values = getattr(feat, kind).value if kind else []
+        out[name] = values[0] if len(values) else None
+    return out
+
+
+def make(values: Dict[str, Any]) -> bytes:
+    feats = {}
+    for name, v in values.items():
+        if isinstance(v, str):
+            v = v.encode()
+        if isinstance(v, bytes):
+            feats[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+        elif isinstance(v, float):
+            feats[name] = tf.train.Feature(float_list=tf.train.FloatList(value=[v]))
+        else:
+            feats[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
+    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+
+
+def read(uri: str, split: str) -> Iterator[Dict[str, Any]]:
+    """All records of a split, in-process (for data that fits in memory)."""
+    for path in split_files(uri, split):
+        compression = "GZIP" if path.endswith(".gz") else ""
+        for rec in tf.data.TFRecordDataset(path, compression_type=compression).as_numpy_iterator():
+            yield to_dict(rec)
+
+
+class ReadSplit(beam.PTransform):
+    def __init__(self, uri: str, split: str):
+        super().__init__()
+        self.pattern = os.path.join(split_dir(uri, split), "*")
+
+    def expand(self, p):
+        return (p | beam.io.ReadFromTFRecord(self.pattern)
+                | beam.Map(to_dict))
+
+
+class WriteSplit(beam.PTransform):
+    """dicts -> gzipped tf.Example records in <uri>/Split-<split>/."""
+
+    def __init__(self, uri: str, split: str):
+        super().__init__()
+        self.prefix = os.path.join(split_dir(uri, split), "data_tfrecord")
+
+    def expand(self, pcoll):
+        return (pcoll | beam.Map(make)
+                | beam.io.WriteToTFRecord(self.prefix, file_name_suffix=".gz"))

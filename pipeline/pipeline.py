@@ -1,0 +1,100 @@
+"""The collabfeat TFX pipeline: one definition for the local DirectRunner and Kubeflow."""
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+from tfx import v1 as tfx
+from tfx.components.example_gen.custom_executors import parquet_executor
+from tfx.dsl.components.base import executor_spec
+from tfx.proto import example_gen_pb2
+
+from collabfeat.config import Config
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+INTERACTIONS_SCHEMA = os.path.join(HERE, "..", "transform", "interactions_schema.pbtxt")
+PREPROCESSING_FN = "collabfeat.transform.preprocessing.preprocessing_fn"
+# The order of the pipeline's stages; `until` stops after one of them.
+STAGES = ("validate", "transform", "mf", "cnn", "evaluate", "push")
+
+
+def _single_split(pattern: str) -> tuple:
+    return (example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name="all", pattern=pattern)]),
+            example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
+                splits=[example_gen_pb2.SplitConfig.Split(name="all", hash_buckets=1)])))
+
+
+def logs_example_gen(path: str):
+    """An ExampleGen for a CSV / Parquet / TFRecord log file, or a directory of them."""
+    if os.path.isdir(path):
+        base, pattern = path, "*"
+    else:
+        base, pattern = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    input_config, output_config = _single_split(pattern)
+    kind = pattern.rsplit(".", 1)[-1].lower() if "." in pattern else ""
+    if os.path.isdir(path):
+        names = os.listdir(path)
+        kind = next((n.rsplit(".", 1)[-1].lower() for n in names if "." in n), "csv")
+    if kind == "parquet":
+        return tfx.components.FileBasedExampleGen(
+            input_base=base, input_config=input_config, output_config=output_config,
+            custom_executor_spec=executor_spec.BeamExecutorSpec(parquet_executor.Executor))
+    if kind in ("tfrecord", "gz", "tfrecords"):
+        return tfx.components.ImportExampleGen(
+            input_base=base, input_config=input_config, output_config=output_config)
+    return tfx.components.CsvExampleGen(
+        input_base=base, input_config=input_config, output_config=output_config)
+
+
+def beam_args(cfg: Config) -> List[str]:
+    r = cfg.runner
+    args = list(r.beam_args)
+    if not any(a.startswith("--runner") for a in args):
+        args += [f"--direct_running_mode={r.direct_running_mode}",
+                 f"--direct_num_workers={r.direct_num_workers}"]
+    return args
+
+
+def create_pipeline(cfg: Config, logs: str, pipeline_root: str, metadata_path: Optional[str],
+                    until: str = "push", with_catalogue: bool = True) -> tfx.dsl.Pipeline:
+    from collabfeat.pipeline import components as c
+
+    if until not in STAGES:
+        raise ValueError(f"until must be one of {STAGES}, not {until!r}")
+    stop = STAGES.index(until)
+    config_json = cfg.to_json()
+
+    logs_gen = logs_example_gen(logs).with_id("LogsExampleGen")
+    stats = tfx.components.StatisticsGen(examples=logs_gen.outputs["examples"])
+    schema = tfx.components.SchemaGen(statistics=stats.outputs["statistics"], infer_feature_shape=True)
+    validator = tfx.components.ExampleValidator(
+        statistics=stats.outputs["statistics"], schema=schema.outputs["schema"])
+    parts = [logs_gen, stats, schema, validator]
+
+    catalogue = None
+    if with_catalogue:
+        catalogue = c.ImageImport(config_json=config_json).with_id("ImageImport")
+        parts.append(catalogue)
+
+    if stop >= STAGES.index("transform"):
+        log_transform = c.LogTransform(
+            logs=logs_gen.outputs["examples"], config_json=config_json,
+            catalogue=catalogue.outputs["images"] if catalogue else None)
+        pair_schema = tfx.components.ImportSchemaGen(
+            schema_file=os.path.abspath(INTERACTIONS_SCHEMA)).with_id("InteractionsSchema")
+        transform = tfx.components.Transform(
+            examples=log_transform.outputs["interactions"], schema=pair_schema.outputs["schema"],
+            preprocessing_fn=PREPROCESSING_FN,
+            splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train", "eval"]))
+        parts += [log_transform, pair_schema, transform]
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=cfg.runner.pipeline_name,
+        pipeline_root=pipeline_root,
+        components=parts,
+        metadata_connection_config=(
+            tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
+            if metadata_path else None),
+        beam_pipeline_args=beam_args(cfg),
+        enable_cache=False,
+    )

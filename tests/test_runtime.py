@@ -1,0 +1,106 @@
+"""The environment itself: the TFX 1.21 stack imports everywhere, including Beam workers."""
+import json
+import math
+import os
+
+import apache_beam as beam
+import pytest
+import tensorflow as tf
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from collabfeat import config as config_lib
+from collabfeat import examples
+from tests.conftest import find_artifact
+
+
+def _probe(_):
+    import os
+    from tfx import v1 as tfx_v1  # noqa: F401
+    import tensorflow_recommenders as tfrs
+    import scann
+    from scann.scann_ops.py import scann_ops_pybind
+    import numpy as np
+    db = np.eye(4, dtype=np.float32)
+    searcher = scann_ops_pybind.builder(db, 1, "dot_product").score_brute_force().build()
+    idx, _ = searcher.search(db[2])
+    return {"pid": os.getpid(), "tfrs": tfrs.__version__, "scann": scann.__name__,
+            "legacy_keras": os.environ.get("TF_USE_LEGACY_KERAS"), "hit": int(idx[0])}
+
+
+def test_stack_imports_in_beam_multiprocessing_workers(tmp_path):
+    out = str(tmp_path / "probe")
+    opts = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    with beam.Pipeline(options=opts) as p:
+        _ = (p | beam.Create(range(4)) | beam.Map(_probe) | beam.Map(json.dumps)
+             | beam.io.WriteToText(out, shard_name_template="", num_shards=1))
+    probes = [json.loads(line) for line in open(out)]
+    assert len(probes) == 4
+    assert all(pr["pid"] != os.getpid() for pr in probes), "ran in the parent, not in workers"
+    assert {pr["tfrs"] for pr in probes} == {"v0.7.7"}
+    assert {pr["legacy_keras"] for pr in probes} == {"1"}
+    assert {pr["hit"] for pr in probes} == {2}
+
+
+def test_scann_tf_ops_are_stubbed_with_a_clear_message():
+    from scann.scann_ops.py import scann_ops
+    with pytest.raises(AttributeError, match="scann_ops_pybind"):
+        scann_ops.builder
+
+
+def test_keras_is_keras_2():
+    assert tf.keras.__name__.startswith("tf_keras") or tf.keras.__version__.startswith("2.")
+
+
+ROWS = """user_id,item_id,event,timestamp
+u1,i1,view,1
+u1,i1,view,2
+u1,i1,appreciate,3
+u1,i2,view,4
+u2,i1,view,5
+u2,i2,view,6
+u2,i3,view,7
+u3,i1,view,8
+u4,i2,bogus,9
+,i1,view,10
+"""
+
+
+def test_smoke_pipeline_through_transform(tmp_path):
+    """CsvExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> LogTransform -> Transform,
+    on LocalDagRunner with Beam multi-processing; answers computed by hand."""
+    from tfx import v1 as tfx
+    import tensorflow_transform as tft
+    from collabfeat.pipeline.pipeline import create_pipeline
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "logs.csv").write_text(ROWS)
+    cfg = config_lib.load(overrides=[
+        "transform.min_user_items=2", "transform.min_item_users=2", "transform.max_user_quantile=1",
+        "transform.max_item_quantile=1", "transform.eval_fraction=0"])
+    root = str(tmp_path / "root")
+    tfx.orchestration.LocalDagRunner().run(create_pipeline(
+        cfg, str(logs), root, str(tmp_path / "m.sqlite"), until="transform", with_catalogue=False))
+
+    # Rows: every one accounted for, with its reason.
+    report = json.load(open(os.path.join(find_artifact(root, "LogTransform", "interactions"), "report.json")))
+    assert report["rows"] == {"used": 6, "item_too_rare": 1, "user_too_rare": 1,
+                              "unknown_event": 1, "missing_user": 1}
+    assert report["rows_total"] == 10
+    assert report["pairs"] == {"train": 4, "eval": 0}
+    assert find_artifact(root, "ExampleValidator", "anomalies")
+
+    graph = tft.TFTransformOutput(find_artifact(root, "Transform", "transform_graph"))
+    users = graph.vocabulary_by_name("user_id")
+    items = graph.vocabulary_by_name("item_id")
+    assert sorted(users) == [b"u1", b"u2"] and sorted(items) == [b"i1", b"i2"]
+
+    rows = list(examples.read(find_artifact(root, "Transform", "transformed_examples"), "train"))
+    got = {(users[r["user_idx"]], items[r["item_idx"]]): (r["weight"], r["rating"]) for r in rows}
+    top = math.log1p(1 + 1 + 4)      # two views and an appreciation
+    want = {(b"u1", b"i1"): top, (b"u1", b"i2"): math.log1p(1),
+            (b"u2", b"i1"): math.log1p(1), (b"u2", b"i2"): math.log1p(1)}
+    assert set(got) == set(want)
+    for pair, w in want.items():
+        assert got[pair][0] == pytest.approx(w, rel=1e-6)
+        assert got[pair][1] == pytest.approx(w / top, rel=1e-6)
