@@ -20,7 +20,7 @@ import yaml
 class SimulatorConfig:
     """The behaviour-log generator for the embedded default data (see collabfeat/simulate.py)."""
     seed: int = 7
-    n_users: int = 4000
+    n_users: int = 8000
     n_items: int = 6000            # catalogue images drawn from Fashion-MNIST's training split
     n_eval_images: int = 2000      # held-out labelled images (test split), never seen by users
     mean_views_per_user: float = 30.0
@@ -67,9 +67,9 @@ class MFConfig:
     dim: int = 32
     objective: str = "mse"         # "mse": the paper's weighted squared loss with sampled
                                    # negatives; "softmax": TFRS retrieval with in-batch negatives
-    negatives: int = 4             # sampled negatives per observed pair (objective=mse)
-    negative_weight: float = 0.1
-    l2: float = 1e-4               # lambda in the paper's objective
+    negatives: int = 8             # sampled negatives per observed pair (objective=mse)
+    negative_weight: float = 0.3
+    l2: float = 0.05               # lambda in the paper's objective
     epochs: int = 12
     batch_size: int = 1024
     learning_rate: float = 0.01
@@ -86,7 +86,7 @@ class CNNConfig:
     mode: str = "regression"       # the served model's mode: "regression" or "pseudo_class"
     regression_loss: str = "cosine"   # or "l2"
     clusters: int = 16             # k-means pseudo-classes (mode=pseudo_class)
-    epochs: int = 8
+    epochs: int = 12
     batch_size: int = 128
     learning_rate: float = 2e-3
     augment: bool = True
@@ -99,7 +99,7 @@ class EvalConfig:
     k: int = 10
     baselines: List[str] = field(default_factory=lambda: [
         "pseudo_class", "supervised", "rotation", "random", "pixels"])
-    baseline_epochs: int = 8
+    baseline_epochs: int = 12
     bless_margin: float = 0.02     # collaborative must beat random and pixels by this much
 
 

@@ -88,6 +88,27 @@ def create_pipeline(cfg: Config, logs: str, pipeline_root: str, metadata_path: O
             splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train", "eval"]))
         parts += [log_transform, pair_schema, transform]
 
+    images = catalogue.outputs["images"] if catalogue else None
+    if stop >= STAGES.index("mf"):
+        mf = c.MFTrainer(transformed=transform.outputs["transformed_examples"],
+                         transform_graph=transform.outputs["transform_graph"],
+                         catalogue=images, config_json=config_json)
+        parts.append(mf)
+    if stop >= STAGES.index("cnn"):
+        if images is None:
+            raise ValueError("the CNN stages need the image catalogue (with_catalogue=True)")
+        cnn = c.CNNTrainer(images=images, mf_model=mf.outputs["model"], config_json=config_json)
+        parts.append(cnn)
+    if stop >= STAGES.index("evaluate"):
+        evaluator = c.Evaluator(images=images, mf_model=mf.outputs["model"], model=cnn.outputs["model"],
+                                config_json=config_json)
+        parts.append(evaluator)
+    if stop >= STAGES.index("push"):
+        indexer = c.Indexer(images=images, model=cnn.outputs["model"], config_json=config_json)
+        pusher = c.Pusher(model=cnn.outputs["model"], index=indexer.outputs["index"],
+                          blessing=evaluator.outputs["blessing"], config_json=config_json)
+        parts += [indexer, pusher]
+
     return tfx.dsl.Pipeline(
         pipeline_name=cfg.runner.pipeline_name,
         pipeline_root=pipeline_root,

@@ -6,7 +6,7 @@ Then the least and most popular users and items are removed, for `filter_rounds`
 rounds (removing an item can push a user under the minimum), and each user's
 pairs are split into train and eval by a seeded hash.
 
-Every input row ends with exactly one outcome, counted in the report:
+Every input row ends with exactly one outcome (collabfeat/outcomes.py), counted in the report:
   used, or a reason: missing_user, missing_item, unknown_event, unknown_item,
   zero_weight, user_too_rare, user_too_active, item_too_rare, item_too_popular.
 """
@@ -19,7 +19,8 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import apache_beam as beam
 import numpy as np
 
-USED = "used"
+from collabfeat.outcomes import USED
+
 REASONS = ("missing_user", "missing_item", "unknown_event", "unknown_item", "zero_weight",
            "user_too_rare", "user_too_active", "item_too_rare", "item_too_popular")
 
@@ -119,7 +120,7 @@ def _filter_round(pairs, round_no: int, cfg) -> Tuple[Any, Any]:
     def route(pair, users, items):
         reason = users.get(pair[0]) or items.get(pair[1])
         if reason:
-            yield beam.pvalue.TaggedOutput("dropped", (reason, pair[3]))
+            yield beam.pvalue.TaggedOutput("dropped", (reason, pair[3], f"user {pair[0]!r}, item {pair[1]!r}"))
         else:
             yield pair
 
@@ -130,10 +131,10 @@ def _filter_round(pairs, round_no: int, cfg) -> Tuple[Any, Any]:
 
 
 class AggregateLogs(beam.PTransform):
-    """rows (dicts with user, item, event) -> {"train", "eval": (user, item, weight, rows), "counts"}.
+    """rows (dicts with user, item, event) -> {"train", "eval": (user, item, weight, rows), "outcomes"}.
 
-    `catalogue`: a PCollection-free Python set of known item ids, or None to accept all.
-    The "counts" output is one dict: outcome -> number of input rows.
+    `catalogue`: a Python set of known item ids, or None to accept all.
+    "outcomes": (outcome, input rows, detail) tuples for collabfeat.outcomes.WriteOutcomes.
     """
 
     def __init__(self, cfg, catalogue: Optional[Iterable[str]] = None):
@@ -149,7 +150,8 @@ class AggregateLogs(beam.PTransform):
             if status == "ok":
                 yield value
             else:
-                yield beam.pvalue.TaggedOutput("rejected", (status, 1))
+                shown = ", ".join(f"{k}={_text(row.get(k))!r}" for k in ("user", "item", "event"))
+                yield beam.pvalue.TaggedOutput("rejected", (status, 1, f"row {shown}"))
 
         parsed = rows | "Validate" >> beam.FlatMap(check).with_outputs("rejected", main="ok")
         counted = (parsed.ok | "PairKey" >> beam.Map(lambda r: ((r[0], r[1]), r[2]))
@@ -160,7 +162,7 @@ class AggregateLogs(beam.PTransform):
             rows_n = sum(counts.values())
             w = pair_weight(counts, weights)
             if w <= 0:
-                yield beam.pvalue.TaggedOutput("zero", ("zero_weight", rows_n))
+                yield beam.pvalue.TaggedOutput("zero", ("zero_weight", rows_n, f"user {user!r}, item {item!r}: {counts}"))
             else:
                 yield (user, item, w, rows_n)
 
@@ -170,11 +172,9 @@ class AggregateLogs(beam.PTransform):
             kept, dropped = _filter_round(kept, r, cfg)
             losses.append(dropped)
 
-        used = kept | "UsedRows" >> beam.Map(lambda p: (USED, p[3]))
-        counts = ((losses + [used]) | "AllOutcomes" >> beam.Flatten()
-                  | "SumOutcomes" >> beam.CombinePerKey(sum)
-                  | "OutcomeDict" >> beam.combiners.ToDict())
+        used = kept | "UsedRows" >> beam.Map(lambda p: (USED, p[3], None))
+        outcomes = (losses + [used]) | "AllOutcomes" >> beam.Flatten()
 
         split = kept | "Split" >> beam.Partition(
             lambda p, _n: int(in_eval_split(p[0], p[1], cfg.eval_fraction, cfg.split_seed)), 2)
-        return {"train": split[0], "eval": split[1], "counts": counts}
+        return {"train": split[0], "eval": split[1], "outcomes": outcomes}

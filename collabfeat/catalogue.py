@@ -1,0 +1,116 @@
+"""Item tables -> validated image records, with Beam.
+
+An item table is a CSV with a header naming at least `item_id` and `image` (a path relative to
+the image directory, or a URI), and optionally `label` (an integer; used only for evaluation and
+the supervised baseline, never by the collaborative model). Each record becomes
+{"item_id", "image": PNG bytes of the RGB image resized to image_size^2, "label": int or -1},
+or an outcome with a reason: missing_id, bad_row, bad_label, duplicate_item, missing_image,
+unreadable_image, corrupt_image, image_too_large.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from typing import Dict, List, Tuple
+
+import apache_beam as beam
+import tensorflow as tf
+
+from collabfeat import images
+from collabfeat.outcomes import USED
+
+REQUIRED = ("item_id", "image")
+
+
+def header(path: str) -> List[str]:
+    with tf.io.gfile.GFile(path) as f:
+        first = f.readline()
+    cols = next(csv.reader([first]), [])
+    cols = [c.strip() for c in cols]
+    missing = [c for c in REQUIRED if c not in cols]
+    if missing:
+        raise ValueError(f"{path}: the header {cols} lacks the column(s) {missing}")
+    return cols
+
+
+def parse_line(line: str, cols: List[str], where: str) -> Dict:
+    values = next(csv.reader(io.StringIO(line)), [])
+    if len(values) != len(cols):
+        return {"_error": ("bad_row", f"{where}: {len(values)} fields, the header has {len(cols)}: {line[:200]!r}")}
+    row = dict(zip(cols, (v.strip() for v in values)))
+    if not row["item_id"]:
+        return {"_error": ("missing_id", f"{where}: empty item_id in {line[:200]!r}")}
+    label = row.get("label", "")
+    try:
+        row["label"] = int(label) if label != "" else -1
+    except ValueError:
+        return {"_error": ("bad_label", f"{where}: item {row['item_id']!r}: label {label!r} is not an integer")}
+    return row
+
+
+def load_record(row: Dict, image_dir: str, size: int, where: str):
+    """-> ("used", record) or (reason, detail)."""
+    try:
+        pixels = images.decode(images.read_bytes(row["image"], image_dir), size)
+    except images.ImageError as e:
+        return e.reason, f"{where}: item {row['item_id']!r}, image {row['image']!r}: {e}"
+    return USED, {"item_id": row["item_id"], "image": images.encode_png(pixels), "label": row["label"]}
+
+
+class ImportItems(beam.PTransform):
+    """A CSV item table -> {"records": PCollection of records, "outcomes": (outcome, 1, detail)}."""
+
+    def __init__(self, path: str, image_dir: str, size: int):
+        super().__init__()
+        self.path, self.image_dir, self.size = path, image_dir, size
+        self.cols = header(path)
+
+    def expand(self, p):
+        cols, where, image_dir, size = self.cols, self.path, self.image_dir, self.size
+
+        def parse(line):
+            row = parse_line(line, cols, where)
+            if "_error" in row:
+                yield beam.pvalue.TaggedOutput("bad", (row["_error"][0], 1, row["_error"][1]))
+            else:
+                yield row["item_id"], row
+
+        def first_of(kv):
+            item, rows = kv
+            rows = sorted(rows, key=lambda r: (r["image"], r["label"]))
+            for extra in rows[1:]:
+                yield beam.pvalue.TaggedOutput("bad", ("duplicate_item", 1,
+                                                       f"{where}: item {item!r} listed again (image {extra['image']!r})"))
+            yield rows[0]
+
+        def load(row):
+            outcome, value = load_record(row, image_dir, size, where)
+            if outcome == USED:
+                yield value
+            else:
+                yield beam.pvalue.TaggedOutput("bad", (outcome, 1, value))
+
+        parsed = (p | "Read" >> beam.io.ReadFromText(self.path, skip_header_lines=1)
+                  | "SkipBlank" >> beam.Filter(lambda line: line.strip())
+                  | "Parse" >> beam.FlatMap(parse).with_output_types(Tuple[str, Dict]).with_outputs("bad", main="rows"))
+        unique = (parsed.rows | "ById" >> beam.GroupByKey()
+                  | "Dedupe" >> beam.FlatMap(first_of).with_outputs("bad", main="rows"))
+        loaded = (unique.rows | "Reshuffle" >> beam.Reshuffle()
+                  | "Load" >> beam.FlatMap(load).with_outputs("bad", main="records"))
+        used = loaded.records | "Used" >> beam.Map(lambda r: (USED, 1, None))
+        outcomes = (parsed.bad, unique.bad, loaded.bad, used) | "Outcomes" >> beam.Flatten()
+        return {"records": loaded.records, "outcomes": outcomes}
+
+
+def read_images(uri: str, split: str):
+    """Records of an images Examples split -> (item ids, uint8 images [n, S, S, 3], labels [n])."""
+    import numpy as np
+    from collabfeat import examples
+    ids, pixels, labels = [], [], []
+    for r in examples.read(uri, split):
+        ids.append(r["item_id"].decode())
+        pixels.append(tf.io.decode_png(r["image"], channels=3).numpy())
+        labels.append(int(r["label"]))
+    if not ids:
+        raise ValueError(f"no images in split {split!r} of {uri}")
+    return ids, np.stack(pixels), np.asarray(labels)

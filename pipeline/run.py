@@ -1,0 +1,147 @@
+"""Running the pipeline locally (LocalDagRunner + Beam DirectRunner) and reporting on a run."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Dict, Optional
+
+from collabfeat.config import Config
+
+
+def find_artifact(pipeline_root: str, component: str, output: str) -> Optional[str]:
+    """The newest artifact directory LocalDagRunner wrote for component.output, if any."""
+    base = os.path.join(pipeline_root, component, output)
+    if not os.path.isdir(base):
+        return None
+    runs = sorted((d for d in os.listdir(base) if d.isdigit()), key=int)
+    return os.path.join(base, runs[-1]) if runs else None
+
+
+def prepare_data(cfg: Config) -> Config:
+    """Fills in the embedded default data (generated once per simulator setting) and makes paths absolute."""
+    d = cfg.data
+    if not d.logs:
+        from collabfeat.simulate import simulate
+        sim = json.dumps(dataclasses.asdict(cfg.simulator), sort_keys=True)
+        out = os.path.abspath(os.path.join(cfg.runner.output_dir, "data",
+                                           "default-" + hashlib.sha256(sim.encode()).hexdigest()[:10]))
+        if not os.path.exists(os.path.join(out, "datasheet.json")):
+            print(f"[collabfeat] generating the default data in {out}", flush=True)
+            simulate(cfg.simulator, out)
+        d = dataclasses.replace(d, logs=os.path.join(out, "logs"), items=os.path.join(out, "items.csv"),
+                                image_dir=os.path.join(out, "images"),
+                                eval_items=os.path.join(out, "eval_items.csv"))
+    elif not d.items:
+        raise ValueError("data.items (the item table with images) is required with data.logs")
+    absolute = {f: os.path.abspath(getattr(d, f)) if getattr(d, f) and "://" not in getattr(d, f) else getattr(d, f)
+                for f in ("logs", "items", "image_dir", "eval_items")}
+    for name in ("logs", "items", "eval_items"):
+        if absolute[name] and "://" not in absolute[name] and not os.path.exists(absolute[name]):
+            raise FileNotFoundError(f"data.{name}: {absolute[name]} does not exist")
+    return dataclasses.replace(cfg, data=dataclasses.replace(d, **absolute))
+
+
+def run_local(cfg: Config, until: str = "push") -> Dict:
+    from tfx import v1 as tfx
+    from collabfeat.pipeline.pipeline import create_pipeline
+
+    cfg = prepare_data(cfg)
+    root = os.path.abspath(os.path.join(cfg.runner.output_dir, cfg.runner.pipeline_name))
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "config.json"), "w") as f:
+        f.write(cfg.to_json())
+    start = time.time()
+    tfx.orchestration.LocalDagRunner().run(create_pipeline(
+        cfg, cfg.data.logs, os.path.join(root, "root"), os.path.join(root, "metadata.sqlite"), until=until))
+    report = collect(os.path.join(root, "root"), cfg)
+    report["seconds"] = round(time.time() - start, 1)
+    with open(os.path.join(root, "report.json"), "w") as f:
+        json.dump(report, f, indent=1, sort_keys=True)
+    return report
+
+
+OUTPUTS = {"images": ("ImageImport", "images"), "logs": ("LogTransform", "interactions"),
+           "mf": ("MFTrainer", "model"), "cnn": ("CNNTrainer", "model"),
+           "evaluation": ("Evaluator", "evaluation"), "index": ("Indexer", "index"),
+           "push": ("Pusher", "pushed_model")}
+
+
+def collect(pipeline_root: str, cfg: Config) -> Dict:
+    report: Dict = {"data": {k: getattr(cfg.data, k) for k in ("logs", "items", "image_dir", "eval_items")}}
+    sheet = os.path.join(os.path.dirname(cfg.data.items), "datasheet.json")
+    if os.path.exists(sheet):
+        with open(sheet) as f:
+            report["datasheet"] = {k: v for k, v in json.load(f).items() if k != "parameters"}
+    for key, (component, output) in OUTPUTS.items():
+        uri = find_artifact(pipeline_root, component, output)
+        if uri and os.path.exists(os.path.join(uri, "report.json")):
+            with open(os.path.join(uri, "report.json")) as f:
+                report[key] = json.load(f)
+    anomalies = find_artifact(pipeline_root, "ExampleValidator", "anomalies")
+    if anomalies:
+        report["anomalies_uri"] = anomalies
+    return report
+
+
+def _rows(title, counts):
+    total = sum(counts.values())
+    lines = [f"{title}: {total} rows"]
+    for k, v in sorted(counts.items(), key=lambda kv: (kv[0] != "used", -kv[1])):
+        lines.append(f"    {k:<24}{v:>10}")
+    return lines
+
+
+def format_report(r: Dict) -> str:
+    out = ["", "=== collabfeat run report ==="]
+    if "datasheet" in r:
+        s = r["datasheet"]
+        out.append(f"data: {s['source']}")
+        out.append(f"    {s['images']['catalogue']} catalogue + {s['images']['held_out']} held-out images "
+                   f"({s['images']['resolution']}), {s['rows']} log rows, view density {s['density_views']:.4%}")
+    if "images" in r:
+        for split, o in r["images"].items():
+            out += _rows(f"images/{split}", o["counts"])
+    if "logs" in r:
+        lg = r["logs"]
+        out += _rows("behaviour logs", lg["rows"])
+        out.append(f"    -> {lg['users']} users x {lg['items']} items, pairs train {lg['pairs']['train']}, "
+                   f"eval {lg['pairs']['eval']}")
+        for reason, ex in sorted(lg.get("rejected_examples", {}).items()):
+            out.append(f"    e.g. {reason}: {ex[0]}")
+    if "mf" in r:
+        m = r["mf"]
+        rk = next(k for k in m if k.startswith("recall@") and not k.endswith("popularity"))
+        out.append(f"MF (TFRS): {rk} {m[rk]:.3f} (popularity ranking {m[rk + '_popularity']:.3f}), "
+                   f"final loss {m['losses'][-1]:.4f}")
+        if "style_agreement@10" in m:
+            out.append(f"    item factors' 10 nearest neighbours share the hidden style: "
+                       f"{m['style_agreement@10']:.3f} (chance {m['style_agreement_chance']:.3f})")
+    if "cnn" in r:
+        c = r["cnn"]
+        out.append(f"CNN ({c['mode']}): trained on {c['with_factor']} of {c['catalogue_images']} catalogue images, "
+                   f"loss {c['losses'][0]:.4f} -> {c['losses'][-1]:.4f}")
+    if "evaluation" in r:
+        e = r["evaluation"]
+        out.append(f"retrieval on {e['images']} held-out labelled images ({e['split']}), chance {e['chance']:.3f}:")
+        out.append(f"    {'features':<28}{e['metric']:>14}{'mAP':>10}")
+        names = {"regression": "collaborative (regression)", "pseudo_class": "collaborative (pseudo-class)",
+                 "supervised": "supervised (labels)", "rotation": "self-supervised (rotation)",
+                 "random": "random-init CNN", "pixels": "raw pixels"}
+        for name in ("regression", "pseudo_class", "supervised", "rotation", "random", "pixels"):
+            if name in e["table"]:
+                t = e["table"][name]
+                mark = " *served" if name == e["served"] else ""
+                out.append(f"    {names[name]:<28}{t[e['metric']]:>14.3f}{t['mAP']:>10.3f}{mark}")
+    if "index" in r:
+        ix = r["index"]
+        rk = next(k for k in ix if k.startswith("recall@"))
+        out.append(f"ScaNN index ({ix['kind']}): {ix['items']} items, {rk} against exact search {ix[rk]:.3f}")
+    if "push" in r:
+        p = r["push"]
+        out.append(f"pushed: {p['destination']}" if p["pushed"] else f"not pushed: {p['why']}")
+    if "seconds" in r:
+        out.append(f"pipeline time: {r['seconds']:.0f} s")
+    return "\n".join(out)

@@ -1,0 +1,58 @@
+"""A ScaNN index over the catalogue's embeddings (through scann_ops_pybind; see env/scann_shim.py)."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Dict, List, Tuple
+
+import numpy as np
+from scann.scann_ops.py import scann_ops_pybind
+
+from collabfeat.config import IndexConfig
+
+# Below this many items a tree gains nothing: search all of them, exactly scored.
+BRUTE_FORCE_BELOW = 2000
+
+
+def build(embeddings: np.ndarray, cfg: IndexConfig):
+    """embeddings: L2-normalised float32 [n, d]; dot product = cosine similarity."""
+    db = np.ascontiguousarray(embeddings, dtype=np.float32)
+    n = len(db)
+    b = scann_ops_pybind.builder(db, min(cfg.num_neighbors, n), "dot_product")
+    if n < BRUTE_FORCE_BELOW:
+        return b.score_brute_force().build()
+    leaves = cfg.leaves or max(2, int(math.sqrt(n)))
+    search = cfg.leaves_to_search or max(1, leaves // 4)
+    dims = 2 if db.shape[1] % 2 == 0 else 1
+    return (b.tree(num_leaves=leaves, num_leaves_to_search=search, training_sample_size=min(n, 250_000))
+            .score_ah(dims, anisotropic_quantization_threshold=0.2)
+            .reorder(cfg.reorder).build())
+
+
+def exact_top_k(db: np.ndarray, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    scores = queries @ db.T
+    idx = np.argpartition(-scores, min(k, db.shape[0] - 1), axis=1)[:, :k]
+    part = np.take_along_axis(scores, idx, axis=1)
+    order = np.argsort(-part, axis=1, kind="stable")
+    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(part, order, axis=1)
+
+
+def recall_against_exact(searcher, db: np.ndarray, queries: np.ndarray, k: int) -> float:
+    approx, _ = searcher.search_batched(queries, final_num_neighbors=k)
+    exact, _ = exact_top_k(db, queries, k)
+    return float(np.mean([len(set(a.tolist()) & set(e.tolist())) / k for a, e in zip(approx, exact)]))
+
+
+def save(searcher, item_ids: List[str], embeddings: np.ndarray, directory: str) -> None:
+    os.makedirs(os.path.join(directory, "scann"), exist_ok=True)
+    searcher.serialize(os.path.join(directory, "scann"))
+    np.save(os.path.join(directory, "embeddings.npy"), embeddings.astype(np.float32))
+    with open(os.path.join(directory, "item_ids.txt"), "w") as f:
+        f.write("\n".join(item_ids) + "\n")
+
+
+def load(directory: str) -> Dict:
+    with open(os.path.join(directory, "item_ids.txt")) as f:
+        ids = [line.rstrip("\n") for line in f if line.strip()]
+    return {"searcher": scann_ops_pybind.load_searcher(os.path.join(directory, "scann")),
+            "item_ids": ids, "embeddings": np.load(os.path.join(directory, "embeddings.npy"))}

@@ -1,0 +1,80 @@
+"""The whole pipeline on a tiny configuration of the default data, and the pushed artefacts."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from collabfeat import config as config_lib
+from collabfeat.pipeline.run import format_report, run_local
+
+TINY = [
+    "simulator.n_users=600", "simulator.n_items=500", "simulator.n_eval_images=200",
+    "simulator.mean_views_per_user=25", "cnn.image_size=16", "cnn.widths=[8,16]", "cnn.embedding_dim=16",
+    "cnn.epochs=2", "cnn.clusters=6", "eval.baseline_epochs=1", "mf.epochs=4", "mf.dim=8",
+    "eval.bless_margin=-1",   # a 2-epoch CNN is not meant to be good: push it anyway, check the plumbing
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("e2e")
+    cfg = config_lib.load(overrides=TINY + [f"runner.output_dir={out}", f"serving.push_dir={out}/models"])
+    report = run_local(cfg)
+    return cfg, report
+
+
+def test_report_accounts_for_everything(run):
+    cfg, report = run
+    sheet = report["datasheet"]
+    logs = report["logs"]
+    assert logs["rows_total"] == sheet["rows"]            # every log row is used or has a reason
+    assert logs["rows"]["used"] > 0.8 * sheet["rows"]
+    assert logs["rows"]["unknown_item"] >= 1 and logs["rows"]["missing_user"] >= 1
+    cat = report["images"]["catalogue"]["counts"]
+    assert sum(cat.values()) == cfg.simulator.n_items
+    assert cat["used"] == cfg.simulator.n_items - cfg.simulator.bad_image_count
+    assert report["mf"]["style_agreement@10"] > 2 * report["mf"]["style_agreement_chance"]
+    table = report["evaluation"]["table"]
+    assert set(table) == {"regression", "pseudo_class", "supervised", "rotation", "random", "pixels"}
+    assert report["index"]["recall@10"] >= 0.95
+    text = format_report(report)
+    assert "collaborative (regression)" in text and "raw pixels" in text
+
+
+def test_pushed_version_serves_consistent_answers(run):
+    cfg, report = run
+    push = report["push"]
+    assert push["pushed"]
+    path = push["destination"]
+    assert os.path.basename(path).isdigit() and os.path.dirname(path).endswith("/models/collabfeat")
+    extra = os.path.join(path, "assets.extra")
+    ids = [line.strip() for line in open(os.path.join(extra, "item_ids.txt")) if line.strip()]
+    emb = np.load(os.path.join(extra, "embeddings.npy"))
+    assert len(ids) == len(emb) == report["index"]["items"]
+    assert json.load(open(os.path.join(extra, "config.json")))["cnn"]["image_size"] == 16
+
+    model = tf.saved_model.load(path)
+    assert set(model.signatures) == {"serving_default", "similar"}
+    # Catalogue images as a client would send them: the original files, any size, grey PNG.
+    image_dir = report["data"]["image_dir"]
+    names = ids[:5]
+    blobs = tf.constant([open(os.path.join(image_dir, f"{i}.png"), "rb").read() for i in names])
+    got = model.signatures["serving_default"](images=blobs)["embedding"].numpy()
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(got, emb[:5], atol=2e-2)   # same image, decoded by TF instead of PIL
+    # `similar` agrees with exact search over the pushed embeddings; k is clamped.
+    res = model.signatures["similar"](images=blobs, k=tf.constant(7))
+    scores = got @ emb.T
+    want = np.argsort(-scores, axis=1)[:, :7]
+    np.testing.assert_allclose(res["scores"].numpy(), np.take_along_axis(scores, want, 1), atol=1e-4)
+    assert [i.decode() for i in res["ids"].numpy()[:, 0]] == names
+    big = model.signatures["similar"](images=blobs[:1], k=tf.constant(10_000))
+    assert big["ids"].shape == (1, cfg.serving.max_k)
+
+    # The ScaNN index of the same version answers like exact search.
+    from collabfeat.serving import index
+    idx = index.load(extra)
+    nn, _ = idx["searcher"].search_batched(emb[:20], final_num_neighbors=1)
+    assert [idx["item_ids"][n[0]] for n in nn] == ids[:20]

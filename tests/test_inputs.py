@@ -1,0 +1,109 @@
+"""Bad input gets a reason naming the record, is counted, and never stops the run."""
+import glob
+import io
+import json
+import os
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from PIL import Image
+
+from collabfeat import config as config_lib
+from collabfeat import images, outcomes
+from collabfeat.catalogue import ImportItems, header
+
+
+def write_image(path, size, mode="RGB", fmt="PNG", colour=(200, 30, 30)):
+    Image.new(mode, size, colour if mode == "RGB" else 128).save(path, format=fmt)
+
+
+@pytest.fixture
+def items(tmp_path):
+    d = tmp_path / "img"
+    d.mkdir()
+    write_image(d / "a.png", (28, 28), mode="L")
+    write_image(d / "b.jpg", (640, 480), fmt="JPEG")           # any size, RGB
+    write_image(tmp_path / "abs.png", (50, 20))                 # absolute path
+    (d / "bad.png").write_bytes(b"GIF89a not really")           # corrupt
+    table = tmp_path / "items.csv"
+    table.write_text("\n".join([
+        "item_id,image,label",
+        "a,a.png,1",
+        "b,b.jpg,",
+        f"c,{tmp_path / 'abs.png'},2",
+        f"u,file://{tmp_path / 'abs.png'},2",
+        "d,missing.png,3",
+        "e,bad.png,3",
+        "a,b.jpg,1",                      # duplicate id
+        ",a.png,1",                       # no id
+        "f,a.png,seven",                  # bad label
+        "g,a.png",                        # too few fields
+        "",
+    ]) + "\n")
+    return str(table), str(d)
+
+
+def run_import(table, image_dir, tmp_path, size=32):
+    out = str(tmp_path / "out")
+    with beam.Pipeline() as p:
+        res = p | ImportItems(table, image_dir, size)
+        _ = res["records"] | beam.Map(lambda r: json.dumps({"item_id": r["item_id"], "label": r["label"],
+                                                              "png": r["image"].hex()})) | beam.io.WriteToText(out)
+        _ = res["outcomes"] | outcomes.WriteOutcomes(out + "-outcomes.json")
+    recs = [json.loads(line) for path in glob.glob(out + "-0*") for line in open(path)]
+    return {r["item_id"]: r for r in recs}, outcomes.read(out + "-outcomes.json")
+
+
+def test_item_table_rows_are_all_accounted_for(items, tmp_path):
+    table, image_dir = items
+    recs, result = run_import(table, image_dir, tmp_path)
+    assert set(recs) == {"a", "b", "c", "u"}
+    assert result["counts"] == {"used": 4, "missing_image": 1, "corrupt_image": 1, "duplicate_item": 1,
+                                "missing_id": 1, "bad_label": 1, "bad_row": 1}
+    assert recs["b"]["label"] == -1 and recs["a"]["label"] == 1
+    # Every image is decoded to RGB at the configured size, whatever it was.
+    for r in recs.values():
+        im = Image.open(io.BytesIO(bytes.fromhex(r["png"])))
+        assert im.size == (32, 32) and im.mode == "RGB"
+    # The reasons name the record.
+    assert "'d'" in result["examples"]["missing_image"][0] and "missing.png" in result["examples"]["missing_image"][0]
+    assert "'f'" in result["examples"]["bad_label"][0] and "seven" in result["examples"]["bad_label"][0]
+
+
+def test_item_table_without_required_columns_is_refused(tmp_path):
+    t = tmp_path / "t.csv"
+    t.write_text("id,path\n1,x.png\n")
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['item_id', 'image'\]"):
+        header(str(t))
+
+
+def test_image_errors_have_reasons(tmp_path):
+    with pytest.raises(images.ImageError) as e:
+        images.decode(b"\x89PNG\r\n\x1a\nbroken", 32)
+    assert e.value.reason == "corrupt_image"
+    with pytest.raises(images.ImageError) as e:
+        images.read_bytes("nope.png", str(tmp_path))
+    assert e.value.reason == "missing_image"
+    big = tmp_path / "big.png"
+    write_image(big, (64, 64))
+    with pytest.raises(images.ImageError) as e:
+        images.read_bytes(str(big), max_bytes=10)
+    assert e.value.reason == "image_too_large"
+    px = images.decode(big.read_bytes(), 16)
+    assert px.shape == (16, 16, 3) and px.dtype == np.uint8
+
+
+def test_config_errors_name_the_field(tmp_path):
+    with pytest.raises(ValueError, match="mf.dimm: unknown setting"):
+        config_lib.load(overrides=["mf.dimm=3"])
+    with pytest.raises(ValueError, match="cnn.epochs: cannot use 'many'"):
+        config_lib.load(overrides=["cnn.epochs=many"])
+    with pytest.raises(ValueError, match="mf.objective must be"):
+        config_lib.load(overrides=["mf.objective=als"])
+    y = tmp_path / "c.yaml"
+    y.write_text("cnn:\n  epochs: 2\n  widths: [8, 16]\ntransform:\n  event_weights: {view: 1, like: 2}\n")
+    cfg = config_lib.load(str(y), ["cnn.epochs=3"])
+    assert cfg.cnn.epochs == 3 and cfg.cnn.widths == [8, 16]
+    assert cfg.transform.event_weights == {"view": 1.0, "like": 2.0}
+    assert config_lib.Config.from_json(cfg.to_json()) == cfg

@@ -1,0 +1,102 @@
+"""MF, CNN and the retrieval metrics on small data with planted structure."""
+import numpy as np
+import pytest
+
+from collabfeat.config import CNNConfig, MFConfig
+from collabfeat.trainer import cnn, mf
+from collabfeat.trainer.evaluate import retrieval_metrics
+
+
+def planted(n_users=400, n_items=240, groups=4, per_user=12, seed=0):
+    rng = np.random.default_rng(seed)
+    ug, ig = rng.integers(groups, size=n_users), np.arange(n_items) % groups
+    pairs = set()
+    for u in range(n_users):
+        own = np.flatnonzero(ig == ug[u])
+        for i in rng.choice(own, per_user, replace=False):
+            pairs.add((u, int(i)))
+    pairs = np.array(sorted(pairs))
+    return pairs, ug, ig
+
+
+@pytest.mark.parametrize("objective", ["mse", "softmax"])
+def test_mf_recovers_planted_groups(objective):
+    pairs, _, item_groups = planted()
+    rng = np.random.default_rng(1)
+    held = rng.random(len(pairs)) < 0.1
+    tr = pairs[~held]
+    cfg = MFConfig(objective=objective, dim=8, epochs=15, batch_size=256)
+    f = mf.train(tr[:, 0], tr[:, 1], np.ones(len(tr), np.float32), 400, 240, cfg)
+    assert f.losses[-1] < f.losses[0]
+    # Item factors' neighbours share the planted group (chance 0.25).
+    assert mf.neighbour_agreement(f.items, item_groups, 10) > 0.9
+    popularity = mf.Factors(np.ones((400, 1)), np.bincount(tr[:, 1], minlength=240)[:, None] * 1.0, [])
+    assert mf.recall_at_k(f, tr, pairs[held], 20) > 2 * mf.recall_at_k(popularity, tr, pairs[held], 20)
+
+
+def test_recall_at_k_against_a_hand_computation():
+    f = mf.Factors(users=np.array([[1.0, 0.0], [0.0, 1.0]]),
+                   items=np.array([[3.0, 0.0], [2.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), losses=[])
+    train = np.array([[0, 0]])                 # user 0 saw item 0: excluded from its ranking
+    held = np.array([[0, 2], [0, 3], [1, 3]])  # user 0's top-1 is item 1: 0 hits; top-2 {1, 2}: 1 hit
+    assert mf.recall_at_k(f, train, held, 1) == pytest.approx((0 / 1 + 1 / 1) / 2)
+    assert mf.recall_at_k(f, train, held, 2) == pytest.approx((1 / 2 + 1 / 1) / 2)
+
+
+def stripes(n=96, size=16, seed=0):
+    """Two kinds of image: a bright vertical or a bright horizontal stripe, at random places."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 40, size=(n, size, size, 3)).astype(np.uint8)
+    kind = np.arange(n) % 2
+    for j in range(n):
+        p = rng.integers(2, size - 4)
+        if kind[j]:
+            x[j, :, p:p + 3] = 250
+        else:
+            x[j, p:p + 3, :] = 250
+    return x, kind
+
+
+def test_cnn_regression_learns_and_embeds_normalised():
+    x, kind = stripes()
+    targets = np.where(kind[:, None] == 1, [[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]]).astype(np.float32)
+    cfg = CNNConfig(image_size=16, widths=[8, 16], embedding_dim=12, epochs=10, batch_size=16, augment=False)
+    net, losses = cnn.train_regression(x, targets, cfg)
+    assert losses[-1] < losses[0] - 0.2      # cosine loss runs from about 0 towards -1
+    emb = cnn.embed(net, x)
+    assert emb.shape == (len(x), 12)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    assert retrieval_metrics(emb, kind, 5)["precision@5"] > 0.9
+
+
+def test_pseudo_classes_recover_separated_factors():
+    rng = np.random.default_rng(0)
+    centres = np.eye(4) * 5
+    groups = np.repeat(np.arange(4), 30)
+    factors = centres[groups] + rng.normal(0, 0.3, (120, 4))
+    pc = cnn.pseudo_classes(factors, 4, seed=0)
+    # The same partition up to renaming.
+    assert all(len(set(pc[groups == g])) == 1 for g in range(4)) and len(set(pc)) == 4
+
+
+def test_retrieval_metrics_against_a_hand_computation():
+    # On a circle: a=0deg, b=10deg, c=100deg, d=180deg; labels a,c = 0 and b,d = 1.
+    ang = np.radians([0, 10, 100, 180])
+    feats = np.c_[np.cos(ang), np.sin(ang)]
+    labels = np.array([0, 1, 0, 1])
+    # Cosines give the rankings  a: b,c,d   b: a,c,d   c: d,b,a   d: c,b,a
+    # precision@1: a->b, b->a, c->d, d->c are all of the other label = 0
+    # AP: a: its relevant c at rank 2 -> 1/2;  b: d at rank 3 -> 1/3;  c: a at rank 3 -> 1/3;  d: b at rank 2 -> 1/2
+    # precision@2: a {b,c} 1;  b {a,c} 0;  c {d,b} 0;  d {c,b} 1  -> 2/8
+    m = retrieval_metrics(feats, labels, 1)
+    assert m["precision@1"] == 0.0
+    assert m["mAP"] == pytest.approx((1 / 2 + 1 / 3 + 1 / 3 + 1 / 2) / 4)
+    assert retrieval_metrics(feats, labels, 2)["precision@2"] == pytest.approx(2 / 8)
+
+
+def test_blessing_needs_a_margin_over_random_and_pixels():
+    from collabfeat.trainer.evaluate import bless
+    table = {"regression": {"p": 0.75}, "random": {"p": 0.70}, "pixels": {"p": 0.72}, "supervised": {"p": 0.9}}
+    assert bless(table, "regression", "p", 0.02) == (True, {"random": pytest.approx(0.05), "pixels": pytest.approx(0.03)})
+    assert bless(table, "regression", "p", 0.04)[0] is False
+    assert bless({k: v for k, v in table.items() if k != "pixels"}, "regression", "p", 0.0)[0] is False

@@ -1,0 +1,118 @@
+"""The Keras CNN that maps an image to a feature vector, and the ways it is trained.
+
+One backbone for every feature set so that the comparison is fair:
+  regression    onto each item's latent factor from MF (cosine or L2 loss)      [collaborative]
+  pseudo_class  k-means clusters of the latent factors as classes (the paper)   [collaborative]
+  supervised    the images' labels (an upper reference)
+  rotation      self-supervised: which of 0/90/180/270 degrees was the image turned
+  random        the untrained backbone
+The feature is the L2-normalised output of the layer named "embedding".
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+from sklearn.cluster import KMeans
+
+from collabfeat.config import CNNConfig
+
+EMBEDDING = "embedding"
+
+
+def backbone(cfg: CNNConfig) -> tf.keras.Model:
+    """uint8-valued RGB images [S, S, 3] -> the (unnormalised) embedding."""
+    inputs = tf.keras.Input((cfg.image_size, cfg.image_size, 3), name="image")
+    x = tf.keras.layers.Rescaling(1.0 / 255)(inputs)
+    for w in cfg.widths:
+        x = tf.keras.layers.Conv2D(w, 3, padding="same", use_bias=False)(x)
+        x = tf.keras.layers.BatchNormalization()(x)
+        x = tf.keras.layers.ReLU()(x)
+        x = tf.keras.layers.MaxPooling2D()(x)
+    x = tf.keras.layers.Conv2D(cfg.widths[-1], 3, padding="same", activation="relu")(x)
+    x = tf.keras.layers.GlobalAveragePooling2D()(x)
+    x = tf.keras.layers.Dense(cfg.embedding_dim, name=EMBEDDING)(x)
+    return tf.keras.Model(inputs, x, name="backbone")
+
+
+def with_head(net: tf.keras.Model, units: int, activation: Optional[str]) -> tf.keras.Model:
+    x = tf.keras.layers.ReLU()(net.output)
+    out = tf.keras.layers.Dense(units, activation=activation, name="head")(x)
+    return tf.keras.Model(net.input, out)
+
+
+def _augment(cfg: CNNConfig):
+    if not cfg.augment:
+        return None
+    return tf.keras.Sequential([tf.keras.layers.RandomFlip("horizontal", seed=cfg.seed),
+                                tf.keras.layers.RandomTranslation(0.1, 0.1, seed=cfg.seed)])
+
+
+def _fit(model, images: np.ndarray, targets: np.ndarray, loss, cfg: CNNConfig, epochs: int,
+         rotate: bool = False) -> List[float]:
+    aug = _augment(cfg)
+    data = tf.data.Dataset.from_tensor_slices((images, targets))
+    data = data.shuffle(len(images), seed=cfg.seed).batch(cfg.batch_size)
+    data = data.map(lambda x, y: (tf.cast(x, tf.float32), y))
+    if aug is not None:
+        data = data.map(lambda x, y: (aug(x, training=True), y))
+    if rotate:  # the pretext task: the target is the number of quarter turns
+        def turn(x, _):
+            k = tf.random.uniform([tf.shape(x)[0]], 0, 4, dtype=tf.int32, seed=cfg.seed)
+            return tf.map_fn(lambda a: tf.image.rot90(a[0], a[1]), (x, k),
+                             fn_output_signature=tf.float32), k
+        data = data.map(turn)
+    model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate), loss=loss)
+    hist = model.fit(data.prefetch(2), epochs=epochs, verbose=0)
+    return [float(x) for x in hist.history["loss"]]
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def train_regression(images: np.ndarray, factors: np.ndarray, cfg: CNNConfig,
+                     epochs: Optional[int] = None) -> Tuple[tf.keras.Model, List[float]]:
+    tf.keras.utils.set_random_seed(cfg.seed)
+    net = backbone(cfg)
+    model = with_head(net, factors.shape[1], None)
+    if cfg.regression_loss == "cosine":
+        loss = tf.keras.losses.CosineSimilarity()
+    else:
+        loss = tf.keras.losses.MeanSquaredError()
+    losses = _fit(model, images, unit(factors).astype(np.float32), loss, cfg, epochs or cfg.epochs)
+    return net, losses
+
+
+def pseudo_classes(factors: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """The paper's variant: k-means over the (normalised) latent factors -> cluster ids."""
+    return KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(unit(factors)).astype(np.int32)
+
+
+def train_classifier(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: CNNConfig,
+                     epochs: Optional[int] = None, rotate: bool = False):
+    tf.keras.utils.set_random_seed(cfg.seed)
+    net = backbone(cfg)
+    model = with_head(net, n_classes, None)
+    loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    losses = _fit(model, images, labels.astype(np.int32), loss, cfg, epochs or cfg.epochs, rotate=rotate)
+    return net, losses
+
+
+def train_rotation(images: np.ndarray, cfg: CNNConfig, epochs: Optional[int] = None):
+    return train_classifier(images, np.zeros(len(images), np.int32), 4, cfg, epochs, rotate=True)
+
+
+def random_init(cfg: CNNConfig) -> tf.keras.Model:
+    tf.keras.utils.set_random_seed(cfg.seed)
+    return backbone(cfg)
+
+
+def embed(net: tf.keras.Model, images: np.ndarray, batch: int = 512) -> np.ndarray:
+    """L2-normalised features of uint8 images [n, S, S, 3]."""
+    return unit(net.predict(images, batch_size=batch, verbose=0))
+
+
+def pixels(images: np.ndarray) -> np.ndarray:
+    return unit(images.reshape(len(images), -1).astype(np.float32) / 255.0)
