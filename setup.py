@@ -16,7 +16,8 @@ setup(
     python_requires=">=3.11",
     packages=["collabfeat"] + [f"collabfeat.{p}" for p in SUBPACKAGES],
     package_dir={"collabfeat": "collabfeat", **{f"collabfeat.{p}": p for p in SUBPACKAGES}},
-    package_data={"collabfeat.serving": ["static/*", "static/**/*"], "collabfeat.kubeflow": ["*.yaml", "Dockerfile"]},
+    package_data={"collabfeat.transform": ["*.pbtxt"], "collabfeat.serving": ["static/*", "static/**/*"],
+                  "collabfeat.kubeflow": ["*.yaml", "Dockerfile"]},
     install_requires=[r for r in requirements if r],
     entry_points={"console_scripts": ["collabfeat=collabfeat.cli:main"]},
 )

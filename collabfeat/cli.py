@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+import os
 import sys
 
 from collabfeat import config as config_lib
@@ -32,8 +35,28 @@ def main(argv=None):
     p.add_argument("out")
     p = sub.add_parser("config", help="print the effective configuration as JSON")
     _config_args(p)
+    p = sub.add_parser("serve", help="serve pushed versions over TF Serving's gRPC API")
+    _config_args(p)
+    p.add_argument("--model-name", help="default: serving.model_name")
+    p.add_argument("--model-base-path", help="default: <serving.push_dir>/<model name>")
+    p.add_argument("--models-config", help="a TF Serving models.config (text ModelServerConfig) instead")
+    p.add_argument("--port", type=int, help="default: serving.port (0 picks a free one)")
+    p = sub.add_parser("kubeflow", help="compile the pipeline for Kubeflow Pipelines (KubeflowV2DagRunner)")
+    _config_args(p)
+    p.add_argument("--output", default="collabfeat-pipeline.json")
+    p = sub.add_parser("query", help="ask a server for similar items (TF Serving gRPC API)")
+    p.add_argument("images", nargs="*", help="image files to query with")
+    p.add_argument("--id", action="append", default=[], help="a catalogue item id to query with (similar_by_id)")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--server", default="127.0.0.1:8500")
+    p.add_argument("--model", default="collabfeat")
+    p.add_argument("--version", type=int)
+    p.add_argument("--embedding", action="store_true", help="print embeddings (serving_default) instead")
+    p.add_argument("--tls-ca", default="", help="PEM bundle to trust, for a TLS server")
 
     args = parser.parse_args(argv)
+    if args.command == "query":
+        return query(args, parser)
     try:
         cfg = config_lib.load(args.config, args.set)
     except (ValueError, OSError) as e:
@@ -55,14 +78,88 @@ def main(argv=None):
                     setattr(cfg.data, k, v)
             if not cfg.data.logs:
                 parser.exit(2, "collabfeat run: --logs (or data.logs) is required; `collabfeat demo` uses the default data\n")
+        log_path = os.path.abspath(os.path.join(cfg.runner.output_dir, cfg.runner.pipeline_name, "pipeline.log"))
+        print(f"[collabfeat] running the pipeline (the default data takes about 5 minutes on 2 cores); "
+              f"its log: {log_path}", flush=True)
         try:
-            report = run_local(cfg, until=getattr(args, "until", "push"))
+            with stderr_to(log_path):
+                report = run_local(cfg, until=getattr(args, "until", "push"))
         except (ValueError, FileNotFoundError) as e:
             parser.exit(2, f"collabfeat: {e}\n")
+        except Exception as e:
+            parser.exit(1, f"collabfeat: the pipeline failed: {type(e).__name__}: {e}\n(see {log_path})\n")
         print(format_report(report))
         push = report.get("push", {})
         if "push" in report and not push.get("pushed"):
             sys.exit(3)
+    elif args.command == "kubeflow":
+        from collabfeat.kubeflow.runner import compile_pipeline
+        try:
+            print(compile_pipeline(cfg, args.output))
+        except ValueError as e:
+            parser.exit(2, f"collabfeat: {e}\n")
+    elif args.command == "serve":
+        from collabfeat.serving import server
+        if args.port is not None:
+            cfg.serving.port = args.port
+        if args.models_config:
+            models = server.load_models_config(args.models_config)
+        else:
+            name = args.model_name or cfg.serving.model_name
+            models = server.single_model_config(
+                name, args.model_base_path or os.path.join(cfg.serving.push_dir, name))
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        server.serve(models, cfg.serving)
+
+
+@contextlib.contextmanager
+def stderr_to(path):
+    """Sends this process's stderr (fd 2, inherited by Beam's workers) to a log file."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "a") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def query(args, parser):
+    import grpc
+    from collabfeat.serving.client import Client
+
+    if not args.images and not args.id:
+        parser.exit(2, "collabfeat query: give image files or --id ITEM\n")
+    client = Client(args.server, args.model, args.version, args.tls_ca)
+    try:
+        blobs = []
+        for path in args.images:
+            with open(path, "rb") as f:
+                blobs.append(f.read())
+        results = []
+        if blobs:
+            if args.embedding:
+                for path, e in zip(args.images, client.embed(blobs)):
+                    print(json.dumps({"image": path, "embedding": [round(float(x), 6) for x in e]}))
+                return
+            out = client.similar(blobs, args.k)
+            results += list(zip(args.images, out["ids"], out["scores"]))
+        if args.id:
+            out = client.similar_by_id(args.id, args.k)
+            results += list(zip(args.id, out["ids"], out["scores"]))
+        for query_name, ids, scores in results:
+            print(json.dumps({"query": query_name, "version": int(out["_version"]), "neighbours": [
+                {"item_id": i.decode(), "score": round(float(s), 6)} for i, s in zip(ids, scores)]}))
+    except grpc.RpcError as e:
+        parser.exit(1, f"collabfeat query: {e.code().name}: {e.details()}\n")
+    except OSError as e:
+        parser.exit(2, f"collabfeat query: {e}\n")
+    finally:
+        client.close()
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ class SimulatorConfig:
 class DataConfig:
     """Where the input lives. Empty paths mean: generate the embedded default data."""
     logs: str = ""                 # CSV / Parquet / TFRecord file (or directory) of behaviour logs
+    logs_format: str = ""          # csv | parquet | tfrecord; empty: from the extension (directory: csv)
     items: str = ""                # CSV: item_id, image (path relative to image_dir, or a URI), [label]
     image_dir: str = ""
     eval_items: str = ""           # CSV of held-out labelled images: item_id, image, label
@@ -115,9 +116,20 @@ class IndexConfig:
 
 @dataclass
 class ServingConfig:
+    """Pushing, and the gRPC server (serving/server.py)."""
     model_name: str = "collabfeat"
     push_dir: str = "serving/models"
-    max_k: int = 100
+    max_k: int = 100               # the largest k a `similar` request may ask for
+    host: str = "127.0.0.1"        # loopback unless told otherwise
+    port: int = 8500               # TF Serving's gRPC port
+    poll_seconds: float = 2.0      # how often new versions are looked for
+    workers: int = 16
+    max_message_mb: int = 16       # larger requests get RESOURCE_EXHAUSTED
+    max_images: int = 256          # images (or ids) per request
+    batch_size: int = 64           # concurrent embedding requests are batched up to this many images
+    batch_wait_ms: float = 2.0     # ... waiting at most this long for company
+    tls_cert: str = ""             # PEM files; both set = TLS
+    tls_key: str = ""
 
 
 @dataclass
@@ -127,7 +139,11 @@ class RunnerConfig:
     direct_num_workers: int = 2
     direct_running_mode: str = "multi_processing"
     beam_args: List[str] = field(default_factory=list)   # extra Beam args (e.g. a cluster runner)
+    # Kubeflow (kubeflow/runner.py): the pipeline image, where the repository sits in it, and the
+    # pipeline root every component reads and writes (a bucket or a shared volume).
     container_image: str = "collabfeat/pipeline:latest"
+    container_repo_dir: str = "/app"
+    kubeflow_pipeline_root: str = "gs://YOUR-BUCKET/collabfeat"
 
 
 @dataclass

@@ -265,10 +265,10 @@ def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
     queries = emb[rng.choice(len(emb), min(1000, len(emb)), replace=False)]
     k = min(cfg.index.num_neighbors, len(emb))
     recall = scann_index.recall_against_exact(searcher, emb, queries, k)
-    scann_index.save(searcher, ids, emb, index.uri)
+    scann_index.save(searcher, ids, emb, index.uri, cfg.index)
     write_report(index.uri, {"items": len(ids), "dim": int(emb.shape[1]), f"recall@{k}": recall,
                              "build_seconds": built, "required_recall": cfg.index.min_recall,
-                             "kind": "brute_force" if len(ids) < scann_index.BRUTE_FORCE_BELOW else "tree_ah"})
+                             "kind": scann_index.kind(len(ids))})
     if recall < cfg.index.min_recall:
         raise RuntimeError(f"ScaNN recall@{k} {recall:.3f} is below index.min_recall {cfg.index.min_recall}: "
                            "raise index.leaves_to_search or index.reorder")

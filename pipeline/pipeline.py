@@ -12,7 +12,7 @@ from tfx.proto import example_gen_pb2
 from collabfeat.config import Config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-INTERACTIONS_SCHEMA = os.path.join(HERE, "..", "transform", "interactions_schema.pbtxt")
+INTERACTIONS_SCHEMA = os.path.normpath(os.path.join(HERE, "..", "transform", "interactions_schema.pbtxt"))
 PREPROCESSING_FN = "collabfeat.transform.preprocessing.preprocessing_fn"
 # The order of the pipeline's stages; `until` stops after one of them.
 STAGES = ("validate", "transform", "mf", "cnn", "evaluate", "push")
@@ -24,24 +24,23 @@ def _single_split(pattern: str) -> tuple:
                 splits=[example_gen_pb2.SplitConfig.Split(name="all", hash_buckets=1)])))
 
 
-def logs_example_gen(path: str):
-    """An ExampleGen for a CSV / Parquet / TFRecord log file, or a directory of them."""
-    if os.path.isdir(path):
-        base, pattern = path, "*"
-    else:
-        base, pattern = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+def logs_example_gen(path: str, fmt: str = ""):
+    """An ExampleGen for a log file, or a directory of them (format: data.logs_format, or the
+    file's extension: .csv, .parquet, .tfrecord/.gz). Paths may be URIs (gs://...)."""
+    name = os.path.basename(path.rstrip("/"))
+    is_file = "." in name
+    base, pattern = (os.path.dirname(path), name) if is_file else (path, "*")
+    kind = (fmt or (name.rsplit(".", 1)[-1] if is_file else "csv")).lower()
     input_config, output_config = _single_split(pattern)
-    kind = pattern.rsplit(".", 1)[-1].lower() if "." in pattern else ""
-    if os.path.isdir(path):
-        names = os.listdir(path)
-        kind = next((n.rsplit(".", 1)[-1].lower() for n in names if "." in n), "csv")
     if kind == "parquet":
         return tfx.components.FileBasedExampleGen(
             input_base=base, input_config=input_config, output_config=output_config,
             custom_executor_spec=executor_spec.BeamExecutorSpec(parquet_executor.Executor))
-    if kind in ("tfrecord", "gz", "tfrecords"):
+    if kind in ("tfrecord", "tfrecords", "gz"):
         return tfx.components.ImportExampleGen(
             input_base=base, input_config=input_config, output_config=output_config)
+    if kind != "csv":
+        raise ValueError(f"data.logs: cannot read {kind!r} logs ({path}); use CSV, Parquet or TFRecord")
     return tfx.components.CsvExampleGen(
         input_base=base, input_config=input_config, output_config=output_config)
 
@@ -56,7 +55,8 @@ def beam_args(cfg: Config) -> List[str]:
 
 
 def create_pipeline(cfg: Config, logs: str, pipeline_root: str, metadata_path: Optional[str],
-                    until: str = "push", with_catalogue: bool = True) -> tfx.dsl.Pipeline:
+                    until: str = "push", with_catalogue: bool = True,
+                    schema_file: str = INTERACTIONS_SCHEMA) -> tfx.dsl.Pipeline:
     from collabfeat.pipeline import components as c
 
     if until not in STAGES:
@@ -64,7 +64,7 @@ def create_pipeline(cfg: Config, logs: str, pipeline_root: str, metadata_path: O
     stop = STAGES.index(until)
     config_json = cfg.to_json()
 
-    logs_gen = logs_example_gen(logs).with_id("LogsExampleGen")
+    logs_gen = logs_example_gen(logs, cfg.data.logs_format).with_id("LogsExampleGen")
     stats = tfx.components.StatisticsGen(examples=logs_gen.outputs["examples"])
     schema = tfx.components.SchemaGen(statistics=stats.outputs["statistics"], infer_feature_shape=True)
     validator = tfx.components.ExampleValidator(
@@ -81,7 +81,7 @@ def create_pipeline(cfg: Config, logs: str, pipeline_root: str, metadata_path: O
             logs=logs_gen.outputs["examples"], config_json=config_json,
             catalogue=catalogue.outputs["images"] if catalogue else None)
         pair_schema = tfx.components.ImportSchemaGen(
-            schema_file=os.path.abspath(INTERACTIONS_SCHEMA)).with_id("InteractionsSchema")
+            schema_file=schema_file).with_id("InteractionsSchema")
         transform = tfx.components.Transform(
             examples=log_transform.outputs["interactions"], schema=pair_schema.outputs["schema"],
             preprocessing_fn=PREPROCESSING_FN,

@@ -1,6 +1,7 @@
 """A ScaNN index over the catalogue's embeddings (through scann_ops_pybind; see env/scann_shim.py)."""
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import Dict, List, Tuple
@@ -19,7 +20,7 @@ def build(embeddings: np.ndarray, cfg: IndexConfig):
     db = np.ascontiguousarray(embeddings, dtype=np.float32)
     n = len(db)
     b = scann_ops_pybind.builder(db, min(cfg.num_neighbors, n), "dot_product")
-    if n < BRUTE_FORCE_BELOW:
+    if kind(n) == "brute_force":
         return b.score_brute_force().build()
     leaves = cfg.leaves or max(2, int(math.sqrt(n)))
     search = cfg.leaves_to_search or max(1, leaves // 4)
@@ -38,14 +39,29 @@ def exact_top_k(db: np.ndarray, queries: np.ndarray, k: int) -> Tuple[np.ndarray
 
 
 def recall_against_exact(searcher, db: np.ndarray, queries: np.ndarray, k: int) -> float:
-    approx, _ = searcher.search_batched(queries, final_num_neighbors=k)
+    approx, _ = searcher.search_batched(np.ascontiguousarray(queries, dtype=np.float32), final_num_neighbors=k)
     exact, _ = exact_top_k(db, queries, k)
     return float(np.mean([len(set(a.tolist()) & set(e.tolist())) / k for a, e in zip(approx, exact)]))
 
 
-def save(searcher, item_ids: List[str], embeddings: np.ndarray, directory: str) -> None:
+def kind(n: int) -> str:
+    return "brute_force" if n < BRUTE_FORCE_BELOW else "tree_ah"
+
+
+def search(idx: Dict, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Top-k rows and scores for each query; at least k candidates are re-scored exactly."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    if idx["meta"]["kind"] == "brute_force":
+        return idx["searcher"].search_batched(q, final_num_neighbors=k)
+    return idx["searcher"].search_batched(q, final_num_neighbors=k,
+                                          pre_reorder_num_neighbors=max(k, idx["meta"]["reorder"]))
+
+
+def save(searcher, item_ids: List[str], embeddings: np.ndarray, directory: str, cfg: IndexConfig) -> None:
     os.makedirs(os.path.join(directory, "scann"), exist_ok=True)
     searcher.serialize(os.path.join(directory, "scann"))
+    with open(os.path.join(directory, "index.json"), "w") as f:
+        json.dump({"kind": kind(len(item_ids)), "reorder": cfg.reorder, "items": len(item_ids)}, f)
     np.save(os.path.join(directory, "embeddings.npy"), embeddings.astype(np.float32))
     with open(os.path.join(directory, "item_ids.txt"), "w") as f:
         f.write("\n".join(item_ids) + "\n")
@@ -54,5 +70,7 @@ def save(searcher, item_ids: List[str], embeddings: np.ndarray, directory: str) 
 def load(directory: str) -> Dict:
     with open(os.path.join(directory, "item_ids.txt")) as f:
         ids = [line.rstrip("\n") for line in f if line.strip()]
-    return {"searcher": scann_ops_pybind.load_searcher(os.path.join(directory, "scann")),
+    with open(os.path.join(directory, "index.json")) as f:
+        meta = json.load(f)
+    return {"searcher": scann_ops_pybind.load_searcher(os.path.join(directory, "scann")), "meta": meta,
             "item_ids": ids, "embeddings": np.load(os.path.join(directory, "embeddings.npy"))}

@@ -1,0 +1,67 @@
+"""Shared benchmark plumbing: timing, the default interactions, and result files."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Dict, List
+
+import numpy as np
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def default_interactions(cfg):
+    """The default simulated logs weighted exactly as the Beam log transform weighs them
+    (transform/aggregate.py), rows of unknown items dropped, without popularity filtering:
+    (users, items, ratings, n_users, n_items)."""
+    import csv
+    from collabfeat.pipeline.run import prepare_data
+    from collabfeat.transform.aggregate import pair_weight, validate_row
+
+    cfg = prepare_data(cfg)
+    weights = cfg.transform.event_weights
+    with open(cfg.data.items) as f:
+        catalogue = {row["item_id"] for row in csv.DictReader(f)}
+    counts: Dict = {}
+    with open(os.path.join(cfg.data.logs, "logs.csv")) as f:
+        for row in csv.DictReader(f):
+            status, v = validate_row({"user": row["user_id"], "item": row["item_id"], "event": row["event"]},
+                                     weights, catalogue)
+            if status == "ok":
+                per = counts.setdefault((v[0], v[1]), {})
+                per[v[2]] = per.get(v[2], 0) + 1
+    users = {u: i for i, u in enumerate(sorted({u for u, _ in counts}))}
+    items = {t: i for i, t in enumerate(sorted({t for _, t in counts}))}
+    rows = [(users[u], items[t], pair_weight(c, weights)) for (u, t), c in counts.items()]
+    rows = [r for r in rows if r[2] > 0]
+    arr = np.array(rows)
+    return arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2], len(users), len(items)
+
+
+def save(name: str, result: Dict) -> str:
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    return path
+
+
+def table(rows: List[Dict], columns: List[str]) -> str:
+    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    for r in rows:
+        lines.append("  ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(columns, widths)))
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)

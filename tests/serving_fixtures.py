@@ -1,0 +1,49 @@
+"""A real pushed version made without the pipeline (fast)."""
+from __future__ import annotations
+
+import tempfile
+import time
+
+import numpy as np
+
+from collabfeat import config as config_lib
+from collabfeat import images as images_lib
+from collabfeat.serving.local import ServerProcess  # noqa: F401  (re-exported for the tests)
+
+
+def catalogue(n=300):
+    """n Fashion-MNIST photos as PNG files' bytes, with ids and labels."""
+    x, y = images_lib.fashion_mnist("test")
+    ids = [f"t{i:05d}" for i in range(n)]
+    return ids, [images_lib.encode_png(x[i]) for i in range(n)], y[:n]
+
+
+def small_config(push_dir: str) -> config_lib.Config:
+    return config_lib.load(overrides=[
+        "cnn.image_size=28", "cnn.widths=[8,16]", "cnn.embedding_dim=16", f"serving.push_dir={push_dir}",
+        "serving.max_k=50"])
+
+
+def push_version(push_dir: str, seed: int = 3, n: int = 300) -> str:
+    """Pushes a random-init CNN's version over n catalogue photos; returns the version path."""
+    from collabfeat.serving import index, push
+    from collabfeat.trainer import cnn
+
+    cfg = small_config(push_dir)
+    cfg.cnn.seed = seed
+    ids, blobs, _ = catalogue(n)
+    pixels = np.stack([images_lib.decode(b, cfg.cnn.image_size) for b in blobs])
+    net = cnn.random_init(cfg.cnn)
+    emb = cnn.embed(net, pixels)
+    with tempfile.TemporaryDirectory() as tmp:
+        index.save(index.build(emb, cfg.index), ids, emb, tmp, cfg.index)
+        return push.push(net, tmp, cfg)
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
