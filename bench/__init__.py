@@ -1,1 +1,1 @@
-"""Benchmarks: `make bench` (or `python -m bench [mf|ann]`). Results go to bench/results/."""
+"""Benchmarks: `./run bench [mf|ann|serving]`. Results go to bench/results/."""

@@ -2,7 +2,7 @@
 (exact IndexFlatIP and IVF), side by side: queries/s (batched) and recall@10 against exact search.
 
 Data: the newest pushed catalogue embeddings (serving/models/<name>/<v>/assets.extra/embeddings.npy,
-present after `make demo`), and a synthetic clustered set of N x 64 unit vectors (default 1M)."""
+present after `./run demo`), and a synthetic clustered set of N x 64 unit vectors (default 1M)."""
 from __future__ import annotations
 
 import glob
@@ -76,7 +76,7 @@ def run(n_synthetic: int = 1_000_000, cfg=None) -> dict:
         rng = np.random.default_rng(1)
         rows += compare(f"catalogue {len(emb)}x{emb.shape[1]}", emb, emb[rng.choice(len(emb), min(1000, len(emb)), replace=False)], cfg)
     else:
-        print("no pushed catalogue embeddings found (run `make demo` first); synthetic data only")
+        print("no pushed catalogue embeddings found (run `./run demo` first); synthetic data only")
     db, queries = synthetic(n_synthetic)
     rows += compare(f"synthetic {len(db)}x{db.shape[1]}", db, queries, cfg)
     print(table(rows, ["data", "method", "build s", "q/s", "recall@10", "speed vs exact"]))

@@ -2,7 +2,7 @@
 
 The server runs in its own process on a free 127.0.0.1 port, and the load comes from a separate
 client process with a fixed number of requests per signature, a time limit and a fixed
-concurrency. It needs a pushed version (`make demo`). Prints p50/p99 latency and queries/s for
+concurrency. It needs a pushed version (`./run demo`). Prints p50/p99 latency and queries/s for
 serving_default, similar and similar_by_id, and their ratios to in-process calls.
 """
 from __future__ import annotations
@@ -108,7 +108,7 @@ def run(cfg=None) -> dict:
     base = os.path.abspath(os.path.join(cfg.serving.push_dir, cfg.serving.model_name))
     versions = versions_on_disk(base)
     if not versions:
-        print(f"no pushed version under {base}: run `make demo` first")
+        print(f"no pushed version under {base}: run `./run demo` first")
         return {}
     version_path = os.path.join(base, str(max(versions)))
     server = ServerProcess(base)

@@ -41,6 +41,12 @@ def main(argv=None):
     p.add_argument("--model-base-path", help="default: <serving.push_dir>/<model name>")
     p.add_argument("--models-config", help="a TF Serving models.config (text ModelServerConfig) instead")
     p.add_argument("--port", type=int, help="default: serving.port (0 picks a free one)")
+    p = sub.add_parser("explore", help="the explorer web page over a pushed version")
+    _config_args(p)
+    p.add_argument("--model-base-path", help="default: <serving.push_dir>/<serving.model_name>")
+    p.add_argument("--version", type=int, help="default: the newest")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8600, help="0 picks a free one")
     p = sub.add_parser("kubeflow", help="compile the pipeline for Kubeflow Pipelines (KubeflowV2DagRunner)")
     _config_args(p)
     p.add_argument("--output", default="collabfeat-pipeline.json")
@@ -92,6 +98,14 @@ def main(argv=None):
         push = report.get("push", {})
         if "push" in report and not push.get("pushed"):
             sys.exit(3)
+    elif args.command == "explore":
+        from collabfeat.serving.explorer import explore
+        logging.basicConfig(level=logging.WARNING)
+        try:
+            explore(args.model_base_path or os.path.join(cfg.serving.push_dir, cfg.serving.model_name),
+                    cfg.serving, args.host, args.port, args.version)
+        except FileNotFoundError as e:
+            parser.exit(2, f"collabfeat explore: {e}\n")
     elif args.command == "kubeflow":
         from collabfeat.kubeflow.runner import compile_pipeline
         try:

@@ -109,7 +109,7 @@ class IndexConfig:
     """ScaNN index over the catalogue's embeddings."""
     num_neighbors: int = 10
     leaves: int = 0                # 0: about sqrt(n)
-    leaves_to_search: int = 0      # 0: a quarter of the leaves
+    leaves_to_search: int = 0      # 0: a third of the leaves
     reorder: int = 100
     min_recall: float = 0.95
 

@@ -230,6 +230,9 @@ def Evaluator(images: InputArtifact[Examples], mf_model: InputArtifact[Model], m
             table["pixels"] = retrieval_metrics(cnn.pixels(test_px), test_labels, cfg.eval.k)
             continue
         table[name] = retrieval_metrics(cnn.embed(net, test_px), test_labels, cfg.eval.k)
+        # Kept for the explorer's feature-set switch (Indexer -> the pushed version).
+        os.makedirs(os.path.join(evaluation.uri, "features", name), exist_ok=True)
+        net.save(os.path.join(evaluation.uri, "features", name, "backbone.h5"))
     key = f"precision@{min(cfg.eval.k, len(test_px) - 1)}"
     blessed, beats = bless(table, served, key, cfg.eval.bless_margin)
     chance = float(((np.bincount(test_labels) / len(test_labels)) ** 2).sum())
@@ -247,8 +250,11 @@ class ScannIndex(tfx.dsl.Artifact):
 
 @tfx.dsl.components.component
 def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
-            index: OutputArtifact[ScannIndex], config_json: Parameter[str]) -> None:
-    """Embeds the whole catalogue and builds a ScaNN index; reports recall@k against exact search."""
+            index: OutputArtifact[ScannIndex], config_json: Parameter[str],
+            evaluation: InputArtifact[ModelEvaluation] = None) -> None:
+    """Embeds the whole catalogue and builds a ScaNN index; reports recall@k against exact search.
+    Also writes a 2-D map of the catalogue and, for the explorer, the catalogue's embeddings under
+    every feature set the Evaluator compared."""
     import time
     import numpy as np
     from collabfeat.catalogue import read_images
@@ -266,9 +272,18 @@ def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
     k = min(cfg.index.num_neighbors, len(emb))
     recall = scann_index.recall_against_exact(searcher, emb, queries, k)
     scann_index.save(searcher, ids, emb, index.uri, cfg.index)
+    scann_index.write_map(emb, index.uri)
+    sets = [cfg.cnn.mode]
+    if evaluation is not None:
+        for name in sorted(os.listdir(os.path.join(evaluation.uri, "features"))):
+            path = os.path.join(evaluation.uri, "features", name, "backbone.h5")
+            scann_index.write_feature_set(index.uri, name, cnn.embed(load_backbone(os.path.dirname(path)), pixels), path)
+            sets.append(name)
+        scann_index.write_feature_set(index.uri, "pixels", cnn.pixels(pixels))
+        sets.append("pixels")
     write_report(index.uri, {"items": len(ids), "dim": int(emb.shape[1]), f"recall@{k}": recall,
                              "build_seconds": built, "required_recall": cfg.index.min_recall,
-                             "kind": scann_index.kind(len(ids))})
+                             "kind": scann_index.kind(len(ids)), "feature_sets": sets})
     if recall < cfg.index.min_recall:
         raise RuntimeError(f"ScaNN recall@{k} {recall:.3f} is below index.min_recall {cfg.index.min_recall}: "
                            "raise index.leaves_to_search or index.reorder")

@@ -5,6 +5,7 @@ import os
 from typing import List, Optional
 
 from tfx import v1 as tfx
+from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.components.example_gen.custom_executors import parquet_executor
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
@@ -33,7 +34,7 @@ def logs_example_gen(path: str, fmt: str = ""):
     kind = (fmt or (name.rsplit(".", 1)[-1] if is_file else "csv")).lower()
     input_config, output_config = _single_split(pattern)
     if kind == "parquet":
-        return tfx.components.FileBasedExampleGen(
+        return FileBasedExampleGen(
             input_base=base, input_config=input_config, output_config=output_config,
             custom_executor_spec=executor_spec.BeamExecutorSpec(parquet_executor.Executor))
     if kind in ("tfrecord", "tfrecords", "gz"):
@@ -104,7 +105,8 @@ def create_pipeline(cfg: Config, logs: str, pipeline_root: str, metadata_path: O
                                 config_json=config_json)
         parts.append(evaluator)
     if stop >= STAGES.index("push"):
-        indexer = c.Indexer(images=images, model=cnn.outputs["model"], config_json=config_json)
+        indexer = c.Indexer(images=images, model=cnn.outputs["model"], evaluation=evaluator.outputs["evaluation"],
+                            config_json=config_json)
         pusher = c.Pusher(model=cnn.outputs["model"], index=indexer.outputs["index"],
                           blessing=evaluator.outputs["blessing"], config_json=config_json)
         parts += [indexer, pusher]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -23,7 +24,7 @@ def build(embeddings: np.ndarray, cfg: IndexConfig):
     if kind(n) == "brute_force":
         return b.score_brute_force().build()
     leaves = cfg.leaves or max(2, int(math.sqrt(n)))
-    search = cfg.leaves_to_search or max(1, leaves // 4)
+    search = cfg.leaves_to_search or max(1, leaves // 3)
     dims = 2 if db.shape[1] % 2 == 0 else 1
     return (b.tree(num_leaves=leaves, num_leaves_to_search=search, training_sample_size=min(n, 250_000))
             .score_ah(dims, anisotropic_quantization_threshold=0.2)
@@ -59,7 +60,8 @@ def search(idx: Dict, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarr
 
 def save(searcher, item_ids: List[str], embeddings: np.ndarray, directory: str, cfg: IndexConfig) -> None:
     os.makedirs(os.path.join(directory, "scann"), exist_ok=True)
-    searcher.serialize(os.path.join(directory, "scann"))
+    # Relative asset paths: the directory is copied into each pushed version and must load there.
+    searcher.serialize(os.path.join(directory, "scann"), relative_path=True)
     with open(os.path.join(directory, "index.json"), "w") as f:
         json.dump({"kind": kind(len(item_ids)), "reorder": cfg.reorder, "items": len(item_ids)}, f)
     np.save(os.path.join(directory, "embeddings.npy"), embeddings.astype(np.float32))
@@ -74,3 +76,29 @@ def load(directory: str) -> Dict:
         meta = json.load(f)
     return {"searcher": scann_ops_pybind.load_searcher(os.path.join(directory, "scann")), "meta": meta,
             "item_ids": ids, "embeddings": np.load(os.path.join(directory, "embeddings.npy"))}
+
+
+def write_map(embeddings: np.ndarray, directory: str, seed: int = 0) -> None:
+    """A 2-D UMAP of the embeddings (cosine), and the items snapped to a grid: `grid` lists item
+    rows in row-major grid order (rows by y, each row by x), so neighbours on the map sit side by side."""
+    n = len(embeddings)
+    if n >= 10:
+        import umap
+        xy = umap.UMAP(n_neighbors=min(15, n - 1), metric="cosine", random_state=seed).fit_transform(embeddings)
+    else:
+        xy = np.c_[np.arange(n), np.zeros(n)].astype(np.float32)
+    cols = int(math.ceil(math.sqrt(n)))
+    by_y = np.argsort(xy[:, 1], kind="stable")
+    grid = np.concatenate([row[np.argsort(xy[row, 0], kind="stable")] for row in np.array_split(by_y, math.ceil(n / cols))])
+    with open(os.path.join(directory, "map.json"), "w") as f:
+        json.dump({"x": xy[:, 0].round(4).tolist(), "y": xy[:, 1].round(4).tolist(), "cols": cols,
+                   "grid": grid.tolist()}, f)
+
+
+def write_feature_set(directory: str, name: str, embeddings: np.ndarray, backbone_path: str = "") -> None:
+    """Another feature set's catalogue embeddings (and its CNN, to embed new images), for comparison."""
+    out = os.path.join(directory, "features", name)
+    os.makedirs(out, exist_ok=True)
+    np.save(os.path.join(out, "embeddings.npy"), embeddings.astype(np.float32))
+    if backbone_path:
+        shutil.copy(backbone_path, os.path.join(out, "backbone.h5"))

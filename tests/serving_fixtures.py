@@ -1,6 +1,7 @@
 """A real pushed version made without the pipeline (fast)."""
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 
@@ -37,6 +38,14 @@ def push_version(push_dir: str, seed: int = 3, n: int = 300) -> str:
     emb = cnn.embed(net, pixels)
     with tempfile.TemporaryDirectory() as tmp:
         index.save(index.build(emb, cfg.index), ids, emb, tmp, cfg.index)
+        index.write_map(emb, tmp)
+        # Two more feature sets for the explorer's switch: another random CNN, and raw pixels.
+        other = cfg.cnn.__class__(**{**cfg.cnn.__dict__, "seed": seed + 100})
+        other_net = cnn.random_init(other)
+        other_net.save(f"{tmp}/other.h5")
+        index.write_feature_set(tmp, "random", cnn.embed(other_net, pixels), f"{tmp}/other.h5")
+        index.write_feature_set(tmp, "pixels", cnn.pixels(pixels))
+        os.remove(f"{tmp}/other.h5")
         return push.push(net, tmp, cfg)
 
 

@@ -100,3 +100,22 @@ def test_blessing_needs_a_margin_over_random_and_pixels():
     assert bless(table, "regression", "p", 0.02) == (True, {"random": pytest.approx(0.05), "pixels": pytest.approx(0.03)})
     assert bless(table, "regression", "p", 0.04)[0] is False
     assert bless({k: v for k, v in table.items() if k != "pixels"}, "regression", "p", 0.0)[0] is False
+
+
+def test_scann_index_loads_from_a_copy_after_the_original_is_gone(tmp_path):
+    import shutil
+    from collabfeat.config import IndexConfig
+    from collabfeat.serving import index
+    rng = np.random.default_rng(0)
+    for n in (300, 2500):                       # brute force, and tree + AH
+        centres = rng.normal(size=(20, 16))       # clustered, like real embeddings
+        emb = cnn.unit((centres[rng.integers(20, size=n)] + 0.5 * rng.normal(size=(n, 16))).astype(np.float32))
+        src, dst = tmp_path / f"src{n}", tmp_path / f"dst{n}"
+        index.save(index.build(emb, IndexConfig()), [f"i{j}" for j in range(n)], emb, str(src), IndexConfig())
+        shutil.copytree(src, dst)
+        shutil.rmtree(src)
+        idx = index.load(str(dst))
+        rows, _ = index.search(idx, emb[:50], 10)
+        exact, _ = index.exact_top_k(emb, emb[:50], 10)
+        recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(np.asarray(rows).tolist(), exact.tolist())])
+        assert recall >= 0.95, (n, recall)

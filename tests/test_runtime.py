@@ -10,7 +10,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from collabfeat import config as config_lib
 from collabfeat import examples
-from tests.conftest import find_artifact
+from collabfeat.pipeline.run import find_artifact
 
 
 def _probe(_):
@@ -104,3 +104,37 @@ def test_smoke_pipeline_through_transform(tmp_path):
     for pair, w in want.items():
         assert got[pair][0] == pytest.approx(w, rel=1e-6)
         assert got[pair][1] == pytest.approx(w / top, rel=1e-6)
+
+
+def test_parquet_logs_and_a_catalogue_through_the_log_transform(tmp_path):
+    """A user's own data: Parquet logs with other column names, an item table with images of
+    any size; unknown and imageless items are counted, not dropped silently."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+    from tfx import v1 as tfx
+    from collabfeat.pipeline.pipeline import create_pipeline
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "img").mkdir()
+    rows = [("a", "x", "view"), ("a", "y", "view"), ("b", "x", "appreciate"), ("b", "y", "view"),
+            ("b", "z", "view"), ("c", "ghost", "view")]
+    pq.write_table(pa.table({"who": [r[0] for r in rows], "what": [r[1] for r in rows], "kind": [r[2] for r in rows]}),
+                   tmp_path / "logs" / "part-0.parquet")
+    Image.new("RGB", (300, 200), (10, 200, 30)).save(tmp_path / "img" / "x.jpg")
+    Image.new("L", (20, 20), 99).save(tmp_path / "img" / "y.png")
+    (tmp_path / "items.csv").write_text("item_id,image\nx,x.jpg\ny,y.png\nz,z-missing.png\n")
+    cfg = config_lib.load(overrides=[
+        f"data.items={tmp_path / 'items.csv'}", f"data.image_dir={tmp_path / 'img'}", "data.logs_format=parquet",
+        "data.user_column=who", "data.item_column=what", "data.event_column=kind",
+        "transform.min_user_items=1", "transform.min_item_users=1", "transform.max_user_quantile=1",
+        "transform.max_item_quantile=1", "transform.eval_fraction=0"])
+    root = str(tmp_path / "root")
+    tfx.orchestration.LocalDagRunner().run(create_pipeline(
+        cfg, str(tmp_path / "logs"), root, str(tmp_path / "m.sqlite"), until="transform"))
+    report = json.load(open(os.path.join(find_artifact(root, "LogTransform", "interactions"), "report.json")))
+    assert report["rows"] == {"used": 4, "unknown_item": 2}       # z has no image, ghost is not listed
+    images = json.load(open(os.path.join(find_artifact(root, "ImageImport", "images"), "report.json")))
+    assert images["catalogue"]["counts"] == {"used": 2, "missing_image": 1}
+    pairs = {(r["user_id"], r["item_id"]) for r in examples.read(find_artifact(root, "LogTransform", "interactions"), "train")}
+    assert pairs == {(b"a", b"x"), (b"a", b"y"), (b"b", b"x"), (b"b", b"y")}

@@ -1,0 +1,314 @@
+"""The explorer: "do these features retrieve X?" (after Do deep features retrieve X?, 2015).
+
+    collabfeat explore [--port 8600]      then open http://127.0.0.1:8600/
+
+A page over a pushed version: the same SavedModel and ScaNN index that serving uses (through
+serving/server.py's Version), plus the version's other feature sets (the baselines the Evaluator
+compared) and its 2-D map. Browse the catalogue (a paged grid in map order, or the map itself),
+click an image or upload one to query, see the similarity-against-rank curve, brush a window along
+the ranking, click a neighbour to query from it, overlay several queries' curves, and switch the
+feature set to see whether other features retrieve the same thing.
+
+Safety: images are served by catalogue item id only (never by path), as bounded thumbnails;
+static files come from a fixed list; uploads and request bodies are size-limited.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import threading
+import urllib.parse
+from collections import OrderedDict
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Dict, Optional
+
+import numpy as np
+from PIL import Image
+
+from collabfeat import images as images_lib
+from collabfeat.config import ServingConfig
+from collabfeat.serving.push import EXTRA
+
+log = logging.getLogger("collabfeat.explorer")
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+MAX_UPLOAD = 10 << 20
+THUMB_MIN, THUMB_MAX, THUMB_DEFAULT = 16, 256, 96
+STRIP = 200          # neighbours sent per query
+CURVE_POINTS = 600   # samples of the similarity-against-rank curve
+
+
+def _static_files() -> Dict[str, str]:
+    import plotly
+    files = {name: os.path.join(STATIC, name) for name in ("explorer.html", "explorer.js", "explorer.css")}
+    files["plotly.min.js"] = os.path.join(os.path.dirname(plotly.__file__), "package_data", "plotly.min.js")
+    return files
+
+
+class LRU(OrderedDict):
+    def __init__(self, size: int):
+        super().__init__()
+        self.size, self.lock = size, threading.Lock()
+
+    def get_or(self, key, make):
+        with self.lock:
+            if key in self:
+                self.move_to_end(key)
+                return self[key]
+        value = make()
+        with self.lock:
+            self[key] = value
+            while len(self) > self.size:
+                self.popitem(last=False)
+        return value
+
+
+class Catalogue:
+    """A pushed version seen through its feature sets."""
+
+    def __init__(self, version_path: str, cfg: ServingConfig):
+        from collabfeat.serving.server import Version
+        self.version = Version(os.path.basename(os.path.dirname(version_path)),
+                               int(os.path.basename(version_path)), version_path, cfg).load()
+        extra = os.path.join(version_path, EXTRA)
+        with open(os.path.join(extra, "config.json")) as f:
+            self.run_cfg = json.load(f)
+        self.served = self.run_cfg["cnn"]["mode"]
+        self.ids = list(self.version.index["item_ids"])
+        self.row = self.version.row
+        self.sets: Dict[str, Dict] = {self.served: {"embeddings": self.version.index["embeddings"], "net": None}}
+        features = os.path.join(extra, "features")
+        for name in sorted(os.listdir(features)) if os.path.isdir(features) else []:
+            entry = {"embeddings": np.load(os.path.join(features, name, "embeddings.npy")), "net": None,
+                     "backbone": os.path.join(features, name, "backbone.h5")}
+            self.sets[name] = entry
+        self.map = None
+        if os.path.exists(os.path.join(extra, "map.json")):
+            with open(os.path.join(extra, "map.json")) as f:
+                self.map = json.load(f)
+        self.size = self.run_cfg["cnn"]["image_size"]
+        self.images, self.labels = self._item_table()
+        self.thumbs, self.uploads = LRU(4096), LRU(256)
+        self.net_lock = threading.Lock()
+
+    def _item_table(self):
+        """item id -> image reference, and labels, from the run's item table (if still there)."""
+        data = self.run_cfg["data"]
+        refs, labels = {}, {}
+        for key in ("items", "eval_items"):
+            path = data.get(key)
+            if path and os.path.exists(path):
+                with open(path, newline="") as f:
+                    for r in csv.DictReader(f):
+                        if r.get("item_id") in self.row:
+                            refs[r["item_id"]] = r.get("image", "")
+                            if r.get("label", "") not in ("", None):
+                                labels[r["item_id"]] = r["label"]
+        return refs, labels
+
+    # --- images ---------------------------------------------------------------------------------
+    def thumbnail(self, item: str, size: int) -> bytes:
+        if item not in self.row or item not in self.images:
+            raise KeyError(item)
+        size = max(THUMB_MIN, min(THUMB_MAX, size))
+
+        def make():
+            data = images_lib.read_bytes(self.images[item], self.run_cfg["data"].get("image_dir", ""))
+            return images_lib.encode_png(images_lib.decode(data, size))
+        return self.thumbs.get_or((item, size), make)
+
+    # --- features -------------------------------------------------------------------------------
+    def embed_upload(self, feature_set: str, data: bytes) -> np.ndarray:
+        if feature_set == self.served:
+            return self.version.embed(np.array([data], dtype=object))[0]
+        pixels = images_lib.decode(data, self.size)[None]
+        from collabfeat.trainer import cnn
+        if feature_set == "pixels":
+            return cnn.pixels(pixels)[0]
+        entry = self.sets[feature_set]
+        with self.net_lock:
+            if entry["net"] is None:
+                import tensorflow as tf
+                entry["net"] = tf.keras.models.load_model(entry["backbone"], compile=False)
+            return cnn.embed(entry["net"], pixels)[0]
+
+    def query_vector(self, feature_set: str, source: str, key: str) -> np.ndarray:
+        if feature_set not in self.sets:
+            raise LookupError(f"unknown feature set {feature_set!r} (have {sorted(self.sets)})")
+        if source == "item":
+            if key not in self.row:
+                raise LookupError(f"item {key!r} is not in the catalogue")
+            return self.sets[feature_set]["embeddings"][self.row[key]]
+        with self.uploads.lock:
+            vec = self.uploads.get((feature_set, key))
+        if vec is None:
+            raise LookupError(f"upload {key!r} is unknown or expired: upload it again")
+        return vec
+
+    def query(self, feature_set: str, source: str, key: str) -> Dict:
+        vec = self.query_vector(feature_set, source, key)
+        sims = self.sets[feature_set]["embeddings"] @ vec
+        if feature_set == self.served:   # the neighbours come from the served ScaNN index
+            from collabfeat.serving import index
+            rows, scores = index.search(self.version.index, vec[None], min(STRIP + 1, len(self.ids)))
+            rows, scores = np.asarray(rows[0]), np.asarray(scores[0])
+        else:
+            rows = np.argsort(-sims, kind="stable")[:STRIP + 1]
+            scores = sims[rows]
+        if source == "item":             # the query item itself is not its own neighbour
+            keep = rows != self.row[key]
+            rows, scores = rows[keep], scores[keep]
+        rows, scores = rows[:STRIP], scores[:STRIP]
+        ordered = np.sort(sims)[::-1]
+        ranks = np.unique(np.linspace(0, len(ordered) - 1, min(CURVE_POINTS, len(ordered))).round().astype(int))
+        return {"query": {"set": feature_set, "source": source, "key": key},
+                "neighbours": [{"id": self.ids[r], "score": round(float(s), 5), "label": self.labels.get(self.ids[r])}
+                               for r, s in zip(rows, scores)],
+                "curve": {"rank": (ranks + 1).tolist(), "sim": ordered[ranks].round(5).tolist()}}
+
+    def position(self, item: str, feature_set: str, source: str, key: str) -> Dict:
+        """Where `item` falls in a query's ranking: its rank (1 = most similar) and similarity."""
+        if item not in self.row:
+            raise LookupError(f"item {item!r} is not in the catalogue")
+        vec = self.query_vector(feature_set, source, key)
+        sims = self.sets[feature_set]["embeddings"] @ vec
+        s = sims[self.row[item]]
+        return {"rank": int((sims > s).sum()) + 1, "sim": round(float(s), 5)}
+
+
+class Handler(BaseHTTPRequestHandler):
+    catalogue: Catalogue = None
+    static: Dict[str, str] = {}
+    server_version = "collabfeat-explorer"
+
+    def log_message(self, fmt, *args):
+        log.info("%s " + fmt, self.address_string(), *args)
+
+    def _send(self, status, body: bytes, ctype: str, cache: bool = False):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        if cache:
+            self.send_header("Cache-Control", "max-age=3600")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, obj, status=HTTPStatus.OK):
+        self._send(status, json.dumps(obj).encode(), "application/json")
+
+    def _error(self, status, message):
+        self._json({"error": message}, status)
+
+    def do_GET(self):
+        url = urllib.parse.urlsplit(self.path)
+        q = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
+        parts = [urllib.parse.unquote(p) for p in url.path.split("/") if p]
+        c = self.catalogue
+        try:
+            if not parts:
+                return self._file("explorer.html")
+            if parts[0] == "static" and len(parts) == 2:
+                return self._file(parts[1])
+            if parts[0] == "img" and len(parts) == 2:
+                try:
+                    size = int(q.get("size", THUMB_DEFAULT))
+                    return self._send(HTTPStatus.OK, c.thumbnail(parts[1], size), "image/png", cache=True)
+                except (KeyError, ValueError):
+                    return self._error(HTTPStatus.NOT_FOUND, "no such catalogue image")
+                except images_lib.ImageError as e:
+                    return self._error(HTTPStatus.NOT_FOUND, f"image unavailable: {e.reason}")
+            if parts == ["api", "info"]:
+                return self._json({"model": c.version.name, "version": c.version.number, "items": len(c.ids),
+                                   "served": c.served, "feature_sets": list(c.sets), "has_map": c.map is not None})
+            if parts == ["api", "items"]:
+                page, size = int(q.get("page", 0)), max(1, min(200, int(q.get("size", 48))))
+                order = c.map["grid"] if (c.map and q.get("order", "map") == "map") else range(len(c.ids))
+                rows = list(order)[page * size:(page + 1) * size]
+                return self._json({"page": page, "size": size, "pages": -(-len(c.ids) // size),
+                                   "items": [{"id": c.ids[r], "label": c.labels.get(c.ids[r])} for r in rows]})
+            if parts == ["api", "map"]:
+                if not c.map:
+                    return self._error(HTTPStatus.NOT_FOUND, "this version has no map")
+                return self._json({"ids": c.ids, "x": c.map["x"], "y": c.map["y"],
+                                   "labels": [c.labels.get(i) for i in c.ids]})
+            if parts == ["api", "query"]:
+                return self._json(c.query(q.get("set", c.served), q.get("source", "item"), q.get("key", "")))
+            if parts == ["api", "position"]:
+                return self._json(c.position(q.get("item", ""), q.get("set", c.served), q.get("source", "item"),
+                                             q.get("key", "")))
+            return self._error(HTTPStatus.NOT_FOUND, "not found")
+        except LookupError as e:
+            return self._error(HTTPStatus.NOT_FOUND, str(e))
+        except ValueError as e:
+            return self._error(HTTPStatus.BAD_REQUEST, str(e))
+
+    def do_POST(self):
+        """POST /api/upload?set=NAME with the image as the body -> a query from a new image."""
+        url = urllib.parse.urlsplit(self.path)
+        q = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
+        if url.path != "/api/upload":
+            return self._error(HTTPStatus.NOT_FOUND, "not found")
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            return self._error(HTTPStatus.LENGTH_REQUIRED, "Content-Length required")
+        if length > MAX_UPLOAD:
+            self.close_connection = True
+            return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"uploads are limited to {MAX_UPLOAD} bytes")
+        data = self.rfile.read(length)
+        c = self.catalogue
+        feature_set = q.get("set", c.served)
+        if feature_set not in c.sets:
+            return self._error(HTTPStatus.NOT_FOUND, f"unknown feature set {feature_set!r}")
+        try:
+            images_lib.decode(data, 8)
+        except images_lib.ImageError as e:
+            return self._error(HTTPStatus.BAD_REQUEST, f"not an image: {e}")
+        key = hashlib.sha256(data).hexdigest()[:16]
+        try:
+            vec = c.embed_upload(feature_set, data)
+        except Exception as e:   # e.g. a format PIL reads but TensorFlow does not
+            return self._error(HTTPStatus.BAD_REQUEST, f"cannot embed this image: {e}")
+        c.uploads.get_or((feature_set, key), lambda: vec)
+        return self._json(c.query(feature_set, "upload", key))
+
+    def _file(self, name):
+        path = self.static.get(name)
+        if not path:
+            return self._error(HTTPStatus.NOT_FOUND, "not found")
+        ctype = {"html": "text/html; charset=utf-8", "js": "text/javascript", "css": "text/css"}[name.rsplit(".", 1)[1]]
+        with open(path, "rb") as f:
+            return self._send(HTTPStatus.OK, f.read(), ctype, cache=name == "plotly.min.js")
+
+
+def make_server(version_path: str, cfg: ServingConfig, host: str, port: int) -> ThreadingHTTPServer:
+    handler = type("BoundHandler", (Handler,), {"catalogue": Catalogue(version_path, cfg), "static": _static_files()})
+    httpd = ThreadingHTTPServer((host, port), handler)
+    httpd.daemon_threads = True
+    return httpd
+
+
+def newest_version(base_path: str) -> str:
+    from collabfeat.serving.server import versions_on_disk
+    versions = versions_on_disk(base_path)
+    if not versions:
+        raise FileNotFoundError(f"no pushed version under {base_path}: run `./run demo` first")
+    return os.path.join(base_path, str(max(versions)))
+
+
+def explore(base_path: str, cfg: ServingConfig, host: str, port: int, version: Optional[int] = None) -> None:
+    path = os.path.join(base_path, str(version)) if version else newest_version(base_path)
+    httpd = make_server(path, cfg, host, port)
+    print(f"collabfeat explorer on http://{host}:{httpd.server_address[1]}/ (version {os.path.basename(path)})",
+          flush=True)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()

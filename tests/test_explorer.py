@@ -1,0 +1,158 @@
+"""The explorer page in a real headless Chromium (Debian's), driven by Playwright, against the
+real explorer server over a real pushed version. Screenshots land in tests/screenshots/."""
+import http.client
+import io
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.serving_fixtures import catalogue, push_version
+
+SHOTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "screenshots")
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def explorer(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("explorer")
+    version = push_version(str(tmp / "models"))
+    # The pushed run config names the item table the thumbnails come from: write it.
+    ids, blobs, labels = catalogue()
+    (tmp / "img").mkdir()
+    with open(tmp / "items.csv", "w") as f:
+        f.write("item_id,image,label\n")
+        for i, b, l in zip(ids, blobs, labels):
+            (tmp / "img" / f"{i}.png").write_bytes(b)
+            f.write(f"{i},{i}.png,{l}\n")
+    cfg_path = os.path.join(version, "assets.extra", "config.json")
+    cfg = json.load(open(cfg_path))
+    cfg["data"].update(items=str(tmp / "items.csv"), image_dir=str(tmp / "img"))
+    json.dump(cfg, open(cfg_path, "w"))
+    proc = subprocess.Popen([sys.executable, "-m", "collabfeat", "explore", "--model-base-path",
+                             os.path.dirname(version), "--port", "0"], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert "explorer on" in line, line
+    yield {"url": line.split()[3], "ids": ids, "labels": labels, "tmp": tmp}
+    proc.terminate()
+    proc.wait(20)
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return r.status, r.headers.get("Content-Type"), r.read()
+
+
+def status_of(url, data=None):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, method="POST" if data else "GET"), timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_image_serving_is_safe(explorer):
+    u = explorer["url"]
+    code, ctype, body = get(f"{u}img/t00003?size=40")
+    assert code == 200 and ctype == "image/png" and Image.open(io.BytesIO(body)).size == (40, 40)
+    assert Image.open(io.BytesIO(get(f"{u}img/t00003?size=100000")[2])).size == (256, 256)   # bounded
+    for bad in ("img/..%2F..%2F..%2Fetc%2Fpasswd", "img/../../etc/passwd", "img/%2Fetc%2Fpasswd", "img/nope",
+                "static/..%2Fexplorer.py", "static/explorer.py", "../serving/explorer.py", "img/t00003/extra"):
+        assert status_of(u + bad) == 404, bad
+    assert status_of(f"{u}api/upload", data=b"not an image") == 400
+    # An oversized upload is refused from its declared length, before its body is read.
+    host, port = u.split("//")[1].rstrip("/").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.putrequest("POST", "/api/upload")
+    conn.putheader("Content-Length", str(11 << 20))
+    conn.endheaders()
+    conn.send(b"0" * 1024)
+    assert conn.getresponse().status == 413
+    conn.close()
+    assert status_of(f"{u}api/query?set=nope&key=t00001") == 404
+
+
+def test_browse_query_brush_upload_compare_and_switch(explorer):
+    from playwright.sync_api import sync_playwright
+    os.makedirs(SHOTS, exist_ok=True)
+    u = explorer["url"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(u)
+        page.wait_for_selector("body[data-ready='1']")
+        thumbs = page.locator("#grid img.thumb")
+        assert thumbs.count() == 48                                   # one page, not the catalogue
+        page.wait_for_function("[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)")
+        page.screenshot(path=os.path.join(SHOTS, "1-browse.png"))
+
+        # Click a thumbnail: a row with the server's neighbours and a curve.
+        first = thumbs.nth(5).get_attribute("data-id")
+        thumbs.nth(5).click()
+        page.wait_for_selector(".row .strip img")
+        api = json.loads(get(f"{u}api/query?set=regression&source=item&key={first}")[2])
+        strip = page.locator(".row").first.locator(".strip img")
+        assert [strip.nth(i).get_attribute("data-id") for i in range(12)] == [n["id"] for n in api["neighbours"][:12]]
+        assert page.locator(".row .curve .scatterlayer .trace").count() >= 1
+        page.screenshot(path=os.path.join(SHOTS, "2-query.png"))
+
+        # Brush: move the ranking window; the strip shows ranks 21..32.
+        page.evaluate("""() => { const q = window.explorerState.queries[0];
+                                 Plotly.relayout(q.curve, {'xaxis.range': [21, 60]}); }""")
+        page.wait_for_function("window.explorerState.queries[0].start === 20")
+        assert strip.nth(0).get_attribute("data-id") == api["neighbours"][20]["id"]
+        page.screenshot(path=os.path.join(SHOTS, "3-brush.png"))
+
+        # Click a retrieved image: it becomes the next query.
+        second = strip.nth(1).get_attribute("data-id")
+        strip.nth(1).click()
+        page.wait_for_function("window.explorerState.queries.length === 2")
+        assert page.evaluate("window.explorerState.queries[1].spec.key") == second
+
+        # Upload a new image (cold start).
+        png = explorer["tmp"] / "upload.png"
+        x, _ = __import__("collabfeat.images", fromlist=["fashion_mnist"]).fashion_mnist("train")
+        Image.fromarray(x[0]).resize((90, 90)).convert("RGB").save(png)
+        page.set_input_files("#upload", str(png))
+        page.wait_for_function("window.explorerState.queries.length === 3")
+        assert page.evaluate("window.explorerState.queries[2].spec.source") == "upload"
+        page.screenshot(path=os.path.join(SHOTS, "4-upload.png"))
+
+        # Compare: the summary overlays the three curves; hovering a thumbnail marks it on each.
+        curves = "document.getElementById('summary').data.filter(t => t.mode === 'lines').length"
+        assert page.evaluate(curves) == 3
+        hovered = page.locator("#grid img.thumb").nth(0)
+        hovered_id = hovered.get_attribute("data-id")
+        hovered.hover()
+        page.wait_for_function(f"window.explorerState.marked && window.explorerState.marked.id === '{hovered_id}'")
+        marked = page.evaluate("window.explorerState.marked")
+        for q, pos in zip(page.evaluate("window.explorerState.queries.map(q => q.spec)"), marked["positions"]):
+            check = json.loads(get(f"{u}api/position?item={marked['id']}&set={q['set']}&source={q['source']}&key={q['key']}")[2])
+            assert check == pos
+        assert page.evaluate(curves) == 3
+        marks = page.evaluate("document.getElementById('summary').data.filter(t => t.mode !== 'lines')")
+        assert len(marks) == 1 and marks[0]["x"] == [p["rank"] for p in marked["positions"]]
+        page.screenshot(path=os.path.join(SHOTS, "5-compare.png"))
+
+        # Switch the features: the newest query runs again with them, as a row to compare.
+        page.select_option("#set", "pixels")
+        page.wait_for_function("window.explorerState.queries.length === 4")
+        assert page.evaluate("window.explorerState.queries[3].spec.set") == "pixels"
+        page.screenshot(path=os.path.join(SHOTS, "6-switch.png"))
+
+        # The map.
+        page.click("#tab-map")
+        page.wait_for_selector("#map .scatterlayer, #map canvas")
+        page.screenshot(path=os.path.join(SHOTS, "7-map.png"))
+        browser.close()
+        assert errors == []
