@@ -153,6 +153,7 @@ def test_browse_query_brush_upload_compare_and_switch(explorer):
         # The map.
         page.click("#tab-map")
         page.wait_for_selector("#map .scatterlayer, #map canvas")
+        assert page.locator("#map").is_visible() and not page.locator("#grid").is_visible()
         page.screenshot(path=os.path.join(SHOTS, "7-map.png"))
         browser.close()
         assert errors == []
