@@ -36,7 +36,7 @@ def run(cfg=None) -> dict:
     f = mf.Factors(np.asarray(als.user_factors), np.asarray(als.item_factors), [])
     rows.append({"model": "implicit-als", "epochs": 15, "seconds": secs,
                  "pairs/s": len(train_pairs) * 15 / secs, f"recall@{k}": mf.recall_at_k(f, train_pairs, eval_pairs, k)})
-    popularity = mf.Factors(np.ones((n_users, 1)), np.bincount(i[~held], minlength=n_items)[:, None] * 1.0, [])
+    popularity = mf.popularity(i[~held], n_users, n_items)
     rows.append({"model": "popularity", f"recall@{k}": mf.recall_at_k(popularity, train_pairs, eval_pairs, k)})
 
     base = rows[2]

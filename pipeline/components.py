@@ -131,7 +131,7 @@ def MFTrainer(transformed: InputArtifact[Examples], transform_graph: InputArtifa
     factors = mf.Factors(factors.users[:len(user_ids)], factors.items[:len(item_ids)], factors.losses)
     train_pairs, eval_pairs = np.c_[tu, ti], np.c_[eu, ei][known]
     k = cfg.mf.recall_k
-    popularity = mf.Factors(np.ones((len(user_ids), 1)), np.bincount(ti, minlength=len(item_ids))[:, None] * 1.0, [])
+    popularity = mf.popularity(ti, len(user_ids), len(item_ids))
     report = {"users": len(user_ids), "items": len(item_ids), "train_pairs": int(len(tu)),
               "eval_pairs": int(known.sum()), "eval_pairs_cold": int((~known).sum()), "losses": factors.losses,
               f"recall@{k}": mf.recall_at_k(factors, train_pairs, eval_pairs, k),

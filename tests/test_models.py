@@ -30,7 +30,7 @@ def test_mf_recovers_planted_groups(objective):
     assert f.losses[-1] < f.losses[0]
     # Item factors' neighbours share the planted group (chance 0.25).
     assert mf.neighbour_agreement(f.items, item_groups, 10) > 0.9
-    popularity = mf.Factors(np.ones((400, 1)), np.bincount(tr[:, 1], minlength=240)[:, None] * 1.0, [])
+    popularity = mf.popularity(tr[:, 1], 400, 240)
     assert mf.recall_at_k(f, tr, pairs[held], 20) > 2 * mf.recall_at_k(popularity, tr, pairs[held], 20)
 
 

@@ -82,6 +82,11 @@ def train(user_idx: np.ndarray, item_idx: np.ndarray, rating: np.ndarray,
                    losses=[float(x) for x in hist.history["loss"]])
 
 
+def popularity(train_items: np.ndarray, n_users: int, n_items: int) -> Factors:
+    """The reference ranking: every user ranks items by their number of training pairs."""
+    return Factors(np.ones((n_users, 1)), np.bincount(train_items, minlength=n_items)[:, None] * 1.0, [])
+
+
 def recall_at_k(factors: Factors, train_pairs: np.ndarray, eval_pairs: np.ndarray, k: int,
                 chunk: int = 1024) -> float:
     """Mean over users with held-out pairs of |top-k ∩ held-out| / min(k, |held-out|),
