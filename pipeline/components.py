@@ -1,7 +1,7 @@
 """Thin TFX component wrappers around the pure-Python core.
 
 Each component takes the whole run configuration as JSON (`config_json`) and writes a
-`report.json` beside its outputs; pipeline/report.py gathers those into the run report.
+`report.json` beside its outputs; pipeline/run.py (collect, format_report) gathers those into the run report.
 """
 
 import json
