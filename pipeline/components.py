@@ -31,11 +31,6 @@ def write_report(uri: str, report: dict) -> None:
         json.dump(report, f, indent=1, sort_keys=True)
 
 
-def read_report(uri: str) -> dict:
-    with open(os.path.join(uri, "report.json")) as f:
-        return json.load(f)
-
-
 @tfx.dsl.components.component(use_beam=True)
 def LogTransform(logs: InputArtifact[Examples],
                  interactions: OutputArtifact[Examples],

@@ -20,6 +20,15 @@ def find_artifact(pipeline_root: str, component: str, output: str) -> Optional[s
     return os.path.join(base, runs[-1]) if runs else None
 
 
+def read_report(component: str, output: str, pipeline_root: str) -> Optional[Dict]:
+    """The report.json that a collabfeat component wrote beside its newest output, if any."""
+    uri = find_artifact(pipeline_root, component, output)
+    if not uri or not os.path.exists(os.path.join(uri, "report.json")):
+        return None
+    with open(os.path.join(uri, "report.json")) as f:
+        return json.load(f)
+
+
 def prepare_data(cfg: Config) -> Config:
     """Fills in the embedded default data (generated once per simulator setting) and makes paths absolute."""
     d = cfg.data
@@ -76,10 +85,9 @@ def collect(pipeline_root: str, cfg: Config) -> Dict:
         with open(sheet) as f:
             report["datasheet"] = {k: v for k, v in json.load(f).items() if k != "parameters"}
     for key, (component, output) in OUTPUTS.items():
-        uri = find_artifact(pipeline_root, component, output)
-        if uri and os.path.exists(os.path.join(uri, "report.json")):
-            with open(os.path.join(uri, "report.json")) as f:
-                report[key] = json.load(f)
+        found = read_report(component, output, pipeline_root)
+        if found is not None:
+            report[key] = found
     anomalies = find_artifact(pipeline_root, "ExampleValidator", "anomalies")
     if anomalies:
         report["anomalies_uri"] = anomalies
