@@ -76,6 +76,8 @@ class Batcher:
     def __init__(self, fn: Callable[[np.ndarray], np.ndarray], batch_size: int, wait_s: float):
         self.fn, self.batch_size, self.wait_s = fn, batch_size, wait_s
         self.q: "queue.Queue" = queue.Queue()
+        self.closed = False
+        self.lock = threading.Lock()     # nothing is queued behind the closing None
         self.thread = threading.Thread(target=self._loop, daemon=True, name="batcher")
         self.thread.start()
 
@@ -83,11 +85,17 @@ class Batcher:
         if len(x) >= self.batch_size:
             return self.fn(x)
         done = futures.Future()
-        self.q.put((x, done))
+        with self.lock:
+            if self.closed:   # a request that kept an unloaded version: answered, unbatched
+                return self.fn(x)
+            self.q.put((x, done))
         return done.result()
 
     def close(self):
-        self.q.put(None)
+        """Stops batching once the calls queued so far are answered; later calls run unbatched."""
+        with self.lock:
+            self.closed = True
+            self.q.put(None)
 
     def _loop(self):
         while True:

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -205,6 +206,33 @@ def test_no_model_then_hot_load_and_swap_under_load(tmp_path):
     finally:
         client.close()
         assert server.stop() == 0
+
+
+def test_batcher_answers_every_call_across_close():
+    """A request that kept a version being unloaded still gets its answer (it used to hang)."""
+    from collabfeat.serving.server import Batcher
+
+    batcher = Batcher(lambda x: x * 2, batch_size=8, wait_s=0.005)
+    results, errors = {}, []
+
+    def call(i):
+        try:
+            results[i] = batcher(np.array([i]))
+        except Exception as e:
+            errors.append(e)
+
+    # Daemon threads and one deadline: a hung call fails the test instead of wedging the run.
+    threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(40)]
+    for t in threads[:20]:
+        t.start()
+    batcher.close()
+    for t in threads[20:]:
+        t.start()
+    deadline = time.monotonic() + 20
+    for t in threads:
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "a call hung on a closed batcher"
+    assert errors == [] and {i: int(r[0]) for i, r in results.items()} == {i: 2 * i for i in range(40)}
 
 
 def test_tls(tmp_path):
