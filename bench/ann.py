@@ -5,7 +5,6 @@ Data: the newest pushed catalogue embeddings (serving/models/<name>/<v>/assets.e
 present after `./run demo`), and a synthetic clustered set of N x 64 unit vectors (default 1M)."""
 from __future__ import annotations
 
-import glob
 import os
 import sys
 
@@ -13,7 +12,7 @@ import numpy as np
 
 from bench.common import save, table, timed
 from collabfeat import config as config_lib
-from collabfeat.serving import index as scann_index
+from collabfeat.serving import index as scann_index, push
 
 K = 10
 
@@ -27,9 +26,12 @@ def synthetic(n: int, d: int = 64, clusters: int = 1000, seed: int = 0):
 
 
 def newest_catalogue(cfg):
-    paths = glob.glob(os.path.join(cfg.serving.push_dir, cfg.serving.model_name, "*", "assets.extra", "embeddings.npy"))
-    paths = [p for p in paths if p.split(os.sep)[-3].isdigit()]
-    return max(paths, key=lambda p: int(p.split(os.sep)[-3])) if paths else None
+    """The newest pushed version's catalogue embeddings (.npy path), or None before any push."""
+    try:
+        version = push.newest_version(os.path.join(cfg.serving.push_dir, cfg.serving.model_name))
+    except FileNotFoundError:
+        return None
+    return os.path.join(version, push.EXTRA, "embeddings.npy")
 
 
 def compare(name: str, db: np.ndarray, queries: np.ndarray, cfg) -> list:
@@ -38,18 +40,15 @@ def compare(name: str, db: np.ndarray, queries: np.ndarray, cfg) -> list:
     exact = exact[0]
     rows = [{"data": name, "method": "exact numpy", "build s": 0.0, "q/s": len(queries) / t_exact, "recall@10": 1.0}]
 
-    def recall(found):
-        return float(np.mean([len(set(a.tolist()) & set(e.tolist())) / K for a, e in zip(found, exact)]))
-
     searcher, t_build = timed(scann_index.build, db, cfg.index)
     (found, _), t = timed(searcher.search_batched, queries, final_num_neighbors=K)
-    rows.append({"data": name, "method": "scann", "build s": t_build, "q/s": len(queries) / t, "recall@10": recall(found)})
+    rows.append({"data": name, "method": "scann", "build s": t_build, "q/s": len(queries) / t, "recall@10": scann_index.recall(found, exact, K)})
 
     flat = faiss.IndexFlatIP(db.shape[1])
     _, t_build = timed(flat.add, db)
     (_, found), t = timed(flat.search, queries, K)
     rows.append({"data": name, "method": "faiss flat (exact)", "build s": t_build, "q/s": len(queries) / t,
-                 "recall@10": recall(found)})
+                 "recall@10": scann_index.recall(found, exact, K)})
 
     nlist = max(1, int(4 * np.sqrt(len(db))))
     ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(db.shape[1]), db.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
@@ -60,7 +59,7 @@ def compare(name: str, db: np.ndarray, queries: np.ndarray, cfg) -> list:
     ivf.nprobe = max(1, nlist // 16)
     (_, found), t = timed(ivf.search, queries, K)
     rows.append({"data": name, "method": f"faiss ivf{nlist} nprobe{ivf.nprobe}", "build s": t_build,
-                 "q/s": len(queries) / t, "recall@10": recall(found)})
+                 "q/s": len(queries) / t, "recall@10": scann_index.recall(found, exact, K)})
     base = rows[0]["q/s"]
     for r in rows:
         r["speed vs exact"] = r["q/s"] / base

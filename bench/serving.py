@@ -103,14 +103,14 @@ def in_process(version_path: str) -> dict:
 
 def run(cfg=None) -> dict:
     from collabfeat.serving.local import ServerProcess
-    from collabfeat.serving.server import versions_on_disk
+    from collabfeat.serving.push import newest_version
     cfg = cfg or config_lib.Config()
     base = os.path.abspath(os.path.join(cfg.serving.push_dir, cfg.serving.model_name))
-    versions = versions_on_disk(base)
-    if not versions:
-        print(f"no pushed version under {base}: run `./run demo` first")
+    try:
+        version_path = newest_version(base)
+    except FileNotFoundError as e:
+        print(e)
         return {}
-    version_path = os.path.join(base, str(max(versions)))
     server = ServerProcess(base)
     try:
         client = subprocess.run([sys.executable, "-m", "bench.serving", "--client", server.address, version_path],

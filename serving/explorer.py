@@ -32,7 +32,7 @@ from PIL import Image
 
 from collabfeat import images as images_lib
 from collabfeat.config import ServingConfig
-from collabfeat.serving.push import EXTRA
+from collabfeat.serving.push import EXTRA, newest_version
 
 log = logging.getLogger("collabfeat.explorer")
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -75,8 +75,7 @@ class Catalogue:
         self.version = Version(os.path.basename(os.path.dirname(version_path)),
                                int(os.path.basename(version_path)), version_path, cfg).load()
         extra = os.path.join(version_path, EXTRA)
-        with open(os.path.join(extra, "config.json")) as f:
-            self.run_cfg = json.load(f)
+        self.run_cfg = self.version.run_cfg
         self.served = self.run_cfg["cnn"]["mode"]
         self.ids = list(self.version.index["item_ids"])
         self.row = self.version.row
@@ -204,9 +203,13 @@ class Handler(BaseHTTPRequestHandler):
     def _error(self, status, message):
         self._json({"error": message}, status)
 
-    def do_GET(self):
+    def _url(self):
+        """-> (the split URL, its query parameters: the last value of each)."""
         url = urllib.parse.urlsplit(self.path)
-        q = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
+        return url, {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
+
+    def do_GET(self):
+        url, q = self._url()
         parts = [urllib.parse.unquote(p) for p in url.path.split("/") if p]
         c = self.catalogue
         try:
@@ -249,8 +252,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         """POST /api/upload?set=NAME with the image as the body -> a query from a new image."""
-        url = urllib.parse.urlsplit(self.path)
-        q = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
+        url, q = self._url()
         if url.path != "/api/upload":
             return self._error(HTTPStatus.NOT_FOUND, "not found")
         try:
@@ -291,14 +293,6 @@ def make_server(version_path: str, cfg: ServingConfig, host: str, port: int) -> 
     httpd = ThreadingHTTPServer((host, port), handler)
     httpd.daemon_threads = True
     return httpd
-
-
-def newest_version(base_path: str) -> str:
-    from collabfeat.serving.server import versions_on_disk
-    versions = versions_on_disk(base_path)
-    if not versions:
-        raise FileNotFoundError(f"no pushed version under {base_path}: run `./run demo` first")
-    return os.path.join(base_path, str(max(versions)))
 
 
 def explore(base_path: str, cfg: ServingConfig, host: str, port: int, version: Optional[int] = None) -> None:

@@ -39,10 +39,14 @@ def exact_top_k(db: np.ndarray, queries: np.ndarray, k: int) -> Tuple[np.ndarray
     return np.take_along_axis(idx, order, axis=1), np.take_along_axis(part, order, axis=1)
 
 
+def recall(found: np.ndarray, exact: np.ndarray, k: int) -> float:
+    """Mean share of each query's exact top-k that a search found."""
+    return float(np.mean([len(set(a.tolist()) & set(e.tolist())) / k for a, e in zip(found, exact)]))
+
+
 def recall_against_exact(searcher, db: np.ndarray, queries: np.ndarray, k: int) -> float:
     approx, _ = searcher.search_batched(np.ascontiguousarray(queries, dtype=np.float32), final_num_neighbors=k)
-    exact, _ = exact_top_k(db, queries, k)
-    return float(np.mean([len(set(a.tolist()) & set(e.tolist())) / k for a, e in zip(approx, exact)]))
+    return recall(approx, exact_top_k(db, queries, k)[0], k)
 
 
 def kind(n: int) -> str:

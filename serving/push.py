@@ -14,11 +14,29 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from typing import List
 
 from collabfeat.config import Config
 from collabfeat.serving import export, index as scann_index
 
 EXTRA = "assets.extra"
+
+
+def versions_on_disk(model_dir: str) -> List[int]:
+    """Integer-named version directories holding a SavedModel (hidden temporary ones never match)."""
+    try:
+        names = os.listdir(model_dir)
+    except FileNotFoundError:
+        return []
+    return [int(n) for n in names if n.isdigit() and os.path.exists(os.path.join(model_dir, n, "saved_model.pb"))]
+
+
+def newest_version(model_dir: str) -> str:
+    """The path of the newest pushed version; FileNotFoundError when there is none."""
+    versions = versions_on_disk(model_dir)
+    if not versions:
+        raise FileNotFoundError(f"no pushed version under {model_dir}: run `./run demo` first")
+    return os.path.join(model_dir, str(max(versions)))
 
 
 def next_version(model_dir: str) -> int:

@@ -49,7 +49,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from collabfeat.config import ServingConfig
 from collabfeat.images import MAX_IMAGE_PIXELS
 from collabfeat.serving import index as scann_index
-from collabfeat.serving.push import EXTRA
+from collabfeat.serving.push import EXTRA, versions_on_disk
 
 log = logging.getLogger("collabfeat.serving")
 SIGNATURES = ("serving_default", "similar", "similar_by_id")
@@ -155,8 +155,8 @@ class Version:
         self.item_ids = np.array(self.index["item_ids"], dtype=object)
         self.row = {item: i for i, item in enumerate(self.index["item_ids"])}
         with open(os.path.join(self.path, EXTRA, "config.json")) as f:
-            run_cfg = json.load(f)
-        self.max_k = min(run_cfg["serving"]["max_k"], len(self.item_ids))
+            self.run_cfg = json.load(f)      # the configuration of the run that pushed this version
+        self.max_k = min(self.run_cfg["serving"]["max_k"], len(self.item_ids))
         self.batcher = Batcher(self._embed, self.cfg.batch_size, self.cfg.batch_wait_ms / 1000)
         self._embed(np.array([_tiny_png()], dtype=object))   # warm up the graph before serving
         return self
@@ -271,15 +271,6 @@ def wanted_versions(model_cfg, on_disk: List[int]) -> List[int]:
         return sorted(set(on_disk) & set(policy.specific.versions))
     n = policy.latest.num_versions if choice == "latest" and policy.latest.num_versions else 1
     return sorted(on_disk)[-n:]
-
-
-def versions_on_disk(base_path: str) -> List[int]:
-    """Integer-named version directories holding a SavedModel (hidden temporary ones never match)."""
-    try:
-        names = os.listdir(base_path)
-    except FileNotFoundError:
-        return []
-    return [int(n) for n in names if n.isdigit() and os.path.exists(os.path.join(base_path, n, "saved_model.pb"))]
 
 
 class Registry:
