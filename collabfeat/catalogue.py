@@ -102,15 +102,28 @@ class ImportItems(beam.PTransform):
         return {"records": loaded.records, "outcomes": outcomes}
 
 
-def read_images(uri: str, split: str):
-    """Records of an images Examples split -> (item ids, uint8 images [n, S, S, 3], labels [n])."""
-    import numpy as np
+FEATURES = {"item_id": tf.string, "image": tf.string, "label": tf.int64}
+
+
+def read_labels(uri: str, split: str) -> Dict[str, int]:
+    """item id -> label (-1: none) of an images Examples split, without decoding any image."""
     from collabfeat import examples
-    ids, pixels, labels = [], [], []
-    for r in examples.read(uri, split):
-        ids.append(r["item_id"].decode())
-        pixels.append(tf.io.decode_png(r["image"], channels=3).numpy())
-        labels.append(int(r["label"]))
-    if not ids:
+    out: Dict[str, int] = {}
+    for b in examples.batches(uri, split, {"item_id": tf.string, "label": tf.int64}):
+        out.update(zip((i.decode() for i in b["item_id"]), b["label"].tolist()))
+    if not out:
         raise ValueError(f"no images in split {split!r} of {uri}")
-    return ids, np.stack(pixels), np.asarray(labels)
+    return out
+
+
+def image_dataset(uri: str, split: str, size: int) -> tf.data.Dataset:
+    """An images Examples split streamed from disk, in file order:
+    (item id, uint8 RGB image [size, size, 3], label) per record."""
+    from collabfeat import examples
+    spec = {name: tf.io.FixedLenFeature([], dtype) for name, dtype in FEATURES.items()}
+
+    def parse(record):
+        r = tf.io.parse_single_example(record, spec)
+        image = tf.ensure_shape(tf.io.decode_png(r["image"], channels=3), [size, size, 3])
+        return r["item_id"], image, r["label"]
+    return examples.records(uri, split).map(parse, num_parallel_calls=tf.data.AUTOTUNE)

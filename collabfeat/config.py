@@ -76,6 +76,11 @@ class MFConfig:
     learning_rate: float = 0.01
     recall_k: int = 20
     seed: int = 1
+    # Memory bounds: pairs stream from disk through a shuffle buffer of this many records; recall@k
+    # is measured on a seeded sample of this many users, style agreement on this many items.
+    shuffle_buffer: int = 262144
+    eval_users: int = 20000
+    agreement_items: int = 20000
 
 
 @dataclass
@@ -92,6 +97,7 @@ class CNNConfig:
     learning_rate: float = 2e-3
     augment: bool = True
     seed: int = 3
+    shuffle_buffer: int = 10000    # images stream from disk through a shuffle buffer of this many
 
 
 @dataclass
@@ -102,6 +108,8 @@ class EvalConfig:
         "pseudo_class", "supervised", "rotation", "random", "pixels"])
     baseline_epochs: int = 12
     bless_margin: float = 0.02     # collaborative must beat random and pixels by this much
+    max_queries: int = 5000        # held-out images used as queries (a seeded sample beyond this);
+                                   # each is ranked against all held-out images, in bounded chunks
 
 
 @dataclass
@@ -112,6 +120,9 @@ class IndexConfig:
     leaves_to_search: int = 0      # 0: a third of the leaves
     reorder: int = 100
     min_recall: float = 0.95
+    recall_queries: int = 1000     # seeded sample of catalogue items that measure recall against exact search
+    map_sample: int = 20000        # UMAP is fitted on a seeded sample this large; the rest are placed
+                                   # at the mean of their nearest sampled neighbours
 
 
 @dataclass

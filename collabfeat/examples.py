@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional
 
 import apache_beam as beam
 import tensorflow as tf
@@ -45,11 +45,37 @@ def make(values: Dict[str, Any]) -> bytes:
 
 
 def read(uri: str, split: str) -> Iterator[Dict[str, Any]]:
-    """All records of a split, in-process (for data that fits in memory)."""
+    """All records of a split one by one, in-process (for tests and small tables)."""
     for path in split_files(uri, split):
         compression = "GZIP" if path.endswith(".gz") else ""
         for rec in tf.data.TFRecordDataset(path, compression_type=compression).as_numpy_iterator():
             yield to_dict(rec)
+
+
+def records(uri: str, split: str, shuffle: int = 0, seed: Optional[int] = None) -> tf.data.Dataset:
+    """A split's serialized records, streamed from its files; with `shuffle`, through a shuffle
+    buffer of that many records (bounded memory), reshuffled every epoch."""
+    files = split_files(uri, split)
+    compression = "GZIP" if files[0].endswith(".gz") else ""
+    data = tf.data.TFRecordDataset(files, compression_type=compression, num_parallel_reads=min(4, len(files)))
+    if shuffle:
+        data = data.shuffle(shuffle, seed=seed, reshuffle_each_iteration=True)
+    return data
+
+
+def dataset(uri: str, split: str, spec: Dict[str, tf.dtypes.DType], batch_size: int,
+            shuffle: int = 0, seed: Optional[int] = None) -> tf.data.Dataset:
+    """Batches of a split's records parsed to {feature: tensor [batch]} (one value per feature)."""
+    features = {name: tf.io.FixedLenFeature([], dtype) for name, dtype in spec.items()}
+    return (records(uri, split, shuffle, seed).batch(batch_size)
+            .map(lambda s: tf.io.parse_example(s, features), num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(2))
+
+
+def batches(uri: str, split: str, spec: Dict[str, tf.dtypes.DType],
+            batch_size: int = 1 << 16) -> Iterator[Dict[str, Any]]:
+    """A split's columns as numpy arrays, one batch at a time (streaming counts and samples)."""
+    yield from dataset(uri, split, spec, batch_size).as_numpy_iterator()
 
 
 class ReadSplit(beam.PTransform):

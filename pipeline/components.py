@@ -42,11 +42,9 @@ def LogTransform(logs: InputArtifact[Examples],
 
     cfg = Config.from_json(config_json)
     cols = cfg.data
-    known = None
-    if catalogue is not None:
-        known = {r["item_id"].decode() for r in examples.read(catalogue.uri, "catalogue")}
     [split] = artifact_utils.decode_split_names(logs.split_names)
     outcomes_path = os.path.join(interactions.uri, "outcomes.json")
+    summary_path = os.path.join(interactions.uri, "summary.json")
 
     def row(r):
         return {"user": r.get(cols.user_column), "item": r.get(cols.item_column),
@@ -56,26 +54,25 @@ def LogTransform(logs: InputArtifact[Examples],
         return {"user_id": p[0], "item_id": p[1], "weight": float(p[2]), "events": p[3]}
 
     with beam_pipeline as p:
+        known = None
+        if catalogue is not None:
+            known = (p | "ReadCatalogue" >> examples.ReadSplit(catalogue.uri, "catalogue")
+                     | "ItemIds" >> beam.Map(lambda r: r["item_id"].decode()))
         out = (p | "ReadLogs" >> examples.ReadSplit(logs.uri, split)
                | "Columns" >> beam.Map(row)
                | "Aggregate" >> AggregateLogs(cfg.transform, known))
         for name in ("train", "eval"):
             _ = out[name] | f"Record{name}" >> beam.Map(record) | f"Write{name}" >> examples.WriteSplit(interactions.uri, name)
         _ = out["outcomes"] | "Outcomes" >> outcomes.WriteOutcomes(outcomes_path)
+        _ = (out["summary"] | "SummaryJson" >> beam.Map(json.dumps)
+             | "WriteSummary" >> beam.io.WriteToText(summary_path, shard_name_template="", num_shards=1))
 
     interactions.split_names = artifact_utils.encode_split_names(["train", "eval"])
     rows = outcomes.read(outcomes_path)
-    pairs, users, items = {}, set(), set()
-    for s in ("train", "eval"):
-        pairs[s] = 0
-        for r in examples.read(interactions.uri, s):
-            pairs[s] += 1
-            users.add(r["user_id"])
-            items.add(r["item_id"])
+    summary = outcomes.read(summary_path)
     write_report(interactions.uri, {
         "rows": rows["counts"], "rows_total": sum(rows["counts"].values()),
-        "rejected_examples": rows["examples"], "pairs": pairs,
-        "users": len(users), "items": len(items)})
+        "rejected_examples": rows["examples"], **summary})
 
 
 @tfx.dsl.components.component(use_beam=True)
@@ -104,68 +101,124 @@ def ImageImport(images: OutputArtifact[Examples], config_json: Parameter[str],
 def MFTrainer(transformed: InputArtifact[Examples], transform_graph: InputArtifact[TransformGraph],
               model: OutputArtifact[Model], config_json: Parameter[str],
               catalogue: InputArtifact[Examples] = None) -> None:
-    """Weighted pairs -> user and item latent factors with TFRS (trainer/mf.py)."""
+    """Weighted pairs -> user and item latent factors with TFRS (trainer/mf.py). The pairs stream
+    from the transformed records; memory grows with the factor tables, not with the pairs."""
     import numpy as np
+    import tensorflow as tf
     import tensorflow_transform as tft
+    from collabfeat import topk
+    from collabfeat.catalogue import read_labels
     from collabfeat.trainer import mf
 
     cfg = Config.from_json(config_json)
     graph = tft.TFTransformOutput(transform_graph.uri)
     user_ids = [u.decode() for u in graph.vocabulary_by_name("user_id")]
     item_ids = [i.decode() for i in graph.vocabulary_by_name("item_id")]
+    n_users, n_items = len(user_ids), len(item_ids)
+    spec = {"user_idx": tf.int64, "item_idx": tf.int64, "rating": tf.float32}
 
-    def arrays(split):
-        rows = list(examples.read(transformed.uri, split))
-        return (np.array([r["user_idx"] for r in rows], np.int64), np.array([r["item_idx"] for r in rows], np.int64),
-                np.array([r["rating"] for r in rows], np.float32))
-
-    tu, ti, tr = arrays("train")
-    eu, ei, _ = arrays("eval")
-    known = (eu < len(user_ids)) & (ei < len(item_ids))      # eval pairs outside the train vocabularies
-    factors = mf.train(tu, ti, tr, len(user_ids) + 1, len(item_ids) + 1, cfg.mf)
-    factors = mf.Factors(factors.users[:len(user_ids)], factors.items[:len(item_ids)], factors.losses)
-    train_pairs, eval_pairs = np.c_[tu, ti], np.c_[eu, ei][known]
+    # One streaming pass per split: item counts, and the pairs of a seeded sample of users for recall@k.
+    sampled = np.zeros(n_users + 1, bool)
+    sampled[topk.sample(n_users, cfg.mf.eval_users, cfg.mf.seed)] = True
+    counts = np.zeros(n_items + 1, np.int64)
+    pairs, totals = {}, {}
+    for split in ("train", "eval"):
+        parts, totals[split], cold = [], 0, 0
+        for b in examples.batches(transformed.uri, split, spec):
+            u, i = b["user_idx"], b["item_idx"]
+            known = (u < n_users) & (i < n_items)   # eval pairs outside the train vocabularies are cold
+            totals[split] += int(known.sum())
+            cold += int((~known).sum())
+            if split == "train":
+                counts += np.bincount(i, minlength=n_items + 1)
+            keep = known & sampled[u]
+            parts.append(np.c_[u[keep], i[keep]])
+        pairs[split] = np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
+    data = examples.dataset(transformed.uri, "train", spec, cfg.mf.batch_size,
+                            shuffle=cfg.mf.shuffle_buffer, seed=cfg.mf.seed)
+    factors = mf.fit(data, n_users + 1, n_items + 1, counts, cfg.mf)
+    factors = mf.Factors(factors.users[:n_users], factors.items[:n_items], factors.losses)
     k = cfg.mf.recall_k
-    popularity = mf.popularity(ti, len(user_ids), len(item_ids))
-    report = {"users": len(user_ids), "items": len(item_ids), "train_pairs": int(len(tu)),
-              "eval_pairs": int(known.sum()), "eval_pairs_cold": int((~known).sum()), "losses": factors.losses,
-              f"recall@{k}": mf.recall_at_k(factors, train_pairs, eval_pairs, k),
-              f"recall@{k}_popularity": mf.recall_at_k(popularity, train_pairs, eval_pairs, k)}
+    popularity = mf.popularity_from_counts(counts[:n_items], n_users)
+    report = {"users": n_users, "items": n_items, "train_pairs": totals["train"],
+              "eval_pairs": totals["eval"], "eval_pairs_cold": cold, "losses": factors.losses,
+              "recall_users": int(len(np.unique(pairs["eval"][:, 0]))), "recall_users_bound": cfg.mf.eval_users,
+              f"recall@{k}": mf.recall_at_k(factors, pairs["train"], pairs["eval"], k),
+              f"recall@{k}_popularity": mf.recall_at_k(popularity, pairs["train"], pairs["eval"], k)}
     if catalogue is not None:
-        labels = {r["item_id"].decode(): r["label"] for r in examples.read(catalogue.uri, "catalogue")}
-        have = np.array([labels.get(i, -1) >= 0 for i in item_ids])
+        labels = read_labels(catalogue.uri, "catalogue")
+        lab = np.array([labels.get(i, -1) for i in item_ids])
+        have = lab >= 0
         if have.sum() > 10:
-            lab = np.array([labels.get(i, -1) for i in item_ids])[have]
-            report["style_agreement@10"] = mf.neighbour_agreement(factors.items[have], lab, 10)
+            lab = lab[have]
+            report["style_agreement@10"] = mf.neighbour_agreement(
+                factors.items[have], lab, 10, cfg.mf.agreement_items, cfg.mf.seed)
+            report["style_agreement_items"] = int(min(have.sum(), cfg.mf.agreement_items or have.sum()))
             report["style_agreement_chance"] = float(((np.bincount(lab) / len(lab)) ** 2).sum())
     mf.save(factors, user_ids, item_ids, os.path.join(model.uri, "factors.npz"))
     write_report(model.uri, report)
 
 
-def _training_set(images_uri: str, factors_path: str):
-    """Catalogue images that have an item factor: (ids, images, labels, factors, counts)."""
-    import numpy as np
-    from collabfeat.catalogue import read_images
-    from collabfeat.trainer import mf
+class _TrainingSet:
+    """The catalogue images that have an item factor, streamed from the images artifact and joined
+    with their item's (normalised) factor by a lookup table: memory holds the factor table, not images."""
 
-    ids, pixels, labels = read_images(images_uri, "catalogue")
-    f = mf.load(factors_path)
-    row = {item: i for i, item in enumerate(f["item_ids"])}
-    keep = np.array([i in row for i in ids])
-    targets = f["items"][[row[i] for i in np.asarray(ids)[keep]]]
-    counts = {"catalogue_images": len(ids), "with_factor": int(keep.sum()),
-              "without_factor (never seen, or filtered out)": int((~keep).sum()),
-              "factors_without_image": len(row) - int(keep.sum())}
-    return np.asarray(ids)[keep], pixels[keep], labels[keep], targets, counts
+    def __init__(self, images_uri: str, factors_path: str, cfg: Config):
+        import numpy as np
+        import tensorflow as tf
+        from collabfeat.catalogue import read_labels
+        from collabfeat.trainer import cnn, mf
+
+        self.images_uri, self.cfg = images_uri, cfg
+        f = mf.load(factors_path)
+        labels = read_labels(images_uri, "catalogue")
+        factor_ids = [str(i) for i in f["item_ids"]]
+        have = set(labels).intersection(factor_ids)
+        self.targets = cnn.unit(f["items"]).astype(np.float32)
+        self.with_image = np.array([i in have for i in factor_ids])
+        self.n_classes = max(labels.values()) + 1
+        self.labelled = sum(1 for i in have if labels[i] >= 0)
+        self.counts = {"catalogue_images": len(labels), "with_factor": len(have),
+                       "without_factor (never seen, or filtered out)": len(labels) - len(have),
+                       "factors_without_image": len(factor_ids) - len(have)}
+        self.row = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+            tf.constant(factor_ids, tf.string), tf.range(len(factor_ids), dtype=tf.int64)), default_value=-1)
+
+    def _images(self):
+        from collabfeat.catalogue import image_dataset
+        return (image_dataset(self.images_uri, "catalogue", self.cfg.cnn.image_size)
+                .map(lambda i, x, l: (self.row.lookup(i), x, l)).filter(lambda r, x, l: r >= 0))
+
+    def factors(self):
+        """(image, item factor) pairs."""
+        import tensorflow as tf
+        table = tf.constant(self.targets)
+        return self._images().map(lambda r, x, l: (x, tf.gather(table, r)))
+
+    def pseudo_classes(self, k: int, seed: int):
+        """(image, k-means cluster of its item factor) pairs (the paper's variant)."""
+        import numpy as np
+        import tensorflow as tf
+        from collabfeat.trainer import cnn
+        classes = np.full(len(self.targets), -1, np.int32)
+        classes[self.with_image] = cnn.pseudo_classes(self.targets[self.with_image], k, seed)
+        table = tf.constant(classes)
+        return self._images().map(lambda r, x, l: (x, tf.gather(table, r)))
+
+    def labelled_images(self):
+        """(image, label) pairs of the images that have a label."""
+        return self._images().filter(lambda r, x, l: l >= 0).map(lambda r, x, l: (x, l))
+
+    def images(self):
+        return self._images().map(lambda r, x, l: x)
 
 
-def _train_collaborative(mode, pixels, targets, cfg):
+def _train_collaborative(mode, data: _TrainingSet, cfg):
     from collabfeat.trainer import cnn
 
     if mode == "regression":
-        return cnn.train_regression(pixels, targets, cfg.cnn)
-    classes = cnn.pseudo_classes(targets, cfg.cnn.clusters, cfg.cnn.seed)
-    return cnn.train_classifier(pixels, classes, cfg.cnn.clusters, cfg.cnn)
+        return cnn.train_regression(data.factors(), cfg.cnn)
+    return cnn.train_classifier(data.pseudo_classes(cfg.cnn.clusters, cfg.cnn.seed), cfg.cnn.clusters, cfg.cnn)
 
 
 @tfx.dsl.components.component
@@ -173,10 +226,10 @@ def CNNTrainer(images: InputArtifact[Examples], mf_model: InputArtifact[Model],
                model: OutputArtifact[Model], config_json: Parameter[str]) -> None:
     """Images -> the Keras CNN trained onto the items' latent factors (trainer/cnn.py)."""
     cfg = Config.from_json(config_json)
-    _, pixels, _, targets, counts = _training_set(images.uri, os.path.join(mf_model.uri, "factors.npz"))
-    net, losses = _train_collaborative(cfg.cnn.mode, pixels, targets, cfg)
+    data = _TrainingSet(images.uri, os.path.join(mf_model.uri, "factors.npz"), cfg)
+    net, losses = _train_collaborative(cfg.cnn.mode, data, cfg)
     net.save(os.path.join(model.uri, "backbone.h5"))
-    write_report(model.uri, {"mode": cfg.cnn.mode, "losses": losses, **counts})
+    write_report(model.uri, {"mode": cfg.cnn.mode, "losses": losses, **data.counts})
 
 
 def load_backbone(model_uri: str):
@@ -191,47 +244,55 @@ def Evaluator(images: InputArtifact[Examples], mf_model: InputArtifact[Model], m
     """Retrieval precision@k and mAP on held-out labelled images: the served collaborative features
     against the other variant and the baselines. Blessed only if it beats random-init and pixels."""
     import numpy as np
-    from collabfeat.catalogue import read_images
+    from collabfeat.catalogue import image_dataset, read_labels
     from collabfeat.trainer import cnn
     from collabfeat.trainer.evaluate import bless, retrieval_metrics
 
     cfg = Config.from_json(config_json)
     split = "heldout" if "heldout" in artifact_utils.decode_split_names(images.split_names) else "catalogue"
-    _, test_px, test_labels = read_images(images.uri, split)
+    test_labels = np.array(list(read_labels(images.uri, split).values()))
     labelled = test_labels >= 0
     if labelled.sum() < 2:
         raise ValueError(f"evaluation needs labelled images: split {split!r} has {int(labelled.sum())}")
-    test_px, test_labels = test_px[labelled], test_labels[labelled]
-    _, pixels, labels, targets, _ = _training_set(images.uri, os.path.join(mf_model.uri, "factors.npz"))
+    test_labels = test_labels[labelled]
+    test_images = (image_dataset(images.uri, split, cfg.cnn.image_size)
+                   .filter(lambda i, x, l: l >= 0).map(lambda i, x, l: x))
+    data = _TrainingSet(images.uri, os.path.join(mf_model.uri, "factors.npz"), cfg)
     served = cfg.cnn.mode
     epochs = cfg.eval.baseline_epochs
-    table = {served: retrieval_metrics(cnn.embed(load_backbone(model.uri), test_px), test_labels, cfg.eval.k)}
+    k, queries, seed = cfg.eval.k, cfg.eval.max_queries, cfg.cnn.seed
+
+    def metrics(features):
+        return retrieval_metrics(features, test_labels, k, queries, seed)
+
+    table = {served: metrics(cnn.embed(load_backbone(model.uri), test_images))}
     # The other collaborative variant is always compared with the served one.
     for name in cfg.eval.baselines:
         if name == served == "pseudo_class":
             name = "regression"
         if name in ("pseudo_class", "regression"):
-            net, _ = _train_collaborative(name, pixels, targets, cfg)
+            net, _ = _train_collaborative(name, data, cfg)
         elif name == "supervised":
-            have = labels >= 0
-            if have.sum() < 2:
+            if data.labelled < 2:
                 continue
-            net, _ = cnn.train_classifier(pixels[have], labels[have], int(labels.max()) + 1, cfg.cnn, epochs)
+            net, _ = cnn.train_classifier(data.labelled_images(), data.n_classes, cfg.cnn, epochs)
         elif name == "rotation":
-            net, _ = cnn.train_rotation(pixels, cfg.cnn, epochs)
+            net, _ = cnn.train_rotation(data.images(), cfg.cnn, epochs)
         elif name == "random":
             net = cnn.random_init(cfg.cnn)
         else:
-            table["pixels"] = retrieval_metrics(cnn.pixels(test_px), test_labels, cfg.eval.k)
+            table["pixels"] = metrics(cnn.pixels(test_images))
             continue
-        table[name] = retrieval_metrics(cnn.embed(net, test_px), test_labels, cfg.eval.k)
+        table[name] = metrics(cnn.embed(net, test_images))
         # Kept for the explorer's feature-set switch (Indexer -> the pushed version).
         os.makedirs(os.path.join(evaluation.uri, "features", name), exist_ok=True)
         net.save(os.path.join(evaluation.uri, "features", name, "backbone.h5"))
-    key = f"precision@{min(cfg.eval.k, len(test_px) - 1)}"
+    n_test = len(test_labels)
+    key = f"precision@{min(cfg.eval.k, n_test - 1)}"
     blessed, beats = bless(table, served, key, cfg.eval.bless_margin)
     chance = float(((np.bincount(test_labels) / len(test_labels)) ** 2).sum())
-    write_report(evaluation.uri, {"split": split, "images": int(len(test_px)), "served": served,
+    write_report(evaluation.uri, {"split": split, "images": n_test, "served": served,
+                                  "queries": min(n_test, queries or n_test), "queries_bound": queries,
                                   "metric": key, "table": table, "margins": beats, "chance": chance})
     blessing.set_int_custom_property("blessed", int(blessed))
     open(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w").close()
@@ -252,31 +313,35 @@ def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
     every feature set the Evaluator compared."""
     import time
     import numpy as np
-    from collabfeat.catalogue import read_images
+    from collabfeat import topk
+    from collabfeat.catalogue import image_dataset, read_labels
     from collabfeat.serving import index as scann_index
     from collabfeat.trainer import cnn
 
     cfg = Config.from_json(config_json)
-    ids, pixels, _ = read_images(images.uri, "catalogue")
+    ids = list(read_labels(images.uri, "catalogue"))
+    pixels = image_dataset(images.uri, "catalogue", cfg.cnn.image_size).map(lambda i, x, l: x)
     emb = cnn.embed(load_backbone(model.uri), pixels)
+    if len(emb) != len(ids):
+        raise RuntimeError(f"the catalogue changed while it was read: {len(ids)} ids, {len(emb)} images")
     start = time.time()
     searcher = scann_index.build(emb, cfg.index)
     built = time.time() - start
-    rng = np.random.default_rng(0)
-    queries = emb[rng.choice(len(emb), min(1000, len(emb)), replace=False)]
+    queries = emb[topk.sample(len(emb), cfg.index.recall_queries, 0)]
     k = min(cfg.index.num_neighbors, len(emb))
     recall = scann_index.recall_against_exact(searcher, emb, queries, k)
     scann_index.save(searcher, ids, emb, index.uri, cfg.index)
-    scann_index.write_map(emb, index.uri)
+    scann_index.write_map(emb, index.uri, sample=cfg.index.map_sample)
     sets = [cfg.cnn.mode]
     if evaluation is not None:
         for name in sorted(os.listdir(os.path.join(evaluation.uri, "features"))):
             path = os.path.join(evaluation.uri, "features", name, "backbone.h5")
             scann_index.write_feature_set(index.uri, name, cnn.embed(load_backbone(os.path.dirname(path)), pixels), path)
             sets.append(name)
-        scann_index.write_feature_set(index.uri, "pixels", cnn.pixels(pixels))
+        scann_index.write_feature_set(index.uri, "pixels", (cnn.pixel_batch(x) for x in cnn.batches(pixels, 512)))
         sets.append("pixels")
     write_report(index.uri, {"items": len(ids), "dim": int(emb.shape[1]), f"recall@{k}": recall,
+                             "recall_queries": len(queries), "map_sample": min(len(ids), cfg.index.map_sample),
                              "build_seconds": built, "required_recall": cfg.index.min_recall,
                              "kind": scann_index.kind(len(ids)), "feature_sets": sets})
     if recall < cfg.index.min_recall:

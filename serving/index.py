@@ -10,6 +10,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 from scann.scann_ops.py import scann_ops_pybind
 
+from collabfeat import topk
 from collabfeat.config import IndexConfig
 
 # Below this many items a tree gains nothing: search all of them, exactly scored.
@@ -32,11 +33,7 @@ def build(embeddings: np.ndarray, cfg: IndexConfig):
 
 
 def exact_top_k(db: np.ndarray, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-    scores = queries @ db.T
-    idx = np.argpartition(-scores, min(k, db.shape[0] - 1), axis=1)[:, :k]
-    part = np.take_along_axis(scores, idx, axis=1)
-    order = np.argsort(-part, axis=1, kind="stable")
-    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(part, order, axis=1)
+    return topk.top_k(queries, db, k)
 
 
 def recall(found: np.ndarray, exact: np.ndarray, k: int) -> float:
@@ -82,13 +79,23 @@ def load(directory: str) -> Dict:
             "item_ids": ids, "embeddings": np.load(os.path.join(directory, "embeddings.npy"))}
 
 
-def write_map(embeddings: np.ndarray, directory: str, seed: int = 0) -> None:
+def write_map(embeddings: np.ndarray, directory: str, seed: int = 0, sample: int = 20000) -> None:
     """A 2-D UMAP of the embeddings (cosine), and the items snapped to a grid: `grid` lists item
-    rows in row-major grid order (rows by y, each row by x), so neighbours on the map sit side by side."""
+    rows in row-major grid order (rows by y, each row by x), so neighbours on the map sit side by side.
+    UMAP is fitted on a seeded sample of at most `sample` items; every other item is placed at the
+    similarity-weighted mean of its 5 nearest sampled items (chunked: bounded memory and time)."""
     n = len(embeddings)
     if n >= 10:
         import umap
-        xy = umap.UMAP(n_neighbors=min(15, n - 1), metric="cosine", random_state=seed).fit_transform(embeddings)
+        fit = topk.sample(n, sample, seed)
+        xy = np.zeros((n, 2), np.float32)
+        xy[fit] = umap.UMAP(n_neighbors=min(15, len(fit) - 1), metric="cosine",
+                            random_state=seed).fit_transform(embeddings[fit])
+        rest = np.setdiff1d(np.arange(n), fit)
+        if len(rest):
+            near, sims = topk.top_k(embeddings[rest], embeddings[fit], 5)
+            w = np.maximum(sims, 0) + 1e-6
+            xy[rest] = (xy[fit][near] * w[:, :, None]).sum(axis=1) / w.sum(axis=1, keepdims=True)
     else:
         xy = np.c_[np.arange(n), np.zeros(n)].astype(np.float32)
     cols = int(math.ceil(math.sqrt(n)))
@@ -99,10 +106,28 @@ def write_map(embeddings: np.ndarray, directory: str, seed: int = 0) -> None:
                    "grid": grid.tolist()}, f)
 
 
-def write_feature_set(directory: str, name: str, embeddings: np.ndarray, backbone_path: str = "") -> None:
-    """Another feature set's catalogue embeddings (and its CNN, to embed new images), for comparison."""
+def write_feature_set(directory: str, name: str, embeddings, backbone_path: str = "") -> None:
+    """Another feature set's catalogue embeddings (and its CNN, to embed new images), for comparison.
+    `embeddings`: an array, or an iterable of row batches written one at a time (bounded memory)."""
     out = os.path.join(directory, "features", name)
     os.makedirs(out, exist_ok=True)
-    np.save(os.path.join(out, "embeddings.npy"), embeddings.astype(np.float32))
+    write_npy(os.path.join(out, "embeddings.npy"), [embeddings] if isinstance(embeddings, np.ndarray) else embeddings)
     if backbone_path:
         shutil.copy(backbone_path, os.path.join(out, "backbone.h5"))
+
+
+def write_npy(path: str, batches) -> None:
+    """Row batches [b, d] -> one float32 .npy file [sum b, d], streamed through disk: the rows go
+    to a side file first, then behind the header that their final count makes."""
+    from numpy.lib import format as npy
+    rows, dim = 0, 0
+    with open(path + ".rows", "w+b") as raw:
+        for b in batches:
+            b = np.ascontiguousarray(b, dtype="<f4")
+            rows, dim = rows + len(b), b.shape[1]
+            raw.write(b.tobytes())
+        raw.seek(0)
+        with open(path, "wb") as f:
+            npy.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (rows, dim)})
+            shutil.copyfileobj(raw, f, 16 << 20)
+    os.remove(path + ".rows")

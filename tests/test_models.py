@@ -1,4 +1,6 @@
 """MF, CNN and the retrieval metrics on small data with planted structure."""
+import os
+
 import numpy as np
 import pytest
 
@@ -61,7 +63,7 @@ def test_cnn_regression_learns_and_embeds_normalised():
     x, kind = stripes()
     targets = np.where(kind[:, None] == 1, [[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]]).astype(np.float32)
     cfg = CNNConfig(image_size=16, widths=[8, 16], embedding_dim=12, epochs=10, batch_size=16, augment=False)
-    net, losses = cnn.train_regression(x, targets, cfg)
+    net, losses = cnn.train_regression(cnn.pairs(x, targets), cfg)
     assert losses[-1] < losses[0] - 0.2      # cosine loss runs from about 0 towards -1
     emb = cnn.embed(net, x)
     assert emb.shape == (len(x), 12)
@@ -119,3 +121,58 @@ def test_scann_index_loads_from_a_copy_after_the_original_is_gone(tmp_path):
         exact, _ = index.exact_top_k(emb, emb[:50], 10)
         recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(np.asarray(rows).tolist(), exact.tolist())])
         assert recall >= 0.95, (n, recall)
+
+
+def test_chunked_top_k_equals_the_exact_answer_for_any_chunk_size():
+    from collabfeat import topk
+    rng = np.random.default_rng(0)
+    db, queries = rng.normal(size=(500, 8)).astype(np.float32), rng.normal(size=(70, 8)).astype(np.float32)
+    scores = queries @ db.T
+    exact = np.argsort(-scores, axis=1, kind="stable")[:, :7]
+    for budget in (1, 499, 500 * 3 + 1, 1 << 25):      # one query per chunk ... all at once
+        rows, best = topk.top_k(queries, db, 7, budget=budget)
+        assert (rows == exact).all(), budget
+        np.testing.assert_allclose(best, np.take_along_axis(scores, exact, axis=1), rtol=1e-6)
+    # A mask hides entries of each chunk: here every query's first exact answer.
+    def hide(chunk, block):
+        block[np.arange(chunk.stop - chunk.start), exact[chunk, 0]] = -np.inf
+    rows, _ = topk.top_k(queries, db, 6, mask=hide, budget=600)
+    assert (rows == exact[:, 1:7]).all()
+    assert [len(range(*s.indices(70))) for s in topk.row_chunks(70, 500, 600)] == [1] * 70
+    assert list(topk.sample(10, 20, 0)) == list(range(10))
+    assert len(set(topk.sample(1000, 20, 0))) == 20 and (topk.sample(1000, 20, 0) == topk.sample(1000, 20, 0)).all()
+
+
+def test_sampled_chunked_metrics_match_the_full_computation():
+    """The bounded forms agree with a direct all-against-all computation, and a sample of queries
+    is a subset of the full per-query results."""
+    from collabfeat import topk
+    rng = np.random.default_rng(2)
+    feats = cnn.unit(rng.normal(size=(300, 6)))
+    labels = rng.integers(4, size=300)
+    sims = feats @ feats.T
+    np.fill_diagonal(sims, -np.inf)
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :299]
+    relevant = labels[order] == labels[:, None]
+    ap = np.array([(rel * np.cumsum(rel) / np.arange(1, 300)).sum() / max(rel.sum(), 1) for rel in relevant])
+    full = retrieval_metrics(feats, labels, 10)
+    assert full["precision@10"] == pytest.approx(relevant[:, :10].mean())
+    assert full["mAP"] == pytest.approx(ap.mean())
+    q = topk.sample(300, 50, 4)
+    sampled = retrieval_metrics(feats, labels, 10, max_queries=50, seed=4)
+    assert sampled["precision@10"] == pytest.approx(relevant[q, :10].mean())
+    assert sampled["mAP"] == pytest.approx(ap[q].mean())
+    top10 = order[:, :10]
+    assert mf.neighbour_agreement(feats, labels, 10) == pytest.approx((labels[top10] == labels[:, None]).mean())
+    assert mf.neighbour_agreement(feats, labels, 10, max_queries=50, seed=4) == pytest.approx(
+        (labels[top10[q]] == labels[q][:, None]).mean())
+
+
+def test_feature_sets_stream_to_a_valid_npy(tmp_path):
+    from collabfeat.serving import index
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(size=(n, 5)).astype(np.float32) for n in (3, 0, 7, 1)]
+    index.write_feature_set(str(tmp_path), "x", iter(parts))
+    got = np.load(tmp_path / "features" / "x" / "embeddings.npy")
+    np.testing.assert_array_equal(got, np.concatenate(parts))
+    assert sorted(os.listdir(tmp_path / "features" / "x")) == ["embeddings.npy"]

@@ -4,8 +4,10 @@ import json
 import math
 import os
 import tempfile
+from collections import Counter
 
 import apache_beam as beam
+import numpy as np
 import pytest
 
 from collabfeat.config import TransformConfig
@@ -78,8 +80,16 @@ def test_most_popular_items_and_most_active_users_removed():
     got = run(rows, cfg)
     assert all(i != "hit" for _, i, _, _ in got["train"])
     assert counts(got["outcomes"]) == {"used": 10, "item_too_popular": 10}
-    lo, hi = aggregate.degree_limits([1, 2, 3, 100], 2, 0.5)
+    lo, hi = aggregate.degree_limits(Counter([1, 2, 3, 100]), 2, 0.5)
     assert (lo, hi) == (2, 2.5)
+
+
+def test_histogram_quantile_equals_numpy_on_the_expanded_values():
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 1000):
+        values = rng.zipf(1.8, size=n).clip(max=10_000)
+        for q in (0.0, 0.1, 0.5, 0.9, 0.999, 1.0):
+            assert aggregate.histogram_quantile(Counter(values.tolist()), q) == pytest.approx(np.quantile(values, q)), (n, q)
 
 
 def test_split_is_seeded_and_near_the_fraction():

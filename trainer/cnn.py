@@ -49,11 +49,15 @@ def _augment(cfg: CNNConfig):
                                 tf.keras.layers.RandomTranslation(0.1, 0.1, seed=cfg.seed)])
 
 
-def _fit(model, images: np.ndarray, targets: np.ndarray, loss, cfg: CNNConfig, epochs: int,
-         rotate: bool = False) -> List[float]:
+def pairs(images: np.ndarray, targets: np.ndarray) -> tf.data.Dataset:
+    """(image, target) pairs held in memory as a dataset (tests); the pipeline streams them from disk."""
+    return tf.data.Dataset.from_tensor_slices((images, targets))
+
+
+def _fit(model, data: tf.data.Dataset, loss, cfg: CNNConfig, epochs: int, rotate: bool = False) -> List[float]:
+    """data: unbatched (uint8 image [S, S, 3], target) pairs, shuffled through a bounded buffer."""
     aug = _augment(cfg)
-    data = tf.data.Dataset.from_tensor_slices((images, targets))
-    data = data.shuffle(len(images), seed=cfg.seed).batch(cfg.batch_size)
+    data = data.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True).batch(cfg.batch_size)
     data = data.map(lambda x, y: (tf.cast(x, tf.float32), y))
     if aug is not None:
         data = data.map(lambda x, y: (aug(x, training=True), y))
@@ -72,16 +76,18 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def train_regression(images: np.ndarray, factors: np.ndarray, cfg: CNNConfig,
+def train_regression(data: tf.data.Dataset, cfg: CNNConfig,
                      epochs: Optional[int] = None) -> Tuple[tf.keras.Model, List[float]]:
+    """data: (image, item factor) pairs; the factors are L2-normalised here."""
     tf.keras.utils.set_random_seed(cfg.seed)
     net = backbone(cfg)
-    model = with_head(net, factors.shape[1], None)
+    model = with_head(net, data.element_spec[1].shape[-1], None)
     if cfg.regression_loss == "cosine":
         loss = tf.keras.losses.CosineSimilarity()
     else:
         loss = tf.keras.losses.MeanSquaredError()
-    losses = _fit(model, images, unit(factors).astype(np.float32), loss, cfg, epochs or cfg.epochs)
+    data = data.map(lambda x, y: (x, tf.cast(y, tf.float32) / tf.maximum(tf.norm(tf.cast(y, tf.float32)), 1e-12)))
+    losses = _fit(model, data, loss, cfg, epochs or cfg.epochs)
     return net, losses
 
 
@@ -90,18 +96,21 @@ def pseudo_classes(factors: np.ndarray, k: int, seed: int) -> np.ndarray:
     return KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(unit(factors)).astype(np.int32)
 
 
-def train_classifier(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: CNNConfig,
+def train_classifier(data: tf.data.Dataset, n_classes: int, cfg: CNNConfig,
                      epochs: Optional[int] = None, rotate: bool = False):
+    """data: (image, class id) pairs."""
     tf.keras.utils.set_random_seed(cfg.seed)
     net = backbone(cfg)
     model = with_head(net, n_classes, None)
     loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    losses = _fit(model, images, labels.astype(np.int32), loss, cfg, epochs or cfg.epochs, rotate=rotate)
+    data = data.map(lambda x, y: (x, tf.cast(y, tf.int32)))
+    losses = _fit(model, data, loss, cfg, epochs or cfg.epochs, rotate=rotate)
     return net, losses
 
 
-def train_rotation(images: np.ndarray, cfg: CNNConfig, epochs: Optional[int] = None):
-    return train_classifier(images, np.zeros(len(images), np.int32), 4, cfg, epochs, rotate=True)
+def train_rotation(images: tf.data.Dataset, cfg: CNNConfig, epochs: Optional[int] = None):
+    """images: a dataset of images (the targets are made by rotating them)."""
+    return train_classifier(images.map(lambda x: (x, 0)), 4, cfg, epochs, rotate=True)
 
 
 def random_init(cfg: CNNConfig) -> tf.keras.Model:
@@ -109,10 +118,26 @@ def random_init(cfg: CNNConfig) -> tf.keras.Model:
     return backbone(cfg)
 
 
-def embed(net: tf.keras.Model, images: np.ndarray, batch: int = 512) -> np.ndarray:
-    """L2-normalised features of uint8 images [n, S, S, 3]."""
-    return unit(net.predict(images, batch_size=batch, verbose=0))
+def batches(images, batch: int):
+    """uint8 images [n, S, S, 3] (array) or an unbatched dataset of them -> numpy batches."""
+    if isinstance(images, tf.data.Dataset):
+        yield from images.batch(batch).prefetch(2).as_numpy_iterator()
+    else:
+        for start in range(0, len(images), batch):
+            yield images[start:start + batch]
 
 
-def pixels(images: np.ndarray) -> np.ndarray:
+def embed(net: tf.keras.Model, images, batch: int = 512) -> np.ndarray:
+    """L2-normalised features of uint8 images (an array [n, S, S, 3] or a dataset of images),
+    computed batch by batch: memory holds the features, not the images."""
+    out = [unit(net.predict_on_batch(x.astype(np.float32) if x.dtype != np.float32 else x))
+           for x in batches(images, batch)]
+    return np.concatenate(out) if out else np.zeros((0, net.output_shape[-1]), np.float32)
+
+
+def pixels(images) -> np.ndarray:
+    return np.concatenate([pixel_batch(x) for x in batches(images, 512)])
+
+
+def pixel_batch(images: np.ndarray) -> np.ndarray:
     return unit(images.reshape(len(images), -1).astype(np.float32) / 255.0)

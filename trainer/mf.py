@@ -16,6 +16,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from collabfeat import topk
+
 from collabfeat.config import MFConfig
 
 
@@ -64,63 +66,83 @@ class Factors:
     losses: List[float]
 
 
-def train(user_idx: np.ndarray, item_idx: np.ndarray, rating: np.ndarray,
-          n_users: int, n_items: int, cfg: MFConfig) -> Factors:
-    """Fits the factors on observed (user, item, rating) triples; ids are 0-based indices."""
-    if len(user_idx) == 0:
+def fit(data: tf.data.Dataset, n_users: int, n_items: int, item_counts: np.ndarray, cfg: MFConfig) -> Factors:
+    """Fits the factors on a stream of batches {"user_idx", "item_idx", "rating"} (0-based indices),
+    re-read every epoch; item_counts [n_items]: training pairs per item (for the softmax's logQ)."""
+    counts = np.asarray(item_counts, np.float64)
+    if counts.sum() == 0:
         raise ValueError("no interactions to factorise (all rows were filtered out?)")
     tf.keras.utils.set_random_seed(cfg.seed)
-    counts = np.bincount(item_idx, minlength=n_items).astype(np.float64)
     model = MatrixFactorization(n_users, n_items, cfg, item_probability=counts / counts.sum())
     model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
-    data = tf.data.Dataset.from_tensor_slices({
-        "user_idx": user_idx.astype(np.int64), "item_idx": item_idx.astype(np.int64),
-        "rating": rating.astype(np.float32)})
-    data = data.shuffle(len(user_idx), seed=cfg.seed, reshuffle_each_iteration=True).batch(cfg.batch_size)
     hist = model.fit(data, epochs=cfg.epochs, verbose=0)
     return Factors(users=model.users.embeddings.numpy(), items=model.items.embeddings.numpy(),
                    losses=[float(x) for x in hist.history["loss"]])
 
 
+def train(user_idx: np.ndarray, item_idx: np.ndarray, rating: np.ndarray,
+          n_users: int, n_items: int, cfg: MFConfig) -> Factors:
+    """fit() on triples held in memory (tests, benchmarks); the pipeline streams its pairs instead."""
+    if len(user_idx) == 0:
+        raise ValueError("no interactions to factorise (all rows were filtered out?)")
+    data = tf.data.Dataset.from_tensor_slices({
+        "user_idx": user_idx.astype(np.int64), "item_idx": item_idx.astype(np.int64),
+        "rating": rating.astype(np.float32)})
+    data = data.shuffle(len(user_idx), seed=cfg.seed, reshuffle_each_iteration=True).batch(cfg.batch_size)
+    return fit(data, n_users, n_items, np.bincount(item_idx, minlength=n_items), cfg)
+
+
 def popularity(train_items: np.ndarray, n_users: int, n_items: int) -> Factors:
     """The reference ranking: every user ranks items by their number of training pairs."""
-    return Factors(np.ones((n_users, 1)), np.bincount(train_items, minlength=n_items)[:, None] * 1.0, [])
+    return popularity_from_counts(np.bincount(train_items, minlength=n_items), n_users)
 
 
-def recall_at_k(factors: Factors, train_pairs: np.ndarray, eval_pairs: np.ndarray, k: int,
-                chunk: int = 1024) -> float:
+def popularity_from_counts(item_counts: np.ndarray, n_users: int) -> Factors:
+    return Factors(np.ones((n_users, 1), np.float32), np.asarray(item_counts, np.float32)[:, None], [])
+
+
+def recall_at_k(factors: Factors, train_pairs: np.ndarray, eval_pairs: np.ndarray, k: int) -> float:
     """Mean over users with held-out pairs of |top-k ∩ held-out| / min(k, |held-out|),
-    ranking all items by y_i.x_j and excluding the user's training items."""
+    ranking all items by y_i.x_j and excluding the user's training items (chunked, bounded memory).
+    The pipeline passes the pairs of a seeded sample of users (mf.eval_users)."""
     if len(eval_pairs) == 0:
         return float("nan")
-    held: Dict[int, set] = {}
-    for u, i in eval_pairs:
-        held.setdefault(int(u), set()).add(int(i))
-    seen: Dict[int, List[int]] = {}
-    for u, i in train_pairs:
-        if int(u) in held:
-            seen.setdefault(int(u), []).append(int(i))
-    users = np.array(sorted(held))
+    eval_pairs, train_pairs = np.asarray(eval_pairs, np.int64), np.asarray(train_pairs, np.int64)
+    users = np.unique(eval_pairs[:, 0])
+    train_pairs = train_pairs[np.isin(train_pairs[:, 0], users)]
+
+    def pairs_by_row(pairs):   # -> row of users, items sorted by that row, and each row's offsets
+        rows = np.searchsorted(users, pairs[:, 0])
+        order = np.argsort(rows, kind="stable")
+        return pairs[order, 1], np.searchsorted(rows[order], np.arange(len(users) + 1))
+
+    held_items, held_at = pairs_by_row(eval_pairs)
+    seen_items, seen_at = pairs_by_row(train_pairs)
+
+    def hide_seen(rows, scores):
+        for r in range(rows.start, rows.stop):
+            scores[r - rows.start, seen_items[seen_at[r]:seen_at[r + 1]]] = -np.inf
+
+    top, _ = topk.top_k(factors.users[users], factors.items, k, mask=hide_seen)
     recalls = []
-    for start in range(0, len(users), chunk):
-        batch = users[start:start + chunk]
-        scores = factors.users[batch] @ factors.items.T
-        for row, u in enumerate(batch):
-            scores[row, seen.get(int(u), [])] = -np.inf
-        top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
-        for row, u in enumerate(batch):
-            hits = len(held[int(u)].intersection(top[row].tolist()))
-            recalls.append(hits / min(k, len(held[int(u)])))
+    for r in range(len(users)):
+        held = np.unique(held_items[held_at[r]:held_at[r + 1]])
+        recalls.append(np.isin(top[r], held).sum() / min(k, len(held)))
     return float(np.mean(recalls))
 
 
-def neighbour_agreement(vectors: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
-    """Share of each vector's k nearest neighbours (cosine) that have its label."""
+def neighbour_agreement(vectors: np.ndarray, labels: np.ndarray, k: int = 10,
+                        max_queries: int = 0, seed: int = 0) -> float:
+    """Share of each vector's k nearest neighbours (cosine, itself excluded) that have its label,
+    over all vectors or a seeded sample of `max_queries` of them (chunked, bounded memory)."""
     v = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    sims = v @ v.T
-    np.fill_diagonal(sims, -np.inf)
-    top = np.argpartition(-sims, k, axis=1)[:, :k]
-    return float((labels[top] == labels[:, None]).mean())
+    queries = topk.sample(len(v), max_queries, seed)
+
+    def hide_self(rows, scores):
+        scores[np.arange(rows.stop - rows.start), queries[rows]] = -np.inf
+
+    top, _ = topk.top_k(v[queries], v, k, mask=hide_self)
+    return float((labels[top] == labels[queries][:, None]).mean())
 
 
 def save(factors: Factors, user_ids: List[str], item_ids: List[str], path: str) -> None:

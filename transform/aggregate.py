@@ -59,11 +59,26 @@ def in_eval_split(user: str, item: str, fraction: float, seed: int) -> bool:
     return int.from_bytes(digest[:8], "big") / 2.0 ** 64 < fraction
 
 
-def degree_limits(degrees: List[int], minimum: int, max_quantile: float) -> Tuple[int, float]:
-    """Keep degrees in [minimum, upper]; upper is the max_quantile of the degrees."""
-    if not degrees or max_quantile >= 1.0:
+def histogram_quantile(histogram: Dict[int, int], q: float) -> float:
+    """np.quantile(values, q) (linear interpolation) of the values a {value: count} histogram
+    describes, without expanding them: memory grows with the distinct values, not with their count."""
+    values = np.array(sorted(histogram), dtype=np.float64)
+    ends = np.cumsum([histogram[v] for v in sorted(histogram)])   # last position (exclusive) of each value
+    h = (ends[-1] - 1) * q
+    lo = int(math.floor(h))
+
+    def at(pos):
+        return values[np.searchsorted(ends, pos, side="right")]
+    below = at(lo)
+    return float(below + (h - lo) * (at(min(lo + 1, ends[-1] - 1)) - below))
+
+
+def degree_limits(histogram: Dict[int, int], minimum: int, max_quantile: float) -> Tuple[int, float]:
+    """Keep degrees in [minimum, upper]; upper is the max_quantile of the degrees, given as a
+    {degree: number of users (or items) with it} histogram."""
+    if not histogram or max_quantile >= 1.0:
         return minimum, math.inf
-    return minimum, float(np.quantile(np.asarray(degrees, dtype=np.float64), max_quantile))
+    return minimum, histogram_quantile(histogram, max_quantile)
 
 
 class _CountEvents(beam.CombineFn):
@@ -94,8 +109,9 @@ def _filter_round(pairs, round_no: int, cfg) -> Tuple[Any, Any]:
     def limits(pcoll, key_index, minimum, quantile, name):
         degree = (pcoll | f"{tag}{name}Key" >> beam.Map(lambda p: (p[key_index], 1))
                   | f"{tag}{name}Degree" >> beam.CombinePerKey(sum))
-        bounds = (degree | f"{tag}{name}Values" >> beam.Values()
-                  | f"{tag}{name}List" >> beam.combiners.ToList()
+        bounds = (degree | f"{tag}{name}Values" >> beam.Map(lambda kd: (kd[1], 1))
+                  | f"{tag}{name}Histogram" >> beam.CombinePerKey(sum)
+                  | f"{tag}{name}HistogramDict" >> beam.combiners.ToDict()
                   | f"{tag}{name}Limits" >> beam.Map(degree_limits, minimum, quantile))
         return degree, bounds
 
@@ -133,27 +149,35 @@ def _filter_round(pairs, round_no: int, cfg) -> Tuple[Any, Any]:
 class AggregateLogs(beam.PTransform):
     """rows (dicts with user, item, event) -> {"train", "eval": (user, item, weight, rows), "outcomes"}.
 
-    `catalogue`: a Python set of known item ids, or None to accept all.
+    `catalogue`: the known item ids (a PCollection of them, or a Python collection), or None to
+    accept all; given to the workers as a side input.
     "outcomes": (outcome, input rows, detail) tuples for collabfeat.outcomes.WriteOutcomes.
+    "summary": one dict {"pairs": {"train": n, "eval": n}, "users": n, "items": n}, counted by Beam.
     """
 
-    def __init__(self, cfg, catalogue: Optional[Iterable[str]] = None):
+    def __init__(self, cfg, catalogue=None):
         super().__init__()
         self.cfg = cfg
-        self.catalogue = set(catalogue) if catalogue is not None else None
+        self.catalogue = catalogue
 
     def expand(self, rows):
         cfg, weights, catalogue = self.cfg, dict(self.cfg.event_weights), self.catalogue
+        known = None
+        if catalogue is not None:
+            if not isinstance(catalogue, beam.PCollection):
+                catalogue = rows.pipeline | "Catalogue" >> beam.Create(sorted(set(catalogue)))
+            known = beam.pvalue.AsDict(catalogue | "KnownItems" >> beam.Map(lambda i: (i, True)))
 
-        def check(row):
-            status, value = validate_row(row, weights, catalogue)
+        def check(row, known=None):
+            status, value = validate_row(row, weights, known)
             if status == "ok":
                 yield value
             else:
                 shown = ", ".join(f"{k}={_text(row.get(k))!r}" for k in ("user", "item", "event"))
                 yield beam.pvalue.TaggedOutput("rejected", (status, 1, f"row {shown}"))
 
-        parsed = rows | "Validate" >> beam.FlatMap(check).with_outputs("rejected", main="ok")
+        validate = beam.FlatMap(check, known=known) if known is not None else beam.FlatMap(check)
+        parsed = rows | "Validate" >> validate.with_outputs("rejected", main="ok")
         counted = (parsed.ok | "PairKey" >> beam.Map(lambda r: ((r[0], r[1]), r[2]))
                    | "CountEvents" >> beam.CombinePerKey(_CountEvents()))
 
@@ -177,4 +201,20 @@ class AggregateLogs(beam.PTransform):
 
         split = kept | "Split" >> beam.Partition(
             lambda p, _n: int(in_eval_split(p[0], p[1], cfg.eval_fraction, cfg.split_seed)), 2)
-        return {"train": split[0], "eval": split[1], "outcomes": outcomes}
+        return {"train": split[0], "eval": split[1], "outcomes": outcomes,
+                "summary": _summary(kept, split[0], split[1])}
+
+
+def _summary(kept, train, evaluation):
+    """Pairs per split and distinct users and items, counted by Beam (not by the driver)."""
+    def count(pcoll, name):
+        return pcoll | f"Count{name}" >> beam.combiners.Count.Globally()
+
+    def distinct(index, name):
+        return count(kept | f"{name}Ids" >> beam.Map(lambda p: p[index]) | f"{name}Distinct" >> beam.Distinct(), name)
+
+    users, items = distinct(0, "Users"), distinct(1, "Items")
+    n_train, n_eval = count(train, "Train"), count(evaluation, "Eval")
+    return (n_train | "Summary" >> beam.Map(
+        lambda t, e, u, i: {"pairs": {"train": t, "eval": e}, "users": u, "items": i},
+        e=beam.pvalue.AsSingleton(n_eval), u=beam.pvalue.AsSingleton(users), i=beam.pvalue.AsSingleton(items)))
