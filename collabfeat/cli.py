@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -75,7 +74,8 @@ def main(argv=None):
         sheet = simulate(cfg.simulator, args.out)
         print(json.dumps({k: v for k, v in sheet.items() if k != "parameters"}, indent=1))
     elif args.command in ("demo", "run"):
-        from collabfeat.pipeline.run import format_report, run_local
+        from collabfeat.pipeline.run import format_report
+        from collabfeat.pipeline.supervise import PipelineFailed, run as run_supervised
         if args.command == "run":
             overrides = {"logs": args.logs, "items": args.items, "image_dir": args.image_dir,
                          "eval_items": args.eval_items}
@@ -85,15 +85,17 @@ def main(argv=None):
             if not cfg.data.logs:
                 parser.exit(2, "collabfeat run: --logs (or data.logs) is required; `collabfeat demo` uses the default data\n")
         log_path = os.path.abspath(os.path.join(cfg.runner.output_dir, cfg.runner.pipeline_name, "pipeline.log"))
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
         print(f"[collabfeat] running the pipeline (the default data takes about 5 minutes on 2 cores); "
               f"its log: {log_path}", flush=True)
         try:
-            with stderr_to(log_path):
-                report = run_local(cfg, until=getattr(args, "until", "push"))
+            report = run_supervised(cfg, getattr(args, "until", "push"), log_path,
+                                    echo=lambda line: print(line, flush=True))
         except (ValueError, FileNotFoundError) as e:
             parser.exit(2, f"collabfeat: {e}\n")
-        except Exception as e:
-            parser.exit(1, f"collabfeat: the pipeline failed: {type(e).__name__}: {e}\n(see {log_path})\n")
+        except PipelineFailed as e:
+            print(format_report(e.report))
+            parser.exit(1, f"collabfeat: {e}\n")
         print(format_report(report))
         push = report.get("push", {})
         if "push" in report and not push.get("pushed"):
@@ -124,22 +126,6 @@ def main(argv=None):
                 name, args.model_base_path or os.path.join(cfg.serving.push_dir, name))
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         server.serve(models, cfg.serving)
-
-
-@contextlib.contextmanager
-def stderr_to(path):
-    """Sends this process's stderr (fd 2, inherited by Beam's workers) to a log file."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "a") as log:
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def query(args, parser):

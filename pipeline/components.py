@@ -121,9 +121,9 @@ def MFTrainer(transformed: InputArtifact[Examples], transform_graph: InputArtifa
     sampled = np.zeros(n_users + 1, bool)
     sampled[topk.sample(n_users, cfg.mf.eval_users, cfg.mf.seed)] = True
     counts = np.zeros(n_items + 1, np.int64)
-    pairs, totals = {}, {}
+    pairs, totals, cold = {}, {}, 0
     for split in ("train", "eval"):
-        parts, totals[split], cold = [], 0, 0
+        parts, totals[split] = [], 0
         for b in examples.batches(transformed.uri, split, spec):
             u, i = b["user_idx"], b["item_idx"]
             known = (u < n_users) & (i < n_items)   # eval pairs outside the train vocabularies are cold

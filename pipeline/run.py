@@ -6,13 +6,13 @@ import hashlib
 import json
 import os
 import time
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from collabfeat.config import Config
 
 
 def find_artifact(pipeline_root: str, component: str, output: str) -> Optional[str]:
-    """The newest artifact directory LocalDagRunner wrote for component.output, if any."""
+    """The newest artifact directory LocalDagRunner wrote for component.output, if any (tests)."""
     base = os.path.join(pipeline_root, component, output)
     if not os.path.isdir(base):
         return None
@@ -20,13 +20,18 @@ def find_artifact(pipeline_root: str, component: str, output: str) -> Optional[s
     return os.path.join(base, runs[-1]) if runs else None
 
 
-def read_report(component: str, output: str, pipeline_root: str) -> Optional[Dict]:
-    """The report.json that a collabfeat component wrote beside its newest output, if any."""
-    uri = find_artifact(pipeline_root, component, output)
+def read_report(uri: Optional[str]) -> Optional[Dict]:
+    """The report.json that a collabfeat component wrote beside an output artifact, if any."""
     if not uri or not os.path.exists(os.path.join(uri, "report.json")):
         return None
     with open(os.path.join(uri, "report.json")) as f:
         return json.load(f)
+
+
+def paths(cfg: Config):
+    """(the run directory, its MLMD database, its report)."""
+    root = os.path.abspath(os.path.join(cfg.runner.output_dir, cfg.runner.pipeline_name))
+    return root, os.path.join(root, "metadata.sqlite"), os.path.join(root, "report.json")
 
 
 def prepare_data(cfg: Config) -> Config:
@@ -54,20 +59,22 @@ def prepare_data(cfg: Config) -> Config:
 
 
 def run_local(cfg: Config, until: str = "push") -> Dict:
+    """Runs the pipeline in this process (LocalDagRunner); -> the report of this run's components."""
     from tfx import v1 as tfx
     from collabfeat.pipeline.pipeline import create_pipeline
+    from collabfeat.pipeline.supervise import executions
 
     cfg = prepare_data(cfg)
-    root = os.path.abspath(os.path.join(cfg.runner.output_dir, cfg.runner.pipeline_name))
+    root, metadata_path, report_path = paths(cfg)
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, "config.json"), "w") as f:
         f.write(cfg.to_json())
     start = time.time()
     tfx.orchestration.LocalDagRunner().run(create_pipeline(
-        cfg, cfg.data.logs, os.path.join(root, "root"), os.path.join(root, "metadata.sqlite"), until=until))
-    report = collect(os.path.join(root, "root"), cfg)
+        cfg, cfg.data.logs, os.path.join(root, "root"), metadata_path, until=until))
+    report = collect(cfg, executions(metadata_path, int(start * 1000) - 1))
     report["seconds"] = round(time.time() - start, 1)
-    with open(os.path.join(root, "report.json"), "w") as f:
+    with open(report_path, "w") as f:
         json.dump(report, f, indent=1, sort_keys=True)
     return report
 
@@ -78,17 +85,20 @@ OUTPUTS = {"images": ("ImageImport", "images"), "logs": ("LogTransform", "intera
            "push": ("Pusher", "pushed_model")}
 
 
-def collect(pipeline_root: str, cfg: Config) -> Dict:
+def collect(cfg: Config, ran: List[Dict]) -> Dict:
+    """The run report from the reports of this run's completed components (`ran`: from MLMD,
+    pipeline/supervise.executions), never from an earlier run's artifacts."""
     report: Dict = {"data": {k: getattr(cfg.data, k) for k in ("logs", "items", "image_dir", "eval_items")}}
     sheet = os.path.join(os.path.dirname(cfg.data.items), "datasheet.json")
     if os.path.exists(sheet):
         with open(sheet) as f:
             report["datasheet"] = {k: v for k, v in json.load(f).items() if k != "parameters"}
+    done = {e["component"]: e["outputs"] for e in ran if e["state"] == "complete"}
     for key, (component, output) in OUTPUTS.items():
-        found = read_report(component, output, pipeline_root)
+        found = read_report((done.get(component, {}).get(output) or [None])[0])
         if found is not None:
             report[key] = found
-    anomalies = find_artifact(pipeline_root, "ExampleValidator", "anomalies")
+    anomalies = (done.get("ExampleValidator", {}).get("anomalies") or [None])[0]
     if anomalies:
         report["anomalies_uri"] = anomalies
     return report
@@ -150,6 +160,15 @@ def format_report(r: Dict) -> str:
     if "push" in r:
         p = r["push"]
         out.append(f"pushed: {p['destination']}" if p["pushed"] else f"not pushed: {p['why']}")
+    if "components" in r:
+        out.append("components (wall seconds, peak memory (PSS) of the process tree):")
+        for name, c in r["components"].items():
+            state = "" if c["state"] == "complete" else f"  {c['state'].upper()}"
+            peak = "-" if c["peak_rss_mb"] is None else c["peak_rss_mb"]
+            out.append(f"    {name:<22}{c['seconds']:>8.1f} s{peak:>8} MB{state}")
     if "seconds" in r:
         out.append(f"pipeline time: {r['seconds']:.0f} s")
+    if "failed" in r:
+        f = r["failed"]
+        out.append(f"FAILED: {f['component']}: {f['cause']} (log: {f['log']})")
     return "\n".join(out)

@@ -40,6 +40,8 @@ MAX_UPLOAD = 10 << 20
 THUMB_MIN, THUMB_MAX, THUMB_DEFAULT = 16, 256, 96
 STRIP = 200          # neighbours sent per query
 CURVE_POINTS = 600   # samples of the similarity-against-rank curve
+MAP_POINTS = 8000    # the map draws a seeded sample of this many items as points ...
+MAP_BINS = 120       # ... over a density layer of all of them on a MAP_BINS^2 grid
 
 
 def _static_files() -> Dict[str, str]:
@@ -82,7 +84,8 @@ class Catalogue:
         self.sets: Dict[str, Dict] = {self.served: {"embeddings": self.version.index["embeddings"], "net": None}}
         features = os.path.join(extra, "features")
         for name in sorted(os.listdir(features)) if os.path.isdir(features) else []:
-            entry = {"embeddings": np.load(os.path.join(features, name, "embeddings.npy")), "net": None,
+            # Memory-mapped: a large catalogue's feature sets (raw pixels above all) stay on disk.
+            entry = {"embeddings": np.load(os.path.join(features, name, "embeddings.npy"), mmap_mode="r"), "net": None,
                      "backbone": os.path.join(features, name, "backbone.h5")}
             self.sets[name] = entry
         self.map = None
@@ -91,6 +94,7 @@ class Catalogue:
                 self.map = json.load(f)
         self.size = self.run_cfg["cnn"]["image_size"]
         self.images, self.labels = self._item_table()
+        self.map_view = self._map_view() if self.map else None
         self.thumbs, self.uploads = LRU(4096), LRU(256)
         self.net_lock = threading.Lock()
 
@@ -108,6 +112,18 @@ class Catalogue:
                             if r.get("label", "") not in ("", None):
                                 labels[r["item_id"]] = r["label"]
         return refs, labels
+
+    def _map_view(self) -> Dict:
+        """What the map draws, computed once: a seeded sample of at most MAP_POINTS items as points,
+        and every item as a density grid, so the page stays light for any catalogue size."""
+        from collabfeat import topk
+        x, y = np.asarray(self.map["x"], np.float32), np.asarray(self.map["y"], np.float32)
+        rows = topk.sample(len(x), MAP_POINTS, 0)
+        density, xe, ye = np.histogram2d(x, y, bins=MAP_BINS)
+        return {"ids": [self.ids[r] for r in rows], "x": x[rows].round(3).tolist(), "y": y[rows].round(3).tolist(),
+                "labels": [self.labels.get(self.ids[r]) for r in rows], "total": len(x),
+                "density": {"x": ((xe[:-1] + xe[1:]) / 2).round(3).tolist(),
+                            "y": ((ye[:-1] + ye[1:]) / 2).round(3).tolist(), "z": density.T.astype(int).tolist()}}
 
     # --- images ---------------------------------------------------------------------------------
     def thumbnail(self, item: str, size: int) -> bytes:
@@ -231,14 +247,13 @@ class Handler(BaseHTTPRequestHandler):
             if parts == ["api", "items"]:
                 page, size = int(q.get("page", 0)), max(1, min(200, int(q.get("size", 48))))
                 order = c.map["grid"] if (c.map and q.get("order", "map") == "map") else range(len(c.ids))
-                rows = list(order)[page * size:(page + 1) * size]
+                rows = order[page * size:(page + 1) * size]
                 return self._json({"page": page, "size": size, "pages": -(-len(c.ids) // size),
                                    "items": [{"id": c.ids[r], "label": c.labels.get(c.ids[r])} for r in rows]})
             if parts == ["api", "map"]:
                 if not c.map:
                     return self._error(HTTPStatus.NOT_FOUND, "this version has no map")
-                return self._json({"ids": c.ids, "x": c.map["x"], "y": c.map["y"],
-                                   "labels": [c.labels.get(i) for i in c.ids]})
+                return self._json(c.map_view)
             if parts == ["api", "query"]:
                 return self._json(c.query(q.get("set", c.served), q.get("source", "item"), q.get("key", "")))
             if parts == ["api", "position"]:

@@ -13,8 +13,11 @@ from collabfeat.serving.local import ServerProcess  # noqa: F401  (re-exported f
 
 
 def catalogue(n=300):
-    """n Fashion-MNIST photos as PNG files' bytes, with ids and labels."""
+    """n Fashion-MNIST photos as PNG files' bytes, with ids and labels (test split, then training split)."""
     x, y = images_lib.fashion_mnist("test")
+    if n > len(x):
+        tx, ty = images_lib.fashion_mnist("train")
+        x, y = np.concatenate([x, tx]), np.concatenate([y, ty])
     ids = [f"t{i:05d}" for i in range(n)]
     return ids, [images_lib.encode_png(x[i]) for i in range(n)], y[:n]
 
@@ -25,7 +28,7 @@ def small_config(push_dir: str) -> config_lib.Config:
         "serving.max_k=50"])
 
 
-def push_version(push_dir: str, seed: int = 3, n: int = 300) -> str:
+def push_version(push_dir: str, seed: int = 3, n: int = 300, map_sample: int = 20000) -> str:
     """Pushes a random-init CNN's version over n catalogue photos; returns the version path."""
     from collabfeat.serving import index, push
     from collabfeat.trainer import cnn
@@ -38,7 +41,7 @@ def push_version(push_dir: str, seed: int = 3, n: int = 300) -> str:
     emb = cnn.embed(net, pixels)
     with tempfile.TemporaryDirectory() as tmp:
         index.save(index.build(emb, cfg.index), ids, emb, tmp, cfg.index)
-        index.write_map(emb, tmp)
+        index.write_map(emb, tmp, sample=map_sample)
         # Two more feature sets for the explorer's switch: another random CNN, and raw pixels.
         other = cfg.cnn.__class__(**{**cfg.cnn.__dict__, "seed": seed + 100})
         other_net = cnn.random_init(other)

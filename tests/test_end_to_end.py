@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 from collabfeat import config as config_lib
-from collabfeat.pipeline.run import format_report, run_local
+from collabfeat.pipeline import supervise
+from collabfeat.pipeline.run import format_report
 
 TINY = [
     "simulator.n_users=600", "simulator.n_items=500", "simulator.n_eval_images=200",
@@ -21,7 +22,7 @@ TINY = [
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e")
     cfg = config_lib.load(overrides=TINY + [f"runner.output_dir={out}", f"serving.push_dir={out}/models"])
-    report = run_local(cfg)
+    report = supervise.run(cfg, "push", str(out / "pipeline.log"), echo=lambda line: None)
     return cfg, report
 
 
@@ -36,6 +37,13 @@ def test_report_accounts_for_everything(run):
     assert sum(cat.values()) == cfg.simulator.n_items
     assert cat["used"] == cfg.simulator.n_items - cfg.simulator.bad_image_count
     assert report["mf"]["style_agreement@10"] > 1.5 * report["mf"]["style_agreement_chance"]
+    # Every component of this run, timed and measured by the supervisor (pipeline/supervise.py).
+    comps = report["components"]
+    assert {"LogsExampleGen", "ImageImport", "LogTransform", "Transform", "MFTrainer", "CNNTrainer",
+            "Evaluator", "Indexer", "Pusher"} <= set(comps)
+    assert all(c["state"] == "complete" and c["seconds"] >= 0 for c in comps.values())
+    assert all(comps[c]["seconds"] > 0 for c in ("LogTransform", "MFTrainer", "CNNTrainer", "Evaluator"))
+    assert 100 < comps["MFTrainer"]["peak_rss_mb"] <= report["peak_rss_mb"]
     table = report["evaluation"]["table"]
     assert set(table) == {"regression", "pseudo_class", "supervised", "rotation", "random", "pixels"}
     assert report["index"]["recall@10"] >= 0.95

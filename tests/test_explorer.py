@@ -19,12 +19,10 @@ SHOTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "screenshots")
 CHROMIUM = "/usr/bin/chromium"
 
 
-@pytest.fixture(scope="module")
-def explorer(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("explorer")
-    version = push_version(str(tmp / "models"))
+def start_explorer(tmp, n=300, map_sample=20000):
+    version = push_version(str(tmp / "models"), n=n, map_sample=map_sample)
     # The pushed run config names the item table the thumbnails come from: write it.
-    ids, blobs, labels = catalogue()
+    ids, blobs, labels = catalogue(n)
     (tmp / "img").mkdir()
     with open(tmp / "items.csv", "w") as f:
         f.write("item_id,image,label\n")
@@ -39,9 +37,21 @@ def explorer(tmp_path_factory):
                              os.path.dirname(version), "--port", "0"], stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     assert "explorer on" in line, line
-    yield {"url": line.split()[3], "ids": ids, "labels": labels, "tmp": tmp}
+    return proc, {"url": line.split()[3], "ids": ids, "labels": labels, "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def explorer(tmp_path_factory):
+    proc, info = start_explorer(tmp_path_factory.mktemp("explorer"))
+    yield info
     proc.terminate()
     proc.wait(20)
+
+
+def launch(pw):
+    return pw.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"])
 
 
 def get(url):
@@ -83,9 +93,7 @@ def test_browse_query_brush_upload_compare_and_switch(explorer):
     os.makedirs(SHOTS, exist_ok=True)
     u = explorer["url"]
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
+        browser = launch(pw)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -157,3 +165,41 @@ def test_browse_query_brush_upload_compare_and_switch(explorer):
         page.screenshot(path=os.path.join(SHOTS, "7-map.png"))
         browser.close()
         assert errors == []
+
+
+def test_a_large_catalogue_stays_light_in_the_browser(tmp_path):
+    """24,000 items: the map sends a bounded sample of points over a density layer of all of them,
+    the grid pages are one page each (also far into the catalogue), and both draw in a real browser."""
+    from playwright.sync_api import sync_playwright
+    from collabfeat.serving.explorer import MAP_POINTS
+    n = 24000
+    proc, info = start_explorer(tmp_path, n=n, map_sample=3000)
+    try:
+        u = info["url"]
+        code, _, body = get(f"{u}api/map")
+        m = json.loads(body)
+        assert m["total"] == n and len(m["ids"]) == len(m["x"]) == MAP_POINTS < n
+        assert len(set(m["ids"])) == MAP_POINTS and set(m["ids"]) <= set(info["ids"])
+        assert sum(map(sum, m["density"]["z"])) == n                      # every item in the density
+        assert len(body) < 1_000_000
+        last = json.loads(get(f"{u}api/items?page=499&size=48")[2])
+        assert last["pages"] == 500 and len(last["items"]) == 48
+        with sync_playwright() as pw:
+            browser = launch(pw)
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(u)
+            page.wait_for_selector("body[data-ready='1']")
+            assert page.locator("#grid img.thumb").count() == 48
+            page.wait_for_function("[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)")
+            page.click("#tab-map")
+            page.wait_for_selector("#map .heatmaplayer image, #map canvas")
+            page.wait_for_function("document.getElementById('map').data && document.getElementById('map').data.length === 2")
+            assert page.evaluate("document.getElementById('map').data[1].x.length") == MAP_POINTS
+            page.screenshot(path=os.path.join(SHOTS, "8-map-24k.png"))
+            browser.close()
+        assert errors == []
+    finally:
+        proc.terminate()
+        proc.wait(20)

@@ -83,7 +83,7 @@ def test_smoke_pipeline_through_transform(tmp_path):
         cfg, str(logs), root, str(tmp_path / "m.sqlite"), until="transform", with_catalogue=False))
 
     # Rows: every one accounted for, with its reason.
-    report = read_report("LogTransform", "interactions", root)
+    report = read_report(find_artifact(root, "LogTransform", "interactions"))
     assert report["rows"] == {"used": 6, "item_too_rare": 1, "user_too_rare": 1,
                               "unknown_event": 1, "missing_user": 1}
     assert report["rows_total"] == 10
@@ -132,9 +132,9 @@ def test_parquet_logs_and_a_catalogue_through_the_log_transform(tmp_path):
     root = str(tmp_path / "root")
     tfx.orchestration.LocalDagRunner().run(create_pipeline(
         cfg, str(tmp_path / "logs"), root, str(tmp_path / "m.sqlite"), until="transform"))
-    report = read_report("LogTransform", "interactions", root)
+    report = read_report(find_artifact(root, "LogTransform", "interactions"))
     assert report["rows"] == {"used": 4, "unknown_item": 2}       # z has no image, ghost is not listed
-    images = read_report("ImageImport", "images", root)
+    images = read_report(find_artifact(root, "ImageImport", "images"))
     assert images["catalogue"]["counts"] == {"used": 2, "missing_image": 1}
     pairs = {(r["user_id"], r["item_id"]) for r in examples.read(find_artifact(root, "LogTransform", "interactions"), "train")}
     assert pairs == {(b"a", b"x"), (b"a", b"y"), (b"b", b"x"), (b"b", b"y")}

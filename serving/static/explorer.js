@@ -35,10 +35,15 @@ async function showPage(page) {
 async function showMap() {
   const m = await api("/api/map");
   const labels = m.labels.map((l) => (l == null ? 0 : Number(l)));
-  Plotly.newPlot("map", [{ type: "scattergl", mode: "markers", x: m.x, y: m.y, text: m.ids,
+  // Every item as a density layer; a sample of them as points to hover and click.
+  const density = { type: "heatmap", x: m.density.x, y: m.density.y, z: m.density.z, hoverinfo: "skip",
+    colorscale: [[0, "rgba(255,255,255,0)"], [1, "rgba(40,40,90,0.55)"]], showscale: false, zsmooth: "best" };
+  Plotly.newPlot("map", [density, { type: "scattergl", mode: "markers", x: m.x, y: m.y, text: m.ids,
     marker: { size: 5, color: labels, colorscale: "Portland", opacity: 0.8 },
     hovertemplate: "%{text}<extra></extra>" }],
-    { margin: { t: 10, l: 30, r: 10, b: 30 }, dragmode: "pan" }, { responsive: true });
+    { margin: { t: 28, l: 30, r: 10, b: 30 }, dragmode: "pan",
+      title: { text: m.ids.length < m.total ? `${m.ids.length} of ${m.total} items as points; shading: all of them`
+                                             : `${m.total} items`, font: { size: 12 } } }, { responsive: true });
   $("map").on("plotly_click", (ev) => query({ set: state.set, source: "item", key: ev.points[0].text }));
   $("map").on("plotly_hover", (ev) => mark(ev.points[0].text));
 }

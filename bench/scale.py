@@ -1,0 +1,134 @@
+"""How the pipeline's cost grows with the data: the full pipeline at several multiples of the default
+data (users and log rows scaled; items too, up to Fashion-MNIST's 60,000 training images), and the
+behaviour path alone (LogsExampleGen -> LogTransform -> Transform -> MFTrainer, `--until mf`) at a
+larger multiple. Each size runs through the same supervisor as `collabfeat demo`
+(pipeline/supervise.py): per component, wall seconds (from MLMD) and the peak resident memory of
+the whole process tree while it ran (Beam's workers included).
+
+    ./run bench scale [--sizes 1,4,16] [--behaviour 64] [--work DIR]
+
+For each component, n is the size of its own input: log rows for the components that read the logs,
+pairs for Transform and MFTrainer, catalogue images for the image components. The growth exponent b
+(cost ∝ n^b) is taken between the two largest sizes at which the component ran. Results are saved to
+bench/results/scale.json after every size, so that a partial run keeps what it measured.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import time
+from typing import Dict, List
+
+from bench.common import save, table
+from collabfeat import config as config_lib
+
+BASE = config_lib.SimulatorConfig()
+MAX_ITEMS = 60000
+TARGETS = {"exponent": 1.15, "peak_rss_mb": 4096, "pipeline_seconds_at_16x": 3600}
+LOG_READERS = ("LogsExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "LogTransform")
+PAIR_READERS = ("Transform", "MFTrainer")
+
+
+def settings(multiple: int, work: str) -> List[str]:
+    return [f"simulator.n_users={BASE.n_users * multiple}",
+            f"simulator.n_items={min(BASE.n_items * multiple, MAX_ITEMS)}",
+            f"runner.output_dir={work}", f"serving.push_dir={work}/models"]
+
+
+def input_size(component: str, report: Dict) -> int:
+    if component in LOG_READERS:
+        return report["datasheet"]["rows"]
+    if component in PAIR_READERS:
+        return sum(report["logs"]["pairs"].values()) if "logs" in report else 0
+    return report["datasheet"]["images"]["catalogue"]
+
+
+def measure(multiple: int, until: str, work_root: str) -> Dict:
+    from collabfeat.pipeline.run import prepare_data
+    from collabfeat.pipeline.supervise import PipelineFailed, run
+
+    work = os.path.join(work_root, f"{until}-x{multiple}")
+    shutil.rmtree(os.path.join(work, "collabfeat"), ignore_errors=True)   # the run, not the data
+    cfg = config_lib.load(overrides=settings(multiple, work))
+    start = time.time()
+    prepare_data(cfg)          # generated data is not the pipeline's cost
+    generated = time.time() - start
+    print(f"[scale] x{multiple} until {until}: data ready ({generated:.0f} s); running", flush=True)
+    failed = None
+    try:
+        report = run(cfg, until, os.path.join(work, "pipeline.log"), echo=lambda line: print(line, flush=True))
+    except PipelineFailed as e:
+        report, failed = e.report, str(e)
+    rows = []
+    for name, c in report.get("components", {}).items():
+        n = input_size(name, report)
+        rows.append({"size": f"x{multiple}", "path": "full" if until == "push" else "behaviour",
+                     "component": name, "state": c["state"], "n": n, "seconds": c["seconds"],
+                     "n/s": n / c["seconds"] if c["seconds"] > 0 else None, "peak_rss_mb": c["peak_rss_mb"]})
+    return {"multiple": multiple, "until": until, "rows_in_logs": report.get("datasheet", {}).get("rows"),
+            "pipeline_seconds": report.get("seconds"), "peak_rss_mb": report.get("peak_rss_mb"),
+            "failed": failed, "components": rows}
+
+
+def exponents(runs: List[Dict]) -> List[Dict]:
+    """b for time and for memory per component, between the two largest sizes it ran at."""
+    by: Dict[str, List[Dict]] = {}
+    for r in runs:
+        for c in r["components"]:
+            if c["state"] == "complete":
+                by.setdefault(c["component"], []).append(c)
+    out = []
+    for name, cs in by.items():
+        cs = sorted({c["n"]: c for c in cs}.values(), key=lambda c: c["n"])
+        if len(cs) < 2 or cs[-1]["n"] <= cs[-2]["n"]:
+            continue
+        a, b = cs[-2], cs[-1]
+        growth = math.log(b["n"] / a["n"])
+        bt = math.log(max(b["seconds"], 0.1) / max(a["seconds"], 0.1)) / growth
+        bm = math.log(max(b["peak_rss_mb"], 1) / max(a["peak_rss_mb"], 1)) / growth
+        out.append({"component": name, "from": f"{a['size']} (n={a['n']})", "to": f"{b['size']} (n={b['n']})",
+                    "b (time)": bt, "b (memory)": bm, "peak_rss_mb": b["peak_rss_mb"],
+                    "meets b<=1.15": bt <= TARGETS["exponent"],
+                    "meets rss<=4GB": b["peak_rss_mb"] <= TARGETS["peak_rss_mb"]})
+    return out
+
+
+def run(argv=None) -> Dict:
+    p = argparse.ArgumentParser(prog="bench scale")
+    p.add_argument("--sizes", default="1,4,16", help="multiples of the default data for the full pipeline")
+    p.add_argument("--behaviour", default="64", help="multiples for the behaviour path alone ('' for none)")
+    p.add_argument("--work", default=os.path.join("runs", "bench-scale"))
+    args = p.parse_args(argv)
+    plan = [(int(m), "push") for m in args.sizes.split(",") if m] + \
+           [(int(m), "mf") for m in args.behaviour.split(",") if m]
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, "
+              f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2 ** 30:.0f} GB",
+              "targets": TARGETS, "runs": []}
+    for multiple, until in plan:
+        result["runs"].append(measure(multiple, until, os.path.abspath(args.work)))
+        result["exponents"] = exponents([r for r in result["runs"] if r["until"] == "push"])
+        result["exponents_all_sizes"] = exponents(result["runs"])
+        save("scale", result)
+    print(report_text(result))
+    print("saved", save("scale", result))
+    return result
+
+
+def report_text(result: Dict) -> str:
+    rows = [c for r in result["runs"] for c in r["components"]]
+    lines = [f"scale benchmark, {result['date']}, {result['machine']}",
+             table(rows, ["size", "path", "component", "state", "n", "seconds", "n/s", "peak_rss_mb"]), ""]
+    for r in result["runs"]:
+        lines.append(f"x{r['multiple']} ({r['until']}): {r['rows_in_logs']} log rows, {r['pipeline_seconds']} s, "
+                     f"peak {r['peak_rss_mb']} MB" + (f", FAILED: {r['failed']}" if r["failed"] else ""))
+    columns = ["component", "from", "to", "b (time)", "b (memory)", "peak_rss_mb", "meets b<=1.15", "meets rss<=4GB"]
+    lines += ["", "growth between the two largest full-pipeline sizes:", table(result.get("exponents", []), columns),
+              "", "growth between the two largest sizes of all runs (the behaviour path's largest included):",
+              table(result.get("exponents_all_sizes", []), columns)]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    run()
