@@ -54,7 +54,7 @@ def save(name: str, result: Dict) -> str:
 
 
 def table(rows: List[Dict], columns: List[str]) -> str:
-    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
+    widths = [max([len(c)] + [len(_fmt(r.get(c))) for r in rows]) for c in columns]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     for r in rows:
         lines.append("  ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(columns, widths)))

@@ -77,7 +77,8 @@ def exponents(runs: List[Dict]) -> List[Dict]:
     by: Dict[str, List[Dict]] = {}
     for r in runs:
         for c in r["components"]:
-            if c["state"] == "complete":
+            # Components too short to time or to sample (under a second) have no meaningful growth.
+            if c["state"] == "complete" and c["seconds"] >= 1 and c["peak_rss_mb"]:
                 by.setdefault(c["component"], []).append(c)
     out = []
     for name, cs in by.items():
@@ -108,6 +109,7 @@ def run(argv=None) -> Dict:
               "targets": TARGETS, "runs": []}
     for multiple, until in plan:
         result["runs"].append(measure(multiple, until, os.path.abspath(args.work)))
+        save("scale", result)
         result["exponents"] = exponents([r for r in result["runs"] if r["until"] == "push"])
         result["exponents_all_sizes"] = exponents(result["runs"])
         save("scale", result)

@@ -36,8 +36,10 @@ async function showMap() {
   const m = await api("/api/map");
   const labels = m.labels.map((l) => (l == null ? 0 : Number(l)));
   // Every item as a density layer; a sample of them as points to hover and click.
-  const density = { type: "heatmap", x: m.density.x, y: m.density.y, z: m.density.z, hoverinfo: "skip",
-    colorscale: [[0, "rgba(255,255,255,0)"], [1, "rgba(40,40,90,0.55)"]], showscale: false, zsmooth: "best" };
+  // (square-root scale: a few dense cells would otherwise wash out the rest)
+  const density = { type: "heatmap", x: m.density.x, y: m.density.y, z: m.density.z.map((r) => r.map(Math.sqrt)),
+    hoverinfo: "skip", showscale: false, zsmooth: "best",
+    colorscale: [[0, "rgba(255,255,255,0)"], [0.05, "rgba(60,60,110,0.25)"], [1, "rgba(30,30,80,0.8)"]] };
   Plotly.newPlot("map", [density, { type: "scattergl", mode: "markers", x: m.x, y: m.y, text: m.ids,
     marker: { size: 5, color: labels, colorscale: "Portland", opacity: 0.8 },
     hovertemplate: "%{text}<extra></extra>" }],
