@@ -161,20 +161,20 @@ def MFTrainer(transformed: InputArtifact[Examples], transform_graph: InputArtifa
 
 class _TrainingSet:
     """The catalogue images that have an item factor, streamed from the images artifact and joined
-    with their item's (normalised) factor by a lookup table: memory holds the factor table, not images."""
+    with their item's factor by a lookup table: memory holds the factor table, not images."""
 
     def __init__(self, images_uri: str, factors_path: str, cfg: Config):
         import numpy as np
         import tensorflow as tf
         from collabfeat.catalogue import read_labels
-        from collabfeat.trainer import cnn, mf
+        from collabfeat.trainer import mf
 
         self.images_uri, self.cfg = images_uri, cfg
         f = mf.load(factors_path)
         labels = read_labels(images_uri, "catalogue")
         factor_ids = [str(i) for i in f["item_ids"]]
         have = set(labels).intersection(factor_ids)
-        self.targets = cnn.unit(f["items"]).astype(np.float32)
+        self.targets = f["items"].astype(np.float32)   # normalised by the trainers (regression, k-means)
         self.with_image = np.array([i in have for i in factor_ids])
         self.n_classes = max(labels.values()) + 1
         self.labelled = sum(1 for i in have if labels[i] >= 0)

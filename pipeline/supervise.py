@@ -151,10 +151,7 @@ def run(cfg, until: str, log_path: str, echo=print) -> Dict:
         child = subprocess.Popen([sys.executable, "-m", "collabfeat.pipeline.supervise", config_path, until,
                                   report_path, failure_path], stdout=log, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL)
-        step = {"n": 0}
-
         def announce(component):
-            step["n"] += 1
             echo(f"[collabfeat] {time.time() - started:6.0f} s  {component} running")
 
         with Watch(child.pid, metadata_path, since, on_start=announce) as watch:

@@ -48,10 +48,17 @@ def explorer(tmp_path_factory):
     proc.wait(20)
 
 
-def launch(pw):
-    return pw.chromium.launch(executable_path=CHROMIUM, args=[
+def open_page(pw, url, width, height):
+    """Debian's Chromium on the explorer's page, once it says it is ready: (browser, page, page errors)."""
+    browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
         "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-quic"])
+    page = browser.new_page(viewport={"width": width, "height": height})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    page.wait_for_selector("body[data-ready='1']")
+    return browser, page, errors
 
 
 def get(url):
@@ -93,12 +100,7 @@ def test_browse_query_brush_upload_compare_and_switch(explorer):
     os.makedirs(SHOTS, exist_ok=True)
     u = explorer["url"]
     with sync_playwright() as pw:
-        browser = launch(pw)
-        page = browser.new_page(viewport={"width": 1500, "height": 1100})
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(u)
-        page.wait_for_selector("body[data-ready='1']")
+        browser, page, errors = open_page(pw, u, 1500, 1100)
         thumbs = page.locator("#grid img.thumb")
         assert thumbs.count() == 48                                   # one page, not the catalogue
         page.wait_for_function("[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)")
@@ -185,12 +187,7 @@ def test_a_large_catalogue_stays_light_in_the_browser(tmp_path):
         last = json.loads(get(f"{u}api/items?page=499&size=48")[2])
         assert last["pages"] == 500 and len(last["items"]) == 48
         with sync_playwright() as pw:
-            browser = launch(pw)
-            page = browser.new_page(viewport={"width": 1300, "height": 900})
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(u)
-            page.wait_for_selector("body[data-ready='1']")
+            browser, page, errors = open_page(pw, u, 1300, 900)
             assert page.locator("#grid img.thumb").count() == 48
             page.wait_for_function("[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)")
             page.click("#tab-map")
