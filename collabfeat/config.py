@@ -66,12 +66,17 @@ class TransformConfig:
 class MFConfig:
     """Matrix factorisation with TensorFlow Recommenders."""
     dim: int = 32
-    objective: str = "mse"         # "mse": the paper's weighted squared loss with sampled
-                                   # negatives; "softmax": TFRS retrieval with in-batch negatives
-    negatives: int = 8             # sampled negatives per observed pair (objective=mse)
+    objective: str = "mse"         # "mse": the paper's weighted squared loss; "softmax": TFRS
+                                   # retrieval with in-batch negatives (solver adam)
+    solver: str = "als"            # how mse is solved: "als", weighted ALS with conjugate gradients
+                                   # in TF ops; "adam", SGD with sampled negatives (softmax: always adam)
+    alpha: float = 40.0            # als: confidence 1 + alpha * rating on observed pairs
+    cg_steps: int = 3              # als: conjugate-gradient steps per row and half sweep
+    chunk_pairs: int = 1 << 15     # als: observed pairs processed at a time (bounds memory)
+    negatives: int = 8             # adam, mse: sampled negatives per observed pair
     negative_weight: float = 0.3
     l2: float = 0.05               # lambda in the paper's objective
-    epochs: int = 12
+    epochs: int = 12               # ALS sweeps, or SGD epochs
     batch_size: int = 1024
     learning_rate: float = 0.01
     recall_k: int = 20
@@ -180,6 +185,8 @@ class Config:
         problems = []
         if self.mf.objective not in ("mse", "softmax"):
             problems.append(f"mf.objective must be 'mse' or 'softmax', not {self.mf.objective!r}")
+        if self.mf.solver not in ("als", "adam"):
+            problems.append(f"mf.solver must be 'als' or 'adam', not {self.mf.solver!r}")
         if self.cnn.mode not in ("regression", "pseudo_class"):
             problems.append(f"cnn.mode must be 'regression' or 'pseudo_class', not {self.cnn.mode!r}")
         if self.cnn.regression_loss not in ("cosine", "l2"):

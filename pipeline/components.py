@@ -101,8 +101,9 @@ def ImageImport(images: OutputArtifact[Examples], config_json: Parameter[str],
 def MFTrainer(transformed: InputArtifact[Examples], transform_graph: InputArtifact[TransformGraph],
               model: OutputArtifact[Model], config_json: Parameter[str],
               catalogue: InputArtifact[Examples] = None) -> None:
-    """Weighted pairs -> user and item latent factors with TFRS (trainer/mf.py). The pairs stream
-    from the transformed records; memory grows with the factor tables, not with the pairs."""
+    """Weighted pairs -> user and item latent factors with TFRS (trainer/mf.py). Weighted ALS (the
+    default solver) holds the train pairs in memory, 24 bytes each, and nothing else that grows with
+    them; the SGD solvers stream the pairs from the transformed records every epoch."""
     import numpy as np
     import tensorflow as tf
     import tensorflow_transform as tft
@@ -116,12 +117,14 @@ def MFTrainer(transformed: InputArtifact[Examples], transform_graph: InputArtifa
     item_ids = [i.decode() for i in graph.vocabulary_by_name("item_id")]
     n_users, n_items = len(user_ids), len(item_ids)
     spec = {"user_idx": tf.int64, "item_idx": tf.int64, "rating": tf.float32}
+    als = mf.uses_als(cfg.mf)
 
-    # One streaming pass per split: item counts, and the pairs of a seeded sample of users for recall@k.
+    # One streaming pass per split: item counts, the pairs of a seeded sample of users for recall@k,
+    # and (ALS) the train triples.
     sampled = np.zeros(n_users + 1, bool)
     sampled[topk.sample(n_users, cfg.mf.eval_users, cfg.mf.seed)] = True
     counts = np.zeros(n_items + 1, np.int64)
-    pairs, totals, cold = {}, {}, 0
+    pairs, totals, cold, triples = {}, {}, 0, []
     for split in ("train", "eval"):
         parts, totals[split] = [], 0
         for b in examples.batches(transformed.uri, split, spec):
@@ -131,12 +134,20 @@ def MFTrainer(transformed: InputArtifact[Examples], transform_graph: InputArtifa
             cold += int((~known).sum())
             if split == "train":
                 counts += np.bincount(i, minlength=n_items + 1)
+                if als:
+                    triples.append((u.astype(np.int32), i.astype(np.int32), b["rating"].astype(np.float32)))
             keep = known & sampled[u]
             parts.append(np.c_[u[keep], i[keep]])
         pairs[split] = np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
-    data = examples.dataset(transformed.uri, "train", spec, cfg.mf.batch_size,
-                            shuffle=cfg.mf.shuffle_buffer, seed=cfg.mf.seed)
-    factors = mf.fit(data, n_users + 1, n_items + 1, counts, cfg.mf)
+    if als:
+        u, i, r = [np.concatenate(column) for column in zip(*triples)] or [np.zeros(0, np.int32)] * 3
+        del triples
+        factors = mf.train(u, i, r, n_users + 1, n_items + 1, cfg.mf)
+        del u, i, r
+    else:
+        data = examples.dataset(transformed.uri, "train", spec, cfg.mf.batch_size,
+                                shuffle=cfg.mf.shuffle_buffer, seed=cfg.mf.seed)
+        factors = mf.fit(data, n_users + 1, n_items + 1, counts, cfg.mf)
     factors = mf.Factors(factors.users[:n_users], factors.items[:n_items], factors.losses)
     k = cfg.mf.recall_k
     popularity = mf.popularity_from_counts(counts[:n_items], n_users)

@@ -101,6 +101,8 @@ def test_config_errors_name_the_field(tmp_path):
         config_lib.load(overrides=["cnn.epochs=many"])
     with pytest.raises(ValueError, match="mf.objective must be"):
         config_lib.load(overrides=["mf.objective=als"])
+    with pytest.raises(ValueError, match="mf.solver must be 'als' or 'adam', not 'wals'"):
+        config_lib.load(overrides=["mf.solver=wals"])
     y = tmp_path / "c.yaml"
     y.write_text("cnn:\n  epochs: 2\n  widths: [8, 16]\ntransform:\n  event_weights: {view: 1, like: 2}\n")
     cfg = config_lib.load(str(y), ["cnn.epochs=3"])

@@ -1,11 +1,18 @@
 """Matrix factorisation of the user x item matrix with TensorFlow Recommenders.
 
 objective="mse" is the paper's objective
-    min  sum_observed c (V_ij - y_i.x_j)^2 + lambda (|x_j|^2 + |y_i|^2)
-made fit for implicit feedback by `negatives` uniformly sampled unobserved items per observed
-pair, with target 0 and confidence `negative_weight` (the sampled form of weighted ALS).
-objective="softmax" is TFRS's retrieval task: in-batch sampled softmax, weighted by V_ij, with
-the logQ correction for item popularity.
+    min  sum_ij c_ij (p_ij - y_i.x_j)^2 + lambda (sum_j |x_j|^2 + sum_i |y_i|^2)
+over the whole matrix, for implicit feedback: p_ij = 1 with confidence c_ij = 1 + alpha V_ij on the
+observed pairs, p_ij = 0 with confidence 1 everywhere else. Two solvers:
+  solver="als"  (default) weighted alternating least squares (Hu, Koren & Volinsky 2008): each half
+                sweep solves every user's (then every item's) normal equations
+                    (Y'Y + Y'(C_u - I)Y + lambda I) y_u = Y'C_u p_u
+                by `cg_steps` conjugate-gradient steps warm-started from the last sweep, with TF ops
+                over chunks of the observed pairs. Exact objective, no sampling, no learning rate.
+  solver="adam" stochastic gradients through the TFRS model: `negatives` uniformly sampled
+                unobserved items per observed pair, with target 0 and confidence `negative_weight`.
+objective="softmax" (solver adam) is TFRS's retrieval task: in-batch sampled softmax, weighted by
+V_ij, with the logQ correction for item popularity.
 """
 from __future__ import annotations
 
@@ -59,6 +66,100 @@ class MatrixFactorization(tfrs.Model):
         return penalty + loss / tf.cast(batch, tf.float32)
 
 
+class WeightedALS:
+    """The solver="als" sweeps on a MatrixFactorization's embedding tables, in TF ops.
+
+    The observed pairs are held once in each orientation, sorted by row (int32 row and column, float32
+    confidence: 24 bytes per pair in all). Rows are solved in blocks whose pairs number at most
+    `chunk_pairs` (a row with more pairs is a block of its own), so every intermediate is bounded
+    by the block and the factor tables, whatever the number of pairs."""
+
+    def __init__(self, model: "MatrixFactorization", users, items, rating, cfg: MFConfig):
+        self.model, self.cfg = model, cfg
+        users, items = np.asarray(users, np.int64), np.asarray(items, np.int64)
+        conf = (1.0 + cfg.alpha * np.asarray(rating, np.float64)).astype(np.float32)
+        n_users, n_items = model.users.input_dim, model.items.input_dim
+        self.user_side = self._side(users, items, conf, n_users)
+        self.item_side = self._side(items, users, conf, n_items)
+
+    def _side(self, rows, cols, conf, n):
+        order = np.lexsort((cols, rows))
+        indptr = np.searchsorted(rows[order], np.arange(n + 1))
+        # Greedy row blocks of at most chunk_pairs pairs: block b holds rows [starts[b], starts[b+1]).
+        starts, row = [0], 0
+        while row < n:
+            stop = max(int(np.searchsorted(indptr, indptr[row] + self.cfg.chunk_pairs, "right")) - 1, row + 1)
+            starts.append(min(stop, n))
+            row = starts[-1]
+        starts = np.array(starts)
+        return (tf.constant(rows[order].astype(np.int32)), tf.constant(cols[order].astype(np.int32)),
+                tf.constant(conf[order]), tf.constant(starts.astype(np.int32)),
+                tf.constant(indptr[starts].astype(np.int32)))
+
+    def sweep(self) -> float:
+        """One ALS iteration: users from items, then items from users; returns the objective."""
+        x, y = self.model.users.embeddings, self.model.items.embeddings
+        reg, steps = tf.constant(self.cfg.l2, tf.float32), tf.constant(self.cfg.cg_steps)
+        x.assign(_solve(x, y, *self.user_side, reg, steps))
+        y.assign(_solve(y, x, *self.item_side, reg, steps))
+        return float(_objective(x, y, *self.user_side, reg))
+
+
+_SIDE = [tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.float32),
+         tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32),
+         tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.float32)]
+
+
+@tf.function(input_signature=_SIDE + [tf.TensorSpec([], tf.int32)])
+def _solve(x, y, rows, cols, conf, row_starts, pair_starts, reg, cg_steps):
+    """New x [n, d] from y [m, d] and the pairs (rows into x, sorted; cols into y; confidence):
+    `cg_steps` conjugate-gradient steps on every row's normal equations from x's current value,
+    one block of rows (row_starts, pair_starts) at a time."""
+    d = tf.shape(x)[1]
+    yty = tf.matmul(y, y, transpose_a=True) + reg * tf.eye(d)
+    blocks = tf.TensorArray(tf.float32, size=tf.shape(row_starts)[0] - 1, infer_shape=False)
+    for b in tf.range(tf.shape(row_starts)[0] - 1):
+        r0, r1 = row_starts[b], row_starts[b + 1]
+        p0, p1 = pair_starts[b], pair_starts[b + 1]
+        local = rows[p0:p1] - r0
+        yg = tf.gather(y, cols[p0:p1])                     # [pairs, d]
+        c = conf[p0:p1]
+
+        def observed(p, target):
+            # per row: sum_j (c_j - 1)(y_j.p) y_j  - target * sum_j c_j y_j
+            s = (c - 1.0) * tf.reduce_sum(yg * tf.gather(p, local), axis=1) - target * c
+            out = tf.math.segment_sum(s[:, None] * yg, local)
+            return tf.pad(out, [[0, r1 - r0 - tf.shape(out)[0]], [0, 0]])
+
+        xb = x[r0:r1]
+        res = -(tf.matmul(xb, yty) + observed(xb, 1.0))    # b - A x
+        p, rs = res, tf.reduce_sum(res * res, axis=1, keepdims=True)
+        for _ in tf.range(cg_steps):
+            ap = tf.matmul(p, yty) + observed(p, 0.0)
+            live = rs > 1e-20
+            step = tf.where(live, rs / tf.maximum(tf.reduce_sum(p * ap, axis=1, keepdims=True), 1e-30), 0.0)
+            xb += step * p
+            res -= step * ap
+            rs_new = tf.reduce_sum(res * res, axis=1, keepdims=True)
+            p = res + tf.where(live, rs_new / tf.maximum(rs, 1e-30), 0.0) * p
+            rs = rs_new
+        blocks = blocks.write(b, xb)
+    return blocks.concat()
+
+
+@tf.function(input_signature=_SIDE)
+def _objective(x, y, rows, cols, conf, row_starts, pair_starts, reg):
+    """sum over all (user, item) of c (p - x.y)^2, plus lambda's penalty, per observed pair."""
+    observed = tf.constant(0.0)
+    for b in tf.range(tf.shape(row_starts)[0] - 1):
+        p0, p1 = pair_starts[b], pair_starts[b + 1]
+        s = tf.reduce_sum(tf.gather(x, rows[p0:p1]) * tf.gather(y, cols[p0:p1]), axis=1)
+        observed += tf.reduce_sum(conf[p0:p1] * (1.0 - s) ** 2 - s * s)
+    everywhere = tf.reduce_sum(tf.matmul(x, x, transpose_a=True) * tf.matmul(y, y, transpose_a=True))
+    penalty = reg * (tf.reduce_sum(x * x) + tf.reduce_sum(y * y))
+    return (observed + everywhere + penalty) / tf.cast(tf.maximum(tf.shape(rows)[0], 1), tf.float32)
+
+
 @dataclass
 class Factors:
     users: np.ndarray        # [n_users, dim]
@@ -66,30 +167,53 @@ class Factors:
     losses: List[float]
 
 
-def fit(data: tf.data.Dataset, n_users: int, n_items: int, item_counts: np.ndarray, cfg: MFConfig) -> Factors:
-    """Fits the factors on a stream of batches {"user_idx", "item_idx", "rating"} (0-based indices),
-    re-read every epoch; item_counts [n_items]: training pairs per item (for the softmax's logQ)."""
+def fit(data: tf.data.Dataset, n_users: int, n_items: int, item_counts: np.ndarray, cfg: MFConfig,
+        callback=None) -> Factors:
+    """SGD (objective softmax, or mse with solver adam): fits the factors on a stream of batches {"user_idx", "item_idx", "rating"}
+    (0-based indices), re-read every epoch; item_counts [n_items]: training pairs per item (logQ)."""
     counts = np.asarray(item_counts, np.float64)
     if counts.sum() == 0:
         raise ValueError("no interactions to factorise (all rows were filtered out?)")
     tf.keras.utils.set_random_seed(cfg.seed)
     model = MatrixFactorization(n_users, n_items, cfg, item_probability=counts / counts.sum())
     model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
-    hist = model.fit(data, epochs=cfg.epochs, verbose=0)
+    def factors(losses=()):
+        return Factors(model.users.embeddings.numpy(), model.items.embeddings.numpy(), list(losses))
+
+    hooks = [] if callback is None else [tf.keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: callback(epoch + 1, factors()))]
+    hist = model.fit(data, epochs=cfg.epochs, verbose=0, callbacks=hooks)
     return Factors(users=model.users.embeddings.numpy(), items=model.items.embeddings.numpy(),
                    losses=[float(x) for x in hist.history["loss"]])
 
 
+def uses_als(cfg: MFConfig) -> bool:
+    return cfg.objective == "mse" and cfg.solver == "als"
+
+
 def train(user_idx: np.ndarray, item_idx: np.ndarray, rating: np.ndarray,
-          n_users: int, n_items: int, cfg: MFConfig) -> Factors:
-    """fit() on triples held in memory (tests, benchmarks); the pipeline streams its pairs instead."""
+          n_users: int, n_items: int, cfg: MFConfig, callback=None) -> Factors:
+    """Fits the factors on triples held in memory (0-based indices). solver="als" needs them so
+    (24 bytes per pair); SGD streams them through fit(). callback(sweep, factors) is
+    called after every ALS sweep or SGD epoch (the benchmark's trade-off curves)."""
     if len(user_idx) == 0:
         raise ValueError("no interactions to factorise (all rows were filtered out?)")
-    data = tf.data.Dataset.from_tensor_slices({
-        "user_idx": user_idx.astype(np.int64), "item_idx": item_idx.astype(np.int64),
-        "rating": rating.astype(np.float32)})
-    data = data.shuffle(len(user_idx), seed=cfg.seed, reshuffle_each_iteration=True).batch(cfg.batch_size)
-    return fit(data, n_users, n_items, np.bincount(item_idx, minlength=n_items), cfg)
+    if not uses_als(cfg):
+        data = tf.data.Dataset.from_tensor_slices({
+            "user_idx": user_idx.astype(np.int64), "item_idx": item_idx.astype(np.int64),
+            "rating": rating.astype(np.float32)})
+        data = data.shuffle(len(user_idx), seed=cfg.seed, reshuffle_each_iteration=True).batch(cfg.batch_size)
+        return fit(data, n_users, n_items, np.bincount(item_idx, minlength=n_items), cfg, callback)
+    tf.keras.utils.set_random_seed(cfg.seed)
+    model = MatrixFactorization(n_users, n_items, cfg)
+    model.users(tf.zeros([1], tf.int64)), model.items(tf.zeros([1], tf.int64))   # build the tables
+    als = WeightedALS(model, user_idx, item_idx, rating, cfg)
+    losses = []
+    for sweep in range(cfg.epochs):
+        losses.append(als.sweep())
+        if callback is not None:
+            callback(sweep + 1, Factors(model.users.embeddings.numpy(), model.items.embeddings.numpy(), losses))
+    return Factors(model.users.embeddings.numpy(), model.items.embeddings.numpy(), losses)
 
 
 def popularity(train_items: np.ndarray, n_users: int, n_items: int) -> Factors:
