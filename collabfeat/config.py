@@ -73,6 +73,7 @@ class MFConfig:
     alpha: float = 40.0            # als: confidence 1 + alpha * rating on observed pairs
     cg_steps: int = 3              # als: conjugate-gradient steps per row and half sweep
     chunk_pairs: int = 1 << 15     # als: observed pairs processed at a time (bounds memory)
+    bucket_pairs: int = 1 << 24    # als: train pairs held in memory; beyond, row-range buckets on disk
     negatives: int = 8             # adam, mse: sampled negatives per observed pair
     negative_weight: float = 0.3
     l2: float = 0.05               # lambda in the paper's objective
@@ -103,6 +104,8 @@ class CNNConfig:
     augment: bool = True
     seed: int = 3
     shuffle_buffer: int = 10000    # images stream from disk through a shuffle buffer of this many
+    epoch_images: int = 12000      # an epoch trains on at most this many images (0: all), from a
+                                   # stream over all of them: training cost is bounded by the catalogue
 
 
 @dataclass

@@ -46,9 +46,8 @@ def read_dataset(name: str, data_dir: str = DATA_DIR):
         raise FileNotFoundError(
             f"MovieLens: {rdx} not found. It comes from Debian's r-cran-dslabs, which env/run unpacks "
             "into the environment (rebuild it with `./run env`).")
-    with open(rdx, "rb") as f, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Unknown file type")   # an index is a bare serialisation
-        index = rdata.conversion.convert(rdata.parser.parse_data(gzip.decompress(f.read())))
+    with open(rdx, "rb") as f:
+        index = _parse(gzip.decompress(f.read()))
     if name not in index["variables"]:
         raise KeyError(f"MovieLens: dslabs has no data set {name!r}")
     offset, length = (int(v) for v in index["variables"][name])
@@ -57,7 +56,14 @@ def read_dataset(name: str, data_dir: str = DATA_DIR):
         blob = f.read(length)
     if len(blob) != length or struct.unpack(">I", blob[:4])[0] == 0:
         raise ValueError(f"MovieLens: {rdb} is truncated at data set {name!r}")
-    return rdata.conversion.convert(rdata.parser.parse_data(_unpack(blob)))
+    return _parse(_unpack(blob))
+
+
+def _parse(serialised: bytes):
+    import rdata
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Unknown file type")   # bare serialisations, no RDS header
+        return rdata.conversion.convert(rdata.parser.parse_data(serialised))
 
 
 def interactions(data_dir: str = DATA_DIR):

@@ -102,8 +102,10 @@ def MFTrainer(transformed: InputArtifact[Examples], transform_graph: InputArtifa
               model: OutputArtifact[Model], config_json: Parameter[str],
               catalogue: InputArtifact[Examples] = None) -> None:
     """Weighted pairs -> user and item latent factors with TFRS (trainer/mf.py). Weighted ALS (the
-    default solver) holds the train pairs in memory, 24 bytes each, and nothing else that grows with
-    them; the SGD solvers stream the pairs from the transformed records every epoch."""
+    default solver) holds up to mf.bucket_pairs train pairs in memory (24 bytes each); more go to
+    row-range bucket files on local disk. The SGD solvers stream the pairs every epoch."""
+    import tempfile
+
     import numpy as np
     import tensorflow as tf
     import tensorflow_transform as tft
@@ -119,12 +121,11 @@ def MFTrainer(transformed: InputArtifact[Examples], transform_graph: InputArtifa
     spec = {"user_idx": tf.int64, "item_idx": tf.int64, "rating": tf.float32}
     als = mf.uses_als(cfg.mf)
 
-    # One streaming pass per split: item counts, the pairs of a seeded sample of users for recall@k,
-    # and (ALS) the train triples.
+    # One streaming pass per split: item counts, and the pairs of a seeded sample of users for recall@k.
     sampled = np.zeros(n_users + 1, bool)
     sampled[topk.sample(n_users, cfg.mf.eval_users, cfg.mf.seed)] = True
-    counts = np.zeros(n_items + 1, np.int64)
-    pairs, totals, cold, triples = {}, {}, 0, []
+    counts, user_counts = np.zeros(n_items + 1, np.int64), np.zeros(n_users + 1, np.int64)
+    pairs, totals, cold = {}, {}, 0
     for split in ("train", "eval"):
         parts, totals[split] = [], 0
         for b in examples.batches(transformed.uri, split, spec):
@@ -134,20 +135,30 @@ def MFTrainer(transformed: InputArtifact[Examples], transform_graph: InputArtifa
             cold += int((~known).sum())
             if split == "train":
                 counts += np.bincount(i, minlength=n_items + 1)
-                if als:
-                    triples.append((u.astype(np.int32), i.astype(np.int32), b["rating"].astype(np.float32)))
+                user_counts += np.bincount(u, minlength=n_users + 1)
             keep = known & sampled[u]
             parts.append(np.c_[u[keep], i[keep]])
         pairs[split] = np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
-    if als:
-        u, i, r = [np.concatenate(column) for column in zip(*triples)] or [np.zeros(0, np.int32)] * 3
-        del triples
-        factors = mf.train(u, i, r, n_users + 1, n_items + 1, cfg.mf)
-        del u, i, r
+    if als:   # a second pass puts the train pairs in buckets of rows, both ways
+        if totals["train"] == 0:
+            raise ValueError("no interactions to factorise (all rows were filtered out?)")
+        with tempfile.TemporaryDirectory(prefix="collabfeat-als-") as tmp:
+            for side in ("users", "items"):
+                os.makedirs(os.path.join(tmp, side))
+            by_user = mf.PairBuckets(user_counts, cfg.mf.bucket_pairs, os.path.join(tmp, "users"))
+            by_item = mf.PairBuckets(counts, cfg.mf.bucket_pairs, os.path.join(tmp, "items"))
+            for b in examples.batches(transformed.uri, "train", spec):
+                conf = mf.confidence(b["rating"], cfg.mf)
+                by_user.add(b["user_idx"], b["item_idx"], conf)
+                by_item.add(b["item_idx"], b["user_idx"], conf)
+            factors = mf.fit_als(by_user, by_item, cfg.mf)
+        report_extra = {"als_buckets": {"users": len(by_user.parts), "items": len(by_item.parts)},
+                        "als_bucket_pairs": cfg.mf.bucket_pairs}
     else:
         data = examples.dataset(transformed.uri, "train", spec, cfg.mf.batch_size,
                                 shuffle=cfg.mf.shuffle_buffer, seed=cfg.mf.seed)
         factors = mf.fit(data, n_users + 1, n_items + 1, counts, cfg.mf)
+        report_extra = {}
     factors = mf.Factors(factors.users[:n_users], factors.items[:n_items], factors.losses)
     k = cfg.mf.recall_k
     popularity = mf.popularity_from_counts(counts[:n_items], n_users)
@@ -155,7 +166,8 @@ def MFTrainer(transformed: InputArtifact[Examples], transform_graph: InputArtifa
               "eval_pairs": totals["eval"], "eval_pairs_cold": cold, "losses": factors.losses,
               "recall_users": int(len(np.unique(pairs["eval"][:, 0]))), "recall_users_bound": cfg.mf.eval_users,
               f"recall@{k}": mf.recall_at_k(factors, pairs["train"], pairs["eval"], k),
-              f"recall@{k}_popularity": mf.recall_at_k(popularity, pairs["train"], pairs["eval"], k)}
+              f"recall@{k}_popularity": mf.recall_at_k(popularity, pairs["train"], pairs["eval"], k),
+              **report_extra}
     if catalogue is not None:
         labels = read_labels(catalogue.uri, "catalogue")
         lab = np.array([labels.get(i, -1) for i in item_ids])
@@ -195,10 +207,17 @@ class _TrainingSet:
         self.row = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
             tf.constant(factor_ids, tf.string), tf.range(len(factor_ids), dtype=tf.int64)), default_value=-1)
 
-    def _images(self):
+    def _images(self, labelled=False):
+        """(factor row, image, label) of the images with a factor (and a label), with their number
+        as the cardinality (checked while streaming): the trainers bound an epoch by it."""
+        import tensorflow as tf
         from collabfeat.catalogue import image_dataset
-        return (image_dataset(self.images_uri, "catalogue", self.cfg.cnn.image_size)
+        data = (image_dataset(self.images_uri, "catalogue", self.cfg.cnn.image_size)
                 .map(lambda i, x, l: (self.row.lookup(i), x, l)).filter(lambda r, x, l: r >= 0))
+        if labelled:
+            data = data.filter(lambda r, x, l: l >= 0)
+        count = self.labelled if labelled else self.counts["with_factor"]
+        return data.apply(tf.data.experimental.assert_cardinality(count))
 
     def factors(self):
         """(image, item factor) pairs."""
@@ -218,7 +237,7 @@ class _TrainingSet:
 
     def labelled_images(self):
         """(image, label) pairs of the images that have a label."""
-        return self._images().filter(lambda r, x, l: l >= 0).map(lambda r, x, l: (x, l))
+        return self._images(labelled=True).map(lambda r, x, l: (x, l))
 
     def images(self):
         return self._images().map(lambda r, x, l: x)

@@ -21,7 +21,9 @@ TINY = [
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e")
-    cfg = config_lib.load(overrides=TINY + [f"runner.output_dir={out}", f"serving.push_dir={out}/models"])
+    # ALS from row buckets on disk, and CNN epochs bounded below the catalogue's size: the large-data paths.
+    cfg = config_lib.load(overrides=TINY + ["mf.bucket_pairs=4000", "cnn.epoch_images=300",
+                                            f"runner.output_dir={out}", f"serving.push_dir={out}/models"])
     report = supervise.run(cfg, "push", str(out / "pipeline.log"), echo=lambda line: None)
     return cfg, report
 
@@ -37,6 +39,8 @@ def test_report_accounts_for_everything(run):
     assert sum(cat.values()) == cfg.simulator.n_items
     assert cat["used"] == cfg.simulator.n_items - cfg.simulator.bad_image_count
     assert report["mf"]["style_agreement@10"] > 1.5 * report["mf"]["style_agreement_chance"]
+    assert report["mf"]["als_buckets"]["users"] > 1 and report["mf"]["als_buckets"]["items"] > 1
+    assert report["mf"]["recall@20"] > report["mf"]["recall@20_popularity"]
     # Every component of this run, timed and measured by the supervisor (pipeline/supervise.py).
     comps = report["components"]
     assert {"LogsExampleGen", "ImageImport", "LogTransform", "Transform", "MFTrainer", "CNNTrainer",

@@ -46,32 +46,70 @@ def _normal_equations(x, y, pairs, conf, reg):
                      for u in range(len(x))])
 
 
-@pytest.mark.parametrize("chunk_pairs", [1 << 15, 5])
-def test_als_half_sweep_solves_the_normal_equations(chunk_pairs):
-    """With as many conjugate-gradient steps as dimensions, a half sweep is the exact weighted
-    least-squares solution, checked against dense numpy; in one block or in blocks of 5 pairs
-    (rows with more pairs than that are blocks of their own; the last users have no pairs)."""
+def _als(pairs, rating, n_users, n_items, cfg, bucket_pairs=0, directory=""):
     import tensorflow as tf
-    rng = np.random.default_rng(3)
-    n_users, n_items, dim = 30, 20, 4
-    pairs = np.array(sorted({(int(u), int(i)) for u, i in zip(rng.integers(0, 27, 150), rng.integers(0, n_items, 150))}))
-    rating = rng.random(len(pairs)).astype(np.float32)
-    cfg = MFConfig(dim=dim, alpha=5.0, l2=0.3, cg_steps=2 * dim, chunk_pairs=chunk_pairs)
     model = mf.MatrixFactorization(n_users, n_items, cfg)
     model.users(tf.zeros([1], tf.int64)), model.items(tf.zeros([1], tf.int64))
-    als = mf.WeightedALS(model, pairs[:, 0], pairs[:, 1], rating, cfg)
-    y = model.items.embeddings.numpy().astype(np.float64)
-    new_x = mf._solve(model.users.embeddings, model.items.embeddings, *als.user_side,
-                      tf.constant(cfg.l2), tf.constant(cfg.cg_steps)).numpy()
-    expected = _normal_equations(model.users.embeddings.numpy(), y, pairs, 1 + cfg.alpha * rating, cfg.l2)
-    np.testing.assert_allclose(new_x, expected, atol=2e-4)
+    by_user = mf.PairBuckets(np.bincount(pairs[:, 0], minlength=n_users), bucket_pairs, directory and f"{directory}/u")
+    by_item = mf.PairBuckets(np.bincount(pairs[:, 1], minlength=n_items), bucket_pairs, directory and f"{directory}/i")
+    conf = mf.confidence(rating, cfg)
+    for part in np.array_split(np.random.default_rng(0).permutation(len(pairs)), 3):   # any order, in parts
+        by_user.add(pairs[part, 0], pairs[part, 1], conf[part])
+        by_item.add(pairs[part, 1], pairs[part, 0], conf[part])
+    return model, mf.WeightedALS(model, by_user, by_item, cfg)
+
+
+def _small_matrix(seed=3):
+    rng = np.random.default_rng(seed)
+    pairs = np.array(sorted({(int(u), int(i)) for u, i in zip(rng.integers(0, 27, 150), rng.integers(0, 20, 150))}))
+    return pairs, rng.random(len(pairs)).astype(np.float32)
+
+
+@pytest.mark.parametrize("chunk_pairs,bucket_pairs", [(1 << 15, 0), (5, 0), (5, 30)])
+def test_als_half_sweep_solves_the_normal_equations(chunk_pairs, bucket_pairs, tmp_path):
+    """With as many conjugate-gradient steps as dimensions, a half sweep is the exact weighted
+    least-squares solution, checked against dense numpy: in one block, in blocks of 5 pairs (rows
+    with more pairs than that are blocks of their own), and from buckets of 30 pairs on disk. Users
+    27-29 have no pairs."""
+    import tensorflow as tf
+    n_users, n_items, dim = 30, 20, 4
+    pairs, rating = _small_matrix()
+    for side in "ui":
+        (tmp_path / side).mkdir()
+    cfg = MFConfig(dim=dim, alpha=5.0, l2=0.3, cg_steps=2 * dim, chunk_pairs=chunk_pairs)
+    model, als = _als(pairs, rating, n_users, n_items, cfg, bucket_pairs, str(tmp_path) if bucket_pairs else "")
+    x, y = model.users.embeddings, model.items.embeddings
+    expected = _normal_equations(x.numpy(), y.numpy().astype(np.float64), pairs, 1 + cfg.alpha * rating, cfg.l2)
+    als._half(x, y, als.user_side, tf.constant(cfg.l2), tf.constant(cfg.cg_steps))
+    np.testing.assert_allclose(x.numpy(), expected, atol=2e-4)
+    if bucket_pairs:   # buckets of consecutive rows with at most 30 pairs, rows with more alone
+        b, ends = als.user_side.bounds, np.concatenate([[0], np.cumsum(np.bincount(pairs[:, 0], minlength=30))])
+        sizes = ends[b[1:]] - ends[b[:-1]]
+        assert len(b) > 3 and b[0] == 0 and b[-1] == 30 and all((sizes <= 30) | (np.diff(b) == 1))
+        assert len(list((tmp_path / "u").glob("bucket-*-rows.npy"))) == len(b) - 1
     # The reported objective is the dense weighted loss over every (user, item), per observed pair.
-    x = expected
+    xv, yv = x.numpy().astype(np.float64), y.numpy().astype(np.float64)
     c, p = np.ones((n_users, n_items)), np.zeros((n_users, n_items))
     c[pairs[:, 0], pairs[:, 1]], p[pairs[:, 0], pairs[:, 1]] = 1 + cfg.alpha * rating, 1.0
-    dense = ((c * (p - x @ y.T) ** 2).sum() + cfg.l2 * ((x ** 2).sum() + (y ** 2).sum())) / len(pairs)
-    got = mf._objective(tf.constant(x, tf.float32), tf.constant(y, tf.float32), *als.user_side, tf.constant(cfg.l2))
-    assert float(got) == pytest.approx(dense, rel=1e-4)
+    dense = ((c * (p - xv @ yv.T) ** 2).sum() + cfg.l2 * ((xv ** 2).sum() + (yv ** 2).sum())) / len(pairs)
+    assert als.objective() == pytest.approx(dense, rel=1e-4)
+
+
+def test_als_from_buckets_on_disk_equals_als_in_memory(tmp_path):
+    """The same sweeps from row buckets of at most 40 pairs on disk as from memory: the same factors."""
+    pairs, rating = _small_matrix(seed=5)
+    for side in "ui":
+        (tmp_path / side).mkdir()
+    cfg = MFConfig(dim=4, chunk_pairs=7)
+    results = []
+    for bucket_pairs, directory in ((0, ""), (40, str(tmp_path))):
+        model, als = _als(pairs, rating, 30, 20, cfg, bucket_pairs, directory)
+        losses = [als.sweep() for _ in range(3)]
+        results.append((model.users.embeddings.numpy(), model.items.embeddings.numpy(), losses))
+    np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-5)
+    np.testing.assert_allclose(results[0][1], results[1][1], atol=1e-5)
+    np.testing.assert_allclose(results[0][2], results[1][2], rtol=1e-5)
+    assert results[0][2][-1] < results[0][2][0]
 
 
 def test_als_on_movielens_beats_popularity():
@@ -121,6 +159,46 @@ def test_cnn_regression_learns_and_embeds_normalised():
     assert emb.shape == (len(x), 12)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
     assert retrieval_metrics(emb, kind, 5)["precision@5"] > 0.9
+
+
+def test_an_epoch_is_bounded_by_epoch_images_and_streams_over_all_images(monkeypatch):
+    """A catalogue larger than cnn.epoch_images: each epoch takes ceil(epoch_images / batch) steps
+    from one stream over the data repeated, so later epochs see the images earlier ones did not."""
+    import tensorflow as tf
+    x, kind = stripes(n=40)
+    seen, steps = [], []
+
+    class Count(tf.keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            steps.append(0)
+
+        def on_train_batch_end(self, batch, logs=None):
+            steps[-1] += 1
+
+    fit = tf.keras.Model.fit
+    monkeypatch.setattr(tf.keras.Model, "fit", lambda self, *a, **k: fit(self, *a, callbacks=[Count()], **k))
+    ids = tf.data.Dataset.range(40).map(lambda i: (tf.gather(x, i), i))
+    cfg = CNNConfig(image_size=16, widths=[4], embedding_dim=4, epochs=4, batch_size=4, augment=False,
+                    epoch_images=10, shuffle_buffer=8)
+    net, losses = cnn.train_classifier(ids.map(lambda img, i: (img, i % 2)), 2, cfg)   # size known: 40
+    assert steps == [3, 3, 3, 3] and len(losses) == 4         # ceil(10 / 4) steps, 4 epochs
+    # Without a known size (a filtered stream), an epoch is the whole stream: 40 / 4 steps.
+    steps.clear()
+    cnn.train_classifier(ids.filter(lambda img, i: True).map(lambda img, i: (img, i % 2)), 2,
+                         CNNConfig(**{**cfg.__dict__, "epochs": 2}))
+    assert steps == [10, 10]
+    # The epochs continue one stream: 4 epochs x 12 images reach all 40 (restarting every epoch,
+    # a shuffle buffer of 8 would keep drawing from the first 20 or so).
+    def record(i):
+        seen.append(int(i))
+        return i % 2
+
+    def tracked(img, i):
+        label = tf.py_function(record, [i], tf.int64)
+        label.set_shape([])
+        return img, label
+    cnn.train_classifier(ids.map(tracked).apply(tf.data.experimental.assert_cardinality(40)), 2, cfg)
+    assert set(seen) == set(range(40))
 
 
 def test_pseudo_classes_recover_separated_factors():

@@ -16,6 +16,7 @@ V_ij, with the logQ correction for item popularity.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Dict, List
 
@@ -66,43 +67,128 @@ class MatrixFactorization(tfrs.Model):
         return penalty + loss / tf.cast(batch, tf.float32)
 
 
+class PairBuckets:
+    """One orientation of the train triples for ALS: (row, col, confidence) sorted by row, in
+    buckets of consecutive rows. add() takes them in any order; a bucket is then sorted on its own.
+    With one bucket they stay in memory; with more (`directory` given), each bucket is a file of
+    12-byte records, sorted once into .npy files and memory-mapped at every sweep, so memory holds
+    one bucket at a time, whatever the number of pairs."""
+
+    RECORD = np.dtype([("row", np.int32), ("col", np.int32), ("conf", np.float32)])
+
+    def __init__(self, row_counts: np.ndarray, bucket_pairs: int = 0, directory: str = ""):
+        """row_counts [n_rows]: pairs per row. Buckets hold consecutive rows and at most
+        bucket_pairs pairs (a row with more is a bucket of its own); 0: one bucket, in memory."""
+        counts = np.asarray(row_counts, np.int64)
+        self.n_rows, self.directory = len(counts), directory
+        ends = np.concatenate([[0], np.cumsum(counts)])        # ends[r]: pairs of the rows before r
+        bounds = [0]
+        while bucket_pairs and ends[-1] - ends[bounds[-1]] > bucket_pairs:
+            fit = int(np.searchsorted(ends, ends[bounds[-1]] + bucket_pairs, "right")) - 1
+            bounds.append(max(fit, bounds[-1] + 1))
+        self.bounds = np.array(bounds + [self.n_rows])
+        if len(self.bounds) > 2 and not directory:
+            raise ValueError("PairBuckets: more than one bucket needs a directory")
+        self.parts = [[] for _ in range(len(self.bounds) - 1)]
+        self.sorted = None
+
+    def add(self, rows, cols, conf) -> None:
+        records = np.empty(len(rows), self.RECORD)
+        records["row"], records["col"], records["conf"] = rows, cols, conf
+        if len(self.parts) == 1:
+            self.parts[0].append(records)
+            return
+        which = np.searchsorted(self.bounds, records["row"], "right") - 1
+        order = np.argsort(which, kind="stable")
+        cuts = np.searchsorted(which[order], np.arange(len(self.parts) + 1))
+        for k in np.flatnonzero(np.diff(cuts)):
+            with open(os.path.join(self.directory, f"bucket-{k}.bin"), "ab") as f:
+                records[order[cuts[k]:cuts[k + 1]]].tofile(f)
+
+    def _sort(self, records: np.ndarray, lo: int, hi: int):
+        records = records[np.lexsort((records["col"], records["row"]))]
+        indptr = np.searchsorted(records["row"], np.arange(lo, hi + 1))
+        return records["row"] - lo, records["col"], records["conf"], indptr
+
+    def buckets(self):
+        """(lo, hi, local rows, cols, confidences, indptr [hi - lo + 1]) per bucket, rows sorted."""
+        if self.sorted is None:
+            self.sorted = []
+            for k, parts in enumerate(self.parts):
+                lo, hi = int(self.bounds[k]), int(self.bounds[k + 1])
+                if len(self.parts) == 1:
+                    records = np.concatenate(parts) if parts else np.empty(0, self.RECORD)
+                    self.parts[0] = []
+                    self.sorted.append((lo, hi) + self._sort(records, lo, hi))
+                    continue
+                path = os.path.join(self.directory, f"bucket-{k}.bin")
+                records = np.fromfile(path, self.RECORD) if os.path.exists(path) else np.empty(0, self.RECORD)
+                arrays = self._sort(records, lo, hi)
+                del records
+                names = []
+                for name, a in zip(("rows", "cols", "conf", "indptr"), arrays):
+                    names.append(os.path.join(self.directory, f"bucket-{k}-{name}.npy"))
+                    np.save(names[-1], a)
+                if os.path.exists(path):
+                    os.remove(path)
+                self.sorted.append((lo, hi, names))
+        for entry in self.sorted:
+            if len(entry) == 3:
+                lo, hi, names = entry
+                yield (lo, hi) + tuple(np.load(n, mmap_mode="r") for n in names)
+            else:
+                yield entry
+
+
 class WeightedALS:
     """The solver="als" sweeps on a MatrixFactorization's embedding tables, in TF ops.
 
-    The observed pairs are held once in each orientation, sorted by row (int32 row and column, float32
-    confidence: 24 bytes per pair in all). Rows are solved in blocks whose pairs number at most
-    `chunk_pairs` (a row with more pairs is a block of its own), so every intermediate is bounded
-    by the block and the factor tables, whatever the number of pairs."""
+    The train pairs come in PairBuckets, one per orientation (in memory: int32 row and column,
+    float32 confidence, 24 bytes per pair in all; on disk beyond `mf.bucket_pairs`). Within a bucket,
+    rows are solved in blocks whose pairs number at most `chunk_pairs` (a row with more pairs is a
+    block of its own), so every intermediate is bounded by the block and the factor tables."""
 
-    def __init__(self, model: "MatrixFactorization", users, items, rating, cfg: MFConfig):
-        self.model, self.cfg = model, cfg
-        users, items = np.asarray(users, np.int64), np.asarray(items, np.int64)
-        conf = (1.0 + cfg.alpha * np.asarray(rating, np.float64)).astype(np.float32)
-        n_users, n_items = model.users.input_dim, model.items.input_dim
-        self.user_side = self._side(users, items, conf, n_users)
-        self.item_side = self._side(items, users, conf, n_items)
+    def __init__(self, model: "MatrixFactorization", user_side: PairBuckets, item_side: PairBuckets,
+                 cfg: MFConfig):
+        self.model, self.cfg, self.user_side, self.item_side = model, cfg, user_side, item_side
 
-    def _side(self, rows, cols, conf, n):
-        order = np.lexsort((cols, rows))
-        indptr = np.searchsorted(rows[order], np.arange(n + 1))
-        # Greedy row blocks of at most chunk_pairs pairs: block b holds rows [starts[b], starts[b+1]).
-        starts, row = [0], 0
+    def _blocks(self, indptr):
+        """Greedy row blocks of at most chunk_pairs pairs: block b holds rows [starts[b], starts[b+1])."""
+        n, starts, row = len(indptr) - 1, [0], 0
         while row < n:
             stop = max(int(np.searchsorted(indptr, indptr[row] + self.cfg.chunk_pairs, "right")) - 1, row + 1)
             starts.append(min(stop, n))
             row = starts[-1]
         starts = np.array(starts)
-        return (tf.constant(rows[order].astype(np.int32)), tf.constant(cols[order].astype(np.int32)),
-                tf.constant(conf[order]), tf.constant(starts.astype(np.int32)),
-                tf.constant(indptr[starts].astype(np.int32)))
+        return tf.constant(starts.astype(np.int32)), tf.constant(np.asarray(indptr)[starts].astype(np.int32))
+
+    def _half(self, x, y, side: PairBuckets, reg, steps):
+        new = np.empty(tuple(x.shape), np.float32)
+        for lo, hi, rows, cols, conf, indptr in side.buckets():
+            if hi == lo:
+                continue
+            new[lo:hi] = _solve(x[lo:hi], y, tf.constant(rows), tf.constant(cols), tf.constant(conf),
+                                *self._blocks(indptr), reg, steps).numpy()
+        x.assign(new)
 
     def sweep(self) -> float:
-        """One ALS iteration: users from items, then items from users; returns the objective."""
+        """One ALS iteration: users from items, then items from users; returns the objective
+        (the weighted squared loss over the whole matrix plus the penalty, per observed pair)."""
         x, y = self.model.users.embeddings, self.model.items.embeddings
         reg, steps = tf.constant(self.cfg.l2, tf.float32), tf.constant(self.cfg.cg_steps)
-        x.assign(_solve(x, y, *self.user_side, reg, steps))
-        y.assign(_solve(y, x, *self.item_side, reg, steps))
-        return float(_objective(x, y, *self.user_side, reg))
+        self._half(x, y, self.user_side, reg, steps)
+        self._half(y, x, self.item_side, reg, steps)
+        return self.objective()
+
+    def objective(self) -> float:
+        x, y = self.model.users.embeddings, self.model.items.embeddings
+        observed, pairs = 0.0, 0
+        for lo, hi, rows, cols, conf, indptr in self.user_side.buckets():
+            observed += float(_observed_loss(x[lo:hi], y, tf.constant(rows), tf.constant(cols), tf.constant(conf)))
+            pairs += len(rows)
+        everywhere = tf.reduce_sum(tf.matmul(x, x, transpose_a=True) * tf.matmul(y, y, transpose_a=True))
+        penalty = self.cfg.l2 * (tf.reduce_sum(x * x) + tf.reduce_sum(y * y))
+        return (observed + float(everywhere) + float(penalty)) / max(pairs, 1)
 
 
 _SIDE = [tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.float32),
@@ -147,17 +233,12 @@ def _solve(x, y, rows, cols, conf, row_starts, pair_starts, reg, cg_steps):
     return blocks.concat()
 
 
-@tf.function(input_signature=_SIDE)
-def _objective(x, y, rows, cols, conf, row_starts, pair_starts, reg):
-    """sum over all (user, item) of c (p - x.y)^2, plus lambda's penalty, per observed pair."""
-    observed = tf.constant(0.0)
-    for b in tf.range(tf.shape(row_starts)[0] - 1):
-        p0, p1 = pair_starts[b], pair_starts[b + 1]
-        s = tf.reduce_sum(tf.gather(x, rows[p0:p1]) * tf.gather(y, cols[p0:p1]), axis=1)
-        observed += tf.reduce_sum(conf[p0:p1] * (1.0 - s) ** 2 - s * s)
-    everywhere = tf.reduce_sum(tf.matmul(x, x, transpose_a=True) * tf.matmul(y, y, transpose_a=True))
-    penalty = reg * (tf.reduce_sum(x * x) + tf.reduce_sum(y * y))
-    return (observed + everywhere + penalty) / tf.cast(tf.maximum(tf.shape(rows)[0], 1), tf.float32)
+@tf.function(input_signature=_SIDE[:5])
+def _observed_loss(x, y, rows, cols, conf):
+    """sum over the observed pairs of c (1 - x.y)^2 - (x.y)^2: what they add to the loss over the
+    whole matrix, whose every entry counts (x.y)^2 once (tr(X'X Y'Y))."""
+    s = tf.reduce_sum(tf.gather(x, rows) * tf.gather(y, cols), axis=1)
+    return tf.reduce_sum(conf * (1.0 - s) ** 2 - s * s)
 
 
 @dataclass
@@ -204,10 +285,25 @@ def train(user_idx: np.ndarray, item_idx: np.ndarray, rating: np.ndarray,
             "rating": rating.astype(np.float32)})
         data = data.shuffle(len(user_idx), seed=cfg.seed, reshuffle_each_iteration=True).batch(cfg.batch_size)
         return fit(data, n_users, n_items, np.bincount(item_idx, minlength=n_items), cfg, callback)
+    user_side = PairBuckets(np.bincount(user_idx, minlength=n_users))
+    item_side = PairBuckets(np.bincount(item_idx, minlength=n_items))
+    conf = confidence(rating, cfg)
+    user_side.add(user_idx, item_idx, conf)
+    item_side.add(item_idx, user_idx, conf)
+    return fit_als(user_side, item_side, cfg, callback)
+
+
+def confidence(rating: np.ndarray, cfg: MFConfig) -> np.ndarray:
+    """c = 1 + alpha V on the observed pairs (every other entry of the matrix has c = 1)."""
+    return (1.0 + cfg.alpha * np.asarray(rating, np.float32)).astype(np.float32)
+
+
+def fit_als(user_side: PairBuckets, item_side: PairBuckets, cfg: MFConfig, callback=None) -> Factors:
+    """Weighted ALS from the train pairs in both orientations (see PairBuckets), cfg.epochs sweeps."""
     tf.keras.utils.set_random_seed(cfg.seed)
-    model = MatrixFactorization(n_users, n_items, cfg)
+    model = MatrixFactorization(user_side.n_rows, item_side.n_rows, cfg)
     model.users(tf.zeros([1], tf.int64)), model.items(tf.zeros([1], tf.int64))   # build the tables
-    als = WeightedALS(model, user_idx, item_idx, rating, cfg)
+    als = WeightedALS(model, user_side, item_side, cfg)
     losses = []
     for sweep in range(cfg.epochs):
         losses.append(als.sweep())
