@@ -55,8 +55,14 @@ def pairs(images: np.ndarray, targets: np.ndarray) -> tf.data.Dataset:
 
 
 def _fit(model, data: tf.data.Dataset, loss, cfg: CNNConfig, epochs: int, rotate: bool = False) -> List[float]:
-    """data: unbatched (uint8 image [S, S, 3], target) pairs, shuffled through a bounded buffer."""
+    """data: unbatched (uint8 image [S, S, 3], target) pairs, shuffled through a bounded buffer.
+    If the data says how many pairs it holds (its cardinality) and they are more than
+    cfg.epoch_images, an epoch is that many pairs of the data repeated as one stream: the cost of
+    training stops growing with the catalogue, and over the epochs every image is still seen."""
     aug = _augment(cfg)
+    size, steps = int(data.cardinality()), None
+    if cfg.epoch_images and size > cfg.epoch_images:
+        data, steps = data.repeat(), -(-cfg.epoch_images // cfg.batch_size)
     data = data.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True).batch(cfg.batch_size)
     data = data.map(lambda x, y: (tf.cast(x, tf.float32), y))
     if aug is not None:
@@ -68,7 +74,7 @@ def _fit(model, data: tf.data.Dataset, loss, cfg: CNNConfig, epochs: int, rotate
                              fn_output_signature=tf.float32), k
         data = data.map(turn)
     model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate), loss=loss)
-    hist = model.fit(data.prefetch(2), epochs=epochs, verbose=0)
+    hist = model.fit(data.prefetch(2), epochs=epochs, steps_per_epoch=steps, verbose=0)
     return [float(x) for x in hist.history["loss"]]
 
 
