@@ -306,3 +306,17 @@ def test_feature_sets_stream_to_a_valid_npy(tmp_path):
     got = np.load(tmp_path / "features" / "x" / "embeddings.npy")
     np.testing.assert_array_equal(got, np.concatenate(parts))
     assert sorted(os.listdir(tmp_path / "features" / "x")) == ["embeddings.npy"]
+
+
+def test_als_runs_unchanged_inside_a_distribution_strategy():
+    """The TFRS model's tables are created in the strategy's scope (mirrored variables) and the
+    sweeps update them: the same factors as without a strategy. (One replica: the sweep itself
+    is not sharded across workers.)"""
+    import tensorflow as tf
+    pairs, rating = _small_matrix(seed=7)
+    cfg = MFConfig(dim=4, epochs=3)
+    plain = mf.train(pairs[:, 0], pairs[:, 1], rating, 30, 20, cfg)
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        mirrored = mf.train(pairs[:, 0], pairs[:, 1], rating, 30, 20, cfg)
+    np.testing.assert_allclose(plain.users, mirrored.users, atol=1e-6)
+    np.testing.assert_allclose(plain.losses, mirrored.losses, rtol=1e-6)
