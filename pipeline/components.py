@@ -140,8 +140,6 @@ def MFTrainer(transformed: InputArtifact[Examples], transform_graph: InputArtifa
             parts.append(np.c_[u[keep], i[keep]])
         pairs[split] = np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
     if als:   # a second pass puts the train pairs in buckets of rows, both ways
-        if totals["train"] == 0:
-            raise ValueError("no interactions to factorise (all rows were filtered out?)")
         with tempfile.TemporaryDirectory(prefix="collabfeat-als-") as tmp:
             for side in ("users", "items"):
                 os.makedirs(os.path.join(tmp, side))

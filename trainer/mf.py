@@ -67,6 +67,16 @@ class MatrixFactorization(tfrs.Model):
         return penalty + loss / tf.cast(batch, tf.float32)
 
 
+def row_ranges(ends: np.ndarray, limit: int) -> np.ndarray:
+    """Greedy ranges of consecutive rows with at most `limit` pairs each (a row with more is a
+    range of its own); ends[r]: pairs of the rows before r. -> bounds: range k is [b[k], b[k+1])."""
+    bounds = [0]
+    while ends[-1] - ends[bounds[-1]] > limit:
+        fit = int(np.searchsorted(ends, ends[bounds[-1]] + limit, "right")) - 1
+        bounds.append(max(fit, bounds[-1] + 1))
+    return np.array(bounds + [len(ends) - 1])
+
+
 class PairBuckets:
     """One orientation of the train triples for ALS: (row, col, confidence) sorted by row, in
     buckets of consecutive rows. add() takes them in any order; a bucket is then sorted on its own.
@@ -82,11 +92,8 @@ class PairBuckets:
         counts = np.asarray(row_counts, np.int64)
         self.n_rows, self.directory = len(counts), directory
         ends = np.concatenate([[0], np.cumsum(counts)])        # ends[r]: pairs of the rows before r
-        bounds = [0]
-        while bucket_pairs and ends[-1] - ends[bounds[-1]] > bucket_pairs:
-            fit = int(np.searchsorted(ends, ends[bounds[-1]] + bucket_pairs, "right")) - 1
-            bounds.append(max(fit, bounds[-1] + 1))
-        self.bounds = np.array(bounds + [self.n_rows])
+        self.pairs = int(ends[-1])
+        self.bounds = row_ranges(ends, bucket_pairs) if bucket_pairs else np.array([0, self.n_rows])
         if len(self.bounds) > 2 and not directory:
             raise ValueError("PairBuckets: more than one bucket needs a directory")
         self.parts = [[] for _ in range(len(self.bounds) - 1)]
@@ -153,13 +160,8 @@ class WeightedALS:
         self.model, self.cfg, self.user_side, self.item_side = model, cfg, user_side, item_side
 
     def _blocks(self, indptr):
-        """Greedy row blocks of at most chunk_pairs pairs: block b holds rows [starts[b], starts[b+1])."""
-        n, starts, row = len(indptr) - 1, [0], 0
-        while row < n:
-            stop = max(int(np.searchsorted(indptr, indptr[row] + self.cfg.chunk_pairs, "right")) - 1, row + 1)
-            starts.append(min(stop, n))
-            row = starts[-1]
-        starts = np.array(starts)
+        """Row blocks of at most chunk_pairs pairs: block b holds rows [starts[b], starts[b+1])."""
+        starts = row_ranges(np.asarray(indptr), self.cfg.chunk_pairs)
         return tf.constant(starts.astype(np.int32)), tf.constant(np.asarray(indptr)[starts].astype(np.int32))
 
     def _half(self, x, y, side: PairBuckets, reg, steps):
@@ -258,14 +260,14 @@ def fit(data: tf.data.Dataset, n_users: int, n_items: int, item_counts: np.ndarr
     tf.keras.utils.set_random_seed(cfg.seed)
     model = MatrixFactorization(n_users, n_items, cfg, item_probability=counts / counts.sum())
     model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
+
     def factors(losses=()):
         return Factors(model.users.embeddings.numpy(), model.items.embeddings.numpy(), list(losses))
 
     hooks = [] if callback is None else [tf.keras.callbacks.LambdaCallback(
         on_epoch_end=lambda epoch, logs: callback(epoch + 1, factors()))]
     hist = model.fit(data, epochs=cfg.epochs, verbose=0, callbacks=hooks)
-    return Factors(users=model.users.embeddings.numpy(), items=model.items.embeddings.numpy(),
-                   losses=[float(x) for x in hist.history["loss"]])
+    return factors(float(x) for x in hist.history["loss"])
 
 
 def uses_als(cfg: MFConfig) -> bool:
@@ -300,6 +302,8 @@ def confidence(rating: np.ndarray, cfg: MFConfig) -> np.ndarray:
 
 def fit_als(user_side: PairBuckets, item_side: PairBuckets, cfg: MFConfig, callback=None) -> Factors:
     """Weighted ALS from the train pairs in both orientations (see PairBuckets), cfg.epochs sweeps."""
+    if user_side.pairs == 0:
+        raise ValueError("no interactions to factorise (all rows were filtered out?)")
     tf.keras.utils.set_random_seed(cfg.seed)
     model = MatrixFactorization(user_side.n_rows, item_side.n_rows, cfg)
     model.users(tf.zeros([1], tf.int64)), model.items(tf.zeros([1], tf.int64))   # build the tables
