@@ -205,10 +205,17 @@ class _TrainingSet:
         self.row = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
             tf.constant(factor_ids, tf.string), tf.range(len(factor_ids), dtype=tf.int64)), default_value=-1)
 
-    def _images(self):
+    def _images(self, labelled=False):
+        """(factor row, image, label) of the images with a factor (and a label), with their number
+        as the cardinality (checked while streaming): the trainers bound an epoch by it."""
+        import tensorflow as tf
         from collabfeat.catalogue import image_dataset
-        return (image_dataset(self.images_uri, "catalogue", self.cfg.cnn.image_size)
+        data = (image_dataset(self.images_uri, "catalogue", self.cfg.cnn.image_size)
                 .map(lambda i, x, l: (self.row.lookup(i), x, l)).filter(lambda r, x, l: r >= 0))
+        if labelled:
+            data = data.filter(lambda r, x, l: l >= 0)
+        count = self.labelled if labelled else self.counts["with_factor"]
+        return data.apply(tf.data.experimental.assert_cardinality(count))
 
     def factors(self):
         """(image, item factor) pairs."""
@@ -228,7 +235,7 @@ class _TrainingSet:
 
     def labelled_images(self):
         """(image, label) pairs of the images that have a label."""
-        return self._images().filter(lambda r, x, l: l >= 0).map(lambda r, x, l: (x, l))
+        return self._images(labelled=True).map(lambda r, x, l: (x, l))
 
     def images(self):
         return self._images().map(lambda r, x, l: x)

@@ -41,6 +41,10 @@ def test_report_accounts_for_everything(run):
     assert report["mf"]["style_agreement@10"] > 1.5 * report["mf"]["style_agreement_chance"]
     assert report["mf"]["als_buckets"]["users"] > 1 and report["mf"]["als_buckets"]["items"] > 1
     assert report["mf"]["recall@20"] > report["mf"]["recall@20_popularity"]
+    # Catalogue images without a factor are dropped from the CNN's training stream, whose declared
+    # size (the epoch bound's input) is checked while it streams.
+    assert report["cnn"]["without_factor (never seen, or filtered out)"] >= 1
+    assert report["cnn"]["with_factor"] > cfg.cnn.epoch_images
     # Every component of this run, timed and measured by the supervisor (pipeline/supervise.py).
     comps = report["components"]
     assert {"LogsExampleGen", "ImageImport", "LogTransform", "Transform", "MFTrainer", "CNNTrainer",
