@@ -40,9 +40,11 @@ def compare(name: str, db: np.ndarray, queries: np.ndarray, cfg) -> list:
     exact = exact[0]
     rows = [{"data": name, "method": "exact numpy", "build s": 0.0, "q/s": len(queries) / t_exact, "recall@10": 1.0}]
 
-    searcher, t_build = timed(scann_index.build, db, cfg.index)
-    (found, _), t = timed(searcher.search_batched, queries, final_num_neighbors=K)
-    rows.append({"data": name, "method": "scann", "build s": t_build, "q/s": len(queries) / t, "recall@10": scann_index.recall(found, exact, K)})
+    (searcher, settings), t_build = timed(scann_index.build, db, cfg.index)
+    (found, _), t = timed(scann_index.search, {"searcher": searcher, "meta": settings}, queries, K)
+    knobs = "".join(f" {key}={settings[key]}" for key in ("leaves", "leaves_to_search", "reorder") if key in settings)
+    rows.append({"data": name, "method": f"scann {settings['kind']}{knobs}", "build s": t_build, "q/s": len(queries) / t,
+                 "recall@10": scann_index.recall(found, exact, K)})
 
     flat = faiss.IndexFlatIP(db.shape[1])
     _, t_build = timed(flat.add, db)

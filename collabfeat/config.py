@@ -124,10 +124,11 @@ class EvalConfig:
 class IndexConfig:
     """ScaNN index over the catalogue's embeddings."""
     num_neighbors: int = 10
-    leaves: int = 0                # 0: about sqrt(n)
-    leaves_to_search: int = 0      # 0: a third of the leaves
-    reorder: int = 100
-    min_recall: float = 0.95
+    kind: str = "auto"             # "auto" (by size and measured speed), "brute_force" or "tree_ah"
+    leaves: int = 0                # tree leaves; 0: about sqrt(n)
+    leaves_to_search: int = 0      # 0: tuned, the fewest that reach min_recall (serving/index.py)
+    reorder: int = 0               # candidates re-scored exactly; 0: tuned with leaves_to_search
+    min_recall: float = 0.95       # recall@num_neighbors against exact search the index must reach
     recall_queries: int = 1000     # seeded sample of catalogue items that measure recall against exact search
     map_sample: int = 20000        # UMAP is fitted on a seeded sample this large; the rest are placed
                                    # at the mean of their nearest sampled neighbours
@@ -188,6 +189,8 @@ class Config:
         problems = []
         if self.mf.objective not in ("mse", "softmax"):
             problems.append(f"mf.objective must be 'mse' or 'softmax', not {self.mf.objective!r}")
+        if self.index.kind not in ("auto", "brute_force", "tree_ah"):
+            problems.append(f"index.kind must be 'auto', 'brute_force' or 'tree_ah', not {self.index.kind!r}")
         if self.mf.solver not in ("als", "adam"):
             problems.append(f"mf.solver must be 'als' or 'adam', not {self.mf.solver!r}")
         if self.cnn.mode not in ("regression", "pseudo_class"):

@@ -352,13 +352,17 @@ def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
     emb = cnn.embed(load_backbone(model.uri), pixels)
     if len(emb) != len(ids):
         raise RuntimeError(f"the catalogue changed while it was read: {len(ids)} ids, {len(emb)} images")
+    # Recall is reported on one seeded sample of the catalogue; the search settings are tuned on another.
+    measured = topk.sample(len(emb), cfg.index.recall_queries, 0)
+    rest = np.setdiff1d(np.arange(len(emb)), measured)
+    tuning = rest[topk.sample(len(rest), scann_index.TUNING_QUERIES, 1)] if len(rest) else measured
     start = time.time()
-    searcher = scann_index.build(emb, cfg.index)
+    searcher, settings = scann_index.build(emb, cfg.index, emb[tuning])
     built = time.time() - start
-    queries = emb[topk.sample(len(emb), cfg.index.recall_queries, 0)]
+    queries = emb[measured]
     k = min(cfg.index.num_neighbors, len(emb))
-    recall = scann_index.recall_against_exact(searcher, emb, queries, k)
-    scann_index.save(searcher, ids, emb, index.uri, cfg.index)
+    recall = scann_index.recall_against_exact(searcher, emb, queries, k, settings)
+    scann_index.save(searcher, settings, ids, emb, index.uri)
     scann_index.write_map(emb, index.uri, sample=cfg.index.map_sample)
     sets = [cfg.cnn.mode]
     if evaluation is not None:
@@ -371,10 +375,10 @@ def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
     write_report(index.uri, {"items": len(ids), "dim": int(emb.shape[1]), f"recall@{k}": recall,
                              "recall_queries": len(queries), "map_sample": min(len(ids), cfg.index.map_sample),
                              "build_seconds": built, "required_recall": cfg.index.min_recall,
-                             "kind": scann_index.kind(len(ids)), "feature_sets": sets})
+                             "tuning_queries": len(tuning), "settings": settings, "feature_sets": sets})
     if recall < cfg.index.min_recall:
         raise RuntimeError(f"ScaNN recall@{k} {recall:.3f} is below index.min_recall {cfg.index.min_recall}: "
-                           "raise index.leaves_to_search or index.reorder")
+                           "with " + json.dumps({key: v for key, v in settings.items() if "tried" not in key}))
 
 
 @tfx.dsl.components.component

@@ -156,7 +156,11 @@ def format_report(r: Dict) -> str:
     if "index" in r:
         ix = r["index"]
         rk = next(k for k in ix if k.startswith("recall@"))
-        out.append(f"ScaNN index ({ix['kind']}): {ix['items']} items, {rk} against exact search {ix[rk]:.3f}")
+        st = ix["settings"]
+        knobs = ", ".join(f"{key} {st[key]}" for key in ("leaves", "leaves_to_search", "reorder") if key in st)
+        out.append(f"ScaNN index ({st['kind']}{': ' + knobs if knobs else ''}): {ix['items']} items, "
+                   f"{rk} against exact search {ix[rk]:.3f} on {ix['recall_queries']} queries")
+        out.append(f"    chosen because: {st['why']}")
     if "push" in r:
         p = r["push"]
         out.append(f"pushed: {p['destination']}" if p["pushed"] else f"not pushed: {p['why']}")

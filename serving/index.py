@@ -5,7 +5,8 @@ import json
 import math
 import os
 import shutil
-from typing import Dict, List, Tuple
+import time
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from scann.scann_ops.py import scann_ops_pybind
@@ -13,23 +14,99 @@ from scann.scann_ops.py import scann_ops_pybind
 from collabfeat import topk
 from collabfeat.config import IndexConfig
 
-# Below this many items a tree gains nothing: search all of them, exactly scored.
+# Below this many items a tree gains nothing: search all of them, exactly scored. Up to
+# BRUTE_FORCE_UP_TO items brute force is timed against the tree and taken if it is faster.
 BRUTE_FORCE_BELOW = 2000
+BRUTE_FORCE_UP_TO = 100_000
 
 
-def build(embeddings: np.ndarray, cfg: IndexConfig):
-    """embeddings: L2-normalised float32 [n, d]; dot product = cosine similarity."""
+def build(embeddings: np.ndarray, cfg: IndexConfig, queries: Optional[np.ndarray] = None):
+    """embeddings: L2-normalised float32 [n, d]; dot product = cosine similarity.
+    -> (searcher, settings): the ScaNN searcher and how it is to be searched (see `choose`)."""
     db = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if queries is None:
+        queries = db[topk.sample(len(db), TUNING_QUERIES, 1)]
+    return choose(db, np.ascontiguousarray(queries, dtype=np.float32), cfg)
+
+
+# Search settings are tuned on this many catalogue items as queries (another seeded sample than the
+# one the Indexer reports recall on), and must reach index.min_recall plus this margin on them.
+TUNING_QUERIES = 1000
+TUNING_MARGIN = 0.01
+
+
+def _timed_search(searcher, queries: np.ndarray, k: int, **knobs) -> Tuple[np.ndarray, float]:
+    """Found rows, and the best of 3 timings in milliseconds per query."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        found, _ = searcher.search_batched(queries, final_num_neighbors=k, **knobs)
+        best = min(best, time.perf_counter() - start)
+    return found, 1000 * best / max(1, len(queries))
+
+
+def choose(db: np.ndarray, queries: np.ndarray, cfg: IndexConfig):
+    """ScaNN's configuration picked by the catalogue's size and its search knobs tuned by measurement.
+
+    Brute force (exact) for catalogues below BRUTE_FORCE_BELOW; beyond, a tree over about sqrt(n)
+    leaves with anisotropic hashing and exact re-scoring, searched with the fewest leaves and the
+    shortest re-scored list that reach index.min_recall (+ TUNING_MARGIN) on the tuning queries,
+    whichever pair answers fastest. Up to BRUTE_FORCE_UP_TO items brute force is timed as well and
+    taken when it is faster. If no setting reaches the recall, brute force is taken: exact, slower.
+    Settings given in the config (index.kind, leaves, leaves_to_search, reorder) are used as given."""
     n = len(db)
-    b = scann_ops_pybind.builder(db, min(cfg.num_neighbors, n), "dot_product")
-    if kind(n) == "brute_force":
-        return b.score_brute_force().build()
+    k = min(cfg.num_neighbors, n)
+    target = min(1.0, cfg.min_recall + TUNING_MARGIN)
+    exact = exact_top_k(db, queries, k)[0]
+
+    def brute_force():
+        searcher = scann_ops_pybind.builder(db, k, "dot_product").score_brute_force().build()
+        found, ms = _timed_search(searcher, queries, k)
+        return searcher, {"kind": "brute_force", "tuning_recall": recall(found, exact, k), "ms_per_query": ms}
+
+    wanted = cfg.kind if cfg.kind != "auto" else kind(n)
+    brute = brute_force() if wanted == "brute_force" or (cfg.kind == "auto" and n <= BRUTE_FORCE_UP_TO) else None
+    if wanted == "brute_force":
+        why = "set by index.kind" if cfg.kind == "brute_force" else f"{n} items < {BRUTE_FORCE_BELOW}: a tree gains nothing"
+        return brute[0], {**brute[1], "why": why}
     leaves = cfg.leaves or max(2, int(math.sqrt(n)))
-    search = cfg.leaves_to_search or max(1, leaves // 3)
     dims = 2 if db.shape[1] % 2 == 0 else 1
-    return (b.tree(num_leaves=leaves, num_leaves_to_search=search, training_sample_size=min(n, 250_000))
+    tree = (scann_ops_pybind.builder(db, k, "dot_product")
+            .tree(num_leaves=leaves, num_leaves_to_search=max(1, leaves // 3),
+                  training_sample_size=min(n, 250_000))
             .score_ah(dims, anisotropic_quantization_threshold=0.2)
-            .reorder(cfg.reorder).build())
+            .reorder(max(cfg.reorder, 4 * k, 400)).build())
+    tried = []
+    for reorder in ([cfg.reorder] if cfg.reorder else sorted({k, 2 * k, 5 * k, 10 * k, 40 * k})):
+        reorder = max(k, reorder)
+        for search in ([cfg.leaves_to_search] if cfg.leaves_to_search else _leaf_steps(leaves)):
+            found, ms = _timed_search(tree, queries, k, leaves_to_search=search, pre_reorder_num_neighbors=reorder)
+            r = recall(found, exact, k)
+            tried.append({"leaves_to_search": search, "reorder": reorder, "tuning_recall": r, "ms_per_query": ms})
+            if r >= target:
+                break       # more leaves only cost more at this reorder
+    good = [t for t in tried if t["tuning_recall"] >= target or (cfg.leaves_to_search and cfg.reorder)]
+    fastest = min(good, key=lambda t: t["ms_per_query"]) if good else None
+    if fastest and (brute is None or fastest["ms_per_query"] <= brute[1]["ms_per_query"]):
+        why = (f"{n} items, {leaves} leaves: the fastest of {len(tried)} search settings tried that reached "
+               f"recall@{k} {target:.3f} on {len(queries)} tuning queries, at {fastest['ms_per_query']:.4f} ms/query")
+        if brute is not None:
+            why += f"; brute force took {brute[1]['ms_per_query']:.4f}"
+        return tree, {"kind": "tree_ah", "leaves": leaves, **fastest, "why": why, "tried": tried}
+    brute = brute or brute_force()
+    why = (f"brute force answered in {brute[1]['ms_per_query']:.4f} ms/query, the tree's fastest setting that "
+           f"reached recall@{k} {target:.3f} in {fastest['ms_per_query']:.4f}") if fastest else \
+        f"no tree setting of {len(tried)} tried reached recall@{k} {target:.3f}: exact search instead"
+    return brute[0], {**brute[1], "why": why, "tried": tried}
+
+
+def _leaf_steps(leaves: int) -> List[int]:
+    """Numbers of leaves to search, growing by about 1.5x from 1 to all of them."""
+    steps, s = [], 1
+    while s < leaves:
+        steps.append(s)
+        s = max(s + 1, int(s * 1.5))
+    return steps + [leaves]
 
 
 def exact_top_k(db: np.ndarray, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -41,8 +118,9 @@ def recall(found: np.ndarray, exact: np.ndarray, k: int) -> float:
     return float(np.mean([len(set(a.tolist()) & set(e.tolist())) / k for a, e in zip(found, exact)]))
 
 
-def recall_against_exact(searcher, db: np.ndarray, queries: np.ndarray, k: int) -> float:
-    approx, _ = searcher.search_batched(np.ascontiguousarray(queries, dtype=np.float32), final_num_neighbors=k)
+def recall_against_exact(searcher, db: np.ndarray, queries: np.ndarray, k: int, settings: Dict) -> float:
+    """Recall@k of the searcher searched with its settings, against exact search."""
+    approx, _ = search({"searcher": searcher, "meta": settings}, queries, k)
     return recall(approx, exact_top_k(db, queries, k)[0], k)
 
 
@@ -51,20 +129,25 @@ def kind(n: int) -> str:
 
 
 def search(idx: Dict, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Top-k rows and scores for each query; at least k candidates are re-scored exactly."""
+    """Top-k rows and scores for each query, searched with the index's chosen settings
+    (at least k candidates are re-scored exactly)."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
-    if idx["meta"]["kind"] == "brute_force":
+    meta = idx["meta"]
+    if meta["kind"] == "brute_force":
         return idx["searcher"].search_batched(q, final_num_neighbors=k)
     return idx["searcher"].search_batched(q, final_num_neighbors=k,
-                                          pre_reorder_num_neighbors=max(k, idx["meta"]["reorder"]))
+                                          pre_reorder_num_neighbors=max(k, meta["reorder"]),
+                                          leaves_to_search=meta.get("leaves_to_search"))
 
 
-def save(searcher, item_ids: List[str], embeddings: np.ndarray, directory: str, cfg: IndexConfig) -> None:
+def save(searcher, settings: Dict, item_ids: List[str], embeddings: np.ndarray, directory: str) -> None:
+    """The searcher, the settings it is searched with (`choose`), the embeddings and the item ids."""
     os.makedirs(os.path.join(directory, "scann"), exist_ok=True)
     # Relative asset paths: the directory is copied into each pushed version and must load there.
     searcher.serialize(os.path.join(directory, "scann"), relative_path=True)
+    meta = {key: settings[key] for key in ("kind", "leaves", "leaves_to_search", "reorder") if key in settings}
     with open(os.path.join(directory, "index.json"), "w") as f:
-        json.dump({"kind": kind(len(item_ids)), "reorder": cfg.reorder, "items": len(item_ids)}, f)
+        json.dump({**meta, "items": len(item_ids)}, f)
     np.save(os.path.join(directory, "embeddings.npy"), embeddings.astype(np.float32))
     with open(os.path.join(directory, "item_ids.txt"), "w") as f:
         f.write("\n".join(item_ids) + "\n")

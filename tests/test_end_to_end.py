@@ -55,6 +55,7 @@ def test_report_accounts_for_everything(run):
     table = report["evaluation"]["table"]
     assert set(table) == {"regression", "pseudo_class", "supervised", "rotation", "random", "pixels"}
     assert report["index"]["recall@10"] >= 0.95
+    assert report["index"]["settings"]["why"]
     text = format_report(report)
     assert "collaborative (regression)" in text and "raw pixels" in text
 

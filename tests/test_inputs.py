@@ -103,6 +103,8 @@ def test_config_errors_name_the_field(tmp_path):
         config_lib.load(overrides=["mf.objective=als"])
     with pytest.raises(ValueError, match="mf.solver must be 'als' or 'adam', not 'wals'"):
         config_lib.load(overrides=["mf.solver=wals"])
+    with pytest.raises(ValueError, match="index.kind must be .auto., .brute_force. or .tree_ah., not .hnsw."):
+        config_lib.load(overrides=["index.kind=hnsw"])
     y = tmp_path / "c.yaml"
     y.write_text("cnn:\n  epochs: 2\n  widths: [8, 16]\ntransform:\n  event_weights: {view: 1, like: 2}\n")
     cfg = config_lib.load(str(y), ["cnn.epochs=3"])

@@ -243,7 +243,8 @@ def test_scann_index_loads_from_a_copy_after_the_original_is_gone(tmp_path):
         centres = rng.normal(size=(20, 16))       # clustered, like real embeddings
         emb = cnn.unit((centres[rng.integers(20, size=n)] + 0.5 * rng.normal(size=(n, 16))).astype(np.float32))
         src, dst = tmp_path / f"src{n}", tmp_path / f"dst{n}"
-        index.save(index.build(emb, IndexConfig()), [f"i{j}" for j in range(n)], emb, str(src), IndexConfig())
+        index.save(*index.build(emb, IndexConfig(kind="auto" if n < 2000 else "tree_ah")),
+                   [f"i{j}" for j in range(n)], emb, str(src))
         shutil.copytree(src, dst)
         shutil.rmtree(src)
         idx = index.load(str(dst))
@@ -251,6 +252,40 @@ def test_scann_index_loads_from_a_copy_after_the_original_is_gone(tmp_path):
         exact, _ = index.exact_top_k(emb, emb[:50], 10)
         recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(np.asarray(rows).tolist(), exact.tolist())])
         assert recall >= 0.95, (n, recall)
+
+
+def test_index_search_settings_are_tuned_to_the_required_recall(tmp_path):
+    """A tree over 20k clustered vectors: the tuned knobs reach index.min_recall on queries they were
+    not tuned on, a higher requirement searches more, settings given in the config are kept, and the
+    saved index is searched with the chosen settings."""
+    from collabfeat.config import IndexConfig
+    from collabfeat.serving import index
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(200, 32))
+    emb = cnn.unit((centres[rng.integers(200, size=20000)] + 0.7 * rng.normal(size=(20000, 32))).astype(np.float32))
+    tune, held = emb[:1000], emb[1000:1500]
+    exact, _ = index.exact_top_k(emb, held, 10)
+    chosen = {}
+    for need in (0.8, 0.97):
+        searcher, settings = index.build(emb, IndexConfig(kind="tree_ah", min_recall=need), tune)
+        assert settings["kind"] == "tree_ah" and settings["tuning_recall"] >= need + index.TUNING_MARGIN
+        assert settings["why"] and len(settings["tried"]) > 1
+        rows, _ = index.search({"searcher": searcher, "meta": settings}, held, 10)
+        assert index.recall(rows, exact, 10) >= need - 0.01, (need, settings)
+        chosen[need] = settings
+    cost = lambda s: (s["leaves_to_search"], s["reorder"])
+    assert cost(chosen[0.97]) > cost(chosen[0.8]) or chosen[0.97]["reorder"] > chosen[0.8]["reorder"]
+    # Both knobs given: used as given, not tuned.
+    _, fixed = index.build(emb, IndexConfig(kind="tree_ah", leaves_to_search=3, reorder=30), tune)
+    assert (fixed["leaves_to_search"], fixed["reorder"], len(fixed["tried"])) == (3, 30, 1)
+    # Saved and loaded: searched with the chosen settings.
+    index.save(searcher, settings, [str(i) for i in range(len(emb))], emb, str(tmp_path))
+    idx = index.load(str(tmp_path))
+    assert idx["meta"]["leaves_to_search"] == settings["leaves_to_search"]
+    assert (index.search(idx, held, 10)[0] == rows).all()
+    # Small catalogues are searched exactly.
+    _, small = index.build(emb[:500], IndexConfig())
+    assert small["kind"] == "brute_force" and small["tuning_recall"] == 1.0
 
 
 def test_chunked_top_k_equals_the_exact_answer_for_any_chunk_size():
