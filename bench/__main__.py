@@ -2,12 +2,12 @@ import sys
 
 from bench import ann, mf, scale, serving
 
-# `mf` and `scale` take their own options (`scale` is long: an hour and more; run it on its own).
+# `mf`, `ann` and `scale` take their own options (`scale` is long: an hour and more; run it on its own).
 if sys.argv[1:2] == ["scale"]:
     scale.run(sys.argv[2:])
     sys.exit(0)
-if sys.argv[1:2] == ["mf"] and len(sys.argv) > 2:
-    mf.run(sys.argv[2:])
+if sys.argv[1:2] in (["mf"], ["ann"]) and len(sys.argv) > 2:
+    {"mf": mf, "ann": ann}[sys.argv[1]].run(sys.argv[2:])
     sys.exit(0)
 which = sys.argv[1:] or ["mf", "ann", "serving"]
 for name, module in (("mf", mf), ("ann", ann), ("serving", serving)):
