@@ -18,6 +18,7 @@ import argparse
 import math
 import os
 import shutil
+import sys
 import time
 from typing import Dict, List
 
@@ -58,7 +59,8 @@ def measure(multiple: int, until: str, work_root: str) -> Dict:
     print(f"[scale] x{multiple} until {until}: data ready ({generated:.0f} s); running", flush=True)
     failed = None
     try:
-        report = run(cfg, until, os.path.join(work, "pipeline.log"), echo=lambda line: print(line, flush=True))
+        report = run(cfg, until, os.path.join(work, "pipeline.log"), echo=lambda line: print(line, flush=True),
+                     bars=sys.stdout.isatty())
     except PipelineFailed as e:
         report, failed = e.report, str(e)
     rows = []

@@ -90,7 +90,7 @@ def main(argv=None):
               f"its log: {log_path}", flush=True)
         try:
             report = run_supervised(cfg, getattr(args, "until", "push"), log_path,
-                                    echo=lambda line: print(line, flush=True))
+                                    echo=lambda line: print(line, flush=True), bars=sys.stdout.isatty())
         except (ValueError, FileNotFoundError) as e:
             parser.exit(2, f"collabfeat: {e}\n")
         except PipelineFailed as e:

@@ -241,12 +241,13 @@ class _TrainingSet:
         return self._images().map(lambda r, x, l: x)
 
 
-def _train_collaborative(mode, data: _TrainingSet, cfg):
+def _train_collaborative(mode, data: _TrainingSet, cfg, task: str = "CNN"):
     from collabfeat.trainer import cnn
 
     if mode == "regression":
-        return cnn.train_regression(data.factors(), cfg.cnn)
-    return cnn.train_classifier(data.pseudo_classes(cfg.cnn.clusters, cfg.cnn.seed), cfg.cnn.clusters, cfg.cnn)
+        return cnn.train_regression(data.factors(), cfg.cnn, task=f"{task} regression")
+    return cnn.train_classifier(data.pseudo_classes(cfg.cnn.clusters, cfg.cnn.seed), cfg.cnn.clusters, cfg.cnn,
+                                task=f"{task} pseudo-classes")
 
 
 @tfx.dsl.components.component
@@ -299,13 +300,14 @@ def Evaluator(images: InputArtifact[Examples], mf_model: InputArtifact[Model], m
         if name == served == "pseudo_class":
             name = "regression"
         if name in ("pseudo_class", "regression"):
-            net, _ = _train_collaborative(name, data, cfg)
+            net, _ = _train_collaborative(name, data, cfg, task="baseline")
         elif name == "supervised":
             if data.labelled < 2:
                 continue
-            net, _ = cnn.train_classifier(data.labelled_images(), data.n_classes, cfg.cnn, epochs)
+            net, _ = cnn.train_classifier(data.labelled_images(), data.n_classes, cfg.cnn, epochs,
+                                          task="baseline supervised")
         elif name == "rotation":
-            net, _ = cnn.train_rotation(data.images(), cfg.cnn, epochs)
+            net, _ = cnn.train_rotation(data.images(), cfg.cnn, epochs, task="baseline rotation")
         elif name == "random":
             net = cnn.random_init(cfg.cnn)
         else:
@@ -349,7 +351,7 @@ def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
     cfg = Config.from_json(config_json)
     ids = list(read_labels(images.uri, "catalogue"))
     pixels = image_dataset(images.uri, "catalogue", cfg.cnn.image_size).map(lambda i, x, l: x)
-    emb = cnn.embed(load_backbone(model.uri), pixels)
+    emb = cnn.embed(load_backbone(model.uri), pixels, task="embedding the catalogue", size=len(ids))
     if len(emb) != len(ids):
         raise RuntimeError(f"the catalogue changed while it was read: {len(ids)} ids, {len(emb)} images")
     # Recall is reported on one seeded sample of the catalogue; the search settings are tuned on another.
@@ -368,7 +370,8 @@ def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
     if evaluation is not None:
         for name in sorted(os.listdir(os.path.join(evaluation.uri, "features"))):
             path = os.path.join(evaluation.uri, "features", name, "backbone.h5")
-            scann_index.write_feature_set(index.uri, name, cnn.embed(load_backbone(os.path.dirname(path)), pixels), path)
+            scann_index.write_feature_set(index.uri, name, cnn.embed(
+                load_backbone(os.path.dirname(path)), pixels, task=f"embedding the catalogue: {name}", size=len(ids)), path)
             sets.append(name)
         scann_index.write_feature_set(index.uri, "pixels", (cnn.pixel_batch(x) for x in cnn.batches(pixels, 512)))
         sets.append("pixels")

@@ -104,6 +104,31 @@ def collect(cfg: Config, ran: List[Dict]) -> Dict:
     return report
 
 
+def key_figure(component: str, outputs: Dict[str, List[str]]) -> str:
+    """What a finished component produced, in a few words from its report ("" if it has none)."""
+    key = next((k for k, (name, _) in OUTPUTS.items() if name == component), None)
+    r = read_report((outputs.get(OUTPUTS[key][1]) or [None])[0]) if key else None
+    if r is None:
+        return ""
+    if key == "images":
+        return ", ".join(f"{split} {o['counts'].get('used', 0)} of {sum(o['counts'].values())} images used"
+                         for split, o in r.items())
+    if key == "logs":
+        return (f"{r['rows'].get('used', 0)} of {sum(r['rows'].values())} rows used; {r['users']} users x "
+                f"{r['items']} items, {r['pairs']['train']} train pairs")
+    if key == "mf":
+        rk = next(k for k in r if k.startswith("recall@") and not k.endswith("popularity"))
+        return f"{rk} {r[rk]:.3f} (popularity {r[rk + '_popularity']:.3f})"
+    if key == "cnn":
+        return f"{r['with_factor']} images, loss {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}"
+    if key == "evaluation":
+        return f"{r['metric']} {r['table'][r['served']][r['metric']]:.3f} ({r['served']}, served)"
+    if key == "index":
+        rk = next(k for k in r if k.startswith("recall@"))
+        return f"{rk} {r[rk]:.3f} against exact search ({r['settings']['kind']})"
+    return f"version {r['version']}" if r.get("pushed") else f"not pushed: {r.get('why', '')}"
+
+
 def _rows(title, counts):
     total = sum(counts.values())
     lines = [f"{title}: {total} rows"]

@@ -78,31 +78,45 @@ def tree_memory(proc: psutil.Process) -> int:
 
 
 class Watch:
-    """Samples the child's tree every `interval` s; attributes each sample to the running component."""
+    """Samples the child's tree every `interval` s; attributes each sample to the running component.
+    Tells `console` when a component starts and ends, and the progress its steps report."""
 
-    def __init__(self, pid: int, metadata_path: str, since_ms: int, interval: float = 0.5,
-                 on_start=None):
+    def __init__(self, pid: int, metadata_path: str, since_ms: int, console: "Console",
+                 progress_path: str = "", interval: float = 0.5):
+        from collabfeat import progress
         self.proc, self.metadata_path, self.since_ms = psutil.Process(pid), metadata_path, since_ms
-        self.interval, self.on_start = interval, on_start
+        self.interval, self.console = interval, console
+        self.progress = progress.Reader(progress_path) if progress_path else None
         self.peak: Dict[str, int] = {}
         self.running: Optional[str] = None
+        self.started: set = set()
+        self.ended: set = set()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _poll(self):
+        try:
+            ran = executions(self.metadata_path, self.since_ms)
+        except Exception:   # the child may be writing: try again at the next poll
+            return
+        for e in ran:       # in the order they started; one that was over between polls is still told
+            if e["component"] not in self.started:
+                self.started.add(e["component"])
+                self.console.start(e)
+            if e["state"] in ("complete", "cached", "failed") and e["component"] not in self.ended:
+                self.ended.add(e["component"])
+                self.console.end(e)
+        now = [e["component"] for e in ran if e["state"] == "running"]
+        self.running = now[-1] if now else None
 
     def _loop(self):
         last_poll = 0.0
         while not self.stop.is_set():
             if time.time() - last_poll >= 1.0:
                 last_poll = time.time()
-                try:
-                    now = [e["component"] for e in executions(self.metadata_path, self.since_ms)
-                           if e["state"] == "running"]
-                except Exception:   # the child may be writing: try again at the next poll
-                    now = [self.running] if self.running else []
-                current = now[-1] if now else None
-                if current and current != self.running and self.on_start:
-                    self.on_start(current)
-                self.running = current
+                self._poll()
+            if self.progress is not None:
+                self.console.progress(self.progress.read())
             try:
                 rss = tree_memory(self.proc)
             except psutil.Error:
@@ -118,6 +132,55 @@ class Watch:
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join(5)
+        self._poll()            # the last component's end
+        self.console.close()
+
+
+class Console:
+    """What the console shows of a run: a line when a component starts and when it ends (with its
+    seconds and key figure), and, on a terminal, a progress bar (tqdm) per reported step."""
+
+    def __init__(self, echo=print, bars: bool = False, started: Optional[float] = None):
+        self.echo, self.bars_on, self.started = echo, bars, started or time.time()
+        self.bars: Dict[str, object] = {}
+
+    def say(self, line: str):
+        if self.bars_on:
+            from tqdm import tqdm
+            tqdm.write(line)
+        else:
+            self.echo(line)
+
+    def start(self, e: Dict):
+        """e: an execution (see `executions`); the times are the ones MLMD recorded."""
+        self.say(f"[collabfeat] {e['started'] - self.started:6.0f} s  {e['component']} running")
+
+    def end(self, e: Dict):
+        from collabfeat.pipeline.run import key_figure
+        self.close()
+        figure = key_figure(e["component"], e["outputs"]) if e["state"] == "complete" else ""
+        self.say(f"[collabfeat] {e['ended'] - self.started:6.0f} s  {e['component']} {e['state']} "
+                 f"after {e['ended'] - e['started']:.0f} s" + (f": {figure}" if figure else ""))
+
+    def progress(self, updates: Dict):
+        if not self.bars_on:
+            return
+        from tqdm import tqdm
+        for task, u in updates.items():
+            bar = self.bars.get(task)
+            if bar is None:
+                bar = self.bars[task] = tqdm(total=u["total"], desc=f"  {task}", unit=u["unit"], leave=False,
+                                             dynamic_ncols=True)
+            if u["total"] != bar.total:
+                bar.total = u["total"]
+            bar.update(u["done"] - bar.n)
+            if u["total"] is not None and u["done"] >= u["total"]:
+                self.bars.pop(task).close()
+
+    def close(self):
+        for bar in self.bars.values():
+            bar.close()
+        self.bars = {}
 
 
 def describe_exit(returncode: int) -> str:
@@ -130,9 +193,11 @@ def describe_exit(returncode: int) -> str:
     return f"killed by signal {-returncode} ({sig.name}{why})"
 
 
-def run(cfg, until: str, log_path: str, echo=print) -> Dict:
+def run(cfg, until: str, log_path: str, echo=print, bars: bool = False) -> Dict:
     """Runs the pipeline in a child process; -> the run report, with per-component "components"
-    {name: {"state", "seconds", "peak_rss_mb"}}. Raises PipelineFailed naming the component and cause."""
+    {name: {"state", "seconds", "peak_rss_mb"}}. Raises PipelineFailed naming the component and cause.
+    `echo` gets a line as each component starts and ends; `bars`: progress bars (a terminal)."""
+    from collabfeat import progress
     from collabfeat.pipeline.run import collect, paths, prepare_data
 
     cfg = prepare_data(cfg)
@@ -142,7 +207,8 @@ def run(cfg, until: str, log_path: str, echo=print) -> Dict:
     with open(config_path, "w") as f:
         f.write(cfg.to_json())
     failure_path = os.path.join(root, "failure.json")
-    for stale in (report_path, failure_path):
+    progress_path = os.path.join(root, "progress.jsonl")
+    for stale in (report_path, failure_path, progress_path):
         if os.path.exists(stale):
             os.remove(stale)
     since = int(time.time() * 1000) - 1
@@ -150,11 +216,8 @@ def run(cfg, until: str, log_path: str, echo=print) -> Dict:
     with open(log_path, "a") as log:
         child = subprocess.Popen([sys.executable, "-m", "collabfeat.pipeline.supervise", config_path, until,
                                   report_path, failure_path], stdout=log, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL)
-        def announce(component):
-            echo(f"[collabfeat] {time.time() - started:6.0f} s  {component} running")
-
-        with Watch(child.pid, metadata_path, since, on_start=announce) as watch:
+                                 stdin=subprocess.DEVNULL, env={**os.environ, progress.ENV: progress_path})
+        with Watch(child.pid, metadata_path, since, Console(echo, bars, started), progress_path) as watch:
             returncode = child.wait()
     exited = time.time()
     ran = executions(metadata_path, since)

@@ -24,12 +24,13 @@ def run(tmp_path_factory):
     # ALS from row buckets on disk, and CNN epochs bounded below the catalogue's size: the large-data paths.
     cfg = config_lib.load(overrides=TINY + ["mf.bucket_pairs=4000", "cnn.epoch_images=300",
                                             f"runner.output_dir={out}", f"serving.push_dir={out}/models"])
-    report = supervise.run(cfg, "push", str(out / "pipeline.log"), echo=lambda line: None)
-    return cfg, report
+    lines = []
+    report = supervise.run(cfg, "push", str(out / "pipeline.log"), echo=lines.append)
+    return cfg, report, lines
 
 
 def test_report_accounts_for_everything(run):
-    cfg, report = run
+    cfg, report, _ = run
     sheet = report["datasheet"]
     logs = report["logs"]
     assert logs["rows_total"] == sheet["rows"]            # every log row is used or has a reason
@@ -60,8 +61,33 @@ def test_report_accounts_for_everything(run):
     assert "collaborative (regression)" in text and "raw pixels" in text
 
 
+def test_console_names_each_component_as_it_starts_and_ends_in_order(run):
+    """Not a terminal: one plain line as each component starts and ends, in the pipeline's order,
+    with the seconds and key figures from the components' reports; no progress bars."""
+    cfg, report, lines = run
+    assert all(line.startswith("[collabfeat] ") and "\r" not in line for line in lines)
+    events = [tuple(line.split()[3:5]) for line in lines]
+    order = ["ImageImport", "LogsExampleGen", "LogTransform", "Transform", "MFTrainer", "CNNTrainer",
+             "Evaluator", "Indexer", "Pusher"]
+    for name in order:
+        assert events.count((name, "running")) == 1 and events.count((name, "complete")) == 1, (name, lines)
+        assert events.index((name, "running")) < events.index((name, "complete"))
+    ends = [events.index((name, "complete")) for name in order[2:]]       # LogTransform onwards: a chain
+    assert ends == sorted(ends)
+    assert events.index(("LogTransform", "complete")) < events.index(("Transform", "running"))
+    said = {line.split()[3]: line for line in lines if " complete after " in line}
+    mf = report["mf"]
+    assert f"recall@20 {mf['recall@20']:.3f} (popularity {mf['recall@20_popularity']:.3f})" in said["MFTrainer"]
+    assert f"recall@10 {report['index']['recall@10']:.3f}" in said["Indexer"]
+    assert f"version {report['push']['version']}" in said["Pusher"]
+    # The steps' progress was reported to the supervisor (drawn as bars on a terminal only).
+    tasks = {json.loads(line)["task"] for line in open(os.path.join(cfg.runner.output_dir, cfg.runner.pipeline_name,
+                                                                    "progress.jsonl"))}
+    assert {"MF ALS sweeps", "CNN regression", "baseline supervised", "embedding the catalogue"} <= tasks
+
+
 def test_pushed_version_serves_consistent_answers(run):
-    cfg, report = run
+    cfg, report, _ = run
     push = report["push"]
     assert push["pushed"]
     path = push["destination"]

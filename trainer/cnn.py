@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.cluster import KMeans
 
+from collabfeat import progress
 from collabfeat.config import CNNConfig
 
 EMBEDDING = "embedding"
@@ -54,7 +55,8 @@ def pairs(images: np.ndarray, targets: np.ndarray) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices((images, targets))
 
 
-def _fit(model, data: tf.data.Dataset, loss, cfg: CNNConfig, epochs: int, rotate: bool = False) -> List[float]:
+def _fit(model, data: tf.data.Dataset, loss, cfg: CNNConfig, epochs: int, rotate: bool = False,
+         task: str = "CNN training") -> List[float]:
     """data: unbatched (uint8 image [S, S, 3], target) pairs, shuffled through a bounded buffer.
     If the data says how many pairs it holds (its cardinality) and they are more than
     cfg.epoch_images, an epoch is that many pairs of the data repeated as one stream: the cost of
@@ -74,7 +76,8 @@ def _fit(model, data: tf.data.Dataset, loss, cfg: CNNConfig, epochs: int, rotate
                              fn_output_signature=tf.float32), k
         data = data.map(turn)
     model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate), loss=loss)
-    hist = model.fit(data.prefetch(2), epochs=epochs, steps_per_epoch=steps, verbose=0)
+    hist = model.fit(data.prefetch(2), epochs=epochs, steps_per_epoch=steps, verbose=0,
+                     callbacks=[progress.keras_callback(task)])
     return [float(x) for x in hist.history["loss"]]
 
 
@@ -82,8 +85,8 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def train_regression(data: tf.data.Dataset, cfg: CNNConfig,
-                     epochs: Optional[int] = None) -> Tuple[tf.keras.Model, List[float]]:
+def train_regression(data: tf.data.Dataset, cfg: CNNConfig, epochs: Optional[int] = None,
+                     task: str = "CNN regression") -> Tuple[tf.keras.Model, List[float]]:
     """data: (image, item factor) pairs; the factors are L2-normalised here."""
     tf.keras.utils.set_random_seed(cfg.seed)
     net = backbone(cfg)
@@ -93,7 +96,7 @@ def train_regression(data: tf.data.Dataset, cfg: CNNConfig,
     else:
         loss = tf.keras.losses.MeanSquaredError()
     data = data.map(lambda x, y: (x, tf.cast(y, tf.float32) / tf.maximum(tf.norm(tf.cast(y, tf.float32)), 1e-12)))
-    losses = _fit(model, data, loss, cfg, epochs or cfg.epochs)
+    losses = _fit(model, data, loss, cfg, epochs or cfg.epochs, task=task)
     return net, losses
 
 
@@ -103,20 +106,21 @@ def pseudo_classes(factors: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def train_classifier(data: tf.data.Dataset, n_classes: int, cfg: CNNConfig,
-                     epochs: Optional[int] = None, rotate: bool = False):
+                     epochs: Optional[int] = None, rotate: bool = False, task: str = "CNN classifier"):
     """data: (image, class id) pairs."""
     tf.keras.utils.set_random_seed(cfg.seed)
     net = backbone(cfg)
     model = with_head(net, n_classes, None)
     loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     data = data.map(lambda x, y: (x, tf.cast(y, tf.int32)))
-    losses = _fit(model, data, loss, cfg, epochs or cfg.epochs, rotate=rotate)
+    losses = _fit(model, data, loss, cfg, epochs or cfg.epochs, rotate=rotate, task=task)
     return net, losses
 
 
-def train_rotation(images: tf.data.Dataset, cfg: CNNConfig, epochs: Optional[int] = None):
+def train_rotation(images: tf.data.Dataset, cfg: CNNConfig, epochs: Optional[int] = None,
+                   task: str = "CNN rotation"):
     """images: a dataset of images (the targets are made by rotating them)."""
-    return train_classifier(images.map(lambda x: (x, 0)), 4, cfg, epochs, rotate=True)
+    return train_classifier(images.map(lambda x: (x, 0)), 4, cfg, epochs, rotate=True, task=task)
 
 
 def random_init(cfg: CNNConfig) -> tf.keras.Model:
@@ -133,11 +137,15 @@ def batches(images, batch: int):
             yield images[start:start + batch]
 
 
-def embed(net: tf.keras.Model, images, batch: int = 512) -> np.ndarray:
+def embed(net: tf.keras.Model, images, batch: int = 512, task: str = "", size: Optional[int] = None) -> np.ndarray:
     """L2-normalised features of uint8 images (an array [n, S, S, 3] or a dataset of images),
-    computed batch by batch: memory holds the features, not the images."""
-    out = [unit(net.predict_on_batch(x.astype(np.float32) if x.dtype != np.float32 else x))
-           for x in batches(images, batch)]
+    computed batch by batch: memory holds the features, not the images. With a `task` name, the
+    batches are reported as its progress (out of `size` images, if the dataset's size is known)."""
+    parts = batches(images, batch)
+    if task:
+        n = len(images) if isinstance(images, np.ndarray) else size
+        parts = progress.iterate(parts, task, -(-n // batch) if n else None)
+    out = [unit(net.predict_on_batch(x.astype(np.float32) if x.dtype != np.float32 else x)) for x in parts]
     return np.concatenate(out) if out else np.zeros((0, net.output_shape[-1]), np.float32)
 
 

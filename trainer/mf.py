@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from collabfeat import topk
+from collabfeat import progress, topk
 
 from collabfeat.config import MFConfig
 
@@ -264,8 +264,9 @@ def fit(data: tf.data.Dataset, n_users: int, n_items: int, item_counts: np.ndarr
     def factors(losses=()):
         return Factors(model.users.embeddings.numpy(), model.items.embeddings.numpy(), list(losses))
 
-    hooks = [] if callback is None else [tf.keras.callbacks.LambdaCallback(
-        on_epoch_end=lambda epoch, logs: callback(epoch + 1, factors()))]
+    hooks = [progress.keras_callback("MF epochs")]
+    if callback is not None:
+        hooks.append(tf.keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: callback(epoch + 1, factors())))
     hist = model.fit(data, epochs=cfg.epochs, verbose=0, callbacks=hooks)
     return factors(float(x) for x in hist.history["loss"])
 
@@ -311,6 +312,7 @@ def fit_als(user_side: PairBuckets, item_side: PairBuckets, cfg: MFConfig, callb
     losses = []
     for sweep in range(cfg.epochs):
         losses.append(als.sweep())
+        progress.update("MF ALS sweeps", sweep + 1, cfg.epochs, "sweeps")
         if callback is not None:
             callback(sweep + 1, Factors(model.users.embeddings.numpy(), model.items.embeddings.numpy(), losses))
     return Factors(model.users.embeddings.numpy(), model.items.embeddings.numpy(), losses)
