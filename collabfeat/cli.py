@@ -86,7 +86,7 @@ def main(argv=None):
                 parser.exit(2, "collabfeat run: --logs (or data.logs) is required; `collabfeat demo` uses the default data\n")
         log_path = os.path.abspath(os.path.join(cfg.runner.output_dir, cfg.runner.pipeline_name, "pipeline.log"))
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        print(f"[collabfeat] running the pipeline (the default data takes about 5 minutes on 2 cores); "
+        print(f"[collabfeat] running the pipeline (the default data takes about 20 minutes on 2 cores); "
               f"its log: {log_path}", flush=True)
         try:
             report = run_supervised(cfg, getattr(args, "until", "push"), log_path,
@@ -95,8 +95,10 @@ def main(argv=None):
             parser.exit(2, f"collabfeat: {e}\n")
         except PipelineFailed as e:
             print(format_report(e.report))
+            print(f"[collabfeat] the report with charts: file://{e.report['html']}")
             parser.exit(1, f"collabfeat: {e}\n")
         print(format_report(report))
+        print(f"[collabfeat] the report with charts: file://{report['html']}", flush=True)
         push = report.get("push", {})
         if "push" in report and not push.get("pushed"):
             sys.exit(3)

@@ -98,6 +98,7 @@ def collect(cfg: Config, ran: List[Dict]) -> Dict:
         found = read_report((done.get(component, {}).get(output) or [None])[0])
         if found is not None:
             report[key] = found
+    report["artifacts"] = done      # component -> output -> URIs: the report's charts read from these
     anomalies = (done.get("ExampleValidator", {}).get("anomalies") or [None])[0]
     if anomalies:
         report["anomalies_uri"] = anomalies

@@ -183,6 +183,20 @@ class Console:
         self.bars = {}
 
 
+def write_html(report: Dict, path: str) -> str:
+    """The HTML run report (pipeline/report_html.py); a copy goes into the version it pushed, for the explorer."""
+    import shutil
+    from collabfeat.pipeline import report_html
+    from collabfeat.pipeline.run import format_report
+    from collabfeat.serving.push import EXTRA
+
+    report_html.write(report, format_report(report), path)
+    push = report.get("push") or {}
+    if push.get("pushed"):
+        shutil.copy(path, os.path.join(push["destination"], EXTRA, "report.html"))
+    return path
+
+
 def describe_exit(returncode: int) -> str:
     if returncode >= 0:
         return f"exited with status {returncode}"
@@ -243,6 +257,7 @@ def run(cfg, until: str, log_path: str, echo=print, bars: bool = False) -> Dict:
         message = (f"{where} failed: {cause}" + (f" (peak memory {peak / 2 ** 30:.1f} GB)" if peak else "")
                    + f"; log: {log_path}")
         report["failed"] = {"component": where, "cause": cause, "log": log_path}
+    report["html"] = write_html(report, os.path.join(root, "report.html"))
     with open(report_path, "w") as f:
         json.dump(report, f, indent=1, sort_keys=True)
     if "failed" in report:

@@ -88,6 +88,8 @@ class Catalogue:
             entry = {"embeddings": np.load(os.path.join(features, name, "embeddings.npy"), mmap_mode="r"), "net": None,
                      "backbone": os.path.join(features, name, "backbone.h5")}
             self.sets[name] = entry
+        report = os.path.join(extra, "report.html")      # the run that made this version (pipeline/report_html.py)
+        self.report = report if os.path.exists(report) else None
         self.map = None
         if os.path.exists(os.path.join(extra, "map.json")):
             with open(os.path.join(extra, "map.json")) as f:
@@ -243,7 +245,13 @@ class Handler(BaseHTTPRequestHandler):
                     return self._error(HTTPStatus.NOT_FOUND, f"image unavailable: {e.reason}")
             if parts == ["api", "info"]:
                 return self._json({"model": c.version.name, "version": c.version.number, "items": len(c.ids),
-                                   "served": c.served, "feature_sets": list(c.sets), "has_map": c.map is not None})
+                                   "served": c.served, "feature_sets": list(c.sets), "has_map": c.map is not None,
+                                   "has_report": c.report is not None})
+            if parts == ["report"]:
+                if not c.report:
+                    return self._error(HTTPStatus.NOT_FOUND, "this version has no run report")
+                with open(c.report, "rb") as f:
+                    return self._send(HTTPStatus.OK, f.read(), "text/html; charset=utf-8")
             if parts == ["api", "items"]:
                 page, size = int(q.get("page", 0)), max(1, min(200, int(q.get("size", 48))))
                 order = c.map["grid"] if (c.map and q.get("order", "map") == "map") else range(len(c.ids))

@@ -86,6 +86,39 @@ def test_console_names_each_component_as_it_starts_and_ends_in_order(run):
     assert {"MF ALS sweeps", "CNN regression", "baseline supervised", "embedding the catalogue"} <= tasks
 
 
+def test_html_report_draws_every_chart_in_a_real_browser(run):
+    """The run's report.html, opened from disk (no server, no network) in Debian's Chromium: every
+    chart has drawn, nothing failed; a copy is in the pushed version for the explorer."""
+    from playwright.sync_api import sync_playwright
+    cfg, report, _ = run
+    path = report["html"]
+    assert open(os.path.join(report["push"]["destination"], "assets.extra", "report.html")).read() == open(path).read()
+    shots = os.path.join(os.path.dirname(os.path.abspath(__file__)), "screenshots")
+    os.makedirs(shots, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors, requests = [], []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto("file://" + path)
+        charts = page.locator(".js-plotly-plot")
+        titles = page.locator("section h2").all_inner_texts()
+        assert {"Components", "Rows and images used, and dropped by reason", "Matrix factorisation", "CNN training",
+                "Similarity against rank, for fixed catalogue items"} <= set(titles), titles
+        assert any(t.startswith("Behaviour logs: feature statistics") for t in titles)
+        assert any(t.startswith("Retrieval") for t in titles)
+        assert charts.count() == len(titles) - 1                       # every section but the text has a chart
+        page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg .plot').length >= {charts.count()}")
+        for i in range(charts.count()):                                 # every chart drew its traces
+            assert charts.nth(i).locator(".trace").count() >= 1, titles[i]
+        assert "recall@20" in page.locator("pre").inner_text()
+        page.screenshot(path=os.path.join(shots, "report.png"), full_page=True)
+        browser.close()
+    assert errors == [] and all(u.startswith(("file://", "data:", "about:")) for u in requests), (errors, requests)
+
+
 def test_pushed_version_serves_consistent_answers(run):
     cfg, report, _ = run
     push = report["push"]

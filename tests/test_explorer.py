@@ -19,8 +19,14 @@ SHOTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "screenshots")
 CHROMIUM = "/usr/bin/chromium"
 
 
-def start_explorer(tmp, n=300, map_sample=20000):
+REPORT = "<!doctype html><title>collabfeat run report</title><p>the run that pushed this version</p>"
+
+
+def start_explorer(tmp, n=300, map_sample=20000, report=True):
     version = push_version(str(tmp / "models"), n=n, map_sample=map_sample)
+    if report:       # what the supervisor copies into the version it pushed (pipeline/supervise.write_html)
+        with open(os.path.join(version, "assets.extra", "report.html"), "w") as f:
+            f.write(REPORT)
     # The pushed run config names the item table the thumbnails come from: write it.
     ids, blobs, labels = catalogue(n)
     (tmp / "img").mkdir()
@@ -95,6 +101,13 @@ def test_image_serving_is_safe(explorer):
     assert status_of(f"{u}api/query?set=nope&key=t00001") == 404
 
 
+def test_the_version_links_to_the_report_of_the_run_that_pushed_it(explorer):
+    u = explorer["url"]
+    assert json.loads(get(f"{u}api/info")[2])["has_report"] is True
+    code, ctype, body = get(f"{u}report")
+    assert code == 200 and ctype.startswith("text/html") and body.decode() == REPORT
+
+
 def test_browse_query_brush_upload_compare_and_switch(explorer):
     from playwright.sync_api import sync_playwright
     os.makedirs(SHOTS, exist_ok=True)
@@ -103,6 +116,7 @@ def test_browse_query_brush_upload_compare_and_switch(explorer):
         browser, page, errors = open_page(pw, u, 1500, 1100)
         thumbs = page.locator("#grid img.thumb")
         assert thumbs.count() == 48                                   # one page, not the catalogue
+        assert page.locator("#report").is_visible() and page.locator("#report").get_attribute("href") == "/report"
         page.wait_for_function("[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)")
         page.screenshot(path=os.path.join(SHOTS, "1-browse.png"))
 
@@ -175,9 +189,10 @@ def test_a_large_catalogue_stays_light_in_the_browser(tmp_path):
     from playwright.sync_api import sync_playwright
     from collabfeat.serving.explorer import MAP_POINTS
     n = 24000
-    proc, info = start_explorer(tmp_path, n=n, map_sample=3000)
+    proc, info = start_explorer(tmp_path, n=n, map_sample=3000, report=False)
     try:
         u = info["url"]
+        assert status_of(f"{u}report") == 404 and json.loads(get(f"{u}api/info")[2])["has_report"] is False
         code, _, body = get(f"{u}api/map")
         m = json.loads(body)
         assert m["total"] == n and len(m["ids"]) == len(m["x"]) == MAP_POINTS < n

@@ -176,6 +176,7 @@ async function main() {
   $("next").addEventListener("click", () => state.page + 1 < state.pages && showPage(state.page + 1));
   $("tab-grid").addEventListener("click", () => tab("grid"));
   $("tab-map").addEventListener("click", () => tab("map"));
+  $("report").hidden = !state.info.has_report;
   $("map").hidden = !state.info.has_map;
   $("tab-map").disabled = !state.info.has_map;
   tab("grid");

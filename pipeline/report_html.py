@@ -1,0 +1,174 @@
+"""The run report as one self-contained HTML page (runs/<name>/report.html): the text report, and
+plotly charts of what the run did. plotly.js comes from the pinned Python package, inline: the page
+needs no server and no network.
+
+Charts (each only when its component ran): the components' seconds and peak memory; rows and
+images dropped, by reason, with examples; the logs' feature statistics from StatisticsGen (numeric
+histograms, most frequent values); MF's loss by sweep and its recall against popularity; the CNN's
+loss by epoch; the retrieval table; and, for a few fixed catalogue items, the similarity of their
+50 nearest neighbours against rank under every feature set the Indexer wrote.
+"""
+from __future__ import annotations
+
+import glob
+import html
+import itertools
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+
+QUERIES = 3        # fixed catalogue items (a seeded sample) whose similarity-against-rank is drawn
+RANKS = 50
+
+
+def _uri(report: Dict, component: str, output: str) -> Optional[str]:
+    return ((report.get("artifacts", {}).get(component) or {}).get(output) or [None])[0]
+
+
+def _figures(report: Dict) -> List[tuple]:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    figs = []
+    comps = report.get("components", {})
+    if comps:
+        names = list(comps)
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("wall seconds", "peak memory of the process tree (MB)"))
+        fig.add_trace(go.Bar(x=names, y=[comps[n]["seconds"] for n in names], name="seconds"), 1, 1)
+        fig.add_trace(go.Bar(x=names, y=[comps[n]["peak_rss_mb"] for n in names], name="peak MB"), 1, 2)
+        figs.append(("Components", fig, ""))
+    dropped = []
+    if "logs" in report:
+        dropped.append(("behaviour log rows", report["logs"]["rows"], report["logs"].get("rejected_examples", {})))
+    for split, o in report.get("images", {}).items():
+        dropped.append((f"images/{split}", o["counts"], o.get("examples", {})))
+    if dropped:
+        fig = make_subplots(rows=1, cols=len(dropped), subplot_titles=[t for t, _, _ in dropped])
+        for col, (title, counts, _) in enumerate(dropped, 1):
+            reasons = sorted(counts, key=lambda k: (k != "used", -counts[k]))
+            fig.add_trace(go.Bar(x=reasons, y=[counts[r] for r in reasons], name=title), 1, col)
+            fig.update_yaxes(type="log", row=1, col=col)
+        examples = "".join(f"<h4>{html.escape(t)}</h4><ul>" + "".join(
+            f"<li><b>{html.escape(r)}</b>: {html.escape(str(ex[0]))}</li>" for r, ex in sorted(e.items()) if ex)
+            + "</ul>" for t, _, e in dropped if e)
+        figs.append(("Rows and images used, and dropped by reason", fig, examples))
+    stats = _statistics(report)
+    if stats is not None:
+        figs.append(("Behaviour logs: feature statistics (StatisticsGen)", stats, ""))
+    if "mf" in report:
+        m = report["mf"]
+        rk = next(k for k in m if k.startswith("recall@") and not k.endswith("popularity"))
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("MF loss by sweep / epoch", f"held-out {rk}"))
+        fig.add_trace(go.Scatter(y=m["losses"], x=list(range(1, len(m["losses"]) + 1)), mode="lines+markers",
+                                 name="MF loss"), 1, 1)
+        fig.add_trace(go.Bar(x=["MF factors", "popularity"], y=[m[rk], m[rk + "_popularity"]], name=rk), 1, 2)
+        figs.append(("Matrix factorisation", fig, ""))
+    if "cnn" in report:
+        c = report["cnn"]
+        fig = go.Figure(go.Scatter(y=c["losses"], x=list(range(1, len(c["losses"]) + 1)), mode="lines+markers",
+                                   name="CNN loss"))
+        fig.update_layout(xaxis_title="epoch", yaxis_title=f"{c['mode']} loss")
+        figs.append(("CNN training", fig, ""))
+    if "evaluation" in report:
+        e = report["evaluation"]
+        names = list(e["table"])
+        fig = go.Figure([go.Bar(x=names, y=[e["table"][n][e["metric"]] for n in names], name=e["metric"]),
+                         go.Bar(x=names, y=[e["table"][n]["mAP"] for n in names], name="mAP")])
+        fig.add_hline(y=e["chance"], line_dash="dot", annotation_text="chance")
+        fig.update_layout(barmode="group", yaxis_title="on held-out labelled images")
+        figs.append((f"Retrieval (served: {e['served']})", fig, ""))
+    curves = _similarity_curves(report)
+    if curves is not None:
+        figs.append(("Similarity against rank, for fixed catalogue items", curves,
+                     "A steep fall means a feature set separates an item's nearest neighbours from the rest."))
+    for _, fig, _ in figs:
+        fig.update_layout(height=420, margin={"t": 50, "b": 40}, template="plotly_white")
+    return figs
+
+
+def _statistics(report: Dict):
+    """StatisticsGen's statistics of the logs as charts: histograms of numeric features, the most
+    frequent values of string features."""
+    uri = _uri(report, "StatisticsGen", "statistics")
+    paths = glob.glob(os.path.join(uri, "Split-*", "FeatureStats.pb")) if uri else []
+    if not paths:
+        return None
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+    from tensorflow_metadata.proto.v0 import statistics_pb2
+
+    stats = statistics_pb2.DatasetFeatureStatisticsList()
+    with open(paths[0], "rb") as f:
+        stats.ParseFromString(f.read())
+    dataset = stats.datasets[0]
+    feats = list(dataset.features)
+    fig = make_subplots(rows=1, cols=len(feats), subplot_titles=[
+        f"{f.path.step[0] if f.path.step else f.name}" for f in feats])
+    for col, f in enumerate(feats, 1):
+        if f.HasField("num_stats"):
+            h = next((h for h in f.num_stats.histograms if h.type == h.STANDARD), None)
+            if h is not None:
+                fig.add_trace(go.Bar(x=[(b.low_value + b.high_value) / 2 for b in h.buckets],
+                                     y=[b.sample_count for b in h.buckets], name="count"), 1, col)
+            missing = f.num_stats.common_stats.num_missing
+        else:
+            top = f.string_stats.top_values[:10]
+            fig.add_trace(go.Bar(x=[t.value for t in top], y=[t.frequency for t in top], name="count"), 1, col)
+            missing = f.string_stats.common_stats.num_missing
+        fig.layout.annotations[col - 1].text += f" ({missing} missing)"
+    fig.update_layout(showlegend=False, title=f"{dataset.num_examples} rows")
+    return fig
+
+
+def _similarity_curves(report: Dict):
+    uri = _uri(report, "Indexer", "index")
+    if not uri or not os.path.exists(os.path.join(uri, "embeddings.npy")):
+        return None
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+    from collabfeat import topk
+
+    served = np.load(os.path.join(uri, "embeddings.npy"), mmap_mode="r")
+    sets = {f"{report.get('cnn', {}).get('mode', 'served')} (served)": served}
+    for path in sorted(glob.glob(os.path.join(uri, "features", "*", "embeddings.npy"))):
+        sets[os.path.basename(os.path.dirname(path))] = np.load(path, mmap_mode="r")
+    rows = topk.sample(len(served), QUERIES, 0)
+    with open(os.path.join(uri, "item_ids.txt")) as f:
+        ids = [line.strip() for line in f if line.strip()]
+    fig = make_subplots(rows=1, cols=len(rows), subplot_titles=[f"item {ids[r]}" for r in rows])
+    for (name, emb), colour in zip(sets.items(), itertools.cycle(qualitative.D3)):
+        _, scores = topk.top_k(np.asarray(emb[rows], np.float32), emb, RANKS + 1)
+        for col, s in enumerate(scores, 1):
+            fig.add_trace(go.Scatter(x=list(range(1, RANKS + 1)), y=s[1:].tolist(), name=name, legendgroup=name,
+                                     showlegend=col == 1, mode="lines", line={"color": colour}), 1, col)
+        fig.update_xaxes(title_text="rank")
+    fig.update_yaxes(title_text="cosine similarity", col=1)
+    return fig
+
+
+def write(report: Dict, text: str, path: str) -> str:
+    """The report (and its text form) -> a self-contained HTML file at `path`."""
+    from plotly.offline import get_plotlyjs
+
+    parts = []
+    for title, fig, note in _figures(report):
+        parts.append(f"<section><h2>{html.escape(title)}</h2>"
+                     + fig.to_html(full_html=False, include_plotlyjs=False) + (f"<div>{note}</div>" if note else "")
+                     + "</section>")
+    failed = report.get("failed")
+    banner = (f"<p class='failed'>{html.escape(failed['component'])} failed: {html.escape(failed['cause'])}</p>"
+              if failed else "")
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>collabfeat run report</title>
+<script>{get_plotlyjs()}</script>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1400px}} pre{{background:#f6f6f6;padding:1em;overflow:auto}}
+.failed{{color:#b00;font-weight:bold}} section{{margin-top:2em}}</style></head>
+<body><h1>collabfeat run report</h1>{banner}
+{''.join(parts)}
+<section><h2>Text report</h2><pre>{html.escape(text)}</pre></section>
+</body></html>"""
+    with open(path, "w") as f:
+        f.write(page)
+    return path
