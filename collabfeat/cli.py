@@ -95,10 +95,12 @@ def main(argv=None):
             parser.exit(2, f"collabfeat: {e}\n")
         except PipelineFailed as e:
             print(format_report(e.report))
-            print(f"[collabfeat] the report with charts: file://{e.report['html']}")
+            if e.report.get("html"):
+                print(f"[collabfeat] the report with charts: file://{e.report['html']}")
             parser.exit(1, f"collabfeat: {e}\n")
         print(format_report(report))
-        print(f"[collabfeat] the report with charts: file://{report['html']}", flush=True)
+        if report.get("html"):
+            print(f"[collabfeat] the report with charts: file://{report['html']}", flush=True)
         push = report.get("push", {})
         if "push" in report and not push.get("pushed"):
             sys.exit(3)

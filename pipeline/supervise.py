@@ -257,7 +257,11 @@ def run(cfg, until: str, log_path: str, echo=print, bars: bool = False) -> Dict:
         message = (f"{where} failed: {cause}" + (f" (peak memory {peak / 2 ** 30:.1f} GB)" if peak else "")
                    + f"; log: {log_path}")
         report["failed"] = {"component": where, "cause": cause, "log": log_path}
-    report["html"] = write_html(report, os.path.join(root, "report.html"))
+    try:
+        report["html"] = write_html(report, os.path.join(root, "report.html"))
+    except Exception as e:     # the run's outcome stands; only its charts are missing
+        report["html"] = None
+        echo(f"[collabfeat] the HTML report could not be written: {type(e).__name__}: {e}")
     with open(report_path, "w") as f:
         json.dump(report, f, indent=1, sort_keys=True)
     if "failed" in report:
