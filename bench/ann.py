@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from bench.common import RESULTS, save, table
+from bench.common import RESULTS, save, step, table
 from collabfeat import config as config_lib, topk
 from collabfeat.serving import index as scann_index, push
 
@@ -81,7 +81,7 @@ def curves(name: str, db: np.ndarray, queries: np.ndarray) -> List[Dict]:
         seconds = time.perf_counter() - start
         points = [_point(lambda q: search(built, q, s), queries, exact, str(s)) for s in settings]
         out.append({"data": name, "method": label, "build s": seconds, "points": points})
-        print(f"  {name}: {label} built in {seconds:.1f} s, {len(points)} settings", flush=True)
+        step(f"{name}: {label} built in {seconds:.1f} s, {len(points)} search settings timed")
 
     method("exact numpy", lambda: db, [None], lambda b, q, s: topk.top_k(q, b, K)[0])
     method("scann brute force", lambda: scann_ops_pybind.builder(db, K, "dot_product").score_brute_force().build(),

@@ -11,6 +11,11 @@ import numpy as np
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
+def step(message: str) -> None:
+    """A benchmark's progress line: what it starts on now."""
+    print(f"[bench] {time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
 def timed(fn, *args, **kwargs):
     start = time.perf_counter()
     out = fn(*args, **kwargs)

@@ -16,8 +16,9 @@ import time
 
 import numpy as np
 import scipy.sparse as sp
+from tqdm import tqdm
 
-from bench.common import default_interactions, save, table
+from bench.common import default_interactions, save, step, table
 from collabfeat import config as config_lib
 from collabfeat import movielens
 from collabfeat.trainer import mf
@@ -86,7 +87,8 @@ def run_dataset(name: str, cfg, repeats: int, sweeps: int) -> dict:
     rows = []
     # The two ALS alternate, `repeats` times each: the median of each is compared side by side.
     times, factors = {m: [] for m in fits}, {}
-    for _ in range(repeats):
+    step(f"{name}: our ALS and implicit's, alternating, {repeats} runs each")
+    for _ in tqdm(range(repeats), desc=f"  {name}: ALS runs", disable=None, leave=False):
         for m, (fn, _) in fits.items():
             t = time.perf_counter()
             factors[m] = fn()
@@ -95,6 +97,7 @@ def run_dataset(name: str, cfg, repeats: int, sweeps: int) -> dict:
         r, eval_secs = recall(factors[m])
         rows.append({"model": m, "passes": passes, "seconds": statistics.median(times[m]),
                      "runs": len(times[m]), f"recall@{k}": r, "eval seconds": eval_secs})
+    step(f"{name}: the SGD objectives ({ours[1].epochs} epochs each)")
     for label, mcfg in (("tfrs-mse-adam", ours[1]), ("tfrs-softmax-adam", ours[2])):
         t = time.perf_counter()
         factors = mf.train(u[~held], i[~held], rating, n_users, n_items, mcfg)
@@ -121,6 +124,7 @@ def run_dataset(name: str, cfg, repeats: int, sweeps: int) -> dict:
         fit(hook)
         curves[label] = points
 
+    step(f"{name}: trade-off curves (recall after every sweep or epoch)")
     curve("tfrs-als (ours)", lambda hook: mf.train(
         u[~held], i[~held], rating, n_users, n_items,
         config_lib.MFConfig(**{**ours[0].__dict__, "epochs": sweeps}), callback=hook))

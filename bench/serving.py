@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from bench.common import save, table
+from bench.common import save, step, table
 from collabfeat import config as config_lib
 
 SIGNATURES = ("serving_default", "similar", "similar_by_id")
@@ -111,6 +111,7 @@ def run(cfg=None) -> dict:
     except FileNotFoundError as e:
         print(e)
         return {}
+    step(f"gRPC load test: {len(SIGNATURES)} signatures, up to {SECONDS} s each, from another process")
     server = ServerProcess(base)
     try:
         client = subprocess.run([sys.executable, "-m", "bench.serving", "--client", server.address, version_path],
@@ -120,6 +121,7 @@ def run(cfg=None) -> dict:
         remote = json.loads(client.stdout.strip().splitlines()[-1])
     finally:
         server.stop()
+    step("the same work in-process")
     local = in_process(version_path)
     rows = []
     for sig in SIGNATURES:
