@@ -1,7 +1,7 @@
 """How far the long steps inside the pipeline's components are, for the console.
 
 The components run in a child process whose output goes to the log file. A step that knows how far
-it is calls `update(task, done, total)`. The updates go, as JSON lines, to the file named by
+it is calls `update(task, done, total)`. Warnings that matter to the user go the same way (`warn`). The updates go, as JSON lines, to the file named by
 $COLLABFEAT_PROGRESS, at most every half second per task (and always at the end); without that
 variable nothing is written. The supervisor (pipeline/supervise.py) reads the file and draws one
 progress bar per task (tqdm) when the console is a terminal.
@@ -30,6 +30,14 @@ def update(task: str, done: int, total: Optional[int] = None, unit: str = "steps
     with open(path, "a") as f:
         f.write(json.dumps({"task": task, "done": int(done), "total": None if total is None else int(total),
                             "unit": unit}) + "\n")
+
+
+def warn(message: str) -> None:
+    """A warning the user should see on the console (not only in the log)."""
+    path = os.environ.get(ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"warning": message}) + "\n")
 
 
 def iterate(items: Iterable, task: str, total: Optional[int] = None, unit: str = "batches") -> Iterator:
@@ -61,7 +69,8 @@ def keras_callback(task: str):
 
 
 class Reader:
-    """The supervisor's side: the updates appended since the last read, one task's newest each."""
+    """The supervisor's side: the updates appended since the last read, one task's newest each,
+    and the warnings (under the key "warnings", in order)."""
 
     def __init__(self, path: str):
         self.path, self.offset = path, 0
@@ -80,5 +89,8 @@ class Reader:
                 u = json.loads(line)
             except ValueError:
                 continue
-            newest[u["task"]] = u
+            if "warning" in u:
+                newest.setdefault("warnings", []).append(u["warning"])
+            else:
+                newest[u["task"]] = u
         return newest

@@ -11,7 +11,7 @@ import apache_beam as beam
 from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
-from collabfeat import examples, outcomes
+from collabfeat import examples, outcomes, progress
 from collabfeat.config import Config
 
 Examples = tfx.types.standard_artifacts.Examples
@@ -166,6 +166,9 @@ def MFTrainer(transformed: InputArtifact[Examples], transform_graph: InputArtifa
               f"recall@{k}": mf.recall_at_k(factors, pairs["train"], pairs["eval"], k),
               f"recall@{k}_popularity": mf.recall_at_k(popularity, pairs["train"], pairs["eval"], k),
               **report_extra}
+    if report[f"recall@{k}"] <= report[f"recall@{k}_popularity"]:
+        progress.warn(f"MFTrainer: the factors' held-out recall@{k} {report[f'recall@{k}']:.3f} does not beat "
+                      f"ranking by popularity ({report[f'recall@{k}_popularity']:.3f})")
     if catalogue is not None:
         labels = read_labels(catalogue.uri, "catalogue")
         lab = np.array([labels.get(i, -1) for i in item_ids])
@@ -325,6 +328,9 @@ def Evaluator(images: InputArtifact[Examples], mf_model: InputArtifact[Model], m
                                   "queries": min(n_test, queries or n_test), "queries_bound": queries,
                                   "metric": key, "table": table, "margins": beats, "chance": chance})
     blessing.set_int_custom_property("blessed", int(blessed))
+    if not blessed:
+        progress.warn(f"Evaluator: not blessed, so not pushed: {served}'s {key} margins {beats} are below "
+                      f"eval.bless_margin {cfg.eval.bless_margin}")
     open(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w").close()
     write_report(blessing.uri, {"blessed": blessed, "margins": beats, "required": cfg.eval.bless_margin})
 
@@ -361,6 +367,8 @@ def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
     start = time.time()
     searcher, settings = scann_index.build(emb, cfg.index, emb[tuning])
     built = time.time() - start
+    if settings["kind"] == "brute_force" and len(emb) > scann_index.BRUTE_FORCE_UP_TO:
+        progress.warn(f"Indexer: exact search over {len(emb)} items: {settings['why']}")
     queries = emb[measured]
     k = min(cfg.index.num_neighbors, len(emb))
     recall = scann_index.recall_against_exact(searcher, emb, queries, k, settings)

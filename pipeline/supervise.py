@@ -163,6 +163,8 @@ class Console:
                  f"after {e['ended'] - e['started']:.0f} s" + (f": {figure}" if figure else ""))
 
     def progress(self, updates: Dict):
+        for message in updates.pop("warnings", []):
+            self.say(f"[collabfeat] warning: {message}")
         if not self.bars_on:
             return
         from tqdm import tqdm

@@ -25,8 +25,14 @@ def test_updates_are_throttled_and_read_back_newest_first(tmp_path, monkeypatch)
     with open(path, "a") as f:
         f.write('al": 2, "unit": "steps"}\n')
     assert reader.read() == {"late": {"task": "late", "done": 1, "total": 2, "unit": "steps"}}
+    progress.warn("first")
+    progress.update("late", 2, 2, "steps")
+    progress.warn("second")
+    assert reader.read() == {"warnings": ["first", "second"], "late": {"task": "late", "done": 2, "total": 2,
+                                                                        "unit": "steps"}}
     monkeypatch.delenv(progress.ENV)
     progress.update("nowhere", 1, 1)               # without the variable: nothing, no error
+    progress.warn("nowhere")
 
 
 def test_keras_fit_reports_every_batch_of_every_epoch_as_one_task(tmp_path, monkeypatch):
@@ -46,8 +52,10 @@ def test_console_lines_use_the_recorded_times_and_bars_only_on_request():
     c = Console(lines.append, bars=False, started=100.0)
     c.start({"component": "Transform", "started": 112.4})
     c.progress({"x": {"task": "x", "done": 1, "total": 2, "unit": "steps"}})     # no bars: nothing
+    c.progress({"warnings": ["Evaluator: not blessed"]})                        # warnings: always
     c.end({"component": "Transform", "state": "failed", "started": 112.4, "ended": 130.0, "outputs": {}})
-    assert lines == ["[collabfeat]     12 s  Transform running", "[collabfeat]     30 s  Transform failed after 18 s"]
+    assert lines == ["[collabfeat]     12 s  Transform running", "[collabfeat] warning: Evaluator: not blessed",
+                     "[collabfeat]     30 s  Transform failed after 18 s"]
     c = Console(lines.append, bars=True, started=100.0)
     c.progress({"x": {"task": "x", "done": 1, "total": 2, "unit": "steps"}})
     assert c.bars["x"].n == 1 and c.bars["x"].total == 2
