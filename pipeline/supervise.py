@@ -1,6 +1,7 @@
 """Runs the pipeline in a child process and watches it: which component runs (from MLMD), how long
 each took, and the peak memory (PSS) of the child's whole process tree (Beam's workers included)
-while each component ran (None: too short to be sampled, every 0.5 s). When the child dies, one line names the component and the cause (an exception,
+while each component ran (sampled every 0.5 s, or less often when sampling is slow; None: too short to be
+sampled). When the child dies, one line names the component and the cause (an exception,
 or the signal that killed it: SIGKILL is what the kernel's out-of-memory killer sends), the report
 of the components that finished is still written, and the log's path is given.
 
@@ -78,7 +79,8 @@ def tree_memory(proc: psutil.Process) -> int:
 
 
 class Watch:
-    """Samples the child's tree every `interval` s; attributes each sample to the running component.
+    """Samples the child's tree every `interval` s (or less often, see _loop); attributes each sample
+    to the running component.
     Tells `console` when a component starts and ends, and the progress its steps report."""
 
     def __init__(self, pid: int, metadata_path: str, since_ms: int, console: "Console",
@@ -117,13 +119,16 @@ class Watch:
                 self._poll()
             if self.progress is not None:
                 self.console.progress(self.progress.read())
+            start = time.perf_counter()
             try:
                 rss = tree_memory(self.proc)
             except psutil.Error:
                 break
             key = self.running or "(between components)"
             self.peak[key] = max(self.peak.get(key, 0), rss)
-            self.stop.wait(self.interval)
+            # Reading PSS walks every process's page tables: about 0.1 s for a Beam pipeline's tree
+            # here. Sampling waits at least 20x that long, so that watching costs under 5% of a core.
+            self.stop.wait(max(self.interval, 20 * (time.perf_counter() - start)))
 
     def __enter__(self):
         self.thread.start()
