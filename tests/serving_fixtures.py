@@ -40,7 +40,7 @@ def push_version(push_dir: str, seed: int = 3, n: int = 300, map_sample: int = 2
     net = cnn.random_init(cfg.cnn)
     emb = cnn.embed(net, pixels)
     with tempfile.TemporaryDirectory() as tmp:
-        index.save(index.build(emb, cfg.index), ids, emb, tmp, cfg.index)
+        index.save(*index.build(emb, cfg.index), ids, emb, tmp)
         index.write_map(emb, tmp, sample=map_sample)
         # Two more feature sets for the explorer's switch: another random CNN, and raw pixels.
         other = cfg.cnn.__class__(**{**cfg.cnn.__dict__, "seed": seed + 100})
