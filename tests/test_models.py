@@ -176,7 +176,8 @@ def test_an_epoch_is_bounded_by_epoch_images_and_streams_over_all_images(monkeyp
             steps[-1] += 1
 
     fit = tf.keras.Model.fit
-    monkeypatch.setattr(tf.keras.Model, "fit", lambda self, *a, **k: fit(self, *a, callbacks=[Count()], **k))
+    monkeypatch.setattr(tf.keras.Model, "fit",
+                        lambda self, *a, **k: fit(self, *a, **{**k, "callbacks": k.get("callbacks", []) + [Count()]}))
     ids = tf.data.Dataset.range(40).map(lambda i: (tf.gather(x, i), i))
     cfg = CNNConfig(image_size=16, widths=[4], embedding_dim=4, epochs=4, batch_size=4, augment=False,
                     epoch_images=10, shuffle_buffer=8)
