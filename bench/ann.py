@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -163,7 +164,7 @@ def plot(results: List[Dict], stem: str) -> List[str]:
     colours = {}
     for col, name in enumerate(sets, 1):
         for m in (m for m in results if m["data"] == name):
-            label = m["method"].split(" (")[0]
+            label = re.sub(r"\d+", "", m["method"].split(" (")[0])     # one colour per method on every panel
             colour = colours.setdefault(label, qualitative.D3[len(colours) % len(qualitative.D3)])
             f = m["frontier"]
             fig.add_trace(go.Scatter(x=[p["recall"] for p in f], y=[p["q/s"] for p in f], name=label,
