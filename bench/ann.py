@@ -69,7 +69,6 @@ def _geometric(top: int, steps: int = 12) -> List[int]:
 
 def curves(name: str, db: np.ndarray, queries: np.ndarray) -> List[Dict]:
     import faiss
-    from scann.scann_ops.py import scann_ops_pybind
 
     faiss.omp_set_num_threads(1)     # searches run on one thread, like ScaNN's search_batched
     n, d = db.shape
@@ -85,14 +84,12 @@ def curves(name: str, db: np.ndarray, queries: np.ndarray) -> List[Dict]:
         step(f"{name}: {label} built in {seconds:.1f} s, {len(points)} search settings timed")
 
     method("exact numpy", lambda: db, [None], lambda b, q, s: topk.top_k(q, b, K)[0])
-    method("scann brute force", lambda: scann_ops_pybind.builder(db, K, "dot_product").score_brute_force().build(),
+    method("scann brute force", lambda: scann_index.brute_force_searcher(db, K),
            [None], lambda b, q, s: b.search_batched(q, final_num_neighbors=K)[0])
-    leaves = max(2, int(math.sqrt(n)))
+    leaves = scann_index.default_leaves(n)
     tree_settings = [(t, r) for r in (K, 2 * K, 5 * K, 10 * K, 40 * K) for t in _geometric(leaves, 14)]
     method(f"scann tree{leaves}+AH (leaves_to_search, reorder)",
-           lambda: scann_ops_pybind.builder(db, K, "dot_product")
-           .tree(num_leaves=leaves, num_leaves_to_search=max(1, leaves // 3), training_sample_size=min(n, 250_000))
-           .score_ah(2 if d % 2 == 0 else 1, anisotropic_quantization_threshold=0.2).reorder(40 * K).build(),
+           lambda: scann_index.tree_searcher(db, K, leaves, 40 * K),
            tree_settings,
            lambda b, q, s: b.search_batched(q, final_num_neighbors=K, leaves_to_search=s[0],
                                             pre_reorder_num_neighbors=s[1])[0])

@@ -60,7 +60,7 @@ def choose(db: np.ndarray, queries: np.ndarray, cfg: IndexConfig):
     exact = exact_top_k(db, queries, k)[0]
 
     def brute_force():
-        searcher = scann_ops_pybind.builder(db, k, "dot_product").score_brute_force().build()
+        searcher = brute_force_searcher(db, k)
         found, ms = _timed_search(searcher, queries, k)
         return searcher, {"kind": "brute_force", "tuning_recall": recall(found, exact, k), "ms_per_query": ms}
 
@@ -69,13 +69,8 @@ def choose(db: np.ndarray, queries: np.ndarray, cfg: IndexConfig):
     if wanted == "brute_force":
         why = "set by index.kind" if cfg.kind == "brute_force" else f"{n} items < {BRUTE_FORCE_BELOW}: a tree gains nothing"
         return brute[0], {**brute[1], "why": why}
-    leaves = cfg.leaves or max(2, int(math.sqrt(n)))
-    dims = 2 if db.shape[1] % 2 == 0 else 1
-    tree = (scann_ops_pybind.builder(db, k, "dot_product")
-            .tree(num_leaves=leaves, num_leaves_to_search=max(1, leaves // 3),
-                  training_sample_size=min(n, 250_000))
-            .score_ah(dims, anisotropic_quantization_threshold=0.2)
-            .reorder(max(cfg.reorder, 4 * k, 400)).build())
+    leaves = cfg.leaves or default_leaves(n)
+    tree = tree_searcher(db, k, leaves, max(cfg.reorder, 4 * k, 400))
     tried = []
     for reorder in ([cfg.reorder] if cfg.reorder else sorted({k, 2 * k, 5 * k, 10 * k, 40 * k})):
         reorder = max(k, reorder)
@@ -98,6 +93,24 @@ def choose(db: np.ndarray, queries: np.ndarray, cfg: IndexConfig):
            f"reached recall@{k} {target:.3f} in {fastest['ms_per_query']:.4f}") if fastest else \
         f"no tree setting of {len(tried)} tried reached recall@{k} {target:.3f}: exact search instead"
     return brute[0], {**brute[1], "why": why, "tried": tried}
+
+
+def default_leaves(n: int) -> int:
+    return max(2, int(math.sqrt(n)))
+
+
+def brute_force_searcher(db: np.ndarray, k: int):
+    return scann_ops_pybind.builder(db, k, "dot_product").score_brute_force().build()
+
+
+def tree_searcher(db: np.ndarray, k: int, leaves: int, max_reorder: int):
+    """A tree over `leaves` leaves with anisotropic hashing (2 dims a subspace) and exact re-scoring of
+    up to `max_reorder` candidates; leaves_to_search and the re-scored length are chosen per search."""
+    return (scann_ops_pybind.builder(db, k, "dot_product")
+            .tree(num_leaves=leaves, num_leaves_to_search=max(1, leaves // 3),
+                  training_sample_size=min(len(db), 250_000))
+            .score_ah(2 if db.shape[1] % 2 == 0 else 1, anisotropic_quantization_threshold=0.2)
+            .reorder(max_reorder).build())
 
 
 def _leaf_steps(leaves: int) -> List[int]:
