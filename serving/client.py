@@ -5,14 +5,17 @@ from typing import Dict, List, Optional, Sequence
 
 import grpc
 import numpy as np
-import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
+
+from collabfeat.serving import tensors
 
 
 def channel(target: str, tls_ca: str = "", max_message_mb: int = 16) -> grpc.Channel:
     options = [("grpc.max_send_message_length", max_message_mb << 20),
                ("grpc.max_receive_message_length", max_message_mb << 20)]
+    import os
+    if os.environ.get("COLLABFEAT_EXP_LOCAL_POOL"): options.append(("grpc.use_local_subchannel_pool", 1))
     if tls_ca:
         with open(tls_ca, "rb") as f:
             return grpc.secure_channel(target, grpc.ssl_channel_credentials(f.read()), options=options)
@@ -38,9 +41,9 @@ class Client:
         req = predict_pb2.PredictRequest()
         self._spec(req.model_spec, signature)
         for name, value in inputs.items():
-            req.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+            req.inputs[name].CopyFrom(tensors.to_proto(value))
         resp = self.predict_stub.Predict(req, timeout=self.timeout)
-        out = {name: tf.make_ndarray(t) for name, t in resp.outputs.items()}
+        out = {name: tensors.from_proto(t) for name, t in resp.outputs.items()}
         out["_version"] = resp.model_spec.version.value
         return out
 
