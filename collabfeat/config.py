@@ -147,7 +147,7 @@ class ServingConfig:
     max_message_mb: int = 16       # larger requests get RESOURCE_EXHAUSTED
     max_images: int = 256          # images (or ids) per request
     batch_size: int = 64           # concurrent embedding requests are batched up to this many images
-    batch_wait_ms: float = 2.0     # ... waiting at most this long for company
+    batch_wait_ms: float = 0.0     # ... and wait this long for company (0: take what queued meanwhile)
     tls_cert: str = ""             # PEM files; both set = TLS
     tls_key: str = ""
 

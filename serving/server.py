@@ -49,6 +49,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from collabfeat.config import ServingConfig
 from collabfeat.images import MAX_IMAGE_PIXELS
 from collabfeat.serving import index as scann_index
+from collabfeat.serving import tensors
 from collabfeat.serving.push import EXTRA, versions_on_disk
 
 log = logging.getLogger("collabfeat.serving")
@@ -69,69 +70,85 @@ def invalid(message: str) -> RequestError:
 
 # --- one loaded version ------------------------------------------------------------------------
 class Batcher:
-    """Runs fn(list of arrays) -> array on the concatenation of concurrent calls (up to batch_size
-    rows, waiting at most wait_s for company); a failed batch is retried call by call, so one bad
-    request never fails the others."""
+    """Runs fn(array) -> array once for the concatenation of concurrent calls, with no thread of
+    its own: the first caller leads, runs the calls queued so far (up to batch_size rows) on its
+    own thread and answers them; when more calls queued meanwhile, it hands the lead to the oldest.
+    So a lone call runs at once on its own thread (no hand-off, no wait), and under load each
+    batch holds what arrived while the previous one ran. `wait_s` > 0 makes a leader wait that long
+    for company first. A failed batch is retried call by call, so one bad call fails alone."""
 
-    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], batch_size: int, wait_s: float):
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], batch_size: int, wait_s: float = 0.0):
         self.fn, self.batch_size, self.wait_s = fn, batch_size, wait_s
-        self.q: "queue.Queue" = queue.Queue()
-        self.closed = False
-        self.lock = threading.Lock()     # nothing is queued behind the closing None
-        self.thread = threading.Thread(target=self._loop, daemon=True, name="batcher")
-        self.thread.start()
+        self.lock = threading.Lock()
+        self.pending: List["_Call"] = []
+        self.leading = False
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if len(x) >= self.batch_size:
             return self.fn(x)
-        done = futures.Future()
+        call = _Call(x)
         with self.lock:
-            if self.closed:   # a request that kept an unloaded version: answered, unbatched
-                return self.fn(x)
-            self.q.put((x, done))
-        return done.result()
+            self.pending.append(call)
+            call.lead = not self.leading
+            self.leading = True
+        while not call.answered.is_set():
+            if call.lead:
+                call.lead = False
+                self._lead()
+            else:
+                call.woken.wait()
+                call.woken.clear()
+        if call.error is not None:
+            raise call.error
+        return call.result
 
-    def close(self):
-        """Stops batching once the calls queued so far are answered; later calls run unbatched."""
-        with self.lock:
-            self.closed = True
-            self.q.put(None)
-
-    def _loop(self):
-        while True:
-            item = self.q.get()
-            if item is None:
-                return
-            batch, rows = [item], len(item[0])
-            deadline = time.monotonic() + self.wait_s
-            while rows < self.batch_size:
-                try:
-                    nxt = self.q.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self.q.put(None)
-                    break
-                batch.append(nxt)
-                rows += len(nxt[0])
+    def _lead(self):
+        try:
+            if self.wait_s > 0:
+                time.sleep(self.wait_s)
+            with self.lock:
+                batch, rows = [], 0
+                while self.pending and (not batch or rows + len(self.pending[0].x) <= self.batch_size):
+                    batch.append(self.pending.pop(0))
+                    rows += len(batch[-1].x)
             self._run(batch)
+        finally:   # the oldest waiting call leads next, or nobody leads
+            with self.lock:
+                if self.pending:
+                    self.pending[0].lead = True
+                    self.pending[0].woken.set()
+                else:
+                    self.leading = False
 
-    def _run(self, batch):
+    def _run(self, batch: List["_Call"]):
         if len(batch) > 1:
             try:
-                out = self.fn(np.concatenate([x for x, _ in batch]))
+                out = self.fn(np.concatenate([c.x for c in batch]))
                 start = 0
-                for x, done in batch:
-                    done.set_result(out[start:start + len(x)])
-                    start += len(x)
+                for c in batch:
+                    c.answer(result=out[start:start + len(c.x)])
+                    start += len(c.x)
                 return
             except Exception:  # find the culprit: run each call on its own
                 pass
-        for x, done in batch:
+        for c in batch:
             try:
-                done.set_result(self.fn(x))
+                c.answer(result=self.fn(c.x))
             except Exception as e:
-                done.set_exception(e)
+                c.answer(error=e)
+
+
+class _Call:
+    __slots__ = ("x", "result", "error", "lead", "answered", "woken")
+
+    def __init__(self, x):
+        self.x, self.result, self.error, self.lead = x, None, None, False
+        self.answered, self.woken = threading.Event(), threading.Event()
+
+    def answer(self, result=None, error=None):
+        self.result, self.error = result, error
+        self.answered.set()
+        self.woken.set()
 
 
 @dataclass
@@ -152,17 +169,15 @@ class Version:
         self.signature_defs.pop("__saved_model_init_op", None)
         self.signature_defs["similar_by_id"] = similar_by_id_signature()
         self.index = scann_index.load(os.path.join(self.path, EXTRA))
-        self.item_ids = np.array(self.index["item_ids"], dtype=object)
+        self.item_ids = np.array([i.encode("utf-8") for i in self.index["item_ids"]], dtype=object)  # as answered
         self.row = {item: i for i, item in enumerate(self.index["item_ids"])}
+        self.row_of = {item: i for i, item in enumerate(self.item_ids)}    # a request's id bytes -> row
         with open(os.path.join(self.path, EXTRA, "config.json")) as f:
             self.run_cfg = json.load(f)      # the configuration of the run that pushed this version
         self.max_k = min(self.run_cfg["serving"]["max_k"], len(self.item_ids))
         self.batcher = Batcher(self._embed, self.cfg.batch_size, self.cfg.batch_wait_ms / 1000)
         self._embed(np.array([_tiny_png()], dtype=object))   # warm up the graph before serving
         return self
-
-    def close(self):
-        self.batcher.close()
 
     def _embed(self, images: np.ndarray) -> np.ndarray:
         return self._embed_fn(images=tf.constant(images, dtype=tf.string))["embedding"].numpy()
@@ -181,28 +196,33 @@ class Version:
             raise invalid(f"k must be in [1, {self.max_k}] for model {self.name} version {self.number}, not {k}")
         return k
 
+    def search(self, queries: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray]:
+        """The n nearest catalogue rows and their scores."""
+        idx, scores = scann_index.search(self.index, queries, n)
+        return np.asarray(idx), np.asarray(scores, np.float32)
+
     def similar(self, images: np.ndarray, k: int) -> Dict[str, np.ndarray]:
         k = self.check_k(k)
-        idx, scores = scann_index.search(self.index, self.embed(images), k)
-        return {"ids": self.item_ids[np.asarray(idx)].astype(bytes), "scores": np.asarray(scores, np.float32)}
+        idx, scores = self.search(self.embed(images), k)
+        return {"ids": self.item_ids[idx], "scores": scores}
 
     def similar_by_id(self, ids: np.ndarray, k: int) -> Dict[str, np.ndarray]:
         k = self.check_k(k)
         rows = []
         for item in ids:
-            text = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
-            if text not in self.row:
+            row = self.row_of.get(item if isinstance(item, bytes) else str(item).encode("utf-8"))
+            if row is None:
+                text = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
                 raise RequestError(grpc.StatusCode.NOT_FOUND,
                                    f"item {text!r} is not in the catalogue of {self.name} version {self.number}")
-            rows.append(self.row[text])
-        extra = min(k + 1, len(self.item_ids))
-        idx, scores = scann_index.search(self.index, self.index["embeddings"][rows], extra)
-        out_ids, out_scores = [], []
-        for r, found, sc in zip(rows, np.asarray(idx), np.asarray(scores)):
-            keep = [j for j in range(len(found)) if found[j] != r][:k]
-            out_ids.append(self.item_ids[found[keep]].astype(bytes))
-            out_scores.append(sc[keep])
-        return {"ids": np.stack(out_ids), "scores": np.stack(out_scores).astype(np.float32)}
+            rows.append(row)
+        width = min(k, len(self.item_ids) - 1)
+        idx, scores = self.search(self.index["embeddings"][rows], width + 1)
+        drop = idx == np.asarray(rows)[:, None]      # the item itself, or the last neighbour where the
+        drop[~drop.any(axis=1), -1] = True           # search did not return it
+        keep = ~drop
+        return {"ids": self.item_ids[idx[keep].reshape(len(rows), width)],
+                "scores": scores[keep].reshape(len(rows), width)}
 
 
 def _tiny_png() -> bytes:
@@ -318,7 +338,7 @@ class Registry:
                         log.error("cannot load %s version %d: %s", name, v, e)
                 for v in list(loaded):
                     if v not in wanted:
-                        loaded.pop(v).close()
+                        loaded.pop(v)   # requests holding it finish with it
                         self._state(name, v, get_model_status_pb2.ModelVersionStatus.END, "")
                         log.info("unloaded %s version %d", name, v)
                 with self.lock:
@@ -326,8 +346,7 @@ class Registry:
             with self.lock:
                 for name in list(self.models):
                     if name not in self.config:
-                        for v in self.models.pop(name).values():
-                            v.close()
+                        self.models.pop(name)
             for fn in self.listeners:
                 fn()
 
@@ -374,7 +393,7 @@ def _input(inputs, name: str, dtypes, rank: int, cfg: ServingConfig) -> np.ndarr
         want = " or ".join(types_pb2.DataType.Name(d) for d in dtypes)
         raise invalid(f"input {name!r} must be {want}, not {types_pb2.DataType.Name(proto.dtype)}")
     try:
-        value = tf.make_ndarray(proto)
+        value = tensors.from_proto(proto)
     except Exception as e:
         raise invalid(f"input {name!r} is not a valid tensor: {e}") from None
     if value.ndim != rank:
@@ -425,7 +444,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.model_spec.name, response.model_spec.signature_name = version.name, sig
             response.model_spec.version.value = version.number
             for name in wanted:
-                response.outputs[name].CopyFrom(tf.make_tensor_proto(outputs[name]))
+                response.outputs[name].CopyFrom(tensors.to_proto(outputs[name]))
             return response
         except RequestError as e:
             context.abort(e.code, e.message)
@@ -489,13 +508,18 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 
 # --- the server --------------------------------------------------------------------------------
+def grpc_server(cfg: ServingConfig) -> grpc.Server:
+    """The gRPC server every service here runs in (also the benchmark's no-op floor)."""
+    limit = cfg.max_message_mb << 20
+    return grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.workers), options=[
+        ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)])
+
+
 class Server:
     def __init__(self, server_cfg: model_server_config_pb2.ModelServerConfig, cfg: ServingConfig):
         self.cfg = cfg
         self.registry = Registry(server_cfg, cfg)
-        limit = cfg.max_message_mb << 20
-        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.workers), options=[
-            ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)])
+        self.grpc = grpc_server(cfg)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.registry, cfg), self.grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.registry), self.grpc)
         self.health = health.HealthServicer()

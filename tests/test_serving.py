@@ -208,31 +208,45 @@ def test_no_model_then_hot_load_and_swap_under_load(tmp_path):
         assert server.stop() == 0
 
 
-def test_batcher_answers_every_call_across_close():
-    """A request that kept a version being unloaded still gets its answer (it used to hang)."""
+def test_batcher_batches_concurrent_calls_and_isolates_a_bad_one():
+    """Concurrent calls share batches; a lone call runs alone; a call that fails its batch fails alone."""
     from collabfeat.serving.server import Batcher
 
-    batcher = Batcher(lambda x: x * 2, batch_size=8, wait_s=0.005)
-    results, errors = {}, []
+    sizes, gate = [], threading.Event()
+
+    def fn(x):
+        sizes.append(len(x))
+        gate.wait(5)                      # the first batch runs until every other call has queued
+        if (x < 0).any():
+            raise ValueError("negative")
+        return x * 2
+
+    batcher = Batcher(fn, batch_size=8)
+    results, errors = {}, {}
 
     def call(i):
         try:
-            results[i] = batcher(np.array([i]))
-        except Exception as e:
-            errors.append(e)
+            results[i] = int(batcher(np.array([i]))[0])
+        except ValueError as e:
+            errors[i] = str(e)
 
-    # Daemon threads and one deadline: a hung call fails the test instead of wedging the run.
-    threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(40)]
-    for t in threads[:20]:
+    values = [0] + list(range(1, 20)) + [-1]
+    threads = [threading.Thread(target=call, args=(v,), daemon=True) for v in values]
+    threads[0].start()
+    wait_for(lambda: sizes == [1], what="the first call to lead")
+    for t in threads[1:]:
         t.start()
-    batcher.close()
-    for t in threads[20:]:
-        t.start()
+    wait_for(lambda: len(batcher.pending) == len(values) - 1, what="the other calls to queue")
+    gate.set()
     deadline = time.monotonic() + 20
     for t in threads:
         t.join(timeout=max(0.0, deadline - time.monotonic()))
-    assert not any(t.is_alive() for t in threads), "a call hung on a closed batcher"
-    assert errors == [] and {i: int(r[0]) for i, r in results.items()} == {i: 2 * i for i in range(40)}
+    assert not any(t.is_alive() for t in threads), "a call hung"
+    assert results == {v: 2 * v for v in values if v >= 0} and errors == {-1: "negative"}
+    # 1 alone, then the 20 queued ones in batches of at most 8 (the one holding -1 retried call by call).
+    assert sizes[0] == 1 and max(sizes) == 8 and sum(s for s in sizes if s > 1) == 20
+    assert batcher.leading is False and batcher.pending == []
+    assert batcher(np.array([5]))[0] == 10 and sizes[-1] == 1
 
 
 def test_tls(tmp_path):
