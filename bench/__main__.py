@@ -2,14 +2,14 @@ import sys
 
 from bench import ann, mf, scale, serving
 
-# `mf`, `ann` and `scale` take their own options (`scale` is long: an hour and more; run it on its own).
+# `mf`, `ann`, `serving` and `scale` take their own options (`scale` is long: an hour and more; run it on its own).
 if sys.argv[1:2] == ["scale"]:
     scale.run(sys.argv[2:])
     sys.exit(0)
-if sys.argv[1:2] in (["mf"], ["ann"]) and len(sys.argv) > 2:
-    {"mf": mf, "ann": ann}[sys.argv[1]].run(sys.argv[2:])
+if sys.argv[1:2] in (["mf"], ["ann"], ["serving"]) and len(sys.argv) > 2:
+    {"mf": mf, "ann": ann, "serving": serving}[sys.argv[1]].run(sys.argv[2:])
     sys.exit(0)
 which = sys.argv[1:] or ["mf", "ann", "serving"]
 for name, module in (("mf", mf), ("ann", ann), ("serving", serving)):
     if name in which:
-        module.run([]) if module is mf else module.run()
+        module.run([])
