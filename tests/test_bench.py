@@ -30,3 +30,39 @@ def test_every_method_sweeps_its_knob_to_a_curve_on_a_small_set():
     for m in results:
         f = m["frontier"]
         assert all(a["recall"] < b["recall"] and a["q/s"] > b["q/s"] for a, b in zip(f, f[1:])), m["method"]
+
+
+def test_serving_report_takes_medians_and_names_every_missed_target(monkeypatch, tmp_path):
+    from bench import common, serving
+    monkeypatch.setattr(common, "RESULTS", str(tmp_path))
+
+    def runs(*qps, p99=10.0):
+        return [{"requests": 100, "failures": 0, "first failure": "", "p50 ms": 1.0, "p99 ms": p99, "q/s": q} for q in qps]
+
+    plan = {"version": "/x/1", "signatures": ["serving_default", "similar_by_id"], "concurrency": [4],
+            "seconds": 1, "repeats": 3}
+    out = {"no-op": {"no-op@4": runs(900, 1000, 5000)},                    # median 1000
+           "in-process": {"serving_default@4": runs(100, 1000, 1000), "similar_by_id@4": runs(1, 1, 1)},
+           "grpc": {"serving_default@4": runs(850, 800, 10, p99=25.0), "similar_by_id@4": runs(650, 690, 700)},
+           "swap": {"requests": 50, "failures": 1, "first failure": "UNAVAILABLE: x", "seconds": 1.0,
+                    "versions": {"1": 50}}}
+    result = serving.report(out, plan, [])
+    rows = {r["signature"]: r for r in result["rows"]}
+    assert rows["serving_default"]["q/s ratio"] == pytest.approx(0.8)         # 800 / 1000: met
+    assert rows["serving_default"]["p99 ratio"] == pytest.approx(2.5)         # 25 / 10: missed
+    assert rows["similar_by_id"]["vs no-op q/s"] == pytest.approx(0.69)       # 690 / 1000: missed
+    assert len(result["misses"]) == 3
+    assert "p99 2.50x" in result["misses"][0] and "0.69x the no-op floor" in result["misses"][1]
+    assert "hot swap: 1 failed" in result["misses"][2]
+
+
+def test_serving_load_counts_answers_and_failures():
+    from bench import serving
+
+    def call(_, j):
+        if j % 4 == 3:
+            raise RuntimeError("every fourth")
+
+    r = serving.load(call, concurrency=2, seconds=0.3)
+    assert r["requests"] > 10 and 0 < r["failures"] < r["requests"]      # thread 1 fails every other call
+    assert "every fourth" in r["first failure"] and r["q/s"] == pytest.approx(r["requests"] / r["seconds"])

@@ -86,7 +86,15 @@ def raw(client, signature, inputs, model="collabfeat", version=None, label=""):
     return client.predict_stub.Predict(req, timeout=30)
 
 
+def _short_k():
+    """A DT_INT32 scalar whose tensor_content holds 2 bytes, not 4."""
+    from tensorflow.core.framework import tensor_pb2, types_pb2
+    return tensor_pb2.TensorProto(dtype=types_pb2.DT_INT32, tensor_content=b"\x01\x00")
+
+
 BAD = [
+    ("malformed tensor", "similar", {"images": "GOOD", "k": _short_k()}, {}, grpc.StatusCode.INVALID_ARGUMENT,
+     "input 'k' is not a valid tensor: tensor_content has 2 bytes"),
     ("non-image", "similar", {"images": np.array([b"not an image"], object), "k": np.int32(3)},
      {}, grpc.StatusCode.INVALID_ARGUMENT, "images[0] is not an image"),
     ("empty tensor", "serving_default", {"images": np.array([], object)}, {}, grpc.StatusCode.INVALID_ARGUMENT, "empty"),
