@@ -25,7 +25,6 @@ import io
 import json
 import logging
 import os
-import queue
 import signal
 import threading
 import time

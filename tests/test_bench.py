@@ -1,5 +1,4 @@
 """The ANN benchmark's curve arithmetic, and its sweep on a small real set."""
-import numpy as np
 import pytest
 
 from bench import ann
