@@ -1,4 +1,4 @@
-"""The ANN benchmark's curve arithmetic, and its sweep on a small real set."""
+"""The benchmarks: ANN curve arithmetic and its sweep on a small real set; the serving load loop and report."""
 import pytest
 
 from bench import ann
