@@ -209,6 +209,12 @@ class Config:
             problems.append(f"eval.baselines has unknown entries {sorted(unknown)}")
         if self.cnn.image_size < 16:
             problems.append("cnn.image_size must be at least 16")
+        sv = self.serving
+        for name in ("workers", "batch_size", "max_k", "max_images", "max_message_mb"):
+            if getattr(sv, name) < 1:
+                problems.append(f"serving.{name} must be at least 1, not {getattr(sv, name)}")
+        if sv.batch_wait_ms < 0:
+            problems.append(f"serving.batch_wait_ms must be >= 0, not {sv.batch_wait_ms}")
         if problems:
             raise ValueError("invalid configuration:\n  " + "\n  ".join(problems))
         return self

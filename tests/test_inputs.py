@@ -105,6 +105,10 @@ def test_config_errors_name_the_field(tmp_path):
         config_lib.load(overrides=["mf.solver=wals"])
     with pytest.raises(ValueError, match="index.kind must be .auto., .brute_force. or .tree_ah., not .hnsw."):
         config_lib.load(overrides=["index.kind=hnsw"])
+    with pytest.raises(ValueError, match="serving.workers must be at least 1, not 0"):
+        config_lib.load(overrides=["serving.workers=0"])
+    with pytest.raises(ValueError, match="serving.batch_wait_ms must be >= 0"):
+        config_lib.load(overrides=["serving.batch_wait_ms=-1"])
     y = tmp_path / "c.yaml"
     y.write_text("cnn:\n  epochs: 2\n  widths: [8, 16]\ntransform:\n  event_weights: {view: 1, like: 2}\n")
     cfg = config_lib.load(str(y), ["cnn.epochs=3"])
