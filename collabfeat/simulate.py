@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from array import array
 from typing import Dict
 
 import numpy as np
@@ -28,6 +29,8 @@ import numpy as np
 from collabfeat import images
 from collabfeat.config import SimulatorConfig
 
+EVENTS = ("view", "appreciate", "comment", "own", "like")     # "like" only in planted bad rows
+VIEW, APPRECIATE, COMMENT, OWN, LIKE = range(len(EVENTS))
 EVENT_PERIOD_S = 90 * 24 * 3600
 EPOCH = 1_700_000_000
 
@@ -85,58 +88,78 @@ def simulate(cfg: SimulatorConfig, out: str) -> Dict:
     mu = np.log(cfg.mean_views_per_user) - cfg.activity_sigma ** 2 / 2
     activity = np.clip(np.round(rng.lognormal(mu, cfg.activity_sigma, cfg.n_users)), 1, cfg.n_items // 2).astype(int)
 
-    rows = []
+    # Rows are kept as four compact columns (user, item, event, time), not Python tuples: 18M rows
+    # take about 300 MB. Negative items are planted unknown ids, user -1 is a planted empty user.
+    # Every random draw is the one `rng.choice(..., p=...)` would make (one uniform number,
+    # searched in the same normalised cumulative weights), so the data is the same as before.
+    users, items, events_, times_ = array("i"), array("i"), array("b"), array("q")
+
+    def add(user, item, event, t):
+        users.append(user)
+        items.append(item)
+        events_.append(event)
+        times_.append(t)
+
+    cdfs = []
+    for p in pop:
+        cdf = p.cumsum()
+        cdf /= cdf[-1]
+        cdfs.append(cdf)
+    rate_a, rate_c = cfg.appreciate_rate, cfg.comment_rate
     for u in range(cfg.n_users):
-        user = f"u{u:06d}"
         n = activity[u]
         times = np.sort(rng.integers(0, EVENT_PERIOD_S, n)) + EPOCH
         noisy = rng.random(n) < cfg.noise
         chosen_styles = rng.choice(n_styles, n, p=tastes[u])
         strength = tastes[u] / tastes[u].max()
-        for t, is_noise, s in zip(times, noisy, chosen_styles):
+        for t, is_noise, s in zip(times.tolist(), noisy.tolist(), chosen_styles.tolist()):
             if is_noise:
                 item = int(rng.integers(cfg.n_items))
                 affinity = 0.2
             else:
-                item = int(by_style[s][rng.choice(len(by_style[s]), p=pop[s])])
+                item = int(by_style[s][int(cdfs[s].searchsorted(rng.random(), side="right"))])
                 affinity = strength[s]
-            rows.append((user, item_ids[item], "view", int(t)))
-            if rng.random() < cfg.appreciate_rate * affinity:
-                rows.append((user, item_ids[item], "appreciate", int(t) + 5))
-            if rng.random() < cfg.comment_rate * affinity:
-                rows.append((user, item_ids[item], "comment", int(t) + 30))
+            add(u, item, VIEW, t)
+            if rng.random() < rate_a * affinity:
+                add(u, item, APPRECIATE, t + 5)
+            if rng.random() < rate_c * affinity:
+                add(u, item, COMMENT, t + 30)
     favourite = tastes.argmax(axis=1)
-    for j, item in enumerate(item_ids):
+    for j in range(len(item_ids)):
         fans = np.flatnonzero(favourite == styles[j])
         owner = int(rng.choice(fans)) if len(fans) else int(rng.integers(cfg.n_users))
-        rows.append((f"u{owner:06d}", item, "own", EPOCH))
+        add(owner, j, OWN, EPOCH)
 
     # Planted bad rows.
-    n_bad = int(round(cfg.bad_row_rate * len(rows)))
+    n_bad = int(round(cfg.bad_row_rate * len(users)))
     for k in range(n_bad):
-        user, item, event, t = rows[int(rng.integers(len(rows)))]
+        r = int(rng.integers(len(users)))
+        user, item, event, t = users[r], items[r], events_[r], times_[r]
         kind = k % 3
         if kind == 0:
-            rows.append((user, f"missing{k}", event, t))    # unknown item
+            add(user, -1 - k, event, t)      # unknown item: missing<k>
         elif kind == 1:
-            rows.append((user, item, "like", t))             # unknown event type
+            add(user, item, LIKE, t)          # unknown event type
         else:
-            rows.append(("", item, event, t))                # no user
-    order = rng.permutation(len(rows))
+            add(-1, item, event, t)           # no user
+    order = rng.permutation(len(users))
     with open(os.path.join(out, "logs", "logs.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["user_id", "item_id", "event", "timestamp"])
-        for i in order:
-            w.writerow(rows[i])
+        for i in order.tolist():
+            user, item = users[i], items[i]
+            w.writerow((f"u{user:06d}" if user >= 0 else "", item_ids[item] if item >= 0 else f"missing{-1 - item}",
+                        EVENTS[events_[i]], times_[i]))
 
-    events = {e: sum(1 for r in rows if r[2] == e) for e in ("view", "appreciate", "comment", "own")}
+    counts = np.bincount(np.frombuffer(events_, dtype=np.int8), minlength=len(EVENTS))
+    events = {e: int(counts[EVENTS.index(e)]) for e in ("view", "appreciate", "comment", "own")}
     sheet = {
         "source": "Fashion-MNIST (Zalando Research, MIT licence) from Debian's dataset-fashion-mnist; "
                   "behaviour simulated by collabfeat.simulate",
         "parameters": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
         "images": {"catalogue": int(cfg.n_items), "held_out": int(cfg.n_eval_images),
                    "resolution": "28x28 grey", "classes": list(images.FASHION_CLASSES)},
-        "rows": len(rows), "events": events, "planted_bad_rows": n_bad,
+        "rows": len(users), "events": events, "planted_bad_rows": n_bad,
         "planted_bad_images": [str(item_ids[b]) for b in bad],
         "density_views": events["view"] / (cfg.n_users * cfg.n_items),
         "density_appreciations": events["appreciate"] / (cfg.n_users * cfg.n_items),
