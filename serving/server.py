@@ -170,7 +170,6 @@ class Version:
         self.index = scann_index.load(os.path.join(self.path, EXTRA))
         self.item_ids = np.array([i.encode("utf-8") for i in self.index["item_ids"]], dtype=object)  # as answered
         self.row = {item: i for i, item in enumerate(self.index["item_ids"])}
-        self.row_of = {item: i for i, item in enumerate(self.item_ids)}    # a request's id bytes -> row
         with open(os.path.join(self.path, EXTRA, "config.json")) as f:
             self.run_cfg = json.load(f)      # the configuration of the run that pushed this version
         self.max_k = min(self.run_cfg["serving"]["max_k"], len(self.item_ids))
@@ -209,9 +208,9 @@ class Version:
         k = self.check_k(k)
         rows = []
         for item in ids:
-            row = self.row_of.get(item if isinstance(item, bytes) else str(item).encode("utf-8"))
+            text = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
+            row = self.row.get(text)
             if row is None:
-                text = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
                 raise RequestError(grpc.StatusCode.NOT_FOUND,
                                    f"item {text!r} is not in the catalogue of {self.name} version {self.number}")
             rows.append(row)
