@@ -1,6 +1,7 @@
 """The whole pipeline on a tiny configuration of the default data, and the pushed artefacts."""
 import json
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -25,12 +26,26 @@ def run(tmp_path_factory):
     cfg = config_lib.load(overrides=TINY + ["mf.bucket_pairs=4000", "cnn.epoch_images=300",
                                             f"runner.output_dir={out}", f"serving.push_dir={out}/models"])
     lines = []
+    temp = tempfile.gettempdir()
+    before = set(os.listdir(temp))
     report = supervise.run(cfg, "push", str(out / "pipeline.log"), echo=lines.append)
-    return cfg, report, lines
+    left = {name: _size(os.path.join(temp, name)) for name in set(os.listdir(temp)) - before}
+    return cfg, report, lines, left
+
+
+def _size(path):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files
+               if not os.path.islink(os.path.join(d, f)))
+
+
+def test_the_run_leaves_nothing_of_size_in_the_temp_dir(run):
+    # TFX used to build a 50 MB sdist of itself there for every Beam component and leave it.
+    *_, left = run
+    assert sum(left.values()) < 1_000_000, sorted(left.items(), key=lambda kv: -kv[1])[:5]
 
 
 def test_report_accounts_for_everything(run):
-    cfg, report, _ = run
+    cfg, report, *_ = run
     sheet = report["datasheet"]
     logs = report["logs"]
     assert logs["rows_total"] == sheet["rows"]            # every log row is used or has a reason
@@ -64,7 +79,7 @@ def test_report_accounts_for_everything(run):
 def test_console_names_each_component_as_it_starts_and_ends_in_order(run):
     """Not a terminal: one plain line as each component starts and ends, in the pipeline's order,
     with the seconds and key figures from the components' reports; no progress bars."""
-    cfg, report, lines = run
+    cfg, report, lines, _ = run
     assert all(line.startswith("[collabfeat] ") and "\r" not in line for line in lines)
     events = [tuple(line.split()[3:5]) for line in lines]
     order = ["ImageImport", "LogsExampleGen", "LogTransform", "Transform", "MFTrainer", "CNNTrainer",
@@ -90,7 +105,7 @@ def test_html_report_draws_every_chart_in_a_real_browser(run):
     """The run's report.html, opened from disk (no server, no network) in Debian's Chromium: every
     chart has drawn, nothing failed; a copy is in the pushed version for the explorer."""
     from playwright.sync_api import sync_playwright
-    cfg, report, _ = run
+    cfg, report, *_ = run
     path = report["html"]
     assert open(os.path.join(report["push"]["destination"], "assets.extra", "report.html")).read() == open(path).read()
     shots = os.path.join(os.path.dirname(os.path.abspath(__file__)), "screenshots")
@@ -120,7 +135,7 @@ def test_html_report_draws_every_chart_in_a_real_browser(run):
 
 
 def test_pushed_version_serves_consistent_answers(run):
-    cfg, report, _ = run
+    cfg, report, *_ = run
     push = report["push"]
     assert push["pushed"]
     path = push["destination"]
