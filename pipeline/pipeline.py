@@ -6,11 +6,11 @@ from typing import List, Optional
 
 from tfx import v1 as tfx
 from tfx.components.example_gen.component import FileBasedExampleGen
-from tfx.components.example_gen.custom_executors import parquet_executor
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 
 from collabfeat.config import Config
+from collabfeat.pipeline import examplegen
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 INTERACTIONS_SCHEMA = os.path.normpath(os.path.join(HERE, "..", "transform", "interactions_schema.pbtxt"))
@@ -33,17 +33,14 @@ def logs_example_gen(path: str, fmt: str = ""):
     base, pattern = (os.path.dirname(path), name) if is_file else (path, "*")
     kind = (fmt or (name.rsplit(".", 1)[-1] if is_file else "csv")).lower()
     input_config, output_config = _single_split(pattern)
-    if kind == "parquet":
-        return FileBasedExampleGen(
-            input_base=base, input_config=input_config, output_config=output_config,
-            custom_executor_spec=executor_spec.BeamExecutorSpec(parquet_executor.Executor))
-    if kind in ("tfrecord", "tfrecords", "gz"):
-        return tfx.components.ImportExampleGen(
-            input_base=base, input_config=input_config, output_config=output_config)
-    if kind != "csv":
+    executors = {"csv": examplegen.CsvExecutor, "parquet": examplegen.ParquetExecutor,
+                 "tfrecord": examplegen.ImportExecutor, "tfrecords": examplegen.ImportExecutor,
+                 "gz": examplegen.ImportExecutor}
+    if kind not in executors:
         raise ValueError(f"data.logs: cannot read {kind!r} logs ({path}); use CSV, Parquet or TFRecord")
-    return tfx.components.CsvExampleGen(
-        input_base=base, input_config=input_config, output_config=output_config)
+    return FileBasedExampleGen(
+        input_base=base, input_config=input_config, output_config=output_config,
+        custom_executor_spec=executor_spec.BeamExecutorSpec(executors[kind]))
 
 
 _DEPENDENCY_FLAGS = ("--extra_package", "--setup_file", "--requirements_file", "--sdk_container_image",
