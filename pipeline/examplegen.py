@@ -111,11 +111,14 @@ def _CsvToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any], spli
         if io_utils.load_csv_column_names(f) != columns:
             raise RuntimeError(f"Files in same split {pattern} have different header.")
 
+    # Each file is scanned once for ranges; both passes read the same (small) list of them.
+    ranges = (pipeline
+              | "Files" >> beam.Create(files)
+              | "Ranges" >> beam.FlatMap(_ranges)
+              | "Spread" >> beam.Reshuffle())
+
     def parsed(label):
-        return (pipeline
-                | f"Files[{label}]" >> beam.Create(files)
-                | f"Ranges[{label}]" >> beam.FlatMap(_ranges)
-                | f"Spread[{label}]" >> beam.Reshuffle()
+        return (ranges
                 | f"Read[{label}]" >> beam.FlatMap(_read_range)
                 | f"Parse[{label}]" >> beam.ParDo(csv_decoder.ParseCSVLine(delimiter=","))
                 | f"Rows[{label}]" >> beam.Keys())

@@ -14,9 +14,10 @@ from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
+from collabfeat import config as config_lib
 from collabfeat.pipeline import examplegen, pipeline
 
-ARGS = ["--direct_running_mode=in_memory", "--sdk_container_image=unused-by-the-local-direct-runner"]
+ARGS = pipeline.beam_args(config_lib.load(overrides=["runner.direct_running_mode=in_memory"]))
 # Quoted commas, a quoted line break, empty cells, a column that looks integral until a decimal
 # appears late, and one that is integral throughout: TFX types columns over all rows.
 TRICKY = "\n".join([
@@ -30,7 +31,7 @@ TRICKY = "\n".join([
 ]) + "\n"
 
 
-def run(executor_cls, input_base, out, pattern="*", make_pipeline=None):
+def run(executor_cls, input_base, out, pattern="*"):
     inp, outc = pipeline._single_split(pattern)
     examples = standard_artifacts.Examples()
     examples.uri = str(out)
@@ -38,7 +39,7 @@ def run(executor_cls, input_base, out, pattern="*", make_pipeline=None):
              "output_config": proto_utils.proto_to_json(outc),
              "output_data_format": example_gen_pb2.FORMAT_TF_EXAMPLE,
              "output_file_format": example_gen_pb2.FORMAT_TFRECORDS_GZIP}
-    ctx = BaseBeamExecutor.Context(beam_pipeline_args=ARGS, make_beam_pipeline_fn=make_pipeline)
+    ctx = BaseBeamExecutor.Context(beam_pipeline_args=ARGS)
     executor_cls(ctx).Do({}, {"examples": [examples]}, props)
     return examples
 
