@@ -16,9 +16,13 @@ These executors produce the same records, split and artifact properties, but
 """
 from __future__ import annotations
 
+import functools
+import logging
+import pickle
 from typing import Any, Dict, Iterator, Tuple
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from tfx.components.example_gen import utils, write_split
@@ -34,7 +38,11 @@ from tfx_bsl.coders import csv_decoder
 
 
 class _UnshuffledWrite:
-    """The base ExampleGen executor's Do, writing each split without the reshuffle."""
+    """The base ExampleGen executor's Do, writing each split without the reshuffle. An executor
+    whose input transform knows how many records it must write (`self.expected`: split -> count)
+    gets them counted in the files afterwards: a shortfall is run once more, then an error."""
+
+    ATTEMPTS = 2
 
     def Do(self, input_dict: Dict[str, list], output_dict: Dict[str, list],
            exec_properties: Dict[str, Any]) -> None:
@@ -46,12 +54,26 @@ class _UnshuffledWrite:
         outputs = output_dict[specs.EXAMPLES_KEY]
         artifact_utils.get_single_instance(outputs).split_names = artifact_utils.encode_split_names(
             utils.generate_output_split_names(input_config, output_config))
-        with self._make_beam_pipeline() as p:
-            for split, records in self.GenerateExamplesByBeam(p, exec_properties).items():
-                path = f"{artifact_utils.get_split_uri(outputs, split)}/{write_split.DEFAULT_FILE_NAME}"
-                _ = (records
-                     | f"Serialize[{split}]" >> beam.ParDo(write_split.MaybeSerialize())
-                     | f"Write[{split}]" >> beam.io.WriteToTFRecord(path, file_name_suffix=".gz"))
+        self.expected: Dict[str, int] = {}
+        for attempt in range(1, self.ATTEMPTS + 1):
+            with self._make_beam_pipeline() as p:
+                for split, records in self.GenerateExamplesByBeam(p, exec_properties).items():
+                    path = f"{artifact_utils.get_split_uri(outputs, split)}/{write_split.DEFAULT_FILE_NAME}"
+                    _ = (records
+                         | f"Serialize[{split}]" >> beam.ParDo(write_split.MaybeSerialize())
+                         | f"Write[{split}]" >> beam.io.WriteToTFRecord(path, file_name_suffix=".gz"))
+            short = {split: (n, _count(artifact_utils.get_split_uri(outputs, split)))
+                     for split, n in self.expected.items()}
+            short = {split: c for split, c in short.items() if c[0] != c[1]}
+            if not short:
+                break
+            what = "; ".join(f"split {split}: {n} rows read, {m} records written" for split, (n, m) in short.items())
+            if attempt == self.ATTEMPTS:
+                raise RuntimeError(f"LogsExampleGen: {what}. Beam's runner lost records, twice; "
+                                   "not going on with part of the logs")
+            logging.warning("LogsExampleGen: %s; Beam's runner lost records: writing again", what)
+            for split in short:
+                fileio.rmtree(artifact_utils.get_split_uri(outputs, split))
         payload = exec_properties.get(specs.OUTPUT_DATA_FORMAT_KEY)
         file_format = exec_properties.get(specs.OUTPUT_FILE_FORMAT_KEY)
         for artifact in outputs:
@@ -59,6 +81,14 @@ class _UnshuffledWrite:
                 examples_utils.set_payload_format(artifact, payload)
             if file_format:
                 examples_utils.set_file_format(artifact, write_split.to_file_format_str(file_format))
+
+
+def _count(split_uri: str) -> int:
+    """The records in a split's gzipped TFRecord files."""
+    import tensorflow as tf
+    files = fileio.glob(f"{split_uri}/*.gz")
+    return int(tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=2)
+               .reduce(np.int64(0), lambda n, _: n + 1).numpy()) if files else 0
 
 
 RANGE_BYTES = 16 << 20
@@ -99,8 +129,28 @@ def _read_range(r: Tuple[str, int, int]) -> Iterator[str]:
             yield line.decode("utf-8")
 
 
+def _column_types(options, ranges, columns, out: str) -> None:
+    """The first pass, a Beam pipeline of its own: the column types as TFX's CsvExampleGen infers
+    them (over all rows), and the number of rows, pickled to `out`. (Given to the conversion as a
+    value, not as a side input over the parsed rows.)"""
+    with beam.Pipeline(options=options) as p:
+        rows = (p | "Ranges" >> beam.Create(ranges) | "Spread" >> beam.Reshuffle()
+                | "Read" >> beam.FlatMap(_read_range)
+                | "Parse" >> beam.ParDo(csv_decoder.ParseCSVLine(delimiter=",")) | "Rows" >> beam.Keys())
+        types = rows | "InferColumnTypes" >> beam.CombineGlobally(
+            csv_decoder.ColumnTypeInferrer(columns, skip_blank_lines=True))
+        count = rows | "NotBlank" >> beam.Filter(bool) | "Count" >> beam.combiners.Count.Globally()
+        _ = (types | "Save" >> beam.Map(_save, beam.pvalue.AsSingleton(count), out))
+
+
+def _save(types, count, path):
+    with fileio.open(path, "wb") as f:
+        pickle.dump((types, count), f)
+
+
 @beam.ptransform_fn
-def _CsvToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any], split_pattern: str):
+def _CsvToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any], split_pattern: str,
+                  executor: "CsvExecutor"):
     """CSV files -> tf.Examples, typed as TFX's CsvExampleGen types them (over all rows)."""
     pattern = f"{exec_properties[specs.INPUT_BASE_KEY]}/{split_pattern}"
     files = fileio.glob(pattern)
@@ -110,28 +160,43 @@ def _CsvToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any], spli
     for f in files[1:]:
         if io_utils.load_csv_column_names(f) != columns:
             raise RuntimeError(f"Files in same split {pattern} have different header.")
-
-    # Each file is scanned once for ranges; both passes read the same (small) list of them.
-    ranges = (pipeline
-              | "Files" >> beam.Create(files)
-              | "Ranges" >> beam.FlatMap(_ranges)
-              | "Spread" >> beam.Reshuffle())
-
-    def parsed(label):
-        return (ranges
-                | f"Read[{label}]" >> beam.FlatMap(_read_range)
-                | f"Parse[{label}]" >> beam.ParDo(csv_decoder.ParseCSVLine(delimiter=","))
-                | f"Rows[{label}]" >> beam.Keys())
-
-    types = beam.pvalue.AsSingleton(
-        parsed("types") | "InferColumnTypes" >> beam.CombineGlobally(
-            csv_decoder.ColumnTypeInferrer(columns, skip_blank_lines=True)))
-    return parsed("rows") | "ToTFExample" >> beam.ParDo(csv_executor._ParsedCsvToTfExample(), types)
+    ranges = [r for f in files for r in _ranges(f)]       # each file scanned for quotes once
+    if executor.types is None:
+        scratch = f"{executor.scratch}/column_types.pickle"
+        _column_types(pipeline.pipeline.options, ranges, columns, scratch)
+        with fileio.open(scratch, "rb") as f:
+            executor.types, executor.rows = pickle.load(f)
+        fileio.remove(scratch)
+    return (pipeline
+            | "Ranges" >> beam.Create(ranges)
+            | "Spread" >> beam.Reshuffle()
+            | "Read" >> beam.FlatMap(_read_range)
+            | "Parse" >> beam.ParDo(csv_decoder.ParseCSVLine(delimiter=","))
+            | "Rows" >> beam.Keys()
+            | "ToTFExample" >> beam.ParDo(csv_executor._ParsedCsvToTfExample(), executor.types))
 
 
 class CsvExecutor(_UnshuffledWrite, csv_executor.Executor):
+    """Two passes, each a streaming Beam pipeline: the column types and row count, then the
+    conversion; the records written are counted against the rows read."""
+
+    def Do(self, input_dict, output_dict, exec_properties) -> None:
+        out = artifact_utils.get_single_instance(output_dict[specs.EXAMPLES_KEY]).uri
+        self.types, self.rows, self.scratch = None, 0, f"{out}/.scratch"
+        fileio.makedirs(self.scratch)
+        try:
+            super().Do(input_dict, output_dict, exec_properties)
+        finally:
+            fileio.rmtree(self.scratch)
+
+    def GenerateExamplesByBeam(self, pipeline, exec_properties):
+        splits = super().GenerateExamplesByBeam(pipeline, exec_properties)
+        if len(splits) == 1:      # one output split: every row goes to it
+            self.expected = {split: self.rows for split in splits}
+        return splits
+
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
-        return _CsvToExample
+        return functools.partial(_CsvToExample, executor=self)
 
 
 class ParquetExecutor(_UnshuffledWrite, parquet_executor.Executor):

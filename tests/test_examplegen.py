@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import apache_beam as beam
 import pytest
 import tensorflow as tf
 from tfx.components.example_gen.csv_example_gen import executor as tfx_csv
@@ -100,6 +101,37 @@ def test_a_bad_csv_names_the_file(tmp_path):
     (logs / "b.csv").write_text("user,item\nu1,i1\n")
     with pytest.raises(RuntimeError, match="different header"):
         run(examplegen.CsvExecutor, logs, tmp_path / "out2")
+
+
+class _Lossy(beam.DoFn):
+    """Serialises as TFX's MaybeSerialize does, but loses user u1's record in the first `losses`
+    runs (a file in `flags` marks each): a runner that loses records."""
+
+    def __init__(self, flags, losses):
+        self.flags, self.losses = flags, losses
+
+    def process(self, example):
+        import os
+        if example.features.feature["user_id"].bytes_list.value == [b"u1"] and len(os.listdir(self.flags)) < self.losses:
+            open(os.path.join(self.flags, str(len(os.listdir(self.flags)))), "w").close()
+            return
+        yield example.SerializeToString()
+
+
+@pytest.mark.parametrize("losses", [1, 2])
+def test_records_the_runner_loses_are_written_again_once_then_refused(tmp_path, monkeypatch, losses):
+    logs, flags = tmp_path / "logs", tmp_path / "flags"
+    logs.mkdir()
+    flags.mkdir()
+    (logs / "a.csv").write_text("user_id,item_id\n" + "".join(f"u{i},i{i}\n" for i in range(1, 31)))
+    monkeypatch.setattr(examplegen.write_split, "MaybeSerialize", lambda: _Lossy(str(flags), losses))
+    if losses == 1:
+        written = records(run(examplegen.CsvExecutor, logs, tmp_path / "out"))
+        assert sum(written.values()) == 30 and len(list(flags.iterdir())) == 1
+    else:
+        with pytest.raises(RuntimeError, match="split all: 30 rows read, 29 records written. Beam's runner "
+                                               "lost records, twice"):
+            run(examplegen.CsvExecutor, logs, tmp_path / "out")
 
 
 PEAK = """
