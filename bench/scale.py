@@ -48,7 +48,7 @@ def input_size(component: str, report: Dict) -> int:
 
 def measure(multiple: int, until: str, work_root: str) -> Dict:
     from collabfeat.pipeline.run import prepare_data
-    from collabfeat.pipeline.supervise import PipelineFailed, run
+    from collabfeat.pipeline.supervise import PipelineFailed, PipelineStopped, run
 
     work = os.path.join(work_root, f"{until}-x{multiple}")
     shutil.rmtree(os.path.join(work, "collabfeat"), ignore_errors=True)   # the run, not the data
@@ -61,6 +61,8 @@ def measure(multiple: int, until: str, work_root: str) -> Dict:
     try:
         report = run(cfg, until, os.path.join(work, "pipeline.log"), echo=lambda line: print(line, flush=True),
                      bars=sys.stdout.isatty())
+    except PipelineStopped:
+        raise                  # the user stopped the benchmark: no further sizes
     except PipelineFailed as e:
         report, failed = e.report, str(e)
     rows = []

@@ -16,14 +16,22 @@ def _config_args(p):
                    help="override one setting, e.g. --set cnn.epochs=3 (repeatable)")
 
 
+def _run_args(p):
+    p.add_argument("--no-cache", action="store_true",
+                   help="run every component, even those whose inputs, settings and code are unchanged "
+                        "(runner.cache=false)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="collabfeat", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="run the whole pipeline on the embedded default data and print the report")
     _config_args(p)
+    _run_args(p)
     p = sub.add_parser("run", help="run the pipeline on your own data")
     _config_args(p)
+    _run_args(p)
     p.add_argument("--logs", help="behaviour log file or directory (CSV, Parquet or TFRecord)")
     p.add_argument("--items", help="item table CSV: item_id,image[,label]")
     p.add_argument("--image-dir", help="directory that relative image paths are resolved against")
@@ -74,8 +82,10 @@ def main(argv=None):
         sheet = simulate(cfg.simulator, args.out)
         print(json.dumps({k: v for k, v in sheet.items() if k != "parameters"}, indent=1))
     elif args.command in ("demo", "run"):
+        if args.no_cache:
+            cfg.runner.cache = False
         from collabfeat.pipeline.run import format_report
-        from collabfeat.pipeline.supervise import PipelineFailed, run as run_supervised
+        from collabfeat.pipeline.supervise import PipelineFailed, PipelineStopped, run as run_supervised
         if args.command == "run":
             overrides = {"logs": args.logs, "items": args.items, "image_dir": args.image_dir,
                          "eval_items": args.eval_items}
@@ -97,7 +107,8 @@ def main(argv=None):
             print(format_report(e.report))
             if e.report.get("html"):
                 print(f"[collabfeat] the report with charts: file://{e.report['html']}")
-            parser.exit(1, f"collabfeat: {e}\n")
+            # stopped by a signal: the shell's convention, 128 + the signal's number
+            parser.exit(128 + e.signum if isinstance(e, PipelineStopped) else 1, f"collabfeat: {e}\n")
         print(format_report(report))
         if report.get("html"):
             print(f"[collabfeat] the report with charts: file://{report['html']}", flush=True)

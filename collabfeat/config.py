@@ -1,15 +1,17 @@
 """All configuration in one place: typed dataclasses with defaults.
 
 Override from a YAML file (`--config FILE`) and/or dotted CLI settings
-(`--set mf.dim=64 --set cnn.epochs=3`). Every pipeline component receives the
-whole config as JSON, so a run is fully described by one document (written to
-the run directory as config.json).
+(`--set mf.dim=64 --set cnn.epochs=3`). A run is fully described by one document
+(written to the run directory as config.json). Each pipeline component receives only
+the settings it uses (USES), so that TFX's cache re-runs it when one of those changes,
+and not when another component's does.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import typing
+from types import SimpleNamespace
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -158,6 +160,7 @@ class RunnerConfig:
     output_dir: str = "runs"       # pipeline root, metadata and the generated default data
     direct_num_workers: int = 2
     direct_running_mode: str = "multi_processing"
+    cache: bool = True             # reuse a component's earlier outputs when its inputs, settings and code are unchanged
     beam_args: List[str] = field(default_factory=list)   # extra Beam args (e.g. a cluster runner)
     # Kubeflow (kubeflow/runner.py): the pipeline image, where the repository sits in it, and the
     # pipeline root every component reads and writes (a bucket or a shared volume).
@@ -196,7 +199,7 @@ class Config:
         if self.cnn.mode not in ("regression", "pseudo_class"):
             problems.append(f"cnn.mode must be 'regression' or 'pseudo_class', not {self.cnn.mode!r}")
         if self.cnn.regression_loss not in ("cosine", "l2"):
-            problems.append(f"cnn.regression_loss must be 'cosine' or 'l2'")
+            problems.append(f"cnn.regression_loss must be 'cosine' or 'l2', not {self.cnn.regression_loss!r}")
         for name, w in self.transform.event_weights.items():
             if w < 0:
                 problems.append(f"transform.event_weights.{name} is negative ({w})")
@@ -267,6 +270,68 @@ def _fill(obj: Any, values: Dict[str, Any], where: str) -> Any:
 
 def from_dict(values: Dict[str, Any]) -> Config:
     return _fill(Config(), values or {}, "")
+
+
+# The settings each of collabfeat's pipeline components uses: a whole section ("mf") or one setting
+# ("cnn.image_size"). They are the component's parameters, so TFX's cache re-runs a component when
+# one of them changes (or an input, or the code), and only then.
+USES = {
+    "ImageImport": ("data.items", "data.eval_items", "data.image_dir", "cnn.image_size"),
+    "LogTransform": ("data.user_column", "data.item_column", "data.event_column", "transform"),
+    "MFTrainer": ("mf",),
+    "CNNTrainer": ("cnn",),
+    "Evaluator": ("cnn", "eval"),
+    "Indexer": ("cnn.image_size", "cnn.mode", "index"),
+    # what the pushed version records of its run: the explorer reads the item tables and the CNN's input
+    "Pusher": ("serving.push_dir", "serving.model_name", "serving.max_k", "cnn.image_size", "cnn.mode",
+               "data.items", "data.image_dir", "data.eval_items"),
+}
+
+
+def settings_for(cfg: Config, component: str) -> str:
+    """The settings `component` uses (USES), as JSON: {section: {setting: value}}."""
+    full, out = dataclasses.asdict(cfg), {}
+    for path in USES[component]:
+        section, _, name = path.partition(".")
+        if name:
+            out.setdefault(section, {})[name] = full[section][name]
+        else:
+            out[section] = full[section]
+    return json.dumps(out, sort_keys=True)
+
+
+class Settings(SimpleNamespace):
+    """Some of a run's settings; asking for one that is not there names it."""
+
+    def __getattr__(self, name):
+        where = self.__dict__.get("_where", "")
+        raise AttributeError(f"setting {where}{name} was not given to this component: add it to "
+                             "its entry in collabfeat/config.py USES")
+
+
+def settings(text: str) -> Settings:
+    """A component's settings (settings_for's JSON), read as cfg.section.setting: a whole section is
+    its dataclass; a setting the component was not given raises AttributeError, never a default."""
+    hints = typing.get_type_hints(Config)
+    out = Settings()
+    for section, values in json.loads(text).items():
+        whole = _fill(hints[section](), values, section)
+        names = {f.name for f in dataclasses.fields(whole)}
+        setattr(out, section, whole if names <= set(values) else Settings(
+            _where=f"{section}.", **{name: getattr(whole, name) for name in values}))
+    return out
+
+
+def as_json(cfg) -> str:
+    """A Config, or a component's settings (`settings`), as JSON."""
+    if dataclasses.is_dataclass(cfg):
+        return cfg.to_json()
+
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return dataclasses.asdict(v)
+        return {k: plain(x) for k, x in vars(v).items() if not k.startswith("_")} if isinstance(v, Settings) else v
+    return json.dumps(plain(cfg), sort_keys=True)
 
 
 def load(path: Optional[str] = None, overrides: Optional[List[str]] = None) -> Config:

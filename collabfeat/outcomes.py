@@ -36,5 +36,5 @@ class WriteOutcomes(beam.PTransform):
 
 
 def read(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
+    from collabfeat import storage
+    return storage.read_json(path)

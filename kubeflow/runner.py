@@ -35,7 +35,7 @@ def compile_pipeline(cfg: Config, output: str) -> str:
     cfg = cluster_config(cfg)
     schema = os.path.join(cfg.runner.container_repo_dir, "transform", "interactions_schema.pbtxt")
     pipeline = create_pipeline(cfg, cfg.data.logs, cfg.runner.kubeflow_pipeline_root, metadata_path=None,
-                               schema_file=schema)
+                               schema_file=schema, fingerprint_inputs=False)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=cfg.runner.container_image),
         output_dir=os.path.dirname(os.path.abspath(output)), output_filename=os.path.basename(output))

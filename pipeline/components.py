@@ -1,7 +1,8 @@
 """Thin TFX component wrappers around the pure-Python core.
 
-Each component takes the whole run configuration as JSON (`config_json`) and writes a
-`report.json` beside its outputs; pipeline/run.py (collect, format_report) gathers those into the run report.
+Each component takes the settings it uses as JSON (`settings_json`, collabfeat/config.py USES) and the
+code's fingerprint (`code`): with its inputs, TFX's cache key. Each writes a `report.json` beside its
+outputs; pipeline/run.py (collect, format_report) gathers those into the run report.
 """
 
 import json
@@ -11,8 +12,8 @@ import apache_beam as beam
 from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
-from collabfeat import examples, outcomes, progress
-from collabfeat.config import Config
+from collabfeat import config as config_lib
+from collabfeat import examples, outcomes, progress, storage
 
 Examples = tfx.types.standard_artifacts.Examples
 Model = tfx.types.standard_artifacts.Model
@@ -27,20 +28,30 @@ BeamPipeline = tfx.dsl.components.BeamComponentParameter[beam.Pipeline]
 
 
 def write_report(uri: str, report: dict) -> None:
-    with open(os.path.join(uri, "report.json"), "w") as f:
-        json.dump(report, f, indent=1, sort_keys=True)
+    storage.write_json(os.path.join(uri, "report.json"), report, indent=1, sort_keys=True)
+
+
+def record_figures(artifact, **figures) -> None:
+    """Key figures as the artifact's custom properties in MLMD, beside report.json."""
+    for name, value in figures.items():
+        if isinstance(value, (bool, int)):
+            artifact.set_int_custom_property(name, int(value))
+        elif isinstance(value, float):
+            artifact.set_float_custom_property(name, value)
+        else:
+            artifact.set_string_custom_property(name, str(value))
 
 
 @tfx.dsl.components.component(use_beam=True)
 def LogTransform(logs: InputArtifact[Examples],
                  interactions: OutputArtifact[Examples],
-                 config_json: Parameter[str],
+                 settings_json: Parameter[str], code: Parameter[str],
                  catalogue: InputArtifact[Examples] = None,
                  beam_pipeline: BeamPipeline = None) -> None:
     """Behaviour logs -> weighted, filtered, split (user, item) pairs (transform/aggregate.py)."""
     from collabfeat.transform.aggregate import AggregateLogs
 
-    cfg = Config.from_json(config_json)
+    cfg = config_lib.settings(settings_json)
     cols = cfg.data
     [split] = artifact_utils.decode_split_names(logs.split_names)
     outcomes_path = os.path.join(interactions.uri, "outcomes.json")
@@ -73,15 +84,17 @@ def LogTransform(logs: InputArtifact[Examples],
     write_report(interactions.uri, {
         "rows": rows["counts"], "rows_total": sum(rows["counts"].values()),
         "rejected_examples": rows["examples"], **summary})
+    record_figures(interactions, rows_total=sum(rows["counts"].values()), rows_used=rows["counts"].get("used", 0))
 
 
 @tfx.dsl.components.component(use_beam=True)
-def ImageImport(images: OutputArtifact[Examples], config_json: Parameter[str],
-                beam_pipeline: BeamPipeline = None) -> None:
-    """Item tables + image files -> Examples with splits "catalogue" and (optionally) "heldout"."""
+def ImageImport(images: OutputArtifact[Examples], settings_json: Parameter[str], code: Parameter[str],
+                inputs: Parameter[str], beam_pipeline: BeamPipeline = None) -> None:
+    """Item tables + image files -> Examples with splits "catalogue" and (optionally) "heldout".
+    `inputs`: the files' fingerprint (pipeline.inputs_fingerprint), so that changed files are read again."""
     from collabfeat.catalogue import ImportItems
 
-    cfg = Config.from_json(config_json)
+    cfg = config_lib.settings(settings_json)
     d = cfg.data
     tables = {"catalogue": d.items}
     if d.eval_items:
@@ -99,7 +112,7 @@ def ImageImport(images: OutputArtifact[Examples], config_json: Parameter[str],
 
 @tfx.dsl.components.component
 def MFTrainer(transformed: InputArtifact[Examples], transform_graph: InputArtifact[TransformGraph],
-              model: OutputArtifact[Model], config_json: Parameter[str],
+              model: OutputArtifact[Model], settings_json: Parameter[str], code: Parameter[str],
               catalogue: InputArtifact[Examples] = None) -> None:
     """Weighted pairs -> user and item latent factors with TFRS (trainer/mf.py). Weighted ALS (the
     default solver) holds up to mf.bucket_pairs train pairs in memory (24 bytes each); more go to
@@ -113,7 +126,7 @@ def MFTrainer(transformed: InputArtifact[Examples], transform_graph: InputArtifa
     from collabfeat.catalogue import read_labels
     from collabfeat.trainer import mf
 
-    cfg = Config.from_json(config_json)
+    cfg = config_lib.settings(settings_json)
     graph = tft.TFTransformOutput(transform_graph.uri)
     user_ids = [u.decode() for u in graph.vocabulary_by_name("user_id")]
     item_ids = [i.decode() for i in graph.vocabulary_by_name("item_id")]
@@ -181,13 +194,16 @@ def MFTrainer(transformed: InputArtifact[Examples], transform_graph: InputArtifa
             report["style_agreement_chance"] = float(((np.bincount(lab) / len(lab)) ** 2).sum())
     mf.save(factors, user_ids, item_ids, os.path.join(model.uri, "factors.npz"))
     write_report(model.uri, report)
+    record_figures(model, users=n_users, items=n_items, train_pairs=totals["train"],
+                   **{f"recall@{k}": float(report[f"recall@{k}"]),
+                      f"recall@{k}_popularity": float(report[f"recall@{k}_popularity"])})
 
 
 class _TrainingSet:
     """The catalogue images that have an item factor, streamed from the images artifact and joined
     with their item's factor by a lookup table: memory holds the factor table, not images."""
 
-    def __init__(self, images_uri: str, factors_path: str, cfg: Config):
+    def __init__(self, images_uri: str, factors_path: str, cfg):
         import numpy as np
         import tensorflow as tf
         from collabfeat.catalogue import read_labels
@@ -255,24 +271,30 @@ def _train_collaborative(mode, data: _TrainingSet, cfg, task: str = "CNN"):
 
 @tfx.dsl.components.component
 def CNNTrainer(images: InputArtifact[Examples], mf_model: InputArtifact[Model],
-               model: OutputArtifact[Model], config_json: Parameter[str]) -> None:
+               model: OutputArtifact[Model], settings_json: Parameter[str], code: Parameter[str]) -> None:
     """Images -> the Keras CNN trained onto the items' latent factors (trainer/cnn.py)."""
-    cfg = Config.from_json(config_json)
+    cfg = config_lib.settings(settings_json)
     data = _TrainingSet(images.uri, os.path.join(mf_model.uri, "factors.npz"), cfg)
     net, losses = _train_collaborative(cfg.cnn.mode, data, cfg)
-    net.save(os.path.join(model.uri, "backbone.h5"))
+    save_backbone(net, model.uri)
     write_report(model.uri, {"mode": cfg.cnn.mode, "losses": losses, **data.counts})
+
+
+def save_backbone(net, uri: str) -> None:
+    with storage.local_dir(uri) as d:     # Keras writes HDF5 to local files only
+        net.save(os.path.join(d, "backbone.h5"))
 
 
 def load_backbone(model_uri: str):
     import tensorflow as tf
-    return tf.keras.models.load_model(os.path.join(model_uri, "backbone.h5"), compile=False)
+    with storage.local_copy(os.path.join(model_uri, "backbone.h5")) as path:
+        return tf.keras.models.load_model(path, compile=False)
 
 
 @tfx.dsl.components.component
 def Evaluator(images: InputArtifact[Examples], mf_model: InputArtifact[Model], model: InputArtifact[Model],
               evaluation: OutputArtifact[ModelEvaluation], blessing: OutputArtifact[ModelBlessing],
-              config_json: Parameter[str]) -> None:
+              settings_json: Parameter[str], code: Parameter[str]) -> None:
     """Retrieval precision@k and mAP on held-out labelled images: the served collaborative features
     against the other variant and the baselines. Blessed only if it beats random-init and pixels."""
     import numpy as np
@@ -280,7 +302,7 @@ def Evaluator(images: InputArtifact[Examples], mf_model: InputArtifact[Model], m
     from collabfeat.trainer import cnn
     from collabfeat.trainer.evaluate import bless, retrieval_metrics
 
-    cfg = Config.from_json(config_json)
+    cfg = config_lib.settings(settings_json)
     split = "heldout" if "heldout" in artifact_utils.decode_split_names(images.split_names) else "catalogue"
     test_labels = np.array(list(read_labels(images.uri, split).values()))
     labelled = test_labels >= 0
@@ -318,8 +340,7 @@ def Evaluator(images: InputArtifact[Examples], mf_model: InputArtifact[Model], m
             continue
         table[name] = metrics(cnn.embed(net, test_images))
         # Kept for the explorer's feature-set switch (Indexer -> the pushed version).
-        os.makedirs(os.path.join(evaluation.uri, "features", name), exist_ok=True)
-        net.save(os.path.join(evaluation.uri, "features", name, "backbone.h5"))
+        save_backbone(net, os.path.join(evaluation.uri, "features", name))
     n_test = len(test_labels)
     key = f"precision@{min(cfg.eval.k, n_test - 1)}"
     blessed, beats = bless(table, served, key, cfg.eval.bless_margin)
@@ -327,11 +348,14 @@ def Evaluator(images: InputArtifact[Examples], mf_model: InputArtifact[Model], m
     write_report(evaluation.uri, {"split": split, "images": n_test, "served": served,
                                   "queries": min(n_test, queries or n_test), "queries_bound": queries,
                                   "metric": key, "table": table, "margins": beats, "chance": chance})
+    record_figures(evaluation, metric=key, served=served, images=n_test,
+                   **{f"{name}_{m}": float(v) for name, t in table.items() for m, v in t.items()
+                      if m in (key, "mAP")})
     blessing.set_int_custom_property("blessed", int(blessed))
     if not blessed:
         progress.warn(f"Evaluator: not blessed, so not pushed: {served}'s {key} margins {beats} are below "
                       f"eval.bless_margin {cfg.eval.bless_margin}")
-    open(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w").close()
+    storage.open(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w").close()
     write_report(blessing.uri, {"blessed": blessed, "margins": beats, "required": cfg.eval.bless_margin})
 
 
@@ -342,7 +366,7 @@ class ScannIndex(tfx.dsl.Artifact):
 
 @tfx.dsl.components.component
 def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
-            index: OutputArtifact[ScannIndex], config_json: Parameter[str],
+            index: OutputArtifact[ScannIndex], settings_json: Parameter[str], code: Parameter[str],
             evaluation: InputArtifact[ModelEvaluation] = None) -> None:
     """Embeds the whole catalogue and builds a ScaNN index; reports recall@k against exact search.
     Also writes a 2-D map of the catalogue and, for the explorer, the catalogue's embeddings under
@@ -354,7 +378,7 @@ def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
     from collabfeat.serving import index as scann_index
     from collabfeat.trainer import cnn
 
-    cfg = Config.from_json(config_json)
+    cfg = config_lib.settings(settings_json)
     ids = list(read_labels(images.uri, "catalogue"))
     pixels = image_dataset(images.uri, "catalogue", cfg.cnn.image_size).map(lambda i, x, l: x)
     emb = cnn.embed(load_backbone(model.uri), pixels, task="embedding the catalogue", size=len(ids))
@@ -376,7 +400,7 @@ def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
     scann_index.write_map(emb, index.uri, sample=cfg.index.map_sample)
     sets = [cfg.cnn.mode]
     if evaluation is not None:
-        for name in sorted(os.listdir(os.path.join(evaluation.uri, "features"))):
+        for name in sorted(storage.listdir(os.path.join(evaluation.uri, "features"))):
             path = os.path.join(evaluation.uri, "features", name, "backbone.h5")
             scann_index.write_feature_set(index.uri, name, cnn.embed(
                 load_backbone(os.path.dirname(path)), pixels, task=f"embedding the catalogue: {name}", size=len(ids)), path)
@@ -387,6 +411,7 @@ def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
                              "recall_queries": len(queries), "map_sample": min(len(ids), cfg.index.map_sample),
                              "build_seconds": built, "required_recall": cfg.index.min_recall,
                              "tuning_queries": len(tuning), "settings": settings, "feature_sets": sets})
+    record_figures(index, items=len(ids), kind=settings["kind"], **{f"recall@{k}": float(recall)})
     if recall < cfg.index.min_recall:
         raise RuntimeError(f"ScaNN recall@{k} {recall:.3f} is below index.min_recall {cfg.index.min_recall}: "
                            "with " + json.dumps({key: v for key, v in settings.items() if "tried" not in key}))
@@ -394,12 +419,12 @@ def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
 
 @tfx.dsl.components.component
 def Pusher(model: InputArtifact[Model], index: InputArtifact[ScannIndex], blessing: InputArtifact[ModelBlessing],
-           pushed_model: OutputArtifact[PushedModel], config_json: Parameter[str]) -> None:
+           pushed_model: OutputArtifact[PushedModel], settings_json: Parameter[str], code: Parameter[str]) -> None:
     """A blessed model -> <push_dir>/<name>/<version>/: the serving SavedModel, and in
     assets.extra/ the ScaNN index and item-id table of the same version (serving/push.py)."""
     from collabfeat.serving import push
 
-    cfg = Config.from_json(config_json)
+    cfg = config_lib.settings(settings_json)
     if not blessing.get_int_custom_property("blessed"):
         pushed_model.set_int_custom_property("pushed", 0)
         write_report(pushed_model.uri, {"pushed": False, "why": "the model was not blessed"})

@@ -1,22 +1,42 @@
 """The collabfeat TFX pipeline: one definition for the local DirectRunner and Kubeflow."""
 from __future__ import annotations
 
+import hashlib
+import importlib
 import os
-from typing import List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 from tfx import v1 as tfx
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
+from google.protobuf import any_pb2, wrappers_pb2
 
-from collabfeat.config import Config
+from collabfeat.config import Config, settings_for
 from collabfeat.pipeline import examplegen
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 INTERACTIONS_SCHEMA = os.path.normpath(os.path.join(HERE, "..", "transform", "interactions_schema.pbtxt"))
 PREPROCESSING_FN = "collabfeat.transform.preprocessing.preprocessing_fn"
-# The order of the pipeline's stages; `until` stops after one of them.
-STAGES = ("validate", "transform", "mf", "cnn", "evaluate", "push")
+# The pipeline's stages, in order, and the nodes each ends with; a run `until` one of them is a TFX
+# partial run to the nodes of that stage and of the stages before it.
+UNTIL = {"validate": ("ExampleValidator", "ImageImport"), "transform": ("Transform",), "mf": ("MFTrainer",),
+         "cnn": ("CNNTrainer",), "evaluate": ("Evaluator",), "push": None}
+STAGES = tuple(UNTIL)
+
+
+def run_options(until: str = "push", with_catalogue: bool = True):
+    """TFX's partial run that stops after stage `until` (None: the whole pipeline). Only the
+    nodes upstream of the stage's (and earlier stages') last nodes run; the others are skipped."""
+    if until not in UNTIL:
+        raise ValueError(f"until must be one of {STAGES}, not {until!r}")
+    if not with_catalogue and until in ("cnn", "evaluate"):
+        raise ValueError("the CNN stages need the image catalogue (with_catalogue=True)")
+    if UNTIL[until] is None:
+        return None
+    from tfx.orchestration.pipeline import RunOptions
+    nodes = [n for stage in STAGES[:STAGES.index(until) + 1] for n in UNTIL[stage]]
+    return RunOptions(to_nodes=[n for n in nodes if with_catalogue or n != "ImageImport"])
 
 
 def _single_split(pattern: str) -> tuple:
@@ -25,7 +45,63 @@ def _single_split(pattern: str) -> tuple:
                 splits=[example_gen_pb2.SplitConfig.Split(name="all", hash_buckets=1)])))
 
 
-def logs_example_gen(path: str, fmt: str = ""):
+def code_fingerprint() -> str:
+    """A hash of collabfeat's code: its Python files and the interactions schema. Every component
+    that runs collabfeat's code has it as a parameter, so that changed code is never answered from
+    TFX's cache (which keys on parameters and inputs, not on the code behind them)."""
+    h, seen = hashlib.sha256(), set()
+    for package in ("collabfeat", "collabfeat.pipeline", "collabfeat.trainer", "collabfeat.transform",
+                    "collabfeat.serving"):
+        for top in importlib.import_module(package).__path__:
+            for d, dirs, files in os.walk(top):
+                dirs[:] = sorted(x for x in dirs if x not in ("__pycache__", "models", "static"))
+                for f in sorted(files):
+                    path = os.path.realpath(os.path.join(d, f))
+                    if f.endswith((".py", ".pbtxt")) and path not in seen:
+                        seen.add(path)
+                        h.update(f"{package}/{os.path.relpath(path, top)}\0".encode())
+                        with open(path, "rb") as fh:
+                            h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def _files(path: str) -> Iterator[Tuple[str, int, int]]:
+    """(name, size, modification time in ns) of a file, or of every file under a directory; local or a URI."""
+    if "://" not in path:
+        if os.path.isfile(path):
+            st = os.stat(path)
+            yield path, st.st_size, st.st_mtime_ns
+        for d, dirs, files in os.walk(path):
+            dirs.sort()
+            for f in sorted(files):
+                st = os.stat(os.path.join(d, f))
+                yield os.path.join(d, f), st.st_size, st.st_mtime_ns
+        return
+    from tfx.dsl.io import fileio
+    if not fileio.exists(path):
+        return
+    if not fileio.isdir(path):
+        st = fileio.stat(path)
+        yield path, st.length, st.mtime_nsec
+        return
+    for d, _, files in fileio.walk(path):
+        for f in sorted(files):
+            st = fileio.stat(os.path.join(d, f))
+            yield os.path.join(d, f), st.length, st.mtime_nsec
+
+
+def inputs_fingerprint(*paths: str) -> str:
+    """A hash of the names, sizes and modification times of the files at `paths`: ImageImport's
+    parameter, so that a changed item table or image file is read again rather than answered from
+    the cache (TFX's ExampleGen does the same for the logs)."""
+    h = hashlib.sha256()
+    for path in paths:
+        for name, size, mtime in _files(path) if path else ():
+            h.update(f"{name}\0{size}\0{mtime}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def logs_example_gen(path: str, fmt: str = "", code: str = ""):
     """An ExampleGen for a log file, or a directory of them (format: data.logs_format, or the
     file's extension: .csv, .parquet, .tfrecord/.gz). Paths may be URIs (gs://...)."""
     name = os.path.basename(path.rstrip("/"))
@@ -38,8 +114,11 @@ def logs_example_gen(path: str, fmt: str = ""):
                  "gz": examplegen.ImportExecutor}
     if kind not in executors:
         raise ValueError(f"data.logs: cannot read {kind!r} logs ({path}); use CSV, Parquet or TFRecord")
+    code_config = any_pb2.Any()
+    code_config.Pack(wrappers_pb2.StringValue(value=code))   # the executor's code: part of the cache key
     return FileBasedExampleGen(
         input_base=base, input_config=input_config, output_config=output_config,
+        custom_config=example_gen_pb2.CustomConfig(custom_config=code_config),
         custom_executor_spec=executor_spec.BeamExecutorSpec(executors[kind]))
 
 
@@ -63,16 +142,18 @@ def beam_args(cfg: Config) -> List[str]:
 
 
 def create_pipeline(cfg: Config, logs: str, pipeline_root: str, metadata_path: Optional[str],
-                    until: str = "push", with_catalogue: bool = True,
-                    schema_file: str = INTERACTIONS_SCHEMA) -> tfx.dsl.Pipeline:
+                    with_catalogue: bool = True,
+                    schema_file: str = INTERACTIONS_SCHEMA, fingerprint_inputs: bool = True) -> tfx.dsl.Pipeline:
+    """fingerprint_inputs: hash the item tables and images now (local runs); a pipeline compiled
+    for elsewhere (Kubeflow) cannot see them, and its ImageImport is keyed on their paths only."""
     from collabfeat.pipeline import components as c
 
-    if until not in STAGES:
-        raise ValueError(f"until must be one of {STAGES}, not {until!r}")
-    stop = STAGES.index(until)
-    config_json = cfg.to_json()
+    code = code_fingerprint()
 
-    logs_gen = logs_example_gen(logs, cfg.data.logs_format).with_id("LogsExampleGen")
+    def params(component: str) -> dict:
+        return {"settings_json": settings_for(cfg, component), "code": code}
+
+    logs_gen = logs_example_gen(logs, cfg.data.logs_format, code).with_id("LogsExampleGen")
     stats = tfx.components.StatisticsGen(examples=logs_gen.outputs["examples"])
     schema = tfx.components.SchemaGen(statistics=stats.outputs["statistics"], infer_feature_shape=True)
     validator = tfx.components.ExampleValidator(
@@ -81,42 +162,35 @@ def create_pipeline(cfg: Config, logs: str, pipeline_root: str, metadata_path: O
 
     catalogue = None
     if with_catalogue:
-        catalogue = c.ImageImport(config_json=config_json).with_id("ImageImport")
+        d = cfg.data
+        inputs = inputs_fingerprint(d.items, d.eval_items, d.image_dir) if fingerprint_inputs else ""
+        catalogue = c.ImageImport(inputs=inputs,
+                                  **params("ImageImport")).with_id("ImageImport")
         parts.append(catalogue)
 
-    if stop >= STAGES.index("transform"):
-        log_transform = c.LogTransform(
-            logs=logs_gen.outputs["examples"], config_json=config_json,
-            catalogue=catalogue.outputs["images"] if catalogue else None)
-        pair_schema = tfx.components.ImportSchemaGen(
-            schema_file=schema_file).with_id("InteractionsSchema")
-        transform = tfx.components.Transform(
-            examples=log_transform.outputs["interactions"], schema=pair_schema.outputs["schema"],
-            preprocessing_fn=PREPROCESSING_FN,
-            splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train", "eval"]))
-        parts += [log_transform, pair_schema, transform]
-
+    log_transform = c.LogTransform(
+        logs=logs_gen.outputs["examples"], **params("LogTransform"),
+        catalogue=catalogue.outputs["images"] if catalogue else None)
+    pair_schema = tfx.components.ImportSchemaGen(schema_file=schema_file).with_id("InteractionsSchema")
+    transform = tfx.components.Transform(
+        examples=log_transform.outputs["interactions"], schema=pair_schema.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN, custom_config={"code": code},
+        splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train", "eval"]))
     images = catalogue.outputs["images"] if catalogue else None
-    if stop >= STAGES.index("mf"):
-        mf = c.MFTrainer(transformed=transform.outputs["transformed_examples"],
-                         transform_graph=transform.outputs["transform_graph"],
-                         catalogue=images, config_json=config_json)
-        parts.append(mf)
-    if stop >= STAGES.index("cnn"):
-        if images is None:
-            raise ValueError("the CNN stages need the image catalogue (with_catalogue=True)")
-        cnn = c.CNNTrainer(images=images, mf_model=mf.outputs["model"], config_json=config_json)
-        parts.append(cnn)
-    if stop >= STAGES.index("evaluate"):
+    mf = c.MFTrainer(transformed=transform.outputs["transformed_examples"],
+                     transform_graph=transform.outputs["transform_graph"],
+                     catalogue=images, **params("MFTrainer"))
+    parts += [log_transform, pair_schema, transform, mf]
+
+    if images is not None:   # the CNN stages need the image catalogue
+        cnn = c.CNNTrainer(images=images, mf_model=mf.outputs["model"], **params("CNNTrainer"))
         evaluator = c.Evaluator(images=images, mf_model=mf.outputs["model"], model=cnn.outputs["model"],
-                                config_json=config_json)
-        parts.append(evaluator)
-    if stop >= STAGES.index("push"):
+                                **params("Evaluator"))
         indexer = c.Indexer(images=images, model=cnn.outputs["model"], evaluation=evaluator.outputs["evaluation"],
-                            config_json=config_json)
+                            **params("Indexer"))
         pusher = c.Pusher(model=cnn.outputs["model"], index=indexer.outputs["index"],
-                          blessing=evaluator.outputs["blessing"], config_json=config_json)
-        parts += [indexer, pusher]
+                          blessing=evaluator.outputs["blessing"], **params("Pusher"))
+        parts += [cnn, evaluator, indexer, pusher]
 
     return tfx.dsl.Pipeline(
         pipeline_name=cfg.runner.pipeline_name,
@@ -126,5 +200,7 @@ def create_pipeline(cfg: Config, logs: str, pipeline_root: str, metadata_path: O
             tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
             if metadata_path else None),
         beam_pipeline_args=beam_args(cfg),
-        enable_cache=False,
+        # A component whose inputs, settings and code are unchanged reuses its earlier outputs
+        # (runner.cache; `--no-cache` forces a full run): a rerun after a failure resumes there.
+        enable_cache=cfg.runner.cache,
     )

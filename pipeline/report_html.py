@@ -18,6 +18,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from collabfeat import storage
+
 QUERIES = 3        # fixed catalogue items (a seeded sample) whose similarity-against-rank is drawn
 RANKS = 50
 
@@ -91,7 +93,7 @@ def _statistics(report: Dict):
     """StatisticsGen's statistics of the logs as charts: histograms of numeric features, the most
     frequent values of string features."""
     uri = _uri(report, "StatisticsGen", "statistics")
-    paths = glob.glob(os.path.join(uri, "Split-*", "FeatureStats.pb")) if uri else []
+    paths = storage.glob(os.path.join(uri, "Split-*", "FeatureStats.pb")) if uri else []
     if not paths:
         return None
     import plotly.graph_objects as go
@@ -99,7 +101,7 @@ def _statistics(report: Dict):
     from tensorflow_metadata.proto.v0 import statistics_pb2
 
     stats = statistics_pb2.DatasetFeatureStatisticsList()
-    with open(paths[0], "rb") as f:
+    with storage.open(paths[0], "rb") as f:
         stats.ParseFromString(f.read())
     dataset = stats.datasets[0]
     feats = list(dataset.features)
@@ -123,8 +125,13 @@ def _statistics(report: Dict):
 
 def _similarity_curves(report: Dict):
     uri = _uri(report, "Indexer", "index")
-    if not uri or not os.path.exists(os.path.join(uri, "embeddings.npy")):
+    if not uri or not storage.exists(os.path.join(uri, "embeddings.npy")):
         return None
+    with storage.local_copy(uri) as local:     # memory-mapped below: local files
+        return _curves(report, local)
+
+
+def _curves(report: Dict, uri: str):
     import plotly.graph_objects as go
     from plotly.colors import qualitative
     from plotly.subplots import make_subplots

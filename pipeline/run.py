@@ -22,10 +22,10 @@ def find_artifact(pipeline_root: str, component: str, output: str) -> Optional[s
 
 def read_report(uri: Optional[str]) -> Optional[Dict]:
     """The report.json that a collabfeat component wrote beside an output artifact, if any."""
-    if not uri or not os.path.exists(os.path.join(uri, "report.json")):
+    from collabfeat import storage
+    if not uri or not storage.exists(os.path.join(uri, "report.json")):
         return None
-    with open(os.path.join(uri, "report.json")) as f:
-        return json.load(f)
+    return storage.read_json(os.path.join(uri, "report.json"))
 
 
 def paths(cfg: Config):
@@ -61,7 +61,7 @@ def prepare_data(cfg: Config) -> Config:
 def run_local(cfg: Config, until: str = "push") -> Dict:
     """Runs the pipeline in this process (LocalDagRunner); -> the report of this run's components."""
     from tfx import v1 as tfx
-    from collabfeat.pipeline.pipeline import create_pipeline
+    from collabfeat.pipeline.pipeline import create_pipeline, run_options
     from collabfeat.pipeline.supervise import executions
 
     cfg = prepare_data(cfg)
@@ -70,8 +70,9 @@ def run_local(cfg: Config, until: str = "push") -> Dict:
     with open(os.path.join(root, "config.json"), "w") as f:
         f.write(cfg.to_json())
     start = time.time()
-    tfx.orchestration.LocalDagRunner().run(create_pipeline(
-        cfg, cfg.data.logs, os.path.join(root, "root"), metadata_path, until=until))
+    tfx.orchestration.LocalDagRunner().run(
+        create_pipeline(cfg, cfg.data.logs, os.path.join(root, "root"), metadata_path),
+        run_options=run_options(until))
     report = collect(cfg, executions(metadata_path, int(start * 1000) - 1))
     report["seconds"] = round(time.time() - start, 1)
     with open(report_path, "w") as f:
@@ -93,7 +94,8 @@ def collect(cfg: Config, ran: List[Dict]) -> Dict:
     if os.path.exists(sheet):
         with open(sheet) as f:
             report["datasheet"] = {k: v for k, v in json.load(f).items() if k != "parameters"}
-    done = {e["component"]: e["outputs"] for e in ran if e["state"] == "complete"}
+    # a cached component's outputs are an earlier run's, found by TFX's cache for this run
+    done = {e["component"]: e["outputs"] for e in ran if e["state"] in ("complete", "cached")}
     for key, (component, output) in OUTPUTS.items():
         found = read_report((done.get(component, {}).get(output) or [None])[0])
         if found is not None:

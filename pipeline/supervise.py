@@ -30,6 +30,64 @@ class PipelineFailed(RuntimeError):
         self.report = report
 
 
+class PipelineStopped(PipelineFailed):
+    """The run was asked to stop (SIGTERM, SIGHUP or SIGINT to the supervising process)."""
+
+    def __init__(self, message: str, report: Dict, signum: int):
+        super().__init__(message, report)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+STOP_GRACE = 10.0   # seconds a stopped process has to exit before it is killed
+
+
+def _wait(child: subprocess.Popen, stopped: List[int]) -> int:
+    """child.wait(); but a stop signal to this process (SIGTERM from a scheduler, SIGHUP, Ctrl-C)
+    ends the child's whole tree, Beam's workers included: SIGTERM to each, SIGKILL to any still
+    there after STOP_GRACE s. The signal's number is appended to `stopped`. (Without this, a
+    SIGTERM ended only this process, and the pipeline and its workers ran on, orphaned.)"""
+    tree: List[psutil.Process] = []
+
+    def stop(signum, frame):
+        if not stopped:
+            stopped.append(signum)
+        try:
+            root = psutil.Process(child.pid)
+            tree.extend(p for p in [root] + root.children(recursive=True) if p not in tree)
+        except psutil.Error:
+            pass
+        for p in tree:
+            try:
+                p.terminate()
+            except psutil.Error:
+                pass
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():   # handlers can only be set there
+        previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        since = None
+        while True:
+            try:
+                return child.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                if stopped:
+                    since = since or time.time()
+                    if time.time() - since > STOP_GRACE:
+                        child.kill()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if stopped:     # descendants that outlived the child
+            _, alive = psutil.wait_procs(tree[1:], timeout=STOP_GRACE)
+            for p in alive:
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
+
+
 def executions(metadata_path: str, since_ms: int) -> List[Dict]:
     """The executions of the newest pipeline run started after since_ms, oldest first:
     {"component", "state", "started", "ended" (epoch seconds), "outputs": {key: [uri, ...]}}."""
@@ -92,19 +150,24 @@ class Watch:
         self.peak: Dict[str, int] = {}
         self.running: Optional[str] = None
         self.started: set = set()
+        self.seen: set = set()
         self.ended: set = set()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
-    def _poll(self):
+    def _poll(self, final: bool = False):
         try:
             ran = executions(self.metadata_path, self.since_ms)
         except Exception:   # the child may be writing: try again at the next poll
             return
         for e in ran:       # in the order they started; one that was over between polls is still told
             if e["component"] not in self.started:
+                if e["state"] == "running" and e["component"] not in self.seen and not final:
+                    self.seen.add(e["component"])   # told at the next poll, unless TFX's cache answers it
+                    continue
                 self.started.add(e["component"])
-                self.console.start(e)
+                if e["state"] != "cached":
+                    self.console.start(e)
             if e["state"] in ("complete", "cached", "failed") and e["component"] not in self.ended:
                 self.ended.add(e["component"])
                 self.console.end(e)
@@ -137,7 +200,7 @@ class Watch:
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join(5)
-        self._poll()            # the last component's end
+        self._poll(final=True)  # the last component's end
         self.console.close()
 
 
@@ -163,9 +226,11 @@ class Console:
     def end(self, e: Dict):
         from collabfeat.pipeline.run import key_figure
         self.close()
-        figure = key_figure(e["component"], e["outputs"]) if e["state"] == "complete" else ""
-        self.say(f"[collabfeat] {e['ended'] - self.started:6.0f} s  {e['component']} {e['state']} "
-                 f"after {e['ended'] - e['started']:.0f} s" + (f": {figure}" if figure else ""))
+        figure = key_figure(e["component"], e["outputs"]) if e["state"] in ("complete", "cached") else ""
+        what = ("cached (inputs, settings and code unchanged: an earlier run's outputs)" if e["state"] == "cached"
+                else f"{e['state']} after {e['ended'] - e['started']:.0f} s")
+        self.say(f"[collabfeat] {e['ended'] - self.started:6.0f} s  {e['component']} {what}"
+                 + (f": {figure}" if figure else ""))
 
     def progress(self, updates: Dict):
         for message in updates.pop("warnings", []):
@@ -191,16 +256,17 @@ class Console:
 
 
 def write_html(report: Dict, path: str) -> str:
-    """The HTML run report (pipeline/report_html.py); a copy goes into the version it pushed, for the explorer."""
-    import shutil
+    """The HTML run report (pipeline/report_html.py); a copy goes into the version this run pushed, for the explorer."""
+    from collabfeat import storage
     from collabfeat.pipeline import report_html
     from collabfeat.pipeline.run import format_report
     from collabfeat.serving.push import EXTRA
 
     report_html.write(report, format_report(report), path)
     push = report.get("push") or {}
-    if push.get("pushed"):
-        shutil.copy(path, os.path.join(push["destination"], EXTRA, "report.html"))
+    pushed_now = (report.get("components") or {}).get("Pusher", {}).get("state") == "complete"
+    if push.get("pushed") and pushed_now:   # a cached Pusher's version is an earlier run's: left as it was
+        storage.copy(path, os.path.join(push["destination"], EXTRA, "report.html"))
     return path
 
 
@@ -234,12 +300,13 @@ def run(cfg, until: str, log_path: str, echo=print, bars: bool = False) -> Dict:
             os.remove(stale)
     since = int(time.time() * 1000) - 1
     started = time.time()
+    stopped: List[int] = []
     with open(log_path, "a") as log:
         child = subprocess.Popen([sys.executable, "-m", "collabfeat.pipeline.supervise", config_path, until,
                                   report_path, failure_path], stdout=log, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, env={**os.environ, progress.ENV: progress_path})
         with Watch(child.pid, metadata_path, since, Console(echo, bars, started), progress_path) as watch:
-            returncode = child.wait()
+            returncode = _wait(child, stopped)
     exited = time.time()
     ran = executions(metadata_path, since)
     if returncode == 0 and os.path.exists(report_path):
@@ -255,14 +322,17 @@ def run(cfg, until: str, log_path: str, echo=print, bars: bool = False) -> Dict:
     report["seconds"] = round(time.time() - started, 1)
     if returncode != 0 or not os.path.exists(report_path):
         failed = [e["component"] for e in ran if e["state"] in ("running", "failed")]
-        where = failed[-1] if failed else "the pipeline (before any component started)"
+        where = failed[-1] if failed else ("the pipeline (between components)" if ran
+                                           else "the pipeline (before any component started)")
         cause = describe_exit(returncode)
-        if os.path.exists(failure_path):
+        if stopped:
+            cause = f"{signal.Signals(stopped[0]).name}: the run was asked to stop, and its processes were ended"
+        elif os.path.exists(failure_path):
             with open(failure_path) as f:
                 cause = json.load(f)["error"]
         peak = watch.peak.get(failed[-1], 0) if failed else 0
-        message = (f"{where} failed: {cause}" + (f" (peak memory {peak / 2 ** 30:.1f} GB)" if peak else "")
-                   + f"; log: {log_path}")
+        message = (f"{where} {'stopped' if stopped else 'failed'}: {cause}"
+                   + (f" (peak memory {peak / 2 ** 30:.1f} GB)" if peak and not stopped else "") + f"; log: {log_path}")
         report["failed"] = {"component": where, "cause": cause, "log": log_path}
     try:
         report["html"] = write_html(report, os.path.join(root, "report.html"))
@@ -272,7 +342,7 @@ def run(cfg, until: str, log_path: str, echo=print, bars: bool = False) -> Dict:
     with open(report_path, "w") as f:
         json.dump(report, f, indent=1, sort_keys=True)
     if "failed" in report:
-        raise PipelineFailed(message, report)
+        raise PipelineStopped(message, report, stopped[0]) if stopped else PipelineFailed(message, report)
     return report
 
 

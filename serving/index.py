@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from scann.scann_ops.py import scann_ops_pybind
 
-from collabfeat import topk
+from collabfeat import storage, topk
 from collabfeat.config import IndexConfig
 
 # Below this many items a tree gains nothing: search all of them, exactly scored. Up to
@@ -154,25 +154,29 @@ def search(idx: Dict, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarr
 
 
 def save(searcher, settings: Dict, item_ids: List[str], embeddings: np.ndarray, directory: str) -> None:
-    """The searcher, the settings it is searched with (`choose`), the embeddings and the item ids."""
-    os.makedirs(os.path.join(directory, "scann"), exist_ok=True)
-    # Relative asset paths: the directory is copied into each pushed version and must load there.
-    searcher.serialize(os.path.join(directory, "scann"), relative_path=True)
-    meta = {key: settings[key] for key in ("kind", "leaves", "leaves_to_search", "reorder") if key in settings}
-    with open(os.path.join(directory, "index.json"), "w") as f:
-        json.dump({**meta, "items": len(item_ids)}, f)
-    np.save(os.path.join(directory, "embeddings.npy"), embeddings.astype(np.float32))
-    with open(os.path.join(directory, "item_ids.txt"), "w") as f:
-        f.write("\n".join(item_ids) + "\n")
+    """The searcher, the settings it is searched with (`choose`), the embeddings and the item ids.
+    `directory`: a local path or a URI (ScaNN writes local files: through a local copy)."""
+    with storage.local_dir(directory) as local:
+        os.makedirs(os.path.join(local, "scann"), exist_ok=True)
+        # Relative asset paths: the directory is copied into each pushed version and must load there.
+        searcher.serialize(os.path.join(local, "scann"), relative_path=True)
+        meta = {key: settings[key] for key in ("kind", "leaves", "leaves_to_search", "reorder") if key in settings}
+        with open(os.path.join(local, "index.json"), "w") as f:
+            json.dump({**meta, "items": len(item_ids)}, f)
+        np.save(os.path.join(local, "embeddings.npy"), embeddings.astype(np.float32))
+        with open(os.path.join(local, "item_ids.txt"), "w") as f:
+            f.write("\n".join(item_ids) + "\n")
 
 
 def load(directory: str) -> Dict:
-    with open(os.path.join(directory, "item_ids.txt")) as f:
-        ids = [line.rstrip("\n") for line in f if line.strip()]
-    with open(os.path.join(directory, "index.json")) as f:
-        meta = json.load(f)
-    return {"searcher": scann_ops_pybind.load_searcher(os.path.join(directory, "scann")), "meta": meta,
-            "item_ids": ids, "embeddings": np.load(os.path.join(directory, "embeddings.npy"))}
+    """What save() wrote (a local path or a URI)."""
+    with storage.local_copy(directory) as local:
+        with open(os.path.join(local, "item_ids.txt")) as f:
+            ids = [line.rstrip("\n") for line in f if line.strip()]
+        with open(os.path.join(local, "index.json")) as f:
+            meta = json.load(f)
+        return {"searcher": scann_ops_pybind.load_searcher(os.path.join(local, "scann")), "meta": meta,
+                "item_ids": ids, "embeddings": np.load(os.path.join(local, "embeddings.npy"))}
 
 
 def write_map(embeddings: np.ndarray, directory: str, seed: int = 0, sample: int = 20000) -> None:
@@ -197,19 +201,19 @@ def write_map(embeddings: np.ndarray, directory: str, seed: int = 0, sample: int
     cols = int(math.ceil(math.sqrt(n)))
     by_y = np.argsort(xy[:, 1], kind="stable")
     grid = np.concatenate([row[np.argsort(xy[row, 0], kind="stable")] for row in np.array_split(by_y, math.ceil(n / cols))])
-    with open(os.path.join(directory, "map.json"), "w") as f:
-        json.dump({"x": xy[:, 0].round(4).tolist(), "y": xy[:, 1].round(4).tolist(), "cols": cols,
-                   "grid": grid.tolist()}, f)
+    storage.write_json(os.path.join(directory, "map.json"), {
+        "x": xy[:, 0].round(4).tolist(), "y": xy[:, 1].round(4).tolist(), "cols": cols, "grid": grid.tolist()})
 
 
 def write_feature_set(directory: str, name: str, embeddings, backbone_path: str = "") -> None:
     """Another feature set's catalogue embeddings (and its CNN, to embed new images), for comparison.
     `embeddings`: an array, or an iterable of row batches written one at a time (bounded memory)."""
-    out = os.path.join(directory, "features", name)
-    os.makedirs(out, exist_ok=True)
-    write_npy(os.path.join(out, "embeddings.npy"), [embeddings] if isinstance(embeddings, np.ndarray) else embeddings)
-    if backbone_path:
-        shutil.copy(backbone_path, os.path.join(out, "backbone.h5"))
+    with storage.local_dir(os.path.join(directory, "features", name)) as out:
+        write_npy(os.path.join(out, "embeddings.npy"),
+                  [embeddings] if isinstance(embeddings, np.ndarray) else embeddings)
+        if backbone_path:
+            with storage.local_copy(backbone_path) as local:
+                shutil.copy(local, os.path.join(out, "backbone.h5"))
 
 
 def write_npy(path: str, batches) -> None:

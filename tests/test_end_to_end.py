@@ -1,4 +1,5 @@
 """The whole pipeline on a tiny configuration of the default data, and the pushed artefacts."""
+import dataclasses
 import json
 import os
 import tempfile
@@ -169,3 +170,50 @@ def test_pushed_version_serves_consistent_answers(run):
     idx = index.load(extra)
     nn, _ = idx["searcher"].search_batched(emb[:20], final_num_neighbors=1)
     assert [idx["item_ids"][n[0]] for n in nn] == ids[:20]
+
+
+def test_key_figures_are_artifact_properties_in_mlmd(run):
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+    cfg, report, *_ = run
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = os.path.join(cfg.runner.output_dir, cfg.runner.pipeline_name, "metadata.sqlite")
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    props = {a.uri: a.custom_properties for a in metadata_store.MetadataStore(config).get_artifacts()}
+
+    def prop(component, output):
+        return props[report["artifacts"][component][output][0]]
+    def same(value):      # MLMD keeps 6 significant digits of a float property
+        return pytest.approx(value, abs=1e-6)
+    assert prop("MFTrainer", "model")["recall@20"].double_value == same(report["mf"]["recall@20"])
+    ev, metric = report["evaluation"], report["evaluation"]["metric"]
+    for name, row in ev["table"].items():
+        assert prop("Evaluator", "evaluation")[f"{name}_{metric}"].double_value == same(row[metric])
+        assert prop("Evaluator", "evaluation")[f"{name}_mAP"].double_value == same(row["mAP"])
+    assert prop("Indexer", "index")["recall@10"].double_value == same(report["index"]["recall@10"])
+    assert prop("LogTransform", "interactions")["rows_used"].int_value == report["logs"]["rows"]["used"]
+
+
+def test_a_rerun_reuses_what_is_unchanged_and_reruns_from_a_changed_setting(run):
+    """TFX's cache: with nothing a component uses changed, a rerun executes nothing, pushes no new
+    version and reports the same results; a changed cnn.epochs re-executes CNNTrainer, and what
+    comes before it is reused. (Runs last: it adds executions to the fixture's run directory.)"""
+    cfg, first, _, _ = run
+    log = os.path.join(cfg.runner.output_dir, "pipeline.log")
+    lines = []
+    # serving.port is used by no pipeline component: changing it changes no component's parameters
+    same = dataclasses.replace(cfg, serving=dataclasses.replace(cfg.serving, port=cfg.serving.port + 1))
+    again = supervise.run(same, "push", log, echo=lines.append)
+    assert {name: c["state"] for name, c in again["components"].items()} == {
+        name: "cached" for name in first["components"]}, lines
+    assert sum(" cached (inputs, settings and code unchanged" in line for line in lines) == len(first["components"])
+    for key in ("images", "logs", "mf", "cnn", "evaluation", "index", "push"):
+        assert again[key] == first[key], key           # the same artifacts: no new version pushed
+    lines = []
+    more = dataclasses.replace(cfg, cnn=dataclasses.replace(cfg.cnn, epochs=cfg.cnn.epochs + 1))
+    changed = supervise.run(more, "cnn", log, echo=lines.append)
+    states = {name: c["state"] for name, c in changed["components"].items()}
+    assert states.pop("CNNTrainer") == "complete", lines
+    assert set(states.values()) == {"cached"} and "MFTrainer" in states, states
+    assert len(changed["cnn"]["losses"]) > len(first["cnn"]["losses"])
+    assert changed["mf"] == first["mf"]

@@ -70,7 +70,7 @@ def test_smoke_pipeline_through_transform(tmp_path):
     on LocalDagRunner with Beam multi-processing; answers computed by hand."""
     from tfx import v1 as tfx
     import tensorflow_transform as tft
-    from collabfeat.pipeline.pipeline import create_pipeline
+    from collabfeat.pipeline.pipeline import create_pipeline, run_options
 
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -80,7 +80,8 @@ def test_smoke_pipeline_through_transform(tmp_path):
         "transform.max_item_quantile=1", "transform.eval_fraction=0"])
     root = str(tmp_path / "root")
     tfx.orchestration.LocalDagRunner().run(create_pipeline(
-        cfg, str(logs), root, str(tmp_path / "m.sqlite"), until="transform", with_catalogue=False))
+        cfg, str(logs), root, str(tmp_path / "m.sqlite"), with_catalogue=False),
+        run_options=run_options("transform", with_catalogue=False))
 
     # Rows: every one accounted for, with its reason.
     report = read_report(find_artifact(root, "LogTransform", "interactions"))
@@ -113,7 +114,7 @@ def test_parquet_logs_and_a_catalogue_through_the_log_transform(tmp_path):
     import pyarrow.parquet as pq
     from PIL import Image
     from tfx import v1 as tfx
-    from collabfeat.pipeline.pipeline import create_pipeline
+    from collabfeat.pipeline.pipeline import create_pipeline, run_options
 
     (tmp_path / "logs").mkdir()
     (tmp_path / "img").mkdir()
@@ -128,13 +129,25 @@ def test_parquet_logs_and_a_catalogue_through_the_log_transform(tmp_path):
         f"data.items={tmp_path / 'items.csv'}", f"data.image_dir={tmp_path / 'img'}", "data.logs_format=parquet",
         "data.user_column=who", "data.item_column=what", "data.event_column=kind",
         "transform.min_user_items=1", "transform.min_item_users=1", "transform.max_user_quantile=1",
-        "transform.max_item_quantile=1", "transform.eval_fraction=0"])
+        "transform.max_item_quantile=1", "transform.eval_fraction=0",
+        "runner.direct_running_mode=in_memory"])    # the test above covers multi-processing workers
     root = str(tmp_path / "root")
     tfx.orchestration.LocalDagRunner().run(create_pipeline(
-        cfg, str(tmp_path / "logs"), root, str(tmp_path / "m.sqlite"), until="transform"))
+        cfg, str(tmp_path / "logs"), root, str(tmp_path / "m.sqlite")), run_options=run_options("transform"))
     report = read_report(find_artifact(root, "LogTransform", "interactions"))
     assert report["rows"] == {"used": 4, "unknown_item": 2}       # z has no image, ghost is not listed
     images = read_report(find_artifact(root, "ImageImport", "images"))
     assert images["catalogue"]["counts"] == {"used": 2, "missing_image": 1}
     pairs = {(r["user_id"], r["item_id"]) for r in examples.read(find_artifact(root, "LogTransform", "interactions"), "train")}
     assert pairs == {(b"a", b"x"), (b"a", b"y"), (b"b", b"x"), (b"b", b"y")}
+
+    # New files at the same paths (a log row more, z's image now there) are read again on the next
+    # run, never answered from TFX's cache.
+    rows.append(("a", "z", "view"))
+    pq.write_table(pa.table({"who": [r[0] for r in rows], "what": [r[1] for r in rows], "kind": [r[2] for r in rows]}),
+                   tmp_path / "logs" / "part-0.parquet")
+    Image.new("RGB", (40, 30), (200, 10, 30)).save(tmp_path / "img" / "z-missing.png")
+    tfx.orchestration.LocalDagRunner().run(create_pipeline(
+        cfg, str(tmp_path / "logs"), root, str(tmp_path / "m.sqlite")), run_options=run_options("transform"))
+    assert read_report(find_artifact(root, "ImageImport", "images"))["catalogue"]["counts"] == {"used": 3}
+    assert read_report(find_artifact(root, "LogTransform", "interactions"))["rows"] == {"used": 6, "unknown_item": 1}

@@ -372,11 +372,28 @@ def neighbour_agreement(vectors: np.ndarray, labels: np.ndarray, k: int = 10,
 
 
 def save(factors: Factors, user_ids: List[str], item_ids: List[str], path: str) -> None:
-    np.savez(path, users=factors.users, items=factors.items,
-             user_ids=np.array(user_ids, dtype=object), item_ids=np.array(item_ids, dtype=object))
+    """An .npz file at `path` (a local path or a URI)."""
+    import io
+    from collabfeat import storage
+    arrays = dict(users=factors.users, items=factors.items,
+                  user_ids=np.array(user_ids, dtype=object), item_ids=np.array(item_ids, dtype=object))
+    if storage.is_local(path):
+        np.savez(path, **arrays)
+        return
+    buf = io.BytesIO()          # zip wants to seek; a URI's file may not
+    np.savez(buf, **arrays)
+    with storage.open(path, "wb") as f:
+        f.write(buf.getvalue())
 
 
 def load(path: str) -> Dict[str, np.ndarray]:
     """{"users", "items", "user_ids", "item_ids"} as saved by save()."""
-    with np.load(path, allow_pickle=True) as z:
+    import io
+    from collabfeat import storage
+    if storage.is_local(path):
+        source = path
+    else:
+        with storage.open(path, "rb") as f:
+            source = io.BytesIO(f.read())
+    with np.load(source, allow_pickle=True) as z:
         return {k: z[k] for k in z.files}

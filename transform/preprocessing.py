@@ -23,7 +23,8 @@ def _dense(x, default):
     return tf.reshape(x, [-1])
 
 
-def preprocessing_fn(inputs):
+def preprocessing_fn(inputs, custom_config=None):
+    """custom_config: {"code": the code's fingerprint}, only a part of Transform's cache key."""
     user = _dense(inputs["user_id"], "")
     item = _dense(inputs["item_id"], "")
     weight = tf.cast(_dense(inputs["weight"], 0.0), tf.float32)

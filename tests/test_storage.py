@@ -1,0 +1,84 @@
+"""Artifact I/O on a filesystem other than local disk: TensorFlow's in-process ram://, which goes
+through tf.io.gfile exactly as gs:// or hdfs:// do. A pipeline root or a push_dir on a bucket needs
+every report, factor table, index, backbone and pushed version written and read this way."""
+import os
+import uuid
+
+import numpy as np
+import pytest
+
+from collabfeat import outcomes, storage
+from collabfeat.config import IndexConfig
+from collabfeat.pipeline.components import load_backbone, save_backbone, write_report
+from collabfeat.pipeline.run import read_report
+from collabfeat.serving import index, push
+from collabfeat.trainer import cnn, mf
+from tests import serving_fixtures
+
+
+@pytest.fixture
+def root():
+    path = f"ram://collabfeat-{uuid.uuid4().hex}"
+    storage.makedirs(path)
+    yield path
+    storage.rmtree(path)
+
+
+def test_reports_and_outcomes(root):
+    write_report(root, {"rows": {"used": 3}, "name": "é"})
+    assert read_report(root) == {"rows": {"used": 3}, "name": "é"}
+    storage.write_json(f"{root}/outcomes.json", {"counts": {"used": 1}})
+    assert outcomes.read(f"{root}/outcomes.json") == {"counts": {"used": 1}}
+    assert sorted(storage.listdir(root)) == ["outcomes.json", "report.json"]
+
+
+def test_factor_tables(root):
+    rng = np.random.default_rng(0)
+    factors = mf.Factors(rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=(4, 3)).astype(np.float32), [])
+    mf.save(factors, list("abcde"), list("wxyz"), f"{root}/model/factors.npz")
+    got = mf.load(f"{root}/model/factors.npz")
+    np.testing.assert_array_equal(got["users"], factors.users)
+    np.testing.assert_array_equal(got["items"], factors.items)
+    assert list(got["item_ids"]) == list("wxyz")
+
+
+def test_index_map_and_feature_sets(root):
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(300, 16)).astype(np.float32)
+    ids = [f"i{n}" for n in range(300)]
+    searcher, settings = index.build(emb, IndexConfig())
+    where = f"{root}/Indexer/index/7"
+    index.save(searcher, settings, ids, emb, where)
+    index.write_map(emb, where)
+    index.write_feature_set(where, "pixels", (emb[i:i + 64] * 2 for i in range(0, 300, 64)))
+    loaded = index.load(where)
+    assert loaded["item_ids"] == ids
+    np.testing.assert_array_equal(loaded["embeddings"], emb)
+    want = index.search({"searcher": searcher, "meta": loaded["meta"]}, emb[:20], 10)
+    got = index.search(loaded, emb[:20], 10)
+    np.testing.assert_array_equal(got[0], want[0])
+    assert storage.listdir(f"{where}/features") == ["pixels"]
+    with storage.local_copy(f"{where}/features/pixels/embeddings.npy") as path:
+        np.testing.assert_array_equal(np.load(path), emb * 2)
+    assert len(storage.read_json(f"{where}/map.json")["x"]) == 300
+
+
+def test_backbone_and_a_pushed_version(root, tmp_path):
+    import tensorflow as tf
+    cfg = serving_fixtures.small_config(f"{root}/models")
+    net = cnn.random_init(cfg.cnn)
+    save_backbone(net, f"{root}/CNNTrainer/model/3")
+    x = np.random.default_rng(2).random((4, 28, 28, 3)).astype(np.float32)
+    np.testing.assert_allclose(load_backbone(f"{root}/CNNTrainer/model/3").predict(x, verbose=0),
+                               net.predict(x, verbose=0), rtol=1e-6)
+    emb = np.random.default_rng(3).normal(size=(50, cfg.cnn.embedding_dim)).astype(np.float32)
+    searcher, settings = index.build(emb, cfg.index)
+    index.save(searcher, settings, [f"i{n}" for n in range(50)], emb, f"{root}/Indexer/index/4")
+    version = push.push(net, f"{root}/Indexer/index/4", cfg)
+    assert version.startswith(f"{root}/models/{cfg.serving.model_name}/")
+    assert push.versions_on_disk(os.path.dirname(version)) == [int(os.path.basename(version))]
+    assert storage.read_json(f"{version}/{push.EXTRA}/config.json")["serving"]["max_k"] == cfg.serving.max_k
+    assert index.load(f"{version}/{push.EXTRA}")["item_ids"][:2] == ["i0", "i1"]
+    served = tf.saved_model.load(version).signatures["serving_default"]
+    _, blobs, _ = serving_fixtures.catalogue(2)
+    assert served(images=tf.constant(blobs))["embedding"].shape == (2, cfg.cnn.embedding_dim)
