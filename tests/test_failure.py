@@ -1,6 +1,7 @@
-"""A component that dies (here: the pipeline's process killed with SIGKILL while MFTrainer runs, as
-the kernel's out-of-memory killer would) ends the run with one line naming the component, the cause
-and the log, and the report of the components that finished is still written."""
+"""A run that is stopped (SIGTERM, what a scheduler or `kill` sends) or whose component dies (SIGKILL,
+as the kernel's out-of-memory killer would) ends with one line naming the component, the cause and
+the log; the report of the components that finished is still written, and the next run resumes
+where the last one ended. One test, two runs: the second resumes the first."""
 import json
 import os
 import re
@@ -11,65 +12,41 @@ import time
 
 import psutil
 
-from collabfeat import config as config_lib
-from collabfeat.pipeline import supervise
 from tests.test_end_to_end import TINY
 
+SETTINGS = TINY + ["mf.epochs=400"]      # MFTrainer long enough to be caught running
 
-def test_a_killed_component_is_named_with_its_cause_and_the_finished_ones_are_reported(tmp_path):
+
+def _start(tmp_path):
     cmd = [sys.executable, "-m", "collabfeat", "demo", "--set", f"runner.output_dir={tmp_path}"]
-    for setting in TINY + ["mf.epochs=400"]:      # MFTrainer long enough to be caught running
+    for setting in SETTINGS:
         cmd += ["--set", setting]
-    cli = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines, deadline = [], time.time() + 400
-    try:
-        for line in cli.stdout:
-            lines.append(line)
-            if "MFTrainer running" in line:
-                break
-            assert time.time() < deadline, "".join(lines)
-        else:
-            raise AssertionError("the console never said that MFTrainer runs:\n" + "".join(lines))
-        [pipeline] = psutil.Process(cli.pid).children()   # the supervised pipeline process
-        pipeline.send_signal(signal.SIGKILL)
-        out, err = cli.communicate(timeout=120)
-    finally:
-        if cli.poll() is None:
-            cli.kill()
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(cli, text, deadline):
+    lines = []
+    for line in cli.stdout:
+        lines.append(line)
+        if text in line:
+            return lines
+        assert time.time() < deadline, "".join(lines)
+    raise AssertionError(f"the console never said {text!r}:\n" + "".join(lines))
+
+
+def _report(tmp_path):
+    with open(os.path.join(tmp_path, "collabfeat", "report.json")) as f:
+        return json.load(f)
+
+
+def test_a_stopped_run_and_a_killed_component_are_named_and_the_next_run_resumes(tmp_path):
     log = os.path.join(tmp_path, "collabfeat", "pipeline.log")
-    assert cli.returncode == 1
-    last = err.strip().splitlines()[-1]
-    assert re.fullmatch(re.escape("collabfeat: MFTrainer failed: killed by signal 9 (SIGKILL: the kernel's "
-                                  "out-of-memory killer sends this when memory runs out)")
-                        + r"( \(peak memory \d+\.\d GB\))?" + re.escape(f"; log: {log}"), last), last
-    assert os.path.exists(log)
-    # The report of what finished: written, printed, and not mixed with any earlier run.
-    report = json.load(open(os.path.join(tmp_path, "collabfeat", "report.json")))
-    assert report["failed"]["component"] == "MFTrainer"
-    assert report["components"]["MFTrainer"]["state"] == "running"
-    assert report["components"]["MFTrainer"]["seconds"] > 0
-    assert report["components"]["LogTransform"]["state"] == "complete"
-    assert report["logs"]["rows_total"] == report["datasheet"]["rows"]
-    assert "mf" not in report and "cnn" not in report and "push" not in report
-    assert "behaviour logs:" in out and "FAILED: MFTrainer: killed by signal 9" in out
 
-
-def test_a_stop_signal_ends_the_whole_tree_and_names_where_the_run_stopped(tmp_path):
-    """SIGTERM to the command (what a scheduler or `kill` sends) stops the pipeline and Beam's worker
-    processes too, not only the supervising process, and the report of what finished is written."""
-    cmd = [sys.executable, "-m", "collabfeat", "demo", "--set", f"runner.output_dir={tmp_path}"]
-    for setting in TINY:
-        cmd += ["--set", setting]
-    cli = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines, deadline = [], time.time() + 400
+    # 1. SIGTERM while LogsExampleGen runs: the pipeline and Beam's worker processes end too.
+    cli = _start(tmp_path)
+    deadline = time.time() + 400
     try:
-        for line in cli.stdout:
-            lines.append(line)
-            if "LogsExampleGen running" in line:
-                break
-            assert time.time() < deadline, "".join(lines)
-        else:
-            raise AssertionError("the console never said that LogsExampleGen runs:\n" + "".join(lines))
+        _wait_for(cli, "LogsExampleGen running", deadline)
         tree = []
         while time.time() < deadline:    # until Beam's workers are up
             tree = psutil.Process(cli.pid).children(recursive=True)
@@ -85,18 +62,42 @@ def test_a_stop_signal_ends_the_whole_tree_and_names_where_the_run_stopped(tmp_p
     _, alive = psutil.wait_procs(tree, timeout=5)
     assert alive == [], f"processes of the stopped run still run: {[_cmdline(p) for p in alive]}"
     assert cli.returncode == 128 + signal.SIGTERM, err
-    report = json.load(open(os.path.join(tmp_path, "collabfeat", "report.json")))
-    where = report["failed"]["component"]
-    assert report["components"][where]["state"] == "running"
+    report = _report(tmp_path)
+    stopped = report["failed"]["component"]
+    assert report["components"][stopped]["state"] == "running"
     assert report["components"]["ImageImport"]["state"] == "complete"
-    log = os.path.join(tmp_path, "collabfeat", "pipeline.log")
-    assert err.strip().splitlines()[-1] == (f"collabfeat: {where} stopped: SIGTERM: the run was asked to stop, "
+    assert err.strip().splitlines()[-1] == (f"collabfeat: {stopped} stopped: SIGTERM: the run was asked to stop, "
                                             f"and its processes were ended; log: {log}")
-    # The next run resumes where this one stopped: what had finished is reused from TFX's cache.
-    cfg = config_lib.load(overrides=TINY + [f"runner.output_dir={tmp_path}"])
-    resumed = supervise.run(cfg, "validate", log)
-    assert resumed["components"]["ImageImport"]["state"] == "cached"
-    assert resumed["components"][where]["state"] == "complete"
+
+    # 2. The same command again resumes: what had finished comes from TFX's cache. SIGKILL to the
+    #    pipeline's process while MFTrainer runs.
+    cli = _start(tmp_path)
+    try:
+        _wait_for(cli, "MFTrainer running", time.time() + 400)
+        [pipeline] = psutil.Process(cli.pid).children()   # the supervised pipeline process
+        pipeline.send_signal(signal.SIGKILL)
+        out, err = cli.communicate(timeout=120)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 1
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(re.escape("collabfeat: MFTrainer failed: killed by signal 9 (SIGKILL: the kernel's "
+                                  "out-of-memory killer sends this when memory runs out)")
+                        + r"( \(peak memory \d+\.\d GB\))?" + re.escape(f"; log: {log}"), last), last
+    assert os.path.exists(log)
+    # The report of what finished: written, printed, and not mixed with the earlier run.
+    report = _report(tmp_path)
+    comps = report["components"]
+    assert report["failed"]["component"] == "MFTrainer"
+    assert comps["MFTrainer"]["state"] == "running" and comps["MFTrainer"]["seconds"] > 0
+    assert comps["ImageImport"]["state"] == "cached"
+    assert comps[stopped]["state"] == "complete"
+    assert comps["LogTransform"]["state"] == "complete"
+    assert report["logs"]["rows_total"] == report["datasheet"]["rows"]
+    assert "mf" not in report and "cnn" not in report and "push" not in report
+    assert "ImageImport cached" in out
+    assert "behaviour logs:" in out and "FAILED: MFTrainer: killed by signal 9" in out
 
 
 def _cmdline(p):
