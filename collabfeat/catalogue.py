@@ -3,9 +3,10 @@
 An item table is a CSV with a header naming at least `item_id` and `image` (a path relative to
 the image directory, or a URI), and optionally `label` (an integer; used only for evaluation and
 the supervised baseline, never by the collaborative model). Each record becomes
-{"item_id", "image": PNG bytes of the RGB image resized to image_size^2, "label": int or -1},
-or an outcome with a reason: missing_id, bad_row, bad_label, duplicate_item, missing_image,
-unreadable_image, corrupt_image, image_too_large.
+{"item_id", "image": PNG bytes of the RGB image resized to image_size^2 by the served model's own
+preprocessing (images.pixels), "label": int or -1}, or an outcome with a reason: missing_id, bad_row,
+bad_label, duplicate_item, missing_image, unreadable_image, corrupt_image, image_too_large,
+unsupported_image (a format TensorFlow cannot decode, such as TIFF or WebP).
 """
 from __future__ import annotations
 

@@ -59,20 +59,54 @@ def read_bytes(ref: str, base_dir: str = "", max_bytes: int = MAX_IMAGE_BYTES, t
     return data
 
 
+FORMATS = ("PNG", "JPEG", "GIF", "BMP")       # what tf.io.decode_image reads
+
+
+def pixels(data, size):
+    """THE preprocessing, in TensorFlow ops: encoded image bytes (a string scalar tensor) -> uint8 RGB
+    [size, size, 3]. Decoded by tf.io.decode_image (palette, grey and alpha images become RGB: alpha
+    is dropped; an animation's first frame), resized with antialiasing, rounded to uint8. The served
+    SavedModel runs this function (serving/export.py); ImageImport stores its output, from which
+    training, evaluation and indexing read; the explorer uses it for uploads and thumbnails. So
+    every image is preprocessed the same way everywhere."""
+    import tensorflow as tf
+    img = tf.io.decode_image(data, channels=3, expand_animations=False)
+    img = tf.image.resize(img, tf.stack([size, size]), antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(img), 0.0, 255.0), tf.uint8)
+
+
+_PIXELS = None
+
+
+def _pixels_fn():
+    global _PIXELS
+    if _PIXELS is None:
+        import tensorflow as tf
+        _PIXELS = tf.function(pixels, input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32)])
+    return _PIXELS
+
+
 def decode(data: bytes, size: int) -> np.ndarray:
-    """Any PIL-readable image -> uint8 RGB array [size, size, 3] (resized with antialiasing)."""
+    """Image bytes -> uint8 RGB array [size, size, 3], through pixels() (the served model's own
+    preprocessing). PIL checks the image first, so that a bad one gets a reason: corrupt_image,
+    image_too_large, or unsupported_image (a format TensorFlow, and so the served model, cannot read)."""
+    import tensorflow as tf
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            rgb = im.convert("RGB")
+            fmt = im.format
     except Image.DecompressionBombError as e:
         raise ImageError("image_too_large", str(e)) from None
     except Exception as e:
         why = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e))
         raise ImageError("corrupt_image", f"not a decodable image ({why})") from None
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8)
+    if fmt not in FORMATS:
+        raise ImageError("unsupported_image", f"{fmt} images are not supported: the served model (TensorFlow's "
+                                              f"decode_image) reads {', '.join(FORMATS)}")
+    try:
+        return _pixels_fn()(tf.constant(data), tf.constant(size, tf.int32)).numpy()
+    except tf.errors.InvalidArgumentError as e:
+        raise ImageError("corrupt_image", f"TensorFlow cannot decode this {fmt} image: {e.message[:300]}") from None
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

@@ -15,6 +15,8 @@ from typing import List
 import numpy as np
 import tensorflow as tf
 
+from collabfeat import images as images_lib
+
 
 class Servable(tf.Module):
     def __init__(self, net: tf.keras.Model, image_size: int, catalogue: np.ndarray,
@@ -28,11 +30,10 @@ class Servable(tf.Module):
         self.max_k = min(max_k, len(item_ids))
 
     def _pixels(self, images):
-        def one(data):
-            img = tf.io.decode_image(data, channels=3, expand_animations=False)
-            img = tf.image.resize(img, [self.size, self.size], antialias=True)
-            return tf.ensure_shape(img, [self.size, self.size, 3])
-        return tf.map_fn(one, images, fn_output_signature=tf.TensorSpec([self.size, self.size, 3], tf.float32))
+        def one(data):      # the same preprocessing as every catalogue image's (collabfeat/images.py)
+            return tf.ensure_shape(images_lib.pixels(data, self.size), [self.size, self.size, 3])
+        return tf.cast(tf.map_fn(one, images, fn_output_signature=tf.TensorSpec([self.size, self.size, 3], tf.uint8)),
+                       tf.float32)
 
     def _embed(self, images):
         return tf.math.l2_normalize(self.net(self._pixels(images), training=False), axis=1)

@@ -46,6 +46,7 @@ from tensorflow_serving.apis import status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from collabfeat.config import ServingConfig
+from collabfeat import images as images_lib
 from collabfeat.images import MAX_IMAGE_PIXELS
 from collabfeat.serving import index as scann_index
 from collabfeat.serving import tensors
@@ -53,7 +54,7 @@ from collabfeat.serving.push import EXTRA, versions_on_disk
 
 log = logging.getLogger("collabfeat.serving")
 SIGNATURES = ("serving_default", "similar", "similar_by_id")
-IMAGE_FORMATS = {"PNG", "JPEG", "GIF", "BMP"}      # what tf.io.decode_image reads
+IMAGE_FORMATS = set(images_lib.FORMATS)      # what tf.io.decode_image reads
 SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 
 

@@ -2,7 +2,6 @@
 import glob
 import io
 import json
-import os
 
 import apache_beam as beam
 import numpy as np
@@ -115,3 +114,51 @@ def test_config_errors_name_the_field(tmp_path):
     assert cfg.cnn.epochs == 3 and cfg.cnn.widths == [8, 16]
     assert cfg.transform.event_weights == {"view": 1.0, "like": 2.0}
     assert config_lib.Config.from_json(cfg.to_json()) == cfg
+
+
+def test_one_preprocessing_for_training_and_serving(tmp_path):
+    """An image stored the way ImageImport stores it (what training, evaluation and indexing read)
+    and the same file sent to the served signature give the same embedding, to 1e-5: non-square,
+    upscaled, palette, grey, RGBA, grey+alpha, GIF, BMP and JPEG. The pixels are also checked
+    against PIL's own decoding and resizing, an independent implementation."""
+    import tensorflow as tf
+    from collabfeat.catalogue import load_record
+    from collabfeat.serving import export
+    from collabfeat.trainer import cnn
+
+    yy, xx = np.mgrid[0:90, 0:140]
+    smooth = np.stack([xx * 255 // 139, yy * 255 // 89, (xx + yy) * 255 // 228], -1).astype(np.uint8)
+    photo = Image.fromarray(smooth)                          # 140 x 90: not square
+    rgba = photo.copy()
+    rgba.putalpha(Image.fromarray((xx * 255 // 139).astype(np.uint8)))
+    kinds = {"rgb.png": (photo, "PNG"), "rgb.jpg": (photo, "JPEG"), "palette.png": (photo.convert("P"), "PNG"),
+             "grey.png": (photo.convert("L"), "PNG"), "rgba.png": (rgba, "PNG"),
+             "grey-alpha.png": (rgba.convert("LA"), "PNG"), "anim.gif": (photo.convert("P"), "GIF"),
+             "bitmap.bmp": (photo, "BMP"), "tiny.png": (photo.resize((10, 7)), "PNG")}
+    for name, (im, fmt) in kinds.items():
+        im.save(tmp_path / name, format=fmt)
+    size = 32
+    cfg = config_lib.load(overrides=[f"cnn.image_size={size}", "cnn.widths=[8,16]", "cnn.embedding_dim=16"])
+    net = cnn.random_init(cfg.cnn)
+    export.export(net, size, np.eye(2, 16, dtype=np.float32), ["a", "b"], 2, str(tmp_path / "version"))
+    serve = tf.saved_model.load(str(tmp_path / "version")).signatures["serving_default"]
+    for name in kinds:
+        status, record = load_record({"item_id": name, "image": name, "label": -1}, str(tmp_path), size, name)
+        assert status == outcomes.USED, record
+        stored = tf.io.decode_png(record["image"]).numpy()
+        assert stored.shape == (size, size, 3)
+        data = (tmp_path / name).read_bytes()
+        trained = cnn.embed(net, stored[None])
+        served = serve(images=tf.constant([data]))["embedding"].numpy()
+        np.testing.assert_allclose(served, trained, atol=1e-5, err_msg=name)
+        with Image.open(io.BytesIO(data)) as im:
+            pil = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float64)
+        assert np.abs(stored - pil).mean() < 3.0, name
+
+
+def test_formats_the_served_model_cannot_read_are_refused_with_a_reason(tmp_path):
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 20), (1, 2, 3)).save(buf, format="TIFF")
+    with pytest.raises(images.ImageError, match="TIFF images are not supported") as e:
+        images.decode(buf.getvalue(), 16)
+    assert e.value.reason == "unsupported_image"
