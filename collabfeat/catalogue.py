@@ -15,6 +15,7 @@ import io
 from typing import Dict, List, Tuple
 
 import apache_beam as beam
+import numpy as np
 import tensorflow as tf
 
 from collabfeat import images
@@ -115,6 +116,17 @@ def read_labels(uri: str, split: str) -> Dict[str, int]:
     if not out:
         raise ValueError(f"no images in split {split!r} of {uri}")
     return out
+
+
+def labelled_images(uri: str, split: str) -> Tuple[List[bytes], np.ndarray]:
+    """The stored (PNG) bytes and labels of a split's labelled images, in file order."""
+    from collabfeat import examples
+    blobs, labels = [], []
+    for b in examples.batches(uri, split, {"image": tf.string, "label": tf.int64}):
+        keep = b["label"] >= 0
+        blobs += [x for x, k in zip(b["image"], keep) if k]
+        labels.append(b["label"][keep])
+    return blobs, np.concatenate(labels) if labels else np.zeros(0, np.int64)
 
 
 def image_dataset(uri: str, split: str, size: int) -> tf.data.Dataset:

@@ -118,6 +118,8 @@ class EvalConfig:
         "pseudo_class", "supervised", "rotation", "random", "pixels"])
     baseline_epochs: int = 12
     bless_margin: float = 0.02     # collaborative must beat random and pixels by this much
+    served_margin: float = 0.0     # a push must reach the served version's precision@k plus this, on the
+                                   # same held-out images (negative: accept that much less)
     max_queries: int = 5000        # held-out images used as queries (a seeded sample beyond this);
                                    # each is ranked against all held-out images, in bounded chunks
 
@@ -280,11 +282,14 @@ USES = {
     "LogTransform": ("data.user_column", "data.item_column", "data.event_column", "transform"),
     "MFTrainer": ("mf",),
     "CNNTrainer": ("cnn",),
-    "Evaluator": ("cnn", "eval"),
+    "Evaluator": ("cnn", "eval.k", "eval.baselines", "eval.baseline_epochs", "eval.bless_margin",
+                  "eval.max_queries"),
     "Indexer": ("cnn.image_size", "cnn.mode", "index"),
     # what the pushed version records of its run: the explorer reads the item tables and the CNN's input
     "Pusher": ("serving.push_dir", "serving.model_name", "serving.max_k", "cnn.image_size", "cnn.mode",
-               "data.items", "data.image_dir", "data.eval_items"),
+               "data.items", "data.image_dir", "data.eval_items",
+               # the comparison with the served version
+               "eval.k", "eval.max_queries", "eval.served_margin", "cnn.seed"),
 }
 
 

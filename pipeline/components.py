@@ -419,9 +419,13 @@ def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
 
 @tfx.dsl.components.component
 def Pusher(model: InputArtifact[Model], index: InputArtifact[ScannIndex], blessing: InputArtifact[ModelBlessing],
-           pushed_model: OutputArtifact[PushedModel], settings_json: Parameter[str], code: Parameter[str]) -> None:
+           images: InputArtifact[Examples], pushed_model: OutputArtifact[PushedModel],
+           settings_json: Parameter[str], code: Parameter[str]) -> None:
     """A blessed model -> <push_dir>/<name>/<version>/: the serving SavedModel, and in
-    assets.extra/ the ScaNN index and item-id table of the same version (serving/push.py)."""
+    assets.extra/ the ScaNN index and item-id table of the same version (serving/push.py).
+    Pushed only if, on the Evaluator's held-out images, it retrieves at least as well as the
+    version being served (eval.served_margin): a worse model never replaces a better one."""
+    from collabfeat.catalogue import labelled_images
     from collabfeat.serving import push
 
     cfg = config_lib.settings(settings_json)
@@ -429,8 +433,17 @@ def Pusher(model: InputArtifact[Model], index: InputArtifact[ScannIndex], blessi
         pushed_model.set_int_custom_property("pushed", 0)
         write_report(pushed_model.uri, {"pushed": False, "why": "the model was not blessed"})
         return
-    path = push.push(load_backbone(model.uri), index.uri, cfg)
-    pushed_model.set_int_custom_property("pushed", 1)
-    pushed_model.set_string_custom_property("pushed_destination", path)
-    write_report(pushed_model.uri, {"pushed": True, "destination": path,
-                                    "version": int(os.path.basename(path))})
+    split = "heldout" if "heldout" in artifact_utils.decode_split_names(images.split_names) else "catalogue"
+    result = push.push(load_backbone(model.uri), index.uri, cfg, heldout=labelled_images(images.uri, split))
+    compared = result["compared"] or {}
+    pushed_model.set_int_custom_property("pushed", int(result["pushed"]))
+    if result["pushed"]:
+        pushed_model.set_string_custom_property("pushed_destination", result["destination"])
+        pushed_model.set_int_custom_property("pushed_version", result["version"])
+    else:
+        progress.warn(f"Pusher: not pushed: {result['why']}")
+    if "metric" in compared:
+        record_figures(pushed_model, served_version=compared["served_version"],
+                       **{f"{who}_{compared['metric']}": compared[who][compared["metric"]]
+                          for who in ("candidate", "served")})
+    write_report(pushed_model.uri, {**result, "split": split})

@@ -189,7 +189,8 @@ def create_pipeline(cfg: Config, logs: str, pipeline_root: str, metadata_path: O
         indexer = c.Indexer(images=images, model=cnn.outputs["model"], evaluation=evaluator.outputs["evaluation"],
                             **params("Indexer"))
         pusher = c.Pusher(model=cnn.outputs["model"], index=indexer.outputs["index"],
-                          blessing=evaluator.outputs["blessing"], **params("Pusher"))
+                          blessing=evaluator.outputs["blessing"], images=images,
+                          **params("Pusher"))
         parts += [cnn, evaluator, indexer, pusher]
 
     return tfx.dsl.Pipeline(

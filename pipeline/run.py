@@ -192,6 +192,8 @@ def format_report(r: Dict) -> str:
     if "push" in r:
         p = r["push"]
         out.append(f"pushed: {p['destination']}" if p["pushed"] else f"not pushed: {p['why']}")
+        if p["pushed"] and p.get("why"):
+            out.append(f"    against what was served: {p['why']}")
     if "components" in r:
         out.append("components (wall seconds, peak memory (PSS) of the process tree):")
         for name, c in r["components"].items():

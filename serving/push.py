@@ -8,6 +8,11 @@
 
 The version is written under a hidden temporary name and renamed into place, so a server
 polling the directory never sees a half-written version. Versions are increasing integers.
+
+A push given held-out labelled images is guarded: the new version replaces the newest served one
+only if its precision@k there is at least the served version's plus `eval.served_margin`. Both are
+measured the same way, through each version's own serving signature on the same image bytes, so
+what is compared is exactly what a client gets (compare()).
 """
 from __future__ import annotations
 
@@ -15,7 +20,9 @@ import os
 import shutil
 import tempfile
 import time
-from typing import List
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from collabfeat import config as config_lib, storage
 from collabfeat.serving import export, index as scann_index
@@ -42,8 +49,39 @@ def next_version(model_dir: str) -> int:
     return max([int(time.time())] + [v + 1 for v in existing])
 
 
-def push(net, index_dir: str, cfg) -> str:
-    """cfg: a Config, or the Pusher's settings (config.settings); recorded in the version.
+def embed_with(version: str, blobs: Sequence[bytes], batch: int = 256):
+    """The L2-normalised embeddings a pushed (or exported) version's serving_default gives for image bytes."""
+    import tensorflow as tf
+    serve = tf.saved_model.load(version).signatures["serving_default"]
+    return np.concatenate([serve(images=tf.constant(list(blobs[i:i + batch])))["embedding"].numpy()
+                           for i in range(0, len(blobs), batch)])
+
+
+def compare(candidate: str, served: str, heldout: Tuple[Sequence[bytes], "np.ndarray"], cfg) -> Dict:
+    """Retrieval precision@k and mAP of two versions on the same held-out labelled images (the
+    Evaluator's measure: trainer/evaluate.py); "better": the candidate's precision@k is at least the
+    served version's plus eval.served_margin."""
+    from collabfeat.trainer.evaluate import retrieval_metrics
+    blobs, labels = heldout
+    features = {"candidate": embed_with(candidate, blobs)}
+    try:
+        features["served"] = embed_with(served, blobs)
+    except Exception as e:   # a version TensorFlow cannot load is not being served either
+        return {"served_version": int(os.path.basename(served)), "better": True,
+                "error": f"{type(e).__name__}: {e}"[:500]}
+    scores = {name: retrieval_metrics(f, labels, cfg.eval.k, cfg.eval.max_queries, cfg.cnn.seed)
+              for name, f in features.items()}
+    metric = next(key for key in scores["candidate"] if key.startswith("precision@"))
+    return {"served_version": int(os.path.basename(served)), "metric": metric, "images": len(labels),
+            "margin": cfg.eval.served_margin, **scores,
+            "better": scores["candidate"][metric] >= scores["served"][metric] + cfg.eval.served_margin}
+
+
+def push(net, index_dir: str, cfg, heldout: Optional[Tuple[Sequence[bytes], "np.ndarray"]] = None) -> Dict:
+    """-> {"pushed", "destination", "version", "compared", "why"}.
+    cfg: a Config, or the Pusher's settings (config.settings); recorded in the version.
+    heldout: (image bytes, labels) of held-out labelled images; when given and a version is being
+    served, the new version is pushed only if compare() finds it better.
     serving.push_dir may be a URI (gs://...): the version is made locally and copied there, its
     saved_model.pb last, so that a server polling the directory only sees a complete version."""
     push_dir = cfg.serving.push_dir
@@ -63,10 +101,28 @@ def push(net, index_dir: str, cfg) -> str:
         shutil.copytree(index_local, extra, ignore=shutil.ignore_patterns("report.json"))
         with open(os.path.join(extra, "config.json"), "w") as f:
             f.write(config_lib.as_json(cfg))
+        compared = None
+        if heldout is not None and versions_on_disk(model_dir):
+            compared = compare(tmp, newest_version(model_dir), heldout, cfg)
+            if not compared["better"]:
+                shutil.rmtree(tmp)
+                c, s, m = compared["candidate"], compared["served"], compared["metric"]
+                return {"pushed": False, "destination": None, "compared": compared,
+                        "why": f"{m} {c[m]:.4f} on {compared['images']} held-out images is below the served "
+                               f"version {compared['served_version']}'s {s[m]:.4f}"
+                               + (f" plus eval.served_margin {compared['margin']}" if compared["margin"] else "")
+                               + ": that version stays served"}
         if storage.is_local(model_dir):
             os.rename(tmp, final)
-            return final
-        os.rename(os.path.join(tmp, "saved_model.pb"), os.path.join(work, "saved_model.pb"))
-        storage.copytree(tmp, final)
-        storage.copy(os.path.join(work, "saved_model.pb"), os.path.join(final, "saved_model.pb"))
-    return final
+        else:
+            os.rename(os.path.join(tmp, "saved_model.pb"), os.path.join(work, "saved_model.pb"))
+            storage.copytree(tmp, final)
+            storage.copy(os.path.join(work, "saved_model.pb"), os.path.join(final, "saved_model.pb"))
+    why = ("nothing was served yet" if heldout is not None and compared is None else
+           "not compared (no held-out images given)" if compared is None else
+           f"the served version {compared['served_version']} could not be scored ({compared['error']})"
+           if "error" in compared else
+           f"{compared['metric']} {compared['candidate'][compared['metric']]:.4f} on {compared['images']} held-out "
+           f"images, against the served version {compared['served_version']}'s "
+           f"{compared['served'][compared['metric']]:.4f}")
+    return {"pushed": True, "destination": final, "version": version, "compared": compared, "why": why}

@@ -49,7 +49,7 @@ def push_version(push_dir: str, seed: int = 3, n: int = 300, map_sample: int = 2
         index.write_feature_set(tmp, "random", cnn.embed(other_net, pixels), f"{tmp}/other.h5")
         index.write_feature_set(tmp, "pixels", cnn.pixels(pixels))
         os.remove(f"{tmp}/other.h5")
-        return push.push(net, tmp, cfg)
+        return push.push(net, tmp, cfg)["destination"]
 
 
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):

@@ -217,3 +217,18 @@ def test_a_rerun_reuses_what_is_unchanged_and_reruns_from_a_changed_setting(run)
     assert set(states.values()) == {"cached"} and "MFTrainer" in states, states
     assert len(changed["cnn"]["losses"]) > len(first["cnn"]["losses"])
     assert changed["mf"] == first["mf"]
+    # The push guard in the pipeline: a push must now beat the served version (the first run's, the
+    # same model) by 0.5 in precision@k. Only the Pusher re-executes, and it leaves the served version.
+    lines = []
+    strict = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, served_margin=0.5))
+    guarded = supervise.run(strict, "push", log, echo=lines.append)
+    states = {name: c["state"] for name, c in guarded["components"].items()}
+    assert states.pop("Pusher") == "complete" and set(states.values()) == {"cached"}, lines
+    push, metric = guarded["push"], first["evaluation"]["metric"]
+    assert not push["pushed"] and push["compared"]["served_version"] == first["push"]["version"]
+    assert push["compared"]["candidate"][metric] == push["compared"]["served"][metric]
+    assert push["compared"]["served"][metric] == pytest.approx(first["evaluation"]["table"][first["evaluation"]["served"]][metric], abs=0.01)
+    assert "plus eval.served_margin 0.5: that version stays served" in push["why"]
+    assert any("Pusher complete" in line and "not pushed: " in line for line in lines), lines
+    models = os.path.dirname(first["push"]["destination"])
+    assert [n for n in os.listdir(models) if not n.startswith(".")] == [str(first["push"]["version"])]

@@ -14,6 +14,7 @@ import tensorflow as tf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import get_model_status_pb2, predict_pb2
 
+from collabfeat import images as images_lib
 from collabfeat.serving.client import Client
 from tests.serving_fixtures import ServerProcess, catalogue, push_version, wait_for
 
@@ -300,3 +301,65 @@ def test_pushed_savedmodel_has_stock_ops_and_documented_signatures(tmp_path):
     unknown = sorted(op for op in ops - functions if op_def_registry.get(op) is None)
     assert unknown == []
     assert {"DecodeImage", "TopKV2", "MatMul"} <= ops
+
+
+def test_a_worse_model_is_not_pushed_and_the_served_version_stays(tmp_path):
+    """The push guard (serving/push.py): a model that retrieves worse on held-out labelled images
+    than the version being served is not pushed, and the server keeps answering from the served
+    version; one as good is pushed. The served version's score is checked against precision@10
+    computed here from the in-process CNN."""
+    from collabfeat.serving import push
+    from collabfeat.trainer import cnn
+    from tests.serving_fixtures import small_config
+
+    push_dir = str(tmp_path / "models")
+    first = push_version(push_dir, seed=3)              # a random-init CNN: far above chance here
+    model_dir = os.path.dirname(first)
+    cfg = small_config(push_dir)
+    cfg.cnn.seed = 3
+    _, blobs, labels = catalogue(400)
+    held_out = (blobs[300:], labels[300:])               # not the 300 catalogue images
+    server = ServerProcess(model_dir)
+    client = Client(server.address)
+    try:
+        wait_for(lambda: _served_version(client, blobs[:1]) == int(os.path.basename(first)),
+                 what="the first version to be served")
+        worse = cnn.random_init(cfg.cnn)                 # the same CNN, its last layer wiped
+        for w in worse.layers[-1].weights:
+            w.assign(tf.zeros_like(w))
+        refused = push.push(worse, os.path.join(first, push.EXTRA), cfg, held_out)
+        c = refused["compared"]
+        assert not refused["pushed"] and refused["destination"] is None
+        assert c["served_version"] == int(os.path.basename(first)) and c["images"] == 100
+        assert c["candidate"]["precision@10"] < c["served"]["precision@10"]
+        assert f"below the served version {c['served_version']}" in refused["why"]
+        assert push.versions_on_disk(model_dir) == [c["served_version"]]
+        assert [n for n in os.listdir(model_dir) if n.startswith(".")] == []
+        time.sleep(1.0)                                  # three of the server's polls
+        assert _served_version(client, blobs[:1]) == c["served_version"]
+        assert [s.version for s in client.status()] == [c["served_version"]]
+
+        # Independently: precision@10 of the served CNN, each held-out image against the other 99.
+        emb = cnn.embed(cnn.random_init(cfg.cnn), np.stack([images_lib.decode(b, 28) for b in held_out[0]]))
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        hits = []
+        for q in range(100):
+            sims = emb @ emb[q]
+            sims[q] = -np.inf
+            hits.append(np.mean(held_out[1][np.argsort(-sims)[:10]] == held_out[1][q]))
+        assert c["served"]["precision@10"] == pytest.approx(np.mean(hits), abs=0.01)
+        assert c["served"]["precision@10"] > 0.3 > c["candidate"]["precision@10"]
+
+        same = push.push(cnn.random_init(cfg.cnn), os.path.join(first, push.EXTRA), cfg, held_out)
+        assert same["pushed"] and same["compared"]["candidate"] == same["compared"]["served"]
+        wait_for(lambda: _served_version(client, blobs[:1]) == same["version"], what="the equal version to be served")
+    finally:
+        client.close()
+        server.stop()
+
+
+def _served_version(client, blobs):
+    try:
+        return int(client.similar(blobs, 1)["_version"])
+    except grpc.RpcError:
+        return None

@@ -74,7 +74,7 @@ def test_backbone_and_a_pushed_version(root, tmp_path):
     emb = np.random.default_rng(3).normal(size=(50, cfg.cnn.embedding_dim)).astype(np.float32)
     searcher, settings = index.build(emb, cfg.index)
     index.save(searcher, settings, [f"i{n}" for n in range(50)], emb, f"{root}/Indexer/index/4")
-    version = push.push(net, f"{root}/Indexer/index/4", cfg)
+    version = push.push(net, f"{root}/Indexer/index/4", cfg)["destination"]
     assert version.startswith(f"{root}/models/{cfg.serving.model_name}/")
     assert push.versions_on_disk(os.path.dirname(version)) == [int(os.path.basename(version))]
     assert storage.read_json(f"{version}/{push.EXTRA}/config.json")["serving"]["max_k"] == cfg.serving.max_k
