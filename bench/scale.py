@@ -5,7 +5,11 @@ larger multiple. Each size runs through the same supervisor as `collabfeat demo`
 (pipeline/supervise.py): per component, wall seconds (from MLMD) and the peak resident memory of
 the whole process tree while it ran (Beam's workers included).
 
-    ./run bench scale [--sizes 1,4,16] [--behaviour 64] [--work DIR]
+    ./run bench scale [--sizes 1,4,16] [--behaviour 64] [--portable 4] [--work DIR]
+
+--portable runs the behaviour path at those multiples twice, one run after the other: on the
+DirectRunner (multi-processing) and on the portable engine (pipeline/engine.py: a Beam job service
+and SDK worker processes), and reports each Beam stage's rows/s on both and their ratio.
 
 For each component, n is the size of its own input: log rows for the components that read the logs,
 pairs for Transform and MFTrainer, catalogue images for the image components. The growth exponent b
@@ -46,13 +50,13 @@ def input_size(component: str, report: Dict) -> int:
     return report["datasheet"]["images"]["catalogue"]
 
 
-def measure(multiple: int, until: str, work_root: str) -> Dict:
+def measure(multiple: int, until: str, work_root: str, engine: str = "direct") -> Dict:
     from collabfeat.pipeline.run import prepare_data
     from collabfeat.pipeline.supervise import PipelineFailed, PipelineStopped, run
 
     work = os.path.join(work_root, f"{until}-x{multiple}")
     shutil.rmtree(os.path.join(work, "collabfeat"), ignore_errors=True)   # the run, not the data
-    cfg = config_lib.load(overrides=settings(multiple, work))
+    cfg = config_lib.load(overrides=settings(multiple, work) + [f"runner.engine={engine}"])
     start = time.time()
     prepare_data(cfg)          # generated data is not the pipeline's cost
     generated = time.time() - start
@@ -68,10 +72,12 @@ def measure(multiple: int, until: str, work_root: str) -> Dict:
     rows = []
     for name, c in report.get("components", {}).items():
         n = input_size(name, report)
-        rows.append({"size": f"x{multiple}", "path": "full" if until == "push" else "behaviour",
+        rows.append({"size": f"x{multiple}", "path": ("full" if until == "push" else "behaviour")
+                     + ("" if engine == "direct" else f" ({engine})"),
                      "component": name, "state": c["state"], "n": n, "seconds": c["seconds"],
                      "n/s": n / c["seconds"] if c["seconds"] > 0 else None, "peak_rss_mb": c["peak_rss_mb"]})
-    return {"multiple": multiple, "until": until, "rows_in_logs": report.get("datasheet", {}).get("rows"),
+    return {"multiple": multiple, "until": until, "engine": engine,
+            "rows_in_logs": report.get("datasheet", {}).get("rows"),
             "pipeline_seconds": report.get("seconds"), "peak_rss_mb": report.get("peak_rss_mb"),
             "failed": failed, "components": rows}
 
@@ -104,22 +110,43 @@ def run(argv=None) -> Dict:
     p = argparse.ArgumentParser(prog="bench scale")
     p.add_argument("--sizes", default="1,4,16", help="multiples of the default data for the full pipeline")
     p.add_argument("--behaviour", default="64", help="multiples for the behaviour path alone ('' for none)")
+    p.add_argument("--portable", default="", help="multiples for the behaviour path on the DirectRunner and "
+                                                    "on the portable engine, side by side ('' for none)")
     p.add_argument("--work", default=os.path.join("runs", "bench-scale"))
     args = p.parse_args(argv)
-    plan = [(int(m), "push") for m in args.sizes.split(",") if m] + \
-           [(int(m), "mf") for m in args.behaviour.split(",") if m]
+    plan = [(int(m), "push", "direct") for m in args.sizes.split(",") if m] + \
+           [(int(m), "mf", "direct") for m in args.behaviour.split(",") if m] + \
+           [(int(m), "mf", engine) for m in args.portable.split(",") if m for engine in ("direct", "portable")]
     result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, "
               f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2 ** 30:.0f} GB",
               "targets": TARGETS, "runs": []}
-    for multiple, until in plan:
-        result["runs"].append(measure(multiple, until, os.path.abspath(args.work)))
+    for multiple, until, engine in plan:
+        result["runs"].append(measure(multiple, until, os.path.abspath(args.work), engine))
         save("scale", result)
-        result["exponents"] = exponents([r for r in result["runs"] if r["until"] == "push"])
-        result["exponents_all_sizes"] = exponents(result["runs"])
+        direct = [r for r in result["runs"] if r.get("engine", "direct") == "direct"]
+        result["exponents"] = exponents([r for r in direct if r["until"] == "push"])
+        result["exponents_all_sizes"] = exponents(direct)
+        result["engines"] = engine_ratios(result["runs"])
         save("scale", result)
     print(report_text(result))
     print("saved", save("scale", result))
     return result
+
+
+def engine_ratios(runs: List[Dict]) -> List[Dict]:
+    """Per component and size: rows/s on the portable engine against the DirectRunner's, from the
+    behaviour runs that have both."""
+    by: Dict = {}
+    for r in runs:
+        if r["until"] == "mf":
+            for c in r["components"]:
+                if c["state"] == "complete" and c["n/s"]:
+                    by.setdefault((r["multiple"], c["component"]), {})[r.get("engine", "direct")] = c
+    return [{"size": f"x{m}", "component": name, "n": e["direct"]["n"],
+             "n/s direct": e["direct"]["n/s"], "n/s portable": e["portable"]["n/s"],
+             "portable / direct": e["portable"]["n/s"] / e["direct"]["n/s"],
+             "peak_rss_mb direct": e["direct"]["peak_rss_mb"], "peak_rss_mb portable": e["portable"]["peak_rss_mb"]}
+            for (m, name), e in sorted(by.items()) if {"direct", "portable"} <= set(e)]
 
 
 def report_text(result: Dict) -> str:
@@ -127,12 +154,16 @@ def report_text(result: Dict) -> str:
     lines = [f"scale benchmark, {result['date']}, {result['machine']}",
              table(rows, ["size", "path", "component", "state", "n", "seconds", "n/s", "peak_rss_mb"]), ""]
     for r in result["runs"]:
-        lines.append(f"x{r['multiple']} ({r['until']}): {r['rows_in_logs']} log rows, {r['pipeline_seconds']} s, "
+        lines.append(f"x{r['multiple']} ({r['until']}, {r.get('engine', 'direct')}): {r['rows_in_logs']} log rows, "
+                     f"{r['pipeline_seconds']} s, "
                      f"peak {r['peak_rss_mb']} MB" + (f", FAILED: {r['failed']}" if r["failed"] else ""))
     columns = ["component", "from", "to", "b (time)", "b (memory)", "peak_rss_mb", "meets b<=1.15", "meets rss<=4GB"]
     lines += ["", "growth between the two largest full-pipeline sizes:", table(result.get("exponents", []), columns),
               "", "growth between the two largest sizes of all runs (the behaviour path's largest included):",
               table(result.get("exponents_all_sizes", []), columns)]
+    if result.get("engines"):
+        lines += ["", "the behaviour path on the portable engine against the DirectRunner, same size:",
+                  table(result["engines"], list(result["engines"][0]))]
     return "\n".join(lines)
 
 

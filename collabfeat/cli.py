@@ -20,6 +20,10 @@ def _run_args(p):
     p.add_argument("--no-cache", action="store_true",
                    help="run every component, even those whose inputs, settings and code are unchanged "
                         "(runner.cache=false)")
+    p.add_argument("--engine", choices=("direct", "portable"),
+                   help="where the Beam stages run: Beam's DirectRunner, or Beam's portability framework (a "
+                        "local job service and SDK worker processes, the path of Flink, Spark and Dataflow); "
+                        "runner.engine")
 
 
 def main(argv=None):
@@ -84,6 +88,8 @@ def main(argv=None):
     elif args.command in ("demo", "run"):
         if args.no_cache:
             cfg.runner.cache = False
+        if args.engine:
+            cfg.runner.engine = args.engine
         from collabfeat.pipeline.run import format_report
         from collabfeat.pipeline.supervise import PipelineFailed, PipelineStopped, run as run_supervised
         if args.command == "run":

@@ -162,6 +162,11 @@ class RunnerConfig:
     output_dir: str = "runs"       # pipeline root, metadata and the generated default data
     direct_num_workers: int = 2
     direct_running_mode: str = "multi_processing"
+    # Where the Beam stages run (pipeline/engine.py): "direct" (the DirectRunner), or "portable" (a
+    # local Beam job service and a pool of SDK worker processes: the path of Flink, Spark, Dataflow)
+    engine: str = "direct"
+    portable_job_port: int = 8099      # the job service (Beam's default port)
+    portable_pool_port: int = 50000    # the SDK worker pool (Beam's default port)
     cache: bool = True             # reuse a component's earlier outputs when its inputs, settings and code are unchanged
     beam_args: List[str] = field(default_factory=list)   # extra Beam args (e.g. a cluster runner)
     # Kubeflow (kubeflow/runner.py): the pipeline image, where the repository sits in it, and the
@@ -212,6 +217,10 @@ class Config:
         unknown = set(self.eval.baselines) - {"pseudo_class", "supervised", "rotation", "random", "pixels"}
         if unknown:
             problems.append(f"eval.baselines has unknown entries {sorted(unknown)}")
+        if self.runner.engine not in ("direct", "portable"):
+            problems.append(f"runner.engine must be 'direct' or 'portable', not {self.runner.engine!r}")
+        if self.runner.engine == "portable" and any(a.startswith("--runner") for a in self.runner.beam_args):
+            problems.append("runner.engine 'portable' starts its own Beam runner: remove --runner from runner.beam_args")
         if self.cnn.image_size < 16:
             problems.append("cnn.image_size must be at least 16")
         sv = self.serving

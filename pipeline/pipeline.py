@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from tfx import v1 as tfx
 from tfx.components.example_gen.component import FileBasedExampleGen
@@ -126,26 +126,31 @@ _DEPENDENCY_FLAGS = ("--extra_package", "--setup_file", "--requirements_file", "
                      "--worker_harness_container_image")
 
 
-def beam_args(cfg: Config) -> List[str]:
+def beam_args(cfg: Config, engine_args: Sequence[str] = ()) -> List[str]:
+    """engine_args: the portable engine's (pipeline/engine.py), given while its services run."""
     r = cfg.runner
-    args = list(r.beam_args)
-    if not any(a.startswith("--runner") for a in args):
+    args = list(r.beam_args) + list(engine_args)
+    local = r.engine == "portable" or not any(a.startswith("--runner") for a in args)
+    if r.engine == "direct" and local:
         args += [f"--direct_running_mode={r.direct_running_mode}",
                  f"--direct_num_workers={r.direct_num_workers}"]
-        if not any(a.startswith(_DEPENDENCY_FLAGS) for a in args):
-            # Without one of these flags TFX builds a 50 MB sdist of itself for every Beam component
-            # (about 3 s) into a new /tmp directory that nothing removes, for workers to install.
-            # The DirectRunner's workers share this environment and only a Docker environment reads
-            # this flag, so it stops the build and ships nothing.
-            args.append("--sdk_container_image=unused-by-the-local-direct-runner")
+    if local and not any(a.startswith(_DEPENDENCY_FLAGS) for a in args):
+        # Without one of these flags TFX builds a 50 MB sdist of itself for every Beam component
+        # (about 3 s) into a new /tmp directory that nothing removes, for workers to install.
+        # Local workers (the DirectRunner's, and the portable engine's EXTERNAL pool) share this
+        # environment and only a Docker environment reads this flag, so it stops the build and
+        # ships nothing.
+        args.append("--sdk_container_image=unused-by-local-workers")
     return args
 
 
 def create_pipeline(cfg: Config, logs: str, pipeline_root: str, metadata_path: Optional[str],
                     with_catalogue: bool = True,
-                    schema_file: str = INTERACTIONS_SCHEMA, fingerprint_inputs: bool = True) -> tfx.dsl.Pipeline:
+                    schema_file: str = INTERACTIONS_SCHEMA, fingerprint_inputs: bool = True,
+                    engine_args: Sequence[str] = ()) -> tfx.dsl.Pipeline:
     """fingerprint_inputs: hash the item tables and images now (local runs); a pipeline compiled
-    for elsewhere (Kubeflow) cannot see them, and its ImageImport is keyed on their paths only."""
+    for elsewhere (Kubeflow) cannot see them, and its ImageImport is keyed on their paths only.
+    engine_args: Beam arguments of the running portable engine (pipeline/engine.py)."""
     from collabfeat.pipeline import components as c
 
     code = code_fingerprint()
@@ -200,7 +205,7 @@ def create_pipeline(cfg: Config, logs: str, pipeline_root: str, metadata_path: O
         metadata_connection_config=(
             tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
             if metadata_path else None),
-        beam_pipeline_args=beam_args(cfg),
+        beam_pipeline_args=beam_args(cfg, engine_args),
         # A component whose inputs, settings and code are unchanged reuses its earlier outputs
         # (runner.cache; `--no-cache` forces a full run): a rerun after a failure resumes there.
         enable_cache=cfg.runner.cache,

@@ -61,6 +61,7 @@ def prepare_data(cfg: Config) -> Config:
 def run_local(cfg: Config, until: str = "push") -> Dict:
     """Runs the pipeline in this process (LocalDagRunner); -> the report of this run's components."""
     from tfx import v1 as tfx
+    from collabfeat.pipeline import engine
     from collabfeat.pipeline.pipeline import create_pipeline, run_options
     from collabfeat.pipeline.supervise import executions
 
@@ -70,10 +71,16 @@ def run_local(cfg: Config, until: str = "push") -> Dict:
     with open(os.path.join(root, "config.json"), "w") as f:
         f.write(cfg.to_json())
     start = time.time()
-    tfx.orchestration.LocalDagRunner().run(
-        create_pipeline(cfg, cfg.data.logs, os.path.join(root, "root"), metadata_path),
-        run_options=run_options(until))
+    jobs_before = engine.jobs_completed(root)
+    with engine.started(cfg, root) as engine_args:
+        tfx.orchestration.LocalDagRunner().run(
+            create_pipeline(cfg, cfg.data.logs, os.path.join(root, "root"), metadata_path, engine_args=engine_args),
+            run_options=run_options(until))
     report = collect(cfg, executions(metadata_path, int(start * 1000) - 1))
+    report["engine"] = {"name": cfg.runner.engine}
+    if cfg.runner.engine == "portable":
+        report["engine"]["jobs"] = engine.jobs_completed(root) - jobs_before
+        report["engine"]["log"] = os.path.join(root, "beam-job-service.log")
     report["seconds"] = round(time.time() - start, 1)
     with open(report_path, "w") as f:
         json.dump(report, f, indent=1, sort_keys=True)
@@ -194,6 +201,9 @@ def format_report(r: Dict) -> str:
         out.append(f"pushed: {p['destination']}" if p["pushed"] else f"not pushed: {p['why']}")
         if p["pushed"] and p.get("why"):
             out.append(f"    against what was served: {p['why']}")
+    if r.get("engine", {}).get("name") == "portable":
+        out.append(f"Beam stages: the portable engine (a local job service and SDK worker processes), "
+                   f"{r['engine']['jobs']} Beam jobs completed there; log: {r['engine']['log']}")
     if "components" in r:
         out.append("components (wall seconds, peak memory (PSS) of the process tree):")
         for name, c in r["components"].items():

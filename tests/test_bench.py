@@ -65,3 +65,17 @@ def test_serving_load_counts_answers_and_failures():
     r = serving.load(call, concurrency=2, seconds=0.3)
     assert r["requests"] > 10 and 0 < r["failures"] < r["requests"]      # thread 1 fails every other call
     assert "every fourth" in r["first failure"] and r["q/s"] == pytest.approx(r["requests"] / r["seconds"])
+
+
+def test_scale_compares_the_engines_per_component_at_the_same_size():
+    from bench import scale
+
+    def run(engine, rate, until="mf", multiple=4):
+        return {"until": until, "multiple": multiple, "engine": engine, "components": [
+            {"component": "LogTransform", "state": "complete", "n": 1000, "n/s": rate, "peak_rss_mb": 10},
+            {"component": "MFTrainer", "state": "failed", "n": 500, "n/s": None, "peak_rss_mb": 5}]}
+    rows = scale.engine_ratios([run("direct", 200.0), run("portable", 150.0), run("direct", 9.0, until="push"),
+                                run("direct", 1.0, multiple=16)])
+    assert rows == [{"size": "x4", "component": "LogTransform", "n": 1000, "n/s direct": 200.0,
+                     "n/s portable": 150.0, "portable / direct": 0.75, "peak_rss_mb direct": 10,
+                     "peak_rss_mb portable": 10}]

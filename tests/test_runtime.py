@@ -65,46 +65,64 @@ u4,i2,bogus,9
 """
 
 
-def test_smoke_pipeline_through_transform(tmp_path):
-    """CsvExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> LogTransform -> Transform,
-    on LocalDagRunner with Beam multi-processing; answers computed by hand."""
+def _smoke_run(tmp_path, overrides):
+    """CsvExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> LogTransform -> Transform on
+    LocalDagRunner, with the Beam stages on runner.engine; -> what they produced."""
     from tfx import v1 as tfx
     import tensorflow_transform as tft
+    from collabfeat.pipeline import engine
     from collabfeat.pipeline.pipeline import create_pipeline, run_options
 
     logs = tmp_path / "logs"
-    logs.mkdir()
+    logs.mkdir(parents=True)
     (logs / "logs.csv").write_text(ROWS)
     cfg = config_lib.load(overrides=[
         "transform.min_user_items=2", "transform.min_item_users=2", "transform.max_user_quantile=1",
-        "transform.max_item_quantile=1", "transform.eval_fraction=0"])
+        "transform.max_item_quantile=1", "transform.eval_fraction=0"] + overrides)
     root = str(tmp_path / "root")
-    tfx.orchestration.LocalDagRunner().run(create_pipeline(
-        cfg, str(logs), root, str(tmp_path / "m.sqlite"), with_catalogue=False),
-        run_options=run_options("transform", with_catalogue=False))
+    with engine.started(cfg, str(tmp_path)) as engine_args:
+        tfx.orchestration.LocalDagRunner().run(create_pipeline(
+            cfg, str(logs), root, str(tmp_path / "m.sqlite"), with_catalogue=False, engine_args=engine_args),
+            run_options=run_options("transform", with_catalogue=False))
+    assert find_artifact(root, "ExampleValidator", "anomalies")
+    graph = tft.TFTransformOutput(find_artifact(root, "Transform", "transform_graph"))
+    users, items = graph.vocabulary_by_name("user_id"), graph.vocabulary_by_name("item_id")
+    rows = list(examples.read(find_artifact(root, "Transform", "transformed_examples"), "train"))
+    pairs = {(users[r["user_idx"]], items[r["item_idx"]]): (float(r["weight"]), float(r["rating"])) for r in rows}
+    return {"report": read_report(find_artifact(root, "LogTransform", "interactions")),
+            "vocabularies": (users, items), "pairs": pairs}
+
+
+def test_smoke_pipeline_through_transform_on_the_portable_engine(tmp_path):
+    """The Beam stages through Beam's portability framework (a job service and a pool of SDK worker
+    processes: the path of Flink, Spark and Dataflow) give what the DirectRunner gives, and what was
+    computed by hand; the jobs did arrive at the job service, and ran on the pool's workers."""
+    from collabfeat.pipeline import engine
+    got = _smoke_run(tmp_path / "portable", ["runner.engine=portable", "runner.direct_num_workers=2"])
+    direct = _smoke_run(tmp_path / "direct", ["runner.direct_running_mode=in_memory"])
+    assert got == direct
+    jobs = engine.jobs_completed(str(tmp_path / "portable"))
+    assert jobs >= 5, jobs       # LogsExampleGen (2), StatisticsGen, LogTransform, Transform
+    service_log = open(tmp_path / "portable" / "beam-job-service.log").read()
+    assert service_log.count("on 2 SDK workers") == jobs, service_log[-2000:]
+    pool_log = open(tmp_path / "portable" / "beam-worker-pool.log").read()
+    assert pool_log.count("Starting worker with command") == 2 * jobs, pool_log[-2000:]
 
     # Rows: every one accounted for, with its reason.
-    report = read_report(find_artifact(root, "LogTransform", "interactions"))
+    report = got["report"]
     assert report["rows"] == {"used": 6, "item_too_rare": 1, "user_too_rare": 1,
                               "unknown_event": 1, "missing_user": 1}
     assert report["rows_total"] == 10
     assert report["pairs"] == {"train": 4, "eval": 0}
-    assert find_artifact(root, "ExampleValidator", "anomalies")
-
-    graph = tft.TFTransformOutput(find_artifact(root, "Transform", "transform_graph"))
-    users = graph.vocabulary_by_name("user_id")
-    items = graph.vocabulary_by_name("item_id")
+    users, items = got["vocabularies"]
     assert sorted(users) == [b"u1", b"u2"] and sorted(items) == [b"i1", b"i2"]
-
-    rows = list(examples.read(find_artifact(root, "Transform", "transformed_examples"), "train"))
-    got = {(users[r["user_idx"]], items[r["item_idx"]]): (r["weight"], r["rating"]) for r in rows}
     top = math.log1p(1 + 1 + 4)      # two views and an appreciation
     want = {(b"u1", b"i1"): top, (b"u1", b"i2"): math.log1p(1),
             (b"u2", b"i1"): math.log1p(1), (b"u2", b"i2"): math.log1p(1)}
-    assert set(got) == set(want)
+    assert set(got["pairs"]) == set(want)
     for pair, w in want.items():
-        assert got[pair][0] == pytest.approx(w, rel=1e-6)
-        assert got[pair][1] == pytest.approx(w / top, rel=1e-6)
+        assert got["pairs"][pair][0] == pytest.approx(w, rel=1e-6)
+        assert got["pairs"][pair][1] == pytest.approx(w / top, rel=1e-6)
 
 
 def test_parquet_logs_and_a_catalogue_through_the_log_transform(tmp_path):
@@ -130,7 +148,7 @@ def test_parquet_logs_and_a_catalogue_through_the_log_transform(tmp_path):
         "data.user_column=who", "data.item_column=what", "data.event_column=kind",
         "transform.min_user_items=1", "transform.min_item_users=1", "transform.max_user_quantile=1",
         "transform.max_item_quantile=1", "transform.eval_fraction=0",
-        "runner.direct_running_mode=in_memory"])    # the test above covers multi-processing workers
+        "runner.direct_running_mode=in_memory"])    # multi-processing workers: tests/test_failure.py
     root = str(tmp_path / "root")
     tfx.orchestration.LocalDagRunner().run(create_pipeline(
         cfg, str(tmp_path / "logs"), root, str(tmp_path / "m.sqlite")), run_options=run_options("transform"))
