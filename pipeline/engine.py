@@ -54,6 +54,14 @@ def _wait_for_port(proc: subprocess.Popen, port: int, what: str, log_path: str) 
     raise RuntimeError(f"Beam's {what} did not listen on port {port} within {START_SECONDS} s; log: {log_path}")
 
 
+def _die_with_parent() -> None:
+    """In the service's process before it starts: SIGTERM it when the pipeline's process dies, even
+    by SIGKILL, so that no service outlives its run holding the ports (Linux's PR_SET_PDEATHSIG).
+    Its workers end when their control stream to the job service breaks."""
+    import ctypes
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
 def _stop(proc: subprocess.Popen) -> None:
     """Ends a service and every process it started (each service leads its own process group)."""
     if proc.poll() is not None:
@@ -97,11 +105,12 @@ def portable(cfg, run_dir: str) -> Iterator[List[str]]:
             services.append(subprocess.Popen(
                 [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={pool_port}"],
                 stdout=pool_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                start_new_session=True))
+                start_new_session=True, preexec_fn=_die_with_parent))
             services.append(subprocess.Popen(
                 [sys.executable, "-m", "collabfeat.pipeline.job_service", f"--port={job_port}",
                  f"--staging_dir={staging}"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True))
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                preexec_fn=_die_with_parent))
             _wait_for_port(services[0], pool_port, "worker pool", pool_log_path)
             _wait_for_port(services[1], job_port, "job service", log_path)
             yield args(cfg, job_port, pool_port)
