@@ -24,7 +24,9 @@ TINY = [
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e")
     # ALS from row buckets on disk, and CNN epochs bounded below the catalogue's size: the large-data paths.
+    # Beam in-process: every Beam stage runs on multi-processing workers in tests/test_failure.py.
     cfg = config_lib.load(overrides=TINY + ["mf.bucket_pairs=4000", "cnn.epoch_images=300",
+                                            "runner.direct_running_mode=in_memory", "runner.direct_num_workers=1",
                                             f"runner.output_dir={out}", f"serving.push_dir={out}/models"])
     lines = []
     temp = tempfile.gettempdir()
