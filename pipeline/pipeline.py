@@ -45,23 +45,38 @@ def _single_split(pattern: str) -> tuple:
                 splits=[example_gen_pb2.SplitConfig.Split(name="all", hash_buckets=1)])))
 
 
+CODE_PACKAGES = ("collabfeat", "collabfeat.pipeline", "collabfeat.trainer", "collabfeat.transform",
+                 "collabfeat.serving")
+
+
+def code_files() -> List[Tuple[str, str]]:
+    """(package, path) of collabfeat's code: the Python files and the interactions schema in each
+    package's own folder. Only there: in a source checkout `collabfeat` also resolves names in the
+    repository's top folder, whose walk would take in the run directory (`runs/`, where TFX writes
+    schema.pbtxt files) and the tests, so a run would change the code's hash for the next one."""
+    out, seen = [], set()
+    for package in CODE_PACKAGES:
+        top = os.path.dirname(os.path.abspath(importlib.import_module(package).__file__))
+        for d, dirs, files in os.walk(top):
+            dirs[:] = sorted(x for x in dirs if x not in ("__pycache__", "models", "static"))
+            for f in sorted(files):
+                path = os.path.realpath(os.path.join(d, f))
+                if f.endswith((".py", ".pbtxt")) and path not in seen:
+                    seen.add(path)
+                    out.append((package, path))
+    return out
+
+
 def code_fingerprint() -> str:
-    """A hash of collabfeat's code: its Python files and the interactions schema. Every component
-    that runs collabfeat's code has it as a parameter, so that changed code is never answered from
-    TFX's cache (which keys on parameters and inputs, not on the code behind them)."""
-    h, seen = hashlib.sha256(), set()
-    for package in ("collabfeat", "collabfeat.pipeline", "collabfeat.trainer", "collabfeat.transform",
-                    "collabfeat.serving"):
-        for top in importlib.import_module(package).__path__:
-            for d, dirs, files in os.walk(top):
-                dirs[:] = sorted(x for x in dirs if x not in ("__pycache__", "models", "static"))
-                for f in sorted(files):
-                    path = os.path.realpath(os.path.join(d, f))
-                    if f.endswith((".py", ".pbtxt")) and path not in seen:
-                        seen.add(path)
-                        h.update(f"{package}/{os.path.relpath(path, top)}\0".encode())
-                        with open(path, "rb") as fh:
-                            h.update(fh.read())
+    """A hash of collabfeat's code (code_files). Every component that runs collabfeat's code has
+    it as a parameter, so that changed code is never answered from TFX's cache (which keys on
+    parameters and inputs, not on the code behind them)."""
+    h = hashlib.sha256()
+    for package, path in code_files():
+        top = os.path.dirname(os.path.abspath(importlib.import_module(package).__file__))
+        h.update(f"{package}/{os.path.relpath(path, top)}\0".encode())
+        with open(path, "rb") as fh:
+            h.update(fh.read())
     return h.hexdigest()[:16]
 
 

@@ -196,6 +196,29 @@ def test_key_figures_are_artifact_properties_in_mlmd(run):
     assert prop("LogTransform", "interactions")["rows_used"].int_value == report["logs"]["rows"]["used"]
 
 
+def test_the_code_hash_covers_the_packages_only_so_a_run_in_the_checkout_keeps_the_cache():
+    """The default run directory is runs/ in the checkout, where TFX writes schema.pbtxt files. The
+    code hash (a parameter of every collabfeat component) must not see them: it did, so a second
+    `./run demo` re-executed everything."""
+    import shutil
+    from collabfeat.pipeline import pipeline
+    repo = os.path.realpath(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    tops = [os.path.join(repo, d) + os.sep for d in ("collabfeat", "pipeline", "trainer", "transform", "serving")]
+    files = [path for _, path in pipeline.code_files()]
+    assert all(path.startswith(tuple(tops)) for path in files), [p for p in files if not p.startswith(tuple(tops))]
+    assert os.path.join(repo, "transform", "interactions_schema.pbtxt") in files
+    before = pipeline.code_fingerprint()
+    runs = os.path.join(repo, "runs", "test-code-hash")
+    os.makedirs(runs, exist_ok=True)
+    try:
+        for name, text in (("schema.pbtxt", "feature {}"), ("x.py", "x = 1")):
+            with open(os.path.join(runs, name), "w") as f:
+                f.write(text)
+        assert pipeline.code_fingerprint() == before
+    finally:
+        shutil.rmtree(runs)
+
+
 def test_a_rerun_reuses_what_is_unchanged_and_reruns_from_a_changed_setting(run):
     """TFX's cache: with nothing a component uses changed, a rerun executes nothing, pushes no new
     version and reports the same results; a changed cnn.epochs re-executes CNNTrainer, and what
