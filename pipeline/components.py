@@ -291,6 +291,12 @@ def load_backbone(model_uri: str):
         return tf.keras.models.load_model(path, compile=False)
 
 
+def evaluation_split(images) -> str:
+    """The split of labelled images the Evaluator and the Pusher's comparison use: the held-out
+    images if there are any, else the catalogue's."""
+    return "heldout" if "heldout" in artifact_utils.decode_split_names(images.split_names) else "catalogue"
+
+
 @tfx.dsl.components.component
 def Evaluator(images: InputArtifact[Examples], mf_model: InputArtifact[Model], model: InputArtifact[Model],
               evaluation: OutputArtifact[ModelEvaluation], blessing: OutputArtifact[ModelBlessing],
@@ -303,7 +309,7 @@ def Evaluator(images: InputArtifact[Examples], mf_model: InputArtifact[Model], m
     from collabfeat.trainer.evaluate import bless, retrieval_metrics
 
     cfg = config_lib.settings(settings_json)
-    split = "heldout" if "heldout" in artifact_utils.decode_split_names(images.split_names) else "catalogue"
+    split = evaluation_split(images)
     test_labels = np.array(list(read_labels(images.uri, split).values()))
     labelled = test_labels >= 0
     if labelled.sum() < 2:
@@ -433,7 +439,7 @@ def Pusher(model: InputArtifact[Model], index: InputArtifact[ScannIndex], blessi
         pushed_model.set_int_custom_property("pushed", 0)
         write_report(pushed_model.uri, {"pushed": False, "why": "the model was not blessed"})
         return
-    split = "heldout" if "heldout" in artifact_utils.decode_split_names(images.split_names) else "catalogue"
+    split = evaluation_split(images)
     result = push.push(load_backbone(model.uri), index.uri, cfg, heldout=labelled_images(images.uri, split))
     compared = result["compared"] or {}
     pushed_model.set_int_custom_property("pushed", int(result["pushed"]))

@@ -28,7 +28,6 @@ import sys
 import time
 from typing import Iterator, List
 
-ENGINES = ("direct", "portable")
 START_SECONDS = 60
 
 

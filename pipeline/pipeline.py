@@ -50,10 +50,11 @@ CODE_PACKAGES = ("collabfeat", "collabfeat.pipeline", "collabfeat.trainer", "col
 
 
 def code_files() -> List[Tuple[str, str]]:
-    """(package, path) of collabfeat's code: the Python files and the interactions schema in each
-    package's own folder. Only there: in a source checkout `collabfeat` also resolves names in the
-    repository's top folder, whose walk would take in the run directory (`runs/`, where TFX writes
-    schema.pbtxt files) and the tests, so a run would change the code's hash for the next one."""
+    """(name, path) of collabfeat's code: the Python files and the interactions schema in each
+    package's own folder, named package/relative path. Only there: in a source checkout
+    `collabfeat` also resolves names in the repository's top folder, whose walk would take in the
+    run directory (`runs/`, where TFX writes schema.pbtxt files) and the tests, so a run would change
+    the code's hash for the next one."""
     out, seen = [], set()
     for package in CODE_PACKAGES:
         top = os.path.dirname(os.path.abspath(importlib.import_module(package).__file__))
@@ -63,7 +64,7 @@ def code_files() -> List[Tuple[str, str]]:
                 path = os.path.realpath(os.path.join(d, f))
                 if f.endswith((".py", ".pbtxt")) and path not in seen:
                     seen.add(path)
-                    out.append((package, path))
+                    out.append((f"{package}/{os.path.relpath(path, top)}", path))
     return out
 
 
@@ -72,9 +73,8 @@ def code_fingerprint() -> str:
     it as a parameter, so that changed code is never answered from TFX's cache (which keys on
     parameters and inputs, not on the code behind them)."""
     h = hashlib.sha256()
-    for package, path in code_files():
-        top = os.path.dirname(os.path.abspath(importlib.import_module(package).__file__))
-        h.update(f"{package}/{os.path.relpath(path, top)}\0".encode())
+    for name, path in code_files():
+        h.update(f"{name}\0".encode())
         with open(path, "rb") as fh:
             h.update(fh.read())
     return h.hexdigest()[:16]
