@@ -62,6 +62,8 @@ class TransformConfig:
     filter_rounds: int = 2
     eval_fraction: float = 0.1     # share of each user's pairs held out for MF recall@k
     split_seed: int = 13
+    bucket_rows: int = 1 << 20     # log rows per hash bucket of users: a Beam worker aggregates and
+                                   # filters one bucket's pairs at a time (bounds memory)
 
 
 @dataclass
@@ -214,6 +216,8 @@ class Config:
             problems.append("transform.max_*_quantile must be in (0, 1]")
         if not 0 <= self.transform.eval_fraction < 1:
             problems.append("transform.eval_fraction must be in [0, 1)")
+        if self.transform.bucket_rows < 1:
+            problems.append(f"transform.bucket_rows must be at least 1, not {self.transform.bucket_rows}")
         unknown = set(self.eval.baselines) - {"pseudo_class", "supervised", "rotation", "random", "pixels"}
         if unknown:
             problems.append(f"eval.baselines has unknown entries {sorted(unknown)}")

@@ -48,14 +48,21 @@ def LogTransform(logs: InputArtifact[Examples],
                  settings_json: Parameter[str], code: Parameter[str],
                  catalogue: InputArtifact[Examples] = None,
                  beam_pipeline: BeamPipeline = None) -> None:
-    """Behaviour logs -> weighted, filtered, split (user, item) pairs (transform/aggregate.py)."""
-    from collabfeat.transform.aggregate import AggregateLogs
+    """Behaviour logs -> weighted, filtered, split (user, item) pairs (transform/aggregate.py), in
+    hash buckets of users of about transform.bucket_rows log rows each, spilled under the output."""
+    from tfx.dsl.io import fileio
+
+    from collabfeat.transform.aggregate import AggregateLogs, bucket_count
 
     cfg = config_lib.settings(settings_json)
     cols = cfg.data
     [split] = artifact_utils.decode_split_names(logs.split_names)
     outcomes_path = os.path.join(interactions.uri, "outcomes.json")
     summary_path = os.path.join(interactions.uri, "summary.json")
+    work_dir = os.path.join(interactions.uri, "_buckets")
+    name = f"records_{split}"      # LogsExampleGen's count of what it wrote; other inputs get counted
+    rows_in = (logs.get_int_custom_property(name) if logs.has_custom_property(name)
+               else examples.count_records(artifact_utils.get_split_uri([logs], split)))
 
     def row(r):
         return {"user": r.get(cols.user_column), "item": r.get(cols.item_column),
@@ -64,26 +71,32 @@ def LogTransform(logs: InputArtifact[Examples],
     def record(p):
         return {"user_id": p[0], "item_id": p[1], "weight": float(p[2]), "events": p[3]}
 
-    with beam_pipeline as p:
-        known = None
-        if catalogue is not None:
-            known = (p | "ReadCatalogue" >> examples.ReadSplit(catalogue.uri, "catalogue")
-                     | "ItemIds" >> beam.Map(lambda r: r["item_id"].decode()))
-        out = (p | "ReadLogs" >> examples.ReadSplit(logs.uri, split)
-               | "Columns" >> beam.Map(row)
-               | "Aggregate" >> AggregateLogs(cfg.transform, known))
-        for name in ("train", "eval"):
-            _ = out[name] | f"Record{name}" >> beam.Map(record) | f"Write{name}" >> examples.WriteSplit(interactions.uri, name)
-        _ = out["outcomes"] | "Outcomes" >> outcomes.WriteOutcomes(outcomes_path)
-        _ = (out["summary"] | "SummaryJson" >> beam.Map(json.dumps)
-             | "WriteSummary" >> beam.io.WriteToText(summary_path, shard_name_template="", num_shards=1))
+    fileio.makedirs(work_dir)
+    try:
+        with beam_pipeline as p:
+            known = None
+            if catalogue is not None:
+                known = (p | "ReadCatalogue" >> examples.ReadSplit(catalogue.uri, "catalogue")
+                         | "ItemIds" >> beam.Map(lambda r: r["item_id"].decode()))
+            out = (p | "ReadLogs" >> examples.ReadSplit(logs.uri, split)
+                   | "Columns" >> beam.Map(row)
+                   | "Aggregate" >> AggregateLogs(cfg.transform, work_dir, rows_in, known))
+            for name in ("train", "eval"):
+                _ = (out[name] | f"Record{name}" >> beam.Map(record)
+                     | f"Write{name}" >> examples.WriteSplit(interactions.uri, name))
+            _ = out["outcomes"] | "Outcomes" >> outcomes.WriteOutcomes(outcomes_path)
+            _ = (out["summary"] | "SummaryJson" >> beam.Map(json.dumps)
+                 | "WriteSummary" >> beam.io.WriteToText(summary_path, shard_name_template="", num_shards=1))
+    finally:
+        fileio.rmtree(work_dir)
 
     interactions.split_names = artifact_utils.encode_split_names(["train", "eval"])
     rows = outcomes.read(outcomes_path)
     summary = outcomes.read(summary_path)
     write_report(interactions.uri, {
         "rows": rows["counts"], "rows_total": sum(rows["counts"].values()),
-        "rejected_examples": rows["examples"], **summary})
+        "rejected_examples": rows["examples"], "buckets": bucket_count(rows_in, cfg.transform), "bucket_rows": cfg.transform.bucket_rows,
+        **summary})
     record_figures(interactions, rows_total=sum(rows["counts"].values()), rows_used=rows["counts"].get("used", 0))
 
 

@@ -17,10 +17,8 @@ These executors produce the same records, split and artifact properties, but
 from __future__ import annotations
 
 import functools
-import gzip
 import logging
 import pickle
-import struct
 from typing import Any, Dict, Iterator, Tuple
 
 import apache_beam as beam
@@ -36,6 +34,8 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs as specs
 from tfx.utils import io_utils, proto_utils
 from tfx_bsl.coders import csv_decoder
+
+from collabfeat import examples
 
 
 class _UnshuffledWrite:
@@ -63,8 +63,9 @@ class _UnshuffledWrite:
                     _ = (records
                          | f"Serialize[{split}]" >> beam.ParDo(write_split.MaybeSerialize())
                          | f"Write[{split}]" >> beam.io.WriteToTFRecord(path, file_name_suffix=".gz"))
-            short = {split: (n, _count(artifact_utils.get_split_uri(outputs, split)))
-                     for split, n in self.expected.items()}
+            written = {split: examples.count_records(artifact_utils.get_split_uri(outputs, split))
+                       for split in self.expected}
+            short = {split: (n, written[split]) for split, n in self.expected.items()}
             short = {split: c for split, c in short.items() if c[0] != c[1]}
             if not short:
                 break
@@ -78,22 +79,12 @@ class _UnshuffledWrite:
         payload = exec_properties.get(specs.OUTPUT_DATA_FORMAT_KEY)
         file_format = exec_properties.get(specs.OUTPUT_FILE_FORMAT_KEY)
         for artifact in outputs:
+            for split, n in written.items():     # what LogTransform sizes its buckets by
+                artifact.set_int_custom_property(f"records_{split}", n)
             if payload:
                 examples_utils.set_payload_format(artifact, payload)
             if file_format:
                 examples_utils.set_file_format(artifact, write_split.to_file_format_str(file_format))
-
-
-def _count(split_uri: str) -> int:
-    """The records in a split's gzipped TFRecord files, counted from the records' length headers
-    (about 10x faster than tf.data here: 4.6M records in 14 s)."""
-    n = 0
-    for path in fileio.glob(f"{split_uri}/*.gz"):
-        with fileio.open(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as f:
-            while header := f.read(12):          # length (8 bytes), its CRC (4), data, data CRC (4)
-                f.seek(struct.unpack("<Q", header[:8])[0] + 4, 1)
-                n += 1
-    return n
 
 
 RANGE_BYTES = 16 << 20

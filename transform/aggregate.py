@@ -9,20 +9,38 @@ pairs are split into train and eval by a seeded hash.
 Every input row ends with exactly one outcome (collabfeat/outcomes.py), counted in the report:
   used, or a reason: missing_user, missing_item, unknown_event, unknown_item,
   zero_weight, user_too_rare, user_too_active, item_too_rare, item_too_popular.
+
+Bounded memory. No shuffle carries the rows or the pairs: a runner that holds a shuffle's input
+in memory (Beam's DirectRunner and its portable job service do) would hold the whole log. The
+valid rows are spilled to hash buckets of users, files under `work_dir`, each bundle writing its
+own file per bucket; then each bucket is aggregated on its own (its users' pairs are all in it),
+and every filter round reads a bucket's pairs from its file and writes what it keeps to the next.
+What crosses a shuffle is small: file names, per-bucket degree histograms, per-item user counts
+and the outcome counts. A worker holds one bucket at a time: about `bucket_rows` rows' pairs
+(transform.bucket_rows): AggregateLogs(rows=...) makes rows / bucket_rows buckets.
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+import pickle
+import uuid
+import zlib
+from collections import Counter
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindows
 
-from collabfeat.outcomes import USED
+from collabfeat.outcomes import EXAMPLES, USED
 
 REASONS = ("missing_user", "missing_item", "unknown_event", "unknown_item", "zero_weight",
            "user_too_rare", "user_too_active", "item_too_rare", "item_too_popular")
+CHUNK = 8192                 # records per pickled chunk in a bucket file
 
 
 def _text(value: Any) -> str:
@@ -51,12 +69,22 @@ def validate_row(row: Dict[str, Any], event_weights: Dict[str, float],
 
 
 def pair_weight(event_counts: Dict[str, int], event_weights: Dict[str, float]) -> float:
-    return math.log1p(sum(event_weights[e] * n for e, n in event_counts.items()))
+    return math.log1p(sum(event_weights[e] * n for e, n in sorted(event_counts.items())))
 
 
 def in_eval_split(user: str, item: str, fraction: float, seed: int) -> bool:
     digest = hashlib.sha256(f"{seed}\x1f{user}\x1f{item}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0 ** 64 < fraction
+
+
+def bucket_of(user: str, buckets: int) -> int:
+    """A user's hash bucket, the same in every process (Python's own hash is salted per process)."""
+    return zlib.crc32(user.encode()) % buckets
+
+
+def bucket_count(rows: int, cfg) -> int:
+    """Hash buckets of users for about `rows` log rows: about cfg.bucket_rows rows each."""
+    return max(1, math.ceil(rows / cfg.bucket_rows))
 
 
 def histogram_quantile(histogram: Dict[int, int], q: float) -> float:
@@ -81,69 +109,213 @@ def degree_limits(histogram: Dict[int, int], minimum: int, max_quantile: float) 
     return minimum, histogram_quantile(histogram, max_quantile)
 
 
-class _CountEvents(beam.CombineFn):
-    """Per pair: counts by event type and the number of rows."""
+# --- bucket files: pickled chunks of tuples, through Beam's filesystems (local, gs://, ...) ------
 
+def _dump(path: str, records: Iterable[tuple]) -> None:
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        chunk: List[tuple] = []
+        for r in records:
+            chunk.append(r)
+            if len(chunk) == CHUNK:
+                pickle.dump(chunk, f, protocol=pickle.HIGHEST_PROTOCOL)
+                chunk = []
+        if chunk:
+            pickle.dump(chunk, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _load(path: str) -> Iterator[tuple]:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        while True:
+            try:
+                chunk = pickle.load(f)
+            except EOFError:
+                return
+            yield from chunk
+
+
+class _Spill(beam.DoFn):
+    """(bucket, row) -> each bundle's rows appended to a file of its own per bucket; at the bundle's
+    end, (bucket, path) for every file it wrote. Only the paths emitted are read later, so a bundle
+    that fails and is retried leaves nothing behind that counts twice."""
+
+    def __init__(self, directory: str, buckets: int, hold: int):
+        self.directory = directory
+        self.chunk = max(64, hold // buckets)      # rows held per bucket before they are written
+
+    def start_bundle(self):
+        self.buffers: Dict[int, list] = {}
+        self.files: Dict[int, tuple] = {}
+        self.tag = uuid.uuid4().hex
+
+    def process(self, kv):
+        bucket, row = kv
+        buffer = self.buffers.setdefault(bucket, [])
+        buffer.append(row)
+        if len(buffer) >= self.chunk:
+            self._flush(bucket)
+
+    def _flush(self, bucket: int) -> None:
+        if bucket not in self.files:
+            path = FileSystems.join(self.directory, f"rows-{bucket:05d}-{self.tag}.pkl")
+            self.files[bucket] = (path, FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED))
+        pickle.dump(self.buffers[bucket], self.files[bucket][1], protocol=pickle.HIGHEST_PROTOCOL)
+        self.buffers[bucket] = []
+
+    def finish_bundle(self):
+        for bucket, buffer in self.buffers.items():
+            if buffer:
+                self._flush(bucket)
+        for bucket, (path, f) in self.files.items():
+            f.close()
+            yield GlobalWindows.windowed_value((bucket, path))
+
+
+class _Tally:
+    """A bucket's outcomes as few tuples: rows per outcome, and the EXAMPLES smallest details per
+    reason (WriteOutcomes keeps the smallest EXAMPLES of all, so the result is the same as for one
+    tuple per pair)."""
+
+    def __init__(self):
+        self.rows: Counter = Counter()
+        self.details: Dict[str, List[str]] = {}
+
+    def add(self, reason: str, rows: int, detail: Optional[str] = None) -> None:
+        self.rows[reason] += rows
+        if detail is not None:
+            kept = self.details.setdefault(reason, [])
+            if len(kept) < EXAMPLES or detail < kept[-1]:
+                bisect.insort(kept, detail)
+                del kept[EXAMPLES:]
+
+    def tuples(self) -> Iterator[tuple]:
+        for reason, n in self.rows.items():
+            yield beam.pvalue.TaggedOutput("outcomes", (reason, n, None))
+        for reason, details in self.details.items():
+            for d in details:
+                yield beam.pvalue.TaggedOutput("outcomes", (reason, 0, d))
+
+
+def _stats(pairs: List[tuple]) -> Iterator[Any]:
+    """What the next filter round's limits need from a bucket: its users' degree histogram (a
+    bucket holds all of its users' pairs) and each item's number of users in it."""
+    degrees = Counter(p[0] for p in pairs)
+    yield beam.pvalue.TaggedOutput("user_histogram", dict(Counter(degrees.values())))
+    for item, n in Counter(p[1] for p in pairs).items():
+        yield beam.pvalue.TaggedOutput("item_users", (item, n))
+
+
+class _Aggregate(beam.DoFn):
+    """(bucket, [row files]) -> the bucket's weighted pairs (user, item, weight, rows) in a file,
+    (bucket, that path), zero-weight outcomes and the first round's statistics."""
+
+    def __init__(self, directory: str, event_weights: Dict[str, float]):
+        self.directory, self.weights = directory, dict(event_weights)
+
+    def process(self, kv):
+        bucket, paths = kv
+        events = sorted(self.weights)
+        index = {e: k for k, e in enumerate(events)}
+        counts: Dict[Tuple[str, str], List[int]] = {}
+        for path in paths:
+            for user, item, event in _load(path):
+                c = counts.get((user, item))
+                if c is None:
+                    c = counts[(user, item)] = [0] * len(events)
+                c[index[event]] += 1
+        tally, pairs = _Tally(), []
+        for (user, item), c in counts.items():
+            by_event = {e: c[k] for k, e in enumerate(events) if c[k]}
+            rows, w = sum(c), pair_weight(by_event, self.weights)
+            if w <= 0:
+                tally.add("zero_weight", rows, f"user {user!r}, item {item!r}: {by_event}")
+            else:
+                pairs.append((user, item, w, rows))
+        del counts
+        path = FileSystems.join(self.directory, f"pairs-round0-{bucket:05d}.pkl")
+        _dump(path, pairs)
+        yield (bucket, path)
+        yield from tally.tuples()
+        yield from _stats(pairs)
+
+
+class _FilterRound(beam.DoFn):
+    """One popularity-filter round over a bucket's pairs: a pair goes when its user's degree is
+    outside the user limits, or its item was found too rare or too popular in this round. The kept
+    pairs go to the next round's file, or (in the last round) out as train and eval."""
+
+    def __init__(self, directory: str, round_no: int, last: bool, eval_fraction: float, seed: int):
+        self.directory, self.round_no, self.last = directory, round_no, last
+        self.eval_fraction, self.seed = eval_fraction, seed
+
+    def process(self, kv, user_limits, item_reasons):
+        bucket, path = kv
+        pairs = list(_load(path))
+        degrees = Counter(p[0] for p in pairs)
+        lo, hi = user_limits
+        tally, kept = _Tally(), []
+        for p in pairs:
+            d = degrees[p[0]]
+            reason = "user_too_rare" if d < lo else "user_too_active" if d > hi else item_reasons.get(p[1])
+            if reason:
+                tally.add(reason, p[3], f"user {p[0]!r}, item {p[1]!r}")
+            else:
+                kept.append(p)
+        del pairs
+        yield from tally.tuples()
+        if not self.last:
+            path = FileSystems.join(self.directory, f"pairs-round{self.round_no + 1}-{bucket:05d}.pkl")
+            _dump(path, kept)
+            yield (bucket, path)
+            yield from _stats(kept)
+            return
+        split = Counter()
+        for p in kept:
+            name = "eval" if in_eval_split(p[0], p[1], self.eval_fraction, self.seed) else "train"
+            split[name] += 1
+            yield beam.pvalue.TaggedOutput(name, p)
+        yield beam.pvalue.TaggedOutput("outcomes", (USED, sum(p[3] for p in kept), None))
+        yield beam.pvalue.TaggedOutput("counts", {"train": split["train"], "eval": split["eval"],
+                                                  "users": len({p[0] for p in kept})})
+        for item in {p[1] for p in kept}:
+            yield beam.pvalue.TaggedOutput("items", item)
+
+
+class _SumDicts(beam.CombineFn):
     def create_accumulator(self):
-        return {}
+        return Counter()
 
-    def add_input(self, acc, event):
-        acc[event] = acc.get(event, 0) + 1
+    def add_input(self, acc, d):
+        acc.update(d)
         return acc
 
     def merge_accumulators(self, accs):
-        out: Dict[str, int] = {}
-        for acc in accs:
-            for k, v in acc.items():
-                out[k] = out.get(k, 0) + v
+        out = Counter()
+        for a in accs:
+            out.update(a)
         return out
 
     def extract_output(self, acc):
-        return acc
+        return dict(acc)
 
 
-def _filter_round(pairs, round_no: int, cfg) -> Tuple[Any, Any]:
-    """One popularity-filter round. pairs: (user, item, weight, rows). -> (kept, dropped reason counts)."""
-    tag = f"Round{round_no}"
+def _limits(stats, tag: str, cfg):
+    """A round's statistics -> (user limits, {item: reason} for the items it drops), as side inputs."""
+    user_limits = (stats.user_histogram | f"{tag}UserHistogram" >> beam.CombineGlobally(_SumDicts())
+                   | f"{tag}UserLimits" >> beam.Map(degree_limits, cfg.min_user_items, cfg.max_user_quantile))
+    item_degree = stats.item_users | f"{tag}ItemDegree" >> beam.CombinePerKey(sum)
+    item_limits = (item_degree | f"{tag}ItemValues" >> beam.Map(lambda kd: (kd[1], 1))
+                   | f"{tag}ItemHistogram" >> beam.CombinePerKey(sum)
+                   | f"{tag}ItemHistogramDict" >> beam.combiners.ToDict()
+                   | f"{tag}ItemLimits" >> beam.Map(degree_limits, cfg.min_item_users, cfg.max_item_quantile))
 
-    def limits(pcoll, key_index, minimum, quantile, name):
-        degree = (pcoll | f"{tag}{name}Key" >> beam.Map(lambda p: (p[key_index], 1))
-                  | f"{tag}{name}Degree" >> beam.CombinePerKey(sum))
-        bounds = (degree | f"{tag}{name}Values" >> beam.Map(lambda kd: (kd[1], 1))
-                  | f"{tag}{name}Histogram" >> beam.CombinePerKey(sum)
-                  | f"{tag}{name}HistogramDict" >> beam.combiners.ToDict()
-                  | f"{tag}{name}Limits" >> beam.Map(degree_limits, minimum, quantile))
-        return degree, bounds
-
-    user_deg, user_lim = limits(pairs, 0, cfg.min_user_items, cfg.max_user_quantile, "User")
-    item_deg, item_lim = limits(pairs, 1, cfg.min_item_users, cfg.max_item_quantile, "Item")
-
-    def dropped(deg_lim, rare, heavy):
-        (key, deg), (lo, hi) = deg_lim
+    def dropped(kd, lim):
+        (item, deg), (lo, hi) = kd, lim
         if deg < lo:
-            return [(key, rare)]
-        if deg > hi:
-            return [(key, heavy)]
-        return []
-
-    user_drop = (user_deg | f"{tag}UserDrop" >> beam.FlatMap(
-        lambda kd, lim: dropped((kd, lim), "user_too_rare", "user_too_active"),
-        lim=beam.pvalue.AsSingleton(user_lim)))
-    item_drop = (item_deg | f"{tag}ItemDrop" >> beam.FlatMap(
-        lambda kd, lim: dropped((kd, lim), "item_too_rare", "item_too_popular"),
-        lim=beam.pvalue.AsSingleton(item_lim)))
-
-    def route(pair, users, items):
-        reason = users.get(pair[0]) or items.get(pair[1])
-        if reason:
-            yield beam.pvalue.TaggedOutput("dropped", (reason, pair[3], f"user {pair[0]!r}, item {pair[1]!r}"))
-        else:
-            yield pair
-
-    routed = pairs | f"{tag}Route" >> beam.FlatMap(
-        route, users=beam.pvalue.AsDict(user_drop), items=beam.pvalue.AsDict(item_drop)
-    ).with_outputs("dropped", main="kept")
-    return routed.kept, routed.dropped
+            yield item, "item_too_rare"
+        elif deg > hi:
+            yield item, "item_too_popular"
+    item_reasons = item_degree | f"{tag}ItemDrop" >> beam.FlatMap(dropped, lim=beam.pvalue.AsSingleton(item_limits))
+    return beam.pvalue.AsSingleton(user_limits), beam.pvalue.AsDict(item_reasons)
 
 
 class AggregateLogs(beam.PTransform):
@@ -151,17 +323,22 @@ class AggregateLogs(beam.PTransform):
 
     `catalogue`: the known item ids (a PCollection of them, or a Python collection), or None to
     accept all; given to the workers as a side input.
+    `work_dir`: where the bucket files go (a directory every worker can reach: under the output
+    artifact's URI in the pipeline); the caller removes it afterwards. `rows`: about how many rows
+    there are, for the number of hash buckets of users, rows / cfg.bucket_rows (a worker holds one
+    bucket's pairs at a time, and at most bucket_rows rows, or 2^16, waiting to be spilled).
     "outcomes": (outcome, input rows, detail) tuples for collabfeat.outcomes.WriteOutcomes.
     "summary": one dict {"pairs": {"train": n, "eval": n}, "users": n, "items": n}, counted by Beam.
     """
 
-    def __init__(self, cfg, catalogue=None):
+    def __init__(self, cfg, work_dir: str, rows: int = 0, catalogue=None):
         super().__init__()
-        self.cfg = cfg
-        self.catalogue = catalogue
+        self.cfg, self.work_dir, self.catalogue = cfg, work_dir, catalogue
+        self.buckets = bucket_count(rows, cfg)
+        self.hold = min(1 << 16, cfg.bucket_rows)
 
     def expand(self, rows):
-        cfg, weights, catalogue = self.cfg, dict(self.cfg.event_weights), self.catalogue
+        cfg, weights, catalogue, buckets = self.cfg, dict(self.cfg.event_weights), self.catalogue, self.buckets
         known = None
         if catalogue is not None:
             if not isinstance(catalogue, beam.PCollection):
@@ -171,50 +348,37 @@ class AggregateLogs(beam.PTransform):
         def check(row, known=None):
             status, value = validate_row(row, weights, known)
             if status == "ok":
-                yield value
+                yield bucket_of(value[0], buckets), value
             else:
                 shown = ", ".join(f"{k}={_text(row.get(k))!r}" for k in ("user", "item", "event"))
                 yield beam.pvalue.TaggedOutput("rejected", (status, 1, f"row {shown}"))
 
         validate = beam.FlatMap(check, known=known) if known is not None else beam.FlatMap(check)
         parsed = rows | "Validate" >> validate.with_outputs("rejected", main="ok")
-        counted = (parsed.ok | "PairKey" >> beam.Map(lambda r: ((r[0], r[1]), r[2]))
-                   | "CountEvents" >> beam.CombinePerKey(_CountEvents()))
-
-        def to_pair(kv):
-            (user, item), counts = kv
-            rows_n = sum(counts.values())
-            w = pair_weight(counts, weights)
-            if w <= 0:
-                yield beam.pvalue.TaggedOutput("zero", ("zero_weight", rows_n, f"user {user!r}, item {item!r}: {counts}"))
-            else:
-                yield (user, item, w, rows_n)
-
-        pairs = counted | "Weigh" >> beam.FlatMap(to_pair).with_outputs("zero", main="pairs")
-        kept, losses = pairs.pairs, [parsed.rejected, pairs.zero]
-        for r in range(max(1, cfg.filter_rounds)):
-            kept, dropped = _filter_round(kept, r, cfg)
-            losses.append(dropped)
-
-        used = kept | "UsedRows" >> beam.Map(lambda p: (USED, p[3], None))
-        outcomes = (losses + [used]) | "AllOutcomes" >> beam.Flatten()
-
-        split = kept | "Split" >> beam.Partition(
-            lambda p, _n: int(in_eval_split(p[0], p[1], cfg.eval_fraction, cfg.split_seed)), 2)
-        return {"train": split[0], "eval": split[1], "outcomes": outcomes,
-                "summary": _summary(kept, split[0], split[1])}
+        files = (parsed.ok | "Spill" >> beam.ParDo(_Spill(self.work_dir, buckets, self.hold))
+                 | "FilesByBucket" >> beam.GroupByKey())
+        stats = files | "Aggregate" >> beam.ParDo(_Aggregate(self.work_dir, weights)).with_outputs(
+            "outcomes", "user_histogram", "item_users", main="pairs")
+        losses = [parsed.rejected, stats.outcomes]
+        rounds = max(1, cfg.filter_rounds)
+        for r in range(rounds):
+            last = r == rounds - 1
+            user_limits, item_reasons = _limits(stats, f"Round{r}", cfg)
+            tags = ("outcomes", "train", "eval", "counts", "items") if last else (
+                "outcomes", "user_histogram", "item_users")
+            stats = stats.pairs | f"Round{r}Filter" >> beam.ParDo(
+                _FilterRound(self.work_dir, r, last, cfg.eval_fraction, cfg.split_seed),
+                user_limits, item_reasons).with_outputs(*tags, main="pairs")
+            losses.append(stats.outcomes)
+        outcomes = losses | "AllOutcomes" >> beam.Flatten()
+        return {"train": stats.train, "eval": stats.eval, "outcomes": outcomes,
+                "summary": _summary(stats.counts, stats["items"])}
 
 
-def _summary(kept, train, evaluation):
+def _summary(counts, items):
     """Pairs per split and distinct users and items, counted by Beam (not by the driver)."""
-    def count(pcoll, name):
-        return pcoll | f"Count{name}" >> beam.combiners.Count.Globally()
-
-    def distinct(index, name):
-        return count(kept | f"{name}Ids" >> beam.Map(lambda p: p[index]) | f"{name}Distinct" >> beam.Distinct(), name)
-
-    users, items = distinct(0, "Users"), distinct(1, "Items")
-    n_train, n_eval = count(train, "Train"), count(evaluation, "Eval")
-    return (n_train | "Summary" >> beam.Map(
-        lambda t, e, u, i: {"pairs": {"train": t, "eval": e}, "users": u, "items": i},
-        e=beam.pvalue.AsSingleton(n_eval), u=beam.pvalue.AsSingleton(users), i=beam.pvalue.AsSingleton(items)))
+    n_items = items | "ItemsDistinct" >> beam.Distinct() | "CountItems" >> beam.combiners.Count.Globally()
+    return (counts | "SumCounts" >> beam.CombineGlobally(_SumDicts())
+            | "Summary" >> beam.Map(lambda c, i: {"pairs": {"train": c.get("train", 0), "eval": c.get("eval", 0)},
+                                                   "users": c.get("users", 0), "items": i},
+                                    i=beam.pvalue.AsSingleton(n_items)))
