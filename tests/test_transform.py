@@ -83,7 +83,7 @@ def test_validation_reasons_and_every_row_counted():
     assert counts(got["outcomes"]) == {"used": 2, "missing_user": 1, "missing_item": 1,
                                        "unknown_event": 1, "unknown_item": 1}
     assert sorted((u, i) for u, i, _, _ in got["train"]) == [("7", "9"), ("a", "x")]
-    details = [d for reason, _, d in got["outcomes"] if reason == "unknown_event"]
+    details = [d for reason, _, d in got["outcomes"] if reason == "unknown_event" and d]
     assert "like" in details[0]
 
 

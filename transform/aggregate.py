@@ -187,12 +187,36 @@ class _Tally:
                 bisect.insort(kept, detail)
                 del kept[EXAMPLES:]
 
-    def tuples(self) -> Iterator[tuple]:
+    def tuples(self, tag: str = "outcomes") -> Iterator[beam.pvalue.TaggedOutput]:
         for reason, n in self.rows.items():
-            yield beam.pvalue.TaggedOutput("outcomes", (reason, n, None))
+            yield beam.pvalue.TaggedOutput(tag, (reason, n, None))
         for reason, details in self.details.items():
             for d in details:
-                yield beam.pvalue.TaggedOutput("outcomes", (reason, 0, d))
+                yield beam.pvalue.TaggedOutput(tag, (reason, 0, d))
+
+
+class _Validate(beam.DoFn):
+    """rows -> (bucket, (user, item, event)) for the valid ones; the rejected ones tallied per bundle
+    (a log with many bad rows sends a few tuples per bundle, not one per row, to the outcomes'
+    Flatten, which the DirectRunner holds in memory)."""
+
+    def __init__(self, event_weights: Dict[str, float], buckets: int):
+        self.weights, self.buckets = dict(event_weights), buckets
+
+    def start_bundle(self):
+        self.tally = _Tally()
+
+    def process(self, row, known=None):
+        status, value = validate_row(row, self.weights, known)
+        if status == "ok":
+            yield bucket_of(value[0], self.buckets), value
+        else:
+            shown = ", ".join(f"{k}={_text(row.get(k))!r}" for k in ("user", "item", "event"))
+            self.tally.add(status, 1, f"row {shown}")
+
+    def finish_bundle(self):
+        for tagged in self.tally.tuples("rejected"):
+            yield beam.pvalue.TaggedOutput(tagged.tag, GlobalWindows.windowed_value(tagged.value))
 
 
 def _stats(pairs: List[tuple]) -> Iterator[Any]:
@@ -345,15 +369,8 @@ class AggregateLogs(beam.PTransform):
                 catalogue = rows.pipeline | "Catalogue" >> beam.Create(sorted(set(catalogue)))
             known = beam.pvalue.AsDict(catalogue | "KnownItems" >> beam.Map(lambda i: (i, True)))
 
-        def check(row, known=None):
-            status, value = validate_row(row, weights, known)
-            if status == "ok":
-                yield bucket_of(value[0], buckets), value
-            else:
-                shown = ", ".join(f"{k}={_text(row.get(k))!r}" for k in ("user", "item", "event"))
-                yield beam.pvalue.TaggedOutput("rejected", (status, 1, f"row {shown}"))
-
-        validate = beam.FlatMap(check, known=known) if known is not None else beam.FlatMap(check)
+        validate = _Validate(weights, buckets)
+        validate = beam.ParDo(validate, known) if known is not None else beam.ParDo(validate)
         parsed = rows | "Validate" >> validate.with_outputs("rejected", main="ok")
         files = (parsed.ok | "Spill" >> beam.ParDo(_Spill(self.work_dir, buckets, self.hold))
                  | "FilesByBucket" >> beam.GroupByKey())
