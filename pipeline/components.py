@@ -95,8 +95,8 @@ def LogTransform(logs: InputArtifact[Examples],
     summary = outcomes.read(summary_path)
     write_report(interactions.uri, {
         "rows": rows["counts"], "rows_total": sum(rows["counts"].values()),
-        "rejected_examples": rows["examples"], "buckets": bucket_count(rows_in, cfg.transform), "bucket_rows": cfg.transform.bucket_rows,
-        **summary})
+        "rejected_examples": rows["examples"], "buckets": bucket_count(rows_in, cfg.transform),
+        "bucket_rows": cfg.transform.bucket_rows, **summary})
     record_figures(interactions, rows_total=sum(rows["counts"].values()), rows_used=rows["counts"].get("used", 0))
 
 

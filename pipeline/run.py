@@ -162,6 +162,9 @@ def format_report(r: Dict) -> str:
         out += _rows("behaviour logs", lg["rows"])
         out.append(f"    -> {lg['users']} users x {lg['items']} items, pairs train {lg['pairs']['train']}, "
                    f"eval {lg['pairs']['eval']}")
+        if "buckets" in lg:
+            out.append(f"    aggregated in {lg['buckets']} hash buckets of users, about "
+                       f"{lg['bucket_rows']} log rows each (transform.bucket_rows): one at a time per worker")
         for reason, ex in sorted(lg.get("rejected_examples", {}).items()):
             out.append(f"    e.g. {reason}: {ex[0]}")
     if "mf" in r:

@@ -23,9 +23,10 @@ TINY = [
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e")
-    # ALS from row buckets on disk, and CNN epochs bounded below the catalogue's size: the large-data paths.
+    # ALS from row buckets on disk, LogTransform in several hash buckets of users, and CNN epochs
+    # bounded below the catalogue's size: the large-data paths.
     # Beam in-process: every Beam stage runs on multi-processing workers in tests/test_failure.py.
-    cfg = config_lib.load(overrides=TINY + ["mf.bucket_pairs=4000", "cnn.epoch_images=300",
+    cfg = config_lib.load(overrides=TINY + ["mf.bucket_pairs=4000", "transform.bucket_rows=4000", "cnn.epoch_images=300",
                                             "runner.direct_running_mode=in_memory", "runner.direct_num_workers=1",
                                             f"runner.output_dir={out}", f"serving.push_dir={out}/models"])
     lines = []
@@ -59,6 +60,7 @@ def test_report_accounts_for_everything(run):
     assert cat["used"] == cfg.simulator.n_items - cfg.simulator.bad_image_count
     assert report["mf"]["style_agreement@10"] > 1.5 * report["mf"]["style_agreement_chance"]
     assert report["mf"]["als_buckets"]["users"] > 1 and report["mf"]["als_buckets"]["items"] > 1
+    assert logs["buckets"] > 1 and logs["buckets"] == -(-sheet["rows"] // cfg.transform.bucket_rows)
     assert report["mf"]["recall@20"] > report["mf"]["recall@20_popularity"]
     # Catalogue images without a factor are dropped from the CNN's training stream, whose declared
     # size (the epoch bound's input) is checked while it streams.

@@ -139,8 +139,16 @@ class _Spill(beam.DoFn):
     that fails and is retried leaves nothing behind that counts twice."""
 
     def __init__(self, directory: str, buckets: int, hold: int):
-        self.directory = directory
+        self.directory, self.buckets = directory, buckets
         self.chunk = max(64, hold // buckets)      # rows held per bucket before they are written
+
+    def setup(self):
+        """A bundle keeps a file open per bucket: let the worker open that many, and some."""
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = self.buckets + 256
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
 
     def start_bundle(self):
         self.buffers: Dict[int, list] = {}
@@ -171,7 +179,7 @@ class _Spill(beam.DoFn):
 
 
 class _Tally:
-    """A bucket's outcomes as few tuples: rows per outcome, and the EXAMPLES smallest details per
+    """A bucket's (or a bundle's) outcomes as few tuples: rows per outcome, and the EXAMPLES smallest details per
     reason (WriteOutcomes keeps the smallest EXAMPLES of all, so the result is the same as for one
     tuple per pair)."""
 
