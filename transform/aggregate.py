@@ -28,7 +28,7 @@ import pickle
 import uuid
 import zlib
 from collections import Counter
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -111,16 +111,10 @@ def degree_limits(histogram: Dict[int, int], minimum: int, max_quantile: float) 
 
 # --- bucket files: pickled chunks of tuples, through Beam's filesystems (local, gs://, ...) ------
 
-def _dump(path: str, records: Iterable[tuple]) -> None:
+def _dump(path: str, records: List[tuple]) -> None:
     with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        chunk: List[tuple] = []
-        for r in records:
-            chunk.append(r)
-            if len(chunk) == CHUNK:
-                pickle.dump(chunk, f, protocol=pickle.HIGHEST_PROTOCOL)
-                chunk = []
-        if chunk:
-            pickle.dump(chunk, f, protocol=pickle.HIGHEST_PROTOCOL)
+        for start in range(0, len(records), CHUNK):
+            pickle.dump(records[start:start + CHUNK], f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _load(path: str) -> Iterator[tuple]:
@@ -148,7 +142,8 @@ class _Spill(beam.DoFn):
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         want = self.buckets + 256
         if soft != resource.RLIM_INFINITY and soft < want:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
+            limit = want if hard == resource.RLIM_INFINITY else min(want, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
 
     def start_bundle(self):
         self.buffers: Dict[int, list] = {}
@@ -179,9 +174,9 @@ class _Spill(beam.DoFn):
 
 
 class _Tally:
-    """A bucket's (or a bundle's) outcomes as few tuples: rows per outcome, and the EXAMPLES smallest details per
-    reason (WriteOutcomes keeps the smallest EXAMPLES of all, so the result is the same as for one
-    tuple per pair)."""
+    """A bucket's (or a bundle's) outcomes as few tuples: rows per outcome, and the EXAMPLES smallest
+    details per reason (WriteOutcomes keeps the smallest EXAMPLES of all, so the result is the same
+    as for one tuple per pair)."""
 
     def __init__(self):
         self.rows: Counter = Counter()
@@ -195,12 +190,17 @@ class _Tally:
                 bisect.insort(kept, detail)
                 del kept[EXAMPLES:]
 
-    def tuples(self, tag: str = "outcomes") -> Iterator[beam.pvalue.TaggedOutput]:
+    def tuples(self) -> Iterator[tuple]:
+        """(outcome, rows, None) per outcome, and (reason, 0, detail) per example kept."""
         for reason, n in self.rows.items():
-            yield beam.pvalue.TaggedOutput(tag, (reason, n, None))
+            yield reason, n, None
         for reason, details in self.details.items():
             for d in details:
-                yield beam.pvalue.TaggedOutput(tag, (reason, 0, d))
+                yield reason, 0, d
+
+    def outputs(self) -> Iterator[beam.pvalue.TaggedOutput]:
+        for t in self.tuples():
+            yield beam.pvalue.TaggedOutput("outcomes", t)
 
 
 class _Validate(beam.DoFn):
@@ -223,8 +223,8 @@ class _Validate(beam.DoFn):
             self.tally.add(status, 1, f"row {shown}")
 
     def finish_bundle(self):
-        for tagged in self.tally.tuples("rejected"):
-            yield beam.pvalue.TaggedOutput(tagged.tag, GlobalWindows.windowed_value(tagged.value))
+        for t in self.tally.tuples():
+            yield beam.pvalue.TaggedOutput("rejected", GlobalWindows.windowed_value(t))
 
 
 def _stats(pairs: List[tuple]) -> Iterator[Any]:
@@ -266,7 +266,7 @@ class _Aggregate(beam.DoFn):
         path = FileSystems.join(self.directory, f"pairs-round0-{bucket:05d}.pkl")
         _dump(path, pairs)
         yield (bucket, path)
-        yield from tally.tuples()
+        yield from tally.outputs()
         yield from _stats(pairs)
 
 
@@ -293,7 +293,7 @@ class _FilterRound(beam.DoFn):
             else:
                 kept.append(p)
         del pairs
-        yield from tally.tuples()
+        yield from tally.outputs()
         if not self.last:
             path = FileSystems.join(self.directory, f"pairs-round{self.round_no + 1}-{bucket:05d}.pkl")
             _dump(path, kept)
