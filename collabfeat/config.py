@@ -77,7 +77,7 @@ class MFConfig:
     alpha: float = 40.0            # als: confidence 1 + alpha * rating on observed pairs
     cg_steps: int = 3              # als: conjugate-gradient steps per row and half sweep
     chunk_pairs: int = 1 << 15     # als: observed pairs processed at a time (bounds memory)
-    bucket_pairs: int = 1 << 24    # als: train pairs held in memory; beyond, row-range buckets on disk
+    bucket_pairs: int = 1 << 20    # als: train pairs held in memory (~37 B each); beyond, row-range buckets on disk
     negatives: int = 8             # adam, mse: sampled negatives per observed pair
     negative_weight: float = 0.3
     l2: float = 0.05               # lambda in the paper's objective

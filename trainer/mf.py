@@ -153,7 +153,8 @@ class WeightedALS:
     The train pairs come in PairBuckets, one per orientation (in memory: int32 row and column,
     float32 confidence, 24 bytes per pair in all; on disk beyond `mf.bucket_pairs`). Within a bucket,
     rows are solved in blocks whose pairs number at most `chunk_pairs` (a row with more pairs is a
-    block of its own), so every intermediate is bounded by the block and the factor tables."""
+    block of its own, its pairs summed `chunk_pairs` at a time), so every intermediate is bounded by
+    `chunk_pairs` and the factor tables."""
 
     def __init__(self, model: "MatrixFactorization", user_side: PairBuckets, item_side: PairBuckets,
                  cfg: MFConfig):
@@ -170,7 +171,7 @@ class WeightedALS:
             if hi == lo:
                 continue
             new[lo:hi] = _solve(x[lo:hi], y, tf.constant(rows), tf.constant(cols), tf.constant(conf),
-                                *self._blocks(indptr), reg, steps).numpy()
+                                *self._blocks(indptr), reg, steps, tf.constant(self.cfg.chunk_pairs)).numpy()
         x.assign(new)
 
     def sweep(self) -> float:
@@ -185,8 +186,10 @@ class WeightedALS:
     def objective(self) -> float:
         x, y = self.model.users.embeddings, self.model.items.embeddings
         observed, pairs = 0.0, 0
+        chunk = tf.constant(self.cfg.chunk_pairs)
         for lo, hi, rows, cols, conf, indptr in self.user_side.buckets():
-            observed += float(_observed_loss(x[lo:hi], y, tf.constant(rows), tf.constant(cols), tf.constant(conf)))
+            observed += float(_observed_loss(x[lo:hi], y, tf.constant(rows), tf.constant(cols), tf.constant(conf),
+                                             chunk))
             pairs += len(rows)
         everywhere = tf.reduce_sum(tf.matmul(x, x, transpose_a=True) * tf.matmul(y, y, transpose_a=True))
         penalty = self.cfg.l2 * (tf.reduce_sum(x * x) + tf.reduce_sum(y * y))
@@ -198,8 +201,8 @@ _SIDE = [tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf
          tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.float32)]
 
 
-@tf.function(input_signature=_SIDE + [tf.TensorSpec([], tf.int32)])
-def _solve(x, y, rows, cols, conf, row_starts, pair_starts, reg, cg_steps):
+@tf.function(input_signature=_SIDE + [tf.TensorSpec([], tf.int32)] * 2)
+def _solve(x, y, rows, cols, conf, row_starts, pair_starts, reg, cg_steps, chunk):
     """New x [n, d] from y [m, d] and the pairs (rows into x, sorted; cols into y; confidence):
     `cg_steps` conjugate-gradient steps on every row's normal equations from x's current value,
     one block of rows (row_starts, pair_starts) at a time."""
@@ -209,15 +212,23 @@ def _solve(x, y, rows, cols, conf, row_starts, pair_starts, reg, cg_steps):
     for b in tf.range(tf.shape(row_starts)[0] - 1):
         r0, r1 = row_starts[b], row_starts[b + 1]
         p0, p1 = pair_starts[b], pair_starts[b + 1]
-        local = rows[p0:p1] - r0
-        yg = tf.gather(y, cols[p0:p1])                     # [pairs, d]
-        c = conf[p0:p1]
+
+        first = tf.gather(y, cols[p0:tf.minimum(p0 + chunk, p1)])   # every block but a heavy row's: all of it
 
         def observed(p, target):
-            # per row: sum_j (c_j - 1)(y_j.p) y_j  - target * sum_j c_j y_j
-            s = (c - 1.0) * tf.reduce_sum(yg * tf.gather(p, local), axis=1) - target * c
-            out = tf.math.segment_sum(s[:, None] * yg, local)
-            return tf.pad(out, [[0, r1 - r0 - tf.shape(out)[0]], [0, 0]])
+            # per row: sum_j (c_j - 1)(y_j.p) y_j  - target * sum_j c_j y_j, over the block's pairs
+            # `chunk` at a time: a row with more pairs than that (a popular item) is summed in parts,
+            # so no intermediate exceeds [chunk, d]
+            out = tf.zeros([r1 - r0, d])
+            for q0 in tf.range(p0, p1, chunk):
+                tf.autograph.experimental.set_loop_options(parallel_iterations=1)   # one chunk live at a time
+                q1 = tf.minimum(q0 + chunk, p1)
+                yg = tf.cond(q0 == p0, lambda: first, lambda: tf.gather(y, cols[q0:q1]))
+                local, c = rows[q0:q1] - r0, conf[q0:q1]
+                s = (c - 1.0) * tf.reduce_sum(yg * tf.gather(p, local), axis=1) - target * c
+                part = tf.math.segment_sum(s[:, None] * yg, local)        # rows are sorted
+                out += tf.pad(part, [[0, r1 - r0 - tf.shape(part)[0]], [0, 0]])
+            return out
 
         xb = x[r0:r1]
         res = -(tf.matmul(xb, yty) + observed(xb, 1.0))    # b - A x
@@ -235,12 +246,18 @@ def _solve(x, y, rows, cols, conf, row_starts, pair_starts, reg, cg_steps):
     return blocks.concat()
 
 
-@tf.function(input_signature=_SIDE[:5])
-def _observed_loss(x, y, rows, cols, conf):
+@tf.function(input_signature=_SIDE[:5] + [tf.TensorSpec([], tf.int32)])
+def _observed_loss(x, y, rows, cols, conf, chunk):
     """sum over the observed pairs of c (1 - x.y)^2 - (x.y)^2: what they add to the loss over the
-    whole matrix, whose every entry counts (x.y)^2 once (tr(X'X Y'Y))."""
-    s = tf.reduce_sum(tf.gather(x, rows) * tf.gather(y, cols), axis=1)
-    return tf.reduce_sum(conf * (1.0 - s) ** 2 - s * s)
+    whole matrix, whose every entry counts (x.y)^2 once (tr(X'X Y'Y)); `chunk` pairs at a time, so
+    the gathered factors ([chunk, d] each) stay bounded, not [pairs, d]."""
+    total = tf.constant(0.0, tf.float64)
+    for p0 in tf.range(0, tf.shape(rows)[0], chunk):
+        tf.autograph.experimental.set_loop_options(parallel_iterations=1)
+        p1 = tf.minimum(p0 + chunk, tf.shape(rows)[0])
+        s = tf.reduce_sum(tf.gather(x, rows[p0:p1]) * tf.gather(y, cols[p0:p1]), axis=1)
+        total += tf.cast(tf.reduce_sum(conf[p0:p1] * (1.0 - s) ** 2 - s * s), tf.float64)
+    return total
 
 
 @dataclass
