@@ -2,8 +2,6 @@
 import collections
 import glob
 import json
-import subprocess
-import sys
 
 import apache_beam as beam
 import pytest
@@ -17,6 +15,7 @@ from tfx.utils import proto_utils
 
 from collabfeat import config as config_lib
 from collabfeat.pipeline import examplegen, pipeline
+from tests import fresh
 
 ARGS = pipeline.beam_args(config_lib.load(overrides=["runner.direct_running_mode=in_memory"]))
 # Quoted commas, a quoted line break, empty cells, a column that looks integral until a decimal
@@ -161,7 +160,5 @@ def test_memory_does_not_grow_with_the_rows(tmp_path, executor="examplegen.CsvEx
             f"user{i % 997},item{i % 5003},{'view' if i % 7 else 'appreciate'},{1_600_000_000 + i}\n"
             for i in range(n)))
         code = PEAK.format(repo=repo, executor=executor, logs=str(logs), out=str(tmp_path / f"out{n}"))
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        peaks.append(int(done.stdout.split()[-1]))
+        peaks.append(fresh.last_number(code))
     assert peaks[1] < 1.2 * peaks[0], json.dumps(peaks)

@@ -7,6 +7,7 @@ import pytest
 from collabfeat.config import CNNConfig, MFConfig
 from collabfeat.trainer import cnn, mf
 from collabfeat.trainer.evaluate import retrieval_metrics
+from tests import fresh
 
 
 def planted(n_users=400, n_items=240, groups=4, per_user=12, seed=0):
@@ -153,15 +154,10 @@ def test_als_memory_does_not_grow_with_the_pairs():
     Measured 2026-12-02: +108 and +102 MB, +97 and +115 MB; before the popular row was summed
     `chunk_pairs` at a time, one chunk live, and the objective chunked (it gathered [pairs, dim] at
     once): +127 and +299 MB, +110 and +312 MB."""
-    import subprocess
-    import sys
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     grown = []
     for n in (400_000, 3_200_000):
-        done = subprocess.run([sys.executable, "-c", ALS_PEAK.format(repo=repo, n=n)],
-                              capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        grown.append(int(done.stdout.split()[-1]) / 2 ** 20)
+        grown.append(fresh.last_number(ALS_PEAK.format(repo=repo, n=n)) / 2 ** 20)
     assert grown[1] < grown[0] + 60, grown
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from collabfeat.config import TransformConfig
 from collabfeat.transform import aggregate
+from tests import fresh
 
 
 def run_once(rows, cfg, catalogue=None):
@@ -217,17 +218,12 @@ def test_memory_does_not_grow_with_the_pairs(tmp_path):
     and holds its shuffles there) at 10,000 and 80,000 rows, every one its own pair, in buckets of
     2,000 rows. Measured 2026-12-02: 16.25 and 16.28 MB; before the buckets (every pair through a
     GroupByKey, and held again for each filter round's side inputs), 17.8 and 45.1 MB."""
-    import subprocess
-    import sys
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     peaks = []
     for n in (10_000, 80_000):
         tmp = tmp_path / f"n{n}"
         (tmp / "Split-all").mkdir(parents=True)
         (tmp / "work").mkdir()
-        done = subprocess.run([sys.executable, "-c", PEAK.format(repo=repo, n=n, tmp=str(tmp))],
-                              capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        peaks.append(int(done.stdout.split()[-1]))
+        peaks.append(fresh.last_number(PEAK.format(repo=repo, n=n, tmp=str(tmp))))
         assert sum(1 for name in ("train", "eval") for f in tmp.glob(f"{name}-*") for _ in open(f)) == n
     assert peaks[1] < 1.2 * peaks[0], json.dumps(peaks)
