@@ -43,20 +43,29 @@ STOP_GRACE = 10.0   # seconds a stopped process has to exit before it is killed
 
 
 def _wait(child: subprocess.Popen, stopped: List[int]) -> int:
-    """child.wait(); but a stop signal to this process (SIGTERM from a scheduler, SIGHUP, Ctrl-C)
-    ends the child's whole tree, Beam's workers included: SIGTERM to each, SIGKILL to any still
-    there after STOP_GRACE s. The signal's number is appended to `stopped`. (Without this, a
-    SIGTERM ended only this process, and the pipeline and its workers ran on, orphaned.)"""
+    """child.wait(), and then no process of the child's tree is left running.
+    - A stop signal to this process (SIGTERM from a scheduler, SIGHUP, Ctrl-C) ends the child's whole
+      tree, Beam's workers included. The signal's number is appended to `stopped`. (Without this, a
+      SIGTERM ended only this process, and the pipeline and its workers ran on, orphaned.)
+    - A child that ends any other way (killed by the out-of-memory killer, crashed) would leave its
+      own children (Beam's workers) running, orphaned. The child leads a process group of its own
+      (run() starts it so), which its descendants share unless they leave it; the tree is also
+      noted every second. What is left of either when the child has ended is ended too.
+    Ending: SIGTERM to each, SIGKILL to any still there after STOP_GRACE s."""
     tree: List[psutil.Process] = []
+
+    def note():
+        try:
+            root = psutil.Process(child.pid)
+            tree[:] = [p for p in tree if p.is_running()]
+            tree.extend(p for p in [root] + root.children(recursive=True) if p not in tree)
+        except psutil.Error:
+            pass
 
     def stop(signum, frame):
         if not stopped:
             stopped.append(signum)
-        try:
-            root = psutil.Process(child.pid)
-            tree.extend(p for p in [root] + root.children(recursive=True) if p not in tree)
-        except psutil.Error:
-            pass
+        note()
         for p in tree:
             try:
                 p.terminate()
@@ -72,6 +81,7 @@ def _wait(child: subprocess.Popen, stopped: List[int]) -> int:
             try:
                 return child.wait(timeout=1)
             except subprocess.TimeoutExpired:
+                note()
                 if stopped:
                     since = since or time.time()
                     if time.time() - since > STOP_GRACE:
@@ -79,13 +89,31 @@ def _wait(child: subprocess.Popen, stopped: List[int]) -> int:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-        if stopped:     # descendants that outlived the child
-            _, alive = psutil.wait_procs(tree[1:], timeout=STOP_GRACE)
-            for p in alive:
-                try:
-                    p.kill()
-                except psutil.Error:
-                    pass
+        left = [p for p in tree[1:] if p.is_running()] + [   # descendants that outlived the child
+            p for p in _group(child.pid) if p not in tree]
+        for p in left:
+            try:
+                p.terminate()
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(left, timeout=STOP_GRACE)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+
+
+def _group(pgid: int) -> List[psutil.Process]:
+    """The processes of process group `pgid`."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) == pgid:
+                found.append(p)
+        except (OSError, psutil.Error):
+            pass
+    return found
 
 
 def executions(metadata_path: str, since_ms: int) -> List[Dict]:
@@ -304,7 +332,8 @@ def run(cfg, until: str, log_path: str, echo=print, bars: bool = False) -> Dict:
     with open(log_path, "a") as log:
         child = subprocess.Popen([sys.executable, "-m", "collabfeat.pipeline.supervise", config_path, until,
                                   report_path, failure_path], stdout=log, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, env={**os.environ, progress.ENV: progress_path})
+                                 stdin=subprocess.DEVNULL, env={**os.environ, progress.ENV: progress_path},
+                                 process_group=0)     # its own group: what it leaves is found (_wait)
         with Watch(child.pid, metadata_path, since, Console(echo, bars, started), progress_path) as watch:
             returncode = _wait(child, stopped)
     exited = time.time()

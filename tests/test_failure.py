@@ -14,7 +14,7 @@ import psutil
 
 from tests.test_end_to_end import TINY
 
-SETTINGS = TINY + ["mf.epochs=400"]      # MFTrainer long enough to be caught running
+SETTINGS = TINY
 
 
 def _start(tmp_path):
@@ -70,34 +70,46 @@ def test_a_stopped_run_and_a_killed_component_are_named_and_the_next_run_resumes
                                             f"and its processes were ended; log: {log}")
 
     # 2. The same command again resumes: what had finished comes from TFX's cache. SIGKILL to the
-    #    pipeline's process while MFTrainer runs.
+    #    pipeline's process (as the out-of-memory killer would) while LogTransform's Beam workers run:
+    #    the component is named, and its orphaned workers are ended too.
     cli = _start(tmp_path)
     try:
-        said = _wait_for(cli, "MFTrainer running", time.time() + 400)
+        said = _wait_for(cli, "LogTransform running", time.time() + 400)
         [pipeline] = psutil.Process(cli.pid).children()   # the supervised pipeline process
+        workers = _beam_workers(pipeline, time.time() + 120)
         pipeline.send_signal(signal.SIGKILL)
         out, err = cli.communicate(timeout=120)
     finally:
         if cli.poll() is None:
             cli.kill()
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    assert alive == [], f"the killed pipeline's workers still run: {[_cmdline(p) for p in alive]}"
     assert cli.returncode == 1
     last = err.strip().splitlines()[-1]
-    assert re.fullmatch(re.escape("collabfeat: MFTrainer failed: killed by signal 9 (SIGKILL: the kernel's "
+    assert re.fullmatch(re.escape("collabfeat: LogTransform failed: killed by signal 9 (SIGKILL: the kernel's "
                                   "out-of-memory killer sends this when memory runs out)")
                         + r"( \(peak memory \d+\.\d GB\))?" + re.escape(f"; log: {log}"), last), last
     assert os.path.exists(log)
     # The report of what finished: written, printed, and not mixed with the earlier run.
     report = _report(tmp_path)
     comps = report["components"]
-    assert report["failed"]["component"] == "MFTrainer"
-    assert comps["MFTrainer"]["state"] == "running" and comps["MFTrainer"]["seconds"] > 0
+    assert report["failed"]["component"] == "LogTransform"
+    assert comps["LogTransform"]["state"] == "running" and comps["LogTransform"]["seconds"] > 0
     assert comps["ImageImport"]["state"] == "cached"
     assert comps[stopped]["state"] == "complete"
-    assert comps["LogTransform"]["state"] == "complete"
-    assert report["logs"]["rows_total"] == report["datasheet"]["rows"]
-    assert "mf" not in report and "cnn" not in report and "push" not in report
+    assert sum(report["images"]["catalogue"]["counts"].values()) == report["datasheet"]["images"]["catalogue"]
+    assert "logs" not in report and "mf" not in report and "push" not in report
     assert any("ImageImport cached" in line for line in said), said
-    assert "behaviour logs:" in out and "FAILED: MFTrainer: killed by signal 9" in out
+    assert "FAILED: LogTransform: killed by signal 9" in out
+
+
+def _beam_workers(pipeline, deadline):
+    while time.time() < deadline:
+        workers = [p for p in pipeline.children(recursive=True) if "sdk_worker_main" in " ".join(_cmdline(p))]
+        if workers:
+            return workers
+        time.sleep(0.1)
+    raise AssertionError("LogTransform's Beam workers never started")
 
 
 def _cmdline(p):
