@@ -61,6 +61,9 @@ def main(argv=None):
     p = sub.add_parser("kubeflow", help="compile the pipeline for Kubeflow Pipelines (KubeflowV2DagRunner)")
     _config_args(p)
     p.add_argument("--output", default="collabfeat-pipeline.json")
+    p.add_argument("--execute-locally", metavar="ROOT",
+                   help="then execute the compiled spec here, each task's container command as Kubeflow runs it, "
+                        "this checkout standing in for the image, with pipeline root ROOT (kubeflow/local.py)")
     p = sub.add_parser("query", help="ask a server for similar items (TF Serving gRPC API)")
     p.add_argument("images", nargs="*", help="image files to query with")
     p.add_argument("--id", action="append", default=[], help="a catalogue item id to query with (similar_by_id)")
@@ -130,11 +133,20 @@ def main(argv=None):
         except FileNotFoundError as e:
             parser.exit(2, f"collabfeat explore: {e}\n")
     elif args.command == "kubeflow":
+        from collabfeat.kubeflow import local
         from collabfeat.kubeflow.runner import compile_pipeline
         try:
-            print(compile_pipeline(cfg, args.output))
-        except ValueError as e:
+            if args.execute_locally:
+                cfg = local.local_config(cfg, args.execute_locally)
+            spec = compile_pipeline(cfg, args.output)
+            print(spec)
+            if args.execute_locally:
+                done = local.execute(cfg, spec, cfg.runner.kubeflow_pipeline_root, cfg.runner.container_repo_dir)
+                print(f"[kubeflow-local] every task complete; pushed: {done['Pusher']['pushed_model']['artifacts'][0]['uri']}")
+        except (ValueError, FileNotFoundError) as e:
             parser.exit(2, f"collabfeat: {e}\n")
+        except local.TaskFailed as e:
+            parser.exit(1, f"collabfeat: kubeflow task {e}\n")
     elif args.command == "serve":
         from collabfeat.serving import server
         if args.port is not None:

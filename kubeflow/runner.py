@@ -32,10 +32,16 @@ def compile_pipeline(cfg: Config, output: str) -> str:
     from tfx import v1 as tfx
     from collabfeat.pipeline.pipeline import create_pipeline
 
+    from collabfeat.pipeline import engine
+
     cfg = cluster_config(cfg)
     schema = os.path.join(cfg.runner.container_repo_dir, "transform", "interactions_schema.pbtxt")
+    # runner.engine=portable: the Beam stages go to a Beam job service at runner.portable_job_port
+    # (kubeflow/local.py starts one; on a cluster, a Flink or Spark job server in its place).
+    engine_args = (engine.args(cfg, cfg.runner.portable_job_port, cfg.runner.portable_pool_port)
+                   if cfg.runner.engine == "portable" else ())
     pipeline = create_pipeline(cfg, cfg.data.logs, cfg.runner.kubeflow_pipeline_root, metadata_path=None,
-                               schema_file=schema, fingerprint_inputs=False)
+                               schema_file=schema, fingerprint_inputs=False, engine_args=engine_args)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=cfg.runner.container_image),
         output_dir=os.path.dirname(os.path.abspath(output)), output_filename=os.path.basename(output))

@@ -198,6 +198,53 @@ def test_key_figures_are_artifact_properties_in_mlmd(run):
     assert prop("LogTransform", "interactions")["rows_used"].int_value == report["logs"]["rows"]["used"]
 
 
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_kubeflow_spec_executed_here_pushes_what_the_local_run_pushed(run, tmp_path):
+    """The compiled KubeflowV2 spec, executed as Kubeflow's launcher runs it (each task's container
+    command and arguments from the spec, in dependency order, kubeflow/local.py), with a pipeline
+    root on local disk and the Beam stages on the portable engine: every task completes, the Beam
+    jobs reach the job service, and the version pushed has the local run's signatures and answers
+    `similar` as the local run's version does."""
+    from collabfeat.kubeflow import local
+    from collabfeat.kubeflow.runner import compile_pipeline
+    from collabfeat.pipeline import engine
+    from tests.test_kubeflow import COMPONENTS
+    cfg, report, *_ = run
+    job, pool = _free_port(), _free_port()
+    cfg = dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, **report["data"]),
+        runner=dataclasses.replace(cfg.runner, engine="portable", portable_job_port=job, portable_pool_port=pool),
+        serving=dataclasses.replace(cfg.serving, push_dir=str(tmp_path / "models")))
+    cfg = local.local_config(cfg, str(tmp_path / "root"))
+    spec = compile_pipeline(cfg, str(tmp_path / "pipeline.json"))
+    assert f"--job_endpoint=localhost:{job}" in open(spec).read()
+    lines = []
+    done = local.execute(cfg, spec, cfg.runner.kubeflow_pipeline_root, cfg.runner.container_repo_dir, lines.append)
+    assert set(done) == COMPONENTS
+    assert sum(" complete after " in line for line in lines) == len(COMPONENTS), lines
+    assert engine.jobs_completed(cfg.runner.kubeflow_pipeline_root) >= 5     # every Beam stage went there
+
+    [version] = os.listdir(tmp_path / "models" / "collabfeat")
+    theirs = tf.saved_model.load(str(tmp_path / "models" / "collabfeat" / version))
+    ours = tf.saved_model.load(report["push"]["destination"])
+    assert set(theirs.signatures) == set(ours.signatures)
+    for name, sig in ours.signatures.items():
+        assert theirs.signatures[name].structured_input_signature == sig.structured_input_signature
+        assert theirs.signatures[name].structured_outputs.keys() == sig.structured_outputs.keys()
+    ids = [line.strip() for line in open(os.path.join(report["push"]["destination"], "assets.extra", "item_ids.txt"))]
+    blobs = tf.constant([open(os.path.join(report["data"]["image_dir"], f"{i}.png"), "rb").read() for i in ids[:8]])
+    a = ours.signatures["similar"](images=blobs, k=tf.constant(10))
+    b = theirs.signatures["similar"](images=blobs, k=tf.constant(10))
+    assert (a["ids"].numpy() == b["ids"].numpy()).all()
+    np.testing.assert_allclose(a["scores"].numpy(), b["scores"].numpy(), atol=1e-5)
+
+
 def test_the_code_hash_covers_the_packages_only_so_a_run_in_the_checkout_keeps_the_cache():
     """The default run directory is runs/ in the checkout, where TFX writes schema.pbtxt files. The
     code hash (a parameter of every collabfeat component) must not see them: it did, so a second

@@ -1,0 +1,176 @@
+"""Executing a compiled KubeflowV2 pipeline spec here, the way Kubeflow Pipelines runs it.
+
+    collabfeat kubeflow --output pipeline.json --execute-locally ROOT
+
+Kubeflow's launcher runs every task of the spec in the task's container: the container's command and
+arguments from the spec's deploymentSpec, with the `{{$}}` placeholder replaced by the task's
+ExecutorInput (its parameters, its input artifacts as the producing tasks' outputs, its output
+artifacts' URIs under the pipeline root, and the file for its ExecutorOutput). A preCacheCheck hook
+(TFX's file-based ExampleGen driver) runs first, with the same input. This module does exactly
+that without Docker: the same commands and arguments, in dependency order, with this checkout in
+place of the image's /app (compile with runner.container_repo_dir set to it) and a pipeline root
+on local disk. What it does not do: Kubeflow's caching, retries and resource requests, or pulling
+the image (the environment is this checkout's, which the image is built from).
+
+With runner.engine=portable the spec's Beam arguments send every Beam stage to a Beam job service
+(kubeflow/runner.py puts them in); execute() starts that service and its worker pool for the run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from typing import Callable, Dict, List
+
+from collabfeat import storage
+
+
+class TaskFailed(RuntimeError):
+    pass
+
+
+def _order(tasks: Dict) -> List[str]:
+    """The tasks in dependency order (a task after every task it depends on or reads from)."""
+    needs = {name: set(t.get("dependentTasks", [])) | {
+        a["taskOutputArtifact"]["producerTask"] for a in t.get("inputs", {}).get("artifacts", {}).values()
+        if "taskOutputArtifact" in a} for name, t in tasks.items()}
+    order: List[str] = []
+    while needs:
+        ready = sorted(n for n, deps in needs.items() if deps <= set(order))
+        if not ready:
+            raise ValueError(f"the spec's tasks depend on each other in a cycle: {sorted(needs)}")
+        order += ready
+        for n in ready:
+            del needs[n]
+    return order
+
+
+def _parameters(task: Dict, root_inputs: Dict) -> Dict:
+    out = {}
+    for name, p in task.get("inputs", {}).get("parameters", {}).items():
+        if "runtimeValue" in p:
+            out[name] = p["runtimeValue"]["constantValue"]
+        elif "componentInputParameter" in p:
+            out[name] = root_inputs[p["componentInputParameter"]]
+        else:
+            raise ValueError(f"parameter {name}: neither a constant nor a pipeline input: {p}")
+    return out
+
+
+def _substitute(args: List[str], executor_input: Dict) -> List[str]:
+    text = json.dumps(executor_input)
+    out = []
+    for a in args:
+        if "{{$" in a and a != "{{$}}":
+            raise ValueError(f"placeholder {a!r} is not supported here (only {{{{$}}}}, the whole ExecutorInput)")
+        out.append(text if a == "{{$}}" else a)
+    return out
+
+
+def _run(what: str, command: List[str], log_path: str, cwd: str) -> None:
+    with open(log_path, "a") as log:
+        log.write(f"$ {' '.join(command[:4])} ...\n")
+        log.flush()
+        done = subprocess.run(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        with open(log_path, errors="replace") as f:
+            tail = f.read()[-1500:]
+        raise TaskFailed(f"{what} exited with status {done.returncode}; log: {log_path}\n{tail}")
+
+
+def _read_output(path: str) -> Dict:
+    if not storage.exists(path):
+        return {}
+    with storage.open(path) as f:
+        return json.loads(f.read())
+
+
+def execute_spec(spec_path: str, root: str, cwd: str, echo: Callable[[str], None] = print) -> Dict[str, Dict]:
+    """Executes every task of the compiled spec; -> {task: {output key: [RuntimeArtifact as JSON]}}.
+    Logs: ROOT/<task>/log.txt. Raises TaskFailed naming the task, its status and its log."""
+    with open(spec_path) as f:
+        spec = json.load(f)
+    ps = spec.get("pipelineSpec", spec)
+    tasks, components = ps["root"]["dag"]["tasks"], ps["components"]
+    executors = ps["deploymentSpec"]["executors"]
+    root_inputs = {k: {"stringValue": v} if isinstance(v, str) else v
+                   for k, v in spec.get("runtimeConfig", {}).get("parameters", {}).items()}
+    produced: Dict[str, Dict] = {}
+    for name in _order(tasks):
+        task = tasks[name]
+        component = components[task["componentRef"]["name"]]
+        executor = executors[component["executorLabel"]]
+        task_root = os.path.join(root, name)
+        os.makedirs(task_root, exist_ok=True)
+        outputs = {}
+        for key, definition in component.get("outputDefinitions", {}).get("artifacts", {}).items():
+            uri = os.path.join(task_root, key)
+            os.makedirs(uri, exist_ok=True)
+            outputs[key] = {"artifacts": [{"name": f"local/{name}/{key}", "type": definition["artifactType"],
+                                           "uri": uri, "metadata": {}}]}
+        if "importer" in executor:
+            imp = executor["importer"]
+            if "constantValue" not in imp["artifactUri"]:
+                raise ValueError(f"{name}: an importer's URI from a runtime parameter is not supported here")
+            produced[name] = {"artifact": {"artifacts": [{
+                "name": f"local/{name}/artifact", "type": imp["typeSchema"], "metadata": imp.get("metadata", {}),
+                "uri": imp["artifactUri"]["constantValue"]["stringValue"]}]}}
+            continue
+        inputs = {}
+        for key, a in task.get("inputs", {}).get("artifacts", {}).items():
+            source = a["taskOutputArtifact"]
+            inputs[key] = produced[source["producerTask"]][source["outputArtifactKey"]]
+        executor_input = {"inputs": {"parameters": _parameters(task, root_inputs), "artifacts": inputs},
+                          "outputs": {"artifacts": outputs, "outputFile": os.path.join(task_root, "executor_output.json")}}
+        container = executor["container"]
+        log_path = os.path.join(task_root, "log.txt")
+        started = time.time()
+        echo(f"[kubeflow-local] {name} running")
+        hook = container.get("lifecycle", {}).get("preCacheCheck")
+        if hook:         # TFX's ExampleGen driver: span, version and fingerprint of the input files
+            _run(f"{name}'s preCacheCheck", hook["command"] + _substitute(hook.get("args", []), executor_input),
+                 log_path, cwd)
+            for key, found in _read_output(executor_input["outputs"]["outputFile"]).get("artifacts", {}).items():
+                for mine, theirs in zip(outputs[key]["artifacts"], found["artifacts"]):
+                    mine["metadata"] = theirs.get("metadata", {})
+        _run(name, container["command"] + _substitute(container.get("args", []), executor_input), log_path, cwd)
+        written = _read_output(executor_input["outputs"]["outputFile"]).get("artifacts", {})
+        for key, found in written.items():        # what the executor recorded (split names, span, ...)
+            for mine, theirs in zip(outputs[key]["artifacts"], found["artifacts"]):
+                mine["metadata"] = theirs.get("metadata", {})
+                mine["uri"] = theirs.get("uri") or mine["uri"]
+        produced[name] = outputs
+        echo(f"[kubeflow-local] {name} complete after {time.time() - started:.0f} s")
+    return produced
+
+
+def local_config(cfg, root: str):
+    """cfg for executing its spec here: this checkout in place of the image's /app, the pipeline root
+    ROOT on local disk, local data (the embedded default data generated, as `./run demo` does) and
+    absolute paths."""
+    import dataclasses
+    from collabfeat.pipeline.run import prepare_data
+
+    repo = os.environ.get("COLLABFEAT_REPO") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = prepare_data(cfg)
+    return dataclasses.replace(
+        cfg, runner=dataclasses.replace(cfg.runner, container_repo_dir=repo, kubeflow_pipeline_root=os.path.abspath(root)),
+        serving=dataclasses.replace(cfg.serving, push_dir=os.path.abspath(cfg.serving.push_dir)))
+
+
+def execute(cfg, spec_path: str, root: str, cwd: str, echo: Callable[[str], None] = print) -> Dict[str, Dict]:
+    """execute_spec(), with the Beam job service and worker pool running when the spec's Beam
+    arguments point at them (runner.engine=portable)."""
+    from collabfeat.pipeline import engine
+
+    text = open(spec_path).read()
+    os.makedirs(root, exist_ok=True)
+    if cfg.runner.engine == "portable":
+        if not re.search(rf"--job_endpoint=localhost:{cfg.runner.portable_job_port}\b", text):
+            raise ValueError(f"{spec_path} was not compiled with runner.engine=portable: its Beam stages would not "
+                             f"reach the job service")
+        with engine.portable(cfg, root):
+            return execute_spec(spec_path, root, cwd, echo)
+    return execute_spec(spec_path, root, cwd, echo)
