@@ -31,20 +31,11 @@ class TaskFailed(RuntimeError):
     pass
 
 
-def _order(tasks: Dict) -> List[str]:
-    """The tasks in dependency order (a task after every task it depends on or reads from)."""
-    needs = {name: set(t.get("dependentTasks", [])) | {
+def _needs(tasks: Dict) -> Dict[str, set]:
+    """Each task's upstream tasks: those it depends on or reads an artifact from."""
+    return {name: set(t.get("dependentTasks", [])) | {
         a["taskOutputArtifact"]["producerTask"] for a in t.get("inputs", {}).get("artifacts", {}).values()
         if "taskOutputArtifact" in a} for name, t in tasks.items()}
-    order: List[str] = []
-    while needs:
-        ready = sorted(n for n, deps in needs.items() if deps <= set(order))
-        if not ready:
-            raise ValueError(f"the spec's tasks depend on each other in a cycle: {sorted(needs)}")
-        order += ready
-        for n in ready:
-            del needs[n]
-    return order
 
 
 def _parameters(task: Dict, root_inputs: Dict) -> Dict:
@@ -87,9 +78,62 @@ def _read_output(path: str) -> Dict:
         return json.loads(f.read())
 
 
-def execute_spec(spec_path: str, root: str, cwd: str, echo: Callable[[str], None] = print) -> Dict[str, Dict]:
+def _task(name: str, task: Dict, component: Dict, executor: Dict, produced: Dict, root_inputs: Dict,
+          root: str, cwd: str, echo: Callable[[str], None]) -> Dict:
+    """Runs one task as Kubeflow's launcher would; -> its output artifacts (as RuntimeArtifact JSON)."""
+    task_root = os.path.join(root, name)
+    os.makedirs(task_root, exist_ok=True)
+    if "importer" in executor:
+        imp = executor["importer"]
+        if "constantValue" not in imp["artifactUri"]:
+            raise ValueError(f"{name}: an importer's URI from a runtime parameter is not supported here")
+        return {"artifact": {"artifacts": [{
+            "name": f"local/{name}/artifact", "type": imp["typeSchema"], "metadata": imp.get("metadata", {}),
+            "uri": imp["artifactUri"]["constantValue"]["stringValue"]}]}}
+    outputs = {}
+    for key, definition in component.get("outputDefinitions", {}).get("artifacts", {}).items():
+        uri = os.path.join(task_root, key)
+        os.makedirs(uri, exist_ok=True)
+        outputs[key] = {"artifacts": [{"name": f"local/{name}/{key}", "type": definition["artifactType"],
+                                       "uri": uri, "metadata": {}}]}
+    inputs = {}
+    for key, a in task.get("inputs", {}).get("artifacts", {}).items():
+        source = a["taskOutputArtifact"]
+        inputs[key] = produced[source["producerTask"]][source["outputArtifactKey"]]
+    output_file = os.path.join(task_root, "executor_output.json")
+    executor_input = {"inputs": {"parameters": _parameters(task, root_inputs), "artifacts": inputs},
+                      "outputs": {"artifacts": outputs, "outputFile": output_file}}
+    container = executor["container"]
+    log_path = os.path.join(task_root, "log.txt")
+    started = time.time()
+    echo(f"[kubeflow-local] {name} running")
+
+    def recorded(update_uri: bool):     # what the driver or executor wrote: split names, span, ...
+        for key, found in _read_output(output_file).get("artifacts", {}).items():
+            for mine, theirs in zip(outputs[key]["artifacts"], found["artifacts"]):
+                mine["metadata"] = theirs.get("metadata", {})
+                if update_uri and theirs.get("uri"):
+                    mine["uri"] = theirs["uri"]
+
+    hook = container.get("lifecycle", {}).get("preCacheCheck")
+    if hook:             # TFX's ExampleGen driver: span, version and fingerprint of the input files
+        _run(f"{name}'s preCacheCheck", hook["command"] + _substitute(hook.get("args", []), executor_input),
+             log_path, cwd)
+        recorded(update_uri=False)
+    _run(name, container["command"] + _substitute(container.get("args", []), executor_input), log_path, cwd)
+    recorded(update_uri=True)
+    echo(f"[kubeflow-local] {name} complete after {time.time() - started:.0f} s")
+    return outputs
+
+
+def execute_spec(spec_path: str, root: str, cwd: str, echo: Callable[[str], None] = print,
+                 parallel: int = 2) -> Dict[str, Dict]:
     """Executes every task of the compiled spec; -> {task: {output key: [RuntimeArtifact as JSON]}}.
-    Logs: ROOT/<task>/log.txt. Raises TaskFailed naming the task, its status and its log."""
+    As on Kubeflow, a task starts as soon as the tasks it needs have completed, up to `parallel` at
+    once (a task's container is one process, often a single busy core). Logs: ROOT/<task>/log.txt.
+    Raises TaskFailed naming the task, its status and its log, once the tasks running then end."""
+    from concurrent import futures
+
     with open(spec_path) as f:
         spec = json.load(f)
     ps = spec.get("pipelineSpec", spec)
@@ -97,52 +141,29 @@ def execute_spec(spec_path: str, root: str, cwd: str, echo: Callable[[str], None
     executors = ps["deploymentSpec"]["executors"]
     root_inputs = {k: {"stringValue": v} if isinstance(v, str) else v
                    for k, v in spec.get("runtimeConfig", {}).get("parameters", {}).items()}
+    needs = _needs(tasks)
     produced: Dict[str, Dict] = {}
-    for name in _order(tasks):
-        task = tasks[name]
-        component = components[task["componentRef"]["name"]]
-        executor = executors[component["executorLabel"]]
-        task_root = os.path.join(root, name)
-        os.makedirs(task_root, exist_ok=True)
-        outputs = {}
-        for key, definition in component.get("outputDefinitions", {}).get("artifacts", {}).items():
-            uri = os.path.join(task_root, key)
-            os.makedirs(uri, exist_ok=True)
-            outputs[key] = {"artifacts": [{"name": f"local/{name}/{key}", "type": definition["artifactType"],
-                                           "uri": uri, "metadata": {}}]}
-        if "importer" in executor:
-            imp = executor["importer"]
-            if "constantValue" not in imp["artifactUri"]:
-                raise ValueError(f"{name}: an importer's URI from a runtime parameter is not supported here")
-            produced[name] = {"artifact": {"artifacts": [{
-                "name": f"local/{name}/artifact", "type": imp["typeSchema"], "metadata": imp.get("metadata", {}),
-                "uri": imp["artifactUri"]["constantValue"]["stringValue"]}]}}
-            continue
-        inputs = {}
-        for key, a in task.get("inputs", {}).get("artifacts", {}).items():
-            source = a["taskOutputArtifact"]
-            inputs[key] = produced[source["producerTask"]][source["outputArtifactKey"]]
-        executor_input = {"inputs": {"parameters": _parameters(task, root_inputs), "artifacts": inputs},
-                          "outputs": {"artifacts": outputs, "outputFile": os.path.join(task_root, "executor_output.json")}}
-        container = executor["container"]
-        log_path = os.path.join(task_root, "log.txt")
-        started = time.time()
-        echo(f"[kubeflow-local] {name} running")
-        hook = container.get("lifecycle", {}).get("preCacheCheck")
-        if hook:         # TFX's ExampleGen driver: span, version and fingerprint of the input files
-            _run(f"{name}'s preCacheCheck", hook["command"] + _substitute(hook.get("args", []), executor_input),
-                 log_path, cwd)
-            for key, found in _read_output(executor_input["outputs"]["outputFile"]).get("artifacts", {}).items():
-                for mine, theirs in zip(outputs[key]["artifacts"], found["artifacts"]):
-                    mine["metadata"] = theirs.get("metadata", {})
-        _run(name, container["command"] + _substitute(container.get("args", []), executor_input), log_path, cwd)
-        written = _read_output(executor_input["outputs"]["outputFile"]).get("artifacts", {})
-        for key, found in written.items():        # what the executor recorded (split names, span, ...)
-            for mine, theirs in zip(outputs[key]["artifacts"], found["artifacts"]):
-                mine["metadata"] = theirs.get("metadata", {})
-                mine["uri"] = theirs.get("uri") or mine["uri"]
-        produced[name] = outputs
-        echo(f"[kubeflow-local] {name} complete after {time.time() - started:.0f} s")
+    running: Dict[futures.Future, str] = {}
+    failure = None
+    with futures.ThreadPoolExecutor(max(1, parallel)) as pool:
+        while (needs and failure is None) or running:
+            ready = sorted(n for n, d in needs.items() if d <= set(produced)) if failure is None else []
+            for name in ready[:max(1, parallel) - len(running)]:
+                del needs[name]
+                component = components[tasks[name]["componentRef"]["name"]]
+                running[pool.submit(_task, name, tasks[name], component, executors[component["executorLabel"]],
+                                    dict(produced), root_inputs, root, cwd, echo)] = name
+            if not running:
+                raise ValueError(f"the spec's tasks depend on each other in a cycle: {sorted(needs)}")
+            done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+            for f in done:
+                name = running.pop(f)
+                try:
+                    produced[name] = f.result()
+                except Exception as e:     # noqa: BLE001 - the first failure is raised once the others end
+                    failure = failure or e
+    if failure is not None:
+        raise failure
     return produced
 
 
