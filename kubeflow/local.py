@@ -7,9 +7,9 @@ arguments from the spec's deploymentSpec, with the `{{$}}` placeholder replaced 
 ExecutorInput (its parameters, its input artifacts as the producing tasks' outputs, its output
 artifacts' URIs under the pipeline root, and the file for its ExecutorOutput). A preCacheCheck hook
 (TFX's file-based ExampleGen driver) runs first, with the same input. This module does exactly
-that without Docker: the same commands and arguments, in dependency order, with this checkout in
-place of the image's /app (compile with runner.container_repo_dir set to it) and a pipeline root
-on local disk. What it does not do: Kubeflow's caching, retries and resource requests, or pulling
+that without Docker: the same commands and arguments, each task once the tasks it needs have
+completed, with this checkout in place of the image's /app and a pipeline root on local disk
+(local_config() sets both, and the data). What it does not do: Kubeflow's caching, retries and resource requests, or pulling
 the image (the environment is this checkout's, which the image is built from).
 
 With runner.engine=portable the spec's Beam arguments send every Beam stage to a Beam job service
