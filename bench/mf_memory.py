@@ -10,7 +10,6 @@ Usage: ./run bench mf-memory --run OUTPUT_DIR [--bucket-pairs 16777216,4194304,1
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import resource
@@ -19,29 +18,30 @@ import sys
 import time
 
 from bench.common import save, step, table
+from collabfeat.pipeline.run import find_artifact, read_report
 
 
-def newest(pattern: str) -> str:
-    found = sorted(glob.glob(pattern), key=lambda p: int(os.path.basename(p)))
-    if not found:
-        raise SystemExit(f"bench mf-memory: nothing at {pattern}: run the pipeline through Transform first")
-    return found[-1]
+def newest(root: str, output: str) -> str:
+    uri = find_artifact(root, "Transform", output)
+    if not uri:
+        raise SystemExit(f"bench mf-memory: no Transform {output} under {root}: run the pipeline through Transform first")
+    return uri
 
 
 def one(run_dir: str, bucket_pairs: int, out: str) -> dict:
     """In this process: MFTrainer's function with mf.bucket_pairs = bucket_pairs."""
     from tfx.types import artifact_utils, standard_artifacts
-    from pipeline import components
+    from collabfeat.pipeline import components
 
-    root = os.path.join(run_dir, "collabfeat", "root", "Transform")
+    root = os.path.join(run_dir, "collabfeat", "root")
     with open(os.path.join(run_dir, "collabfeat", "config.json")) as f:
         settings = {"mf": json.load(f)["mf"]}
     settings["mf"]["bucket_pairs"] = bucket_pairs
     transformed = standard_artifacts.Examples()
-    transformed.uri = newest(os.path.join(root, "transformed_examples", "*"))
+    transformed.uri = newest(root, "transformed_examples")
     transformed.split_names = artifact_utils.encode_split_names(["train", "eval"])
     graph = standard_artifacts.TransformGraph()
-    graph.uri = newest(os.path.join(root, "transform_graph", "*"))
+    graph.uri = newest(root, "transform_graph")
     model = standard_artifacts.Model()
     model.uri = out
     os.makedirs(out, exist_ok=True)
@@ -50,8 +50,7 @@ def one(run_dir: str, bucket_pairs: int, out: str) -> dict:
         transformed=transformed, transform_graph=graph, model=model,
         settings_json=json.dumps(settings), code="bench")
     seconds = time.perf_counter() - start
-    with open(os.path.join(out, "report.json")) as f:
-        report = json.load(f)
+    report = read_report(out)
     k = settings["mf"]["recall_k"]
     return {"bucket_pairs": bucket_pairs, "seconds": round(seconds, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
