@@ -186,7 +186,8 @@ def execute(cfg, spec_path: str, root: str, cwd: str, echo: Callable[[str], None
     arguments point at them (runner.engine=portable)."""
     from collabfeat.pipeline import engine
 
-    text = open(spec_path).read()
+    with open(spec_path) as f:
+        text = f.read()
     os.makedirs(root, exist_ok=True)
     if cfg.runner.engine == "portable":
         if not re.search(rf"--job_endpoint=localhost:{cfg.runner.portable_job_port}\b", text):

@@ -30,9 +30,8 @@ def cluster_config(cfg: Config) -> Config:
 
 def compile_pipeline(cfg: Config, output: str) -> str:
     from tfx import v1 as tfx
-    from collabfeat.pipeline.pipeline import create_pipeline
-
     from collabfeat.pipeline import engine
+    from collabfeat.pipeline.pipeline import create_pipeline
 
     cfg = cluster_config(cfg)
     schema = os.path.join(cfg.runner.container_repo_dir, "transform", "interactions_schema.pbtxt")

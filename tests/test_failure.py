@@ -14,12 +14,9 @@ import psutil
 
 from tests.test_end_to_end import TINY
 
-SETTINGS = TINY
-
-
 def _start(tmp_path):
     cmd = [sys.executable, "-m", "collabfeat", "demo", "--set", f"runner.output_dir={tmp_path}"]
-    for setting in SETTINGS:
+    for setting in TINY:
         cmd += ["--set", setting]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
