@@ -168,7 +168,9 @@ class RunnerConfig:
     # local Beam job service and a pool of SDK worker processes: the path of Flink, Spark, Dataflow)
     engine: str = "direct"
     portable_job_port: int = 8099      # the job service (Beam's default port)
-    portable_pool_port: int = 50000    # the SDK worker pool (Beam's default port)
+    # The SDK worker pool. Not Beam's 50000: that lies in Linux's ephemeral range (32768-60999), where
+    # any process's port-0 server or outgoing connection can take it while the pool starts.
+    portable_pool_port: int = 8098
     cache: bool = True             # reuse a component's earlier outputs when its inputs, settings and code are unchanged
     beam_args: List[str] = field(default_factory=list)   # extra Beam args (e.g. a cluster runner)
     # Kubeflow (kubeflow/runner.py): the pipeline image, where the repository sits in it, and the

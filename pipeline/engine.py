@@ -12,8 +12,10 @@ portable   Beam's portability framework, the path Flink, Spark and Dataflow take
            that only lives in the driver) breaks here too.
 
 portable() starts both services on the configured loopback ports (fixed, because TFX's cache key
-holds the Beam arguments), yields the Beam arguments that send every Beam stage to them, and stops
-them and their workers afterwards. The job service's log (beam-job-service.log in the run directory)
+holds the Beam arguments; by default below Linux's ephemeral range, where no port-0 server or
+outgoing connection can take them while the services start), waits for each to say it listens,
+yields the Beam arguments that send every Beam stage to them, and stops them and their workers
+afterwards. The job service's log (beam-job-service.log in the run directory)
 records each job it ran: jobs_completed() counts them.
 """
 from __future__ import annotations
@@ -29,6 +31,10 @@ import time
 from typing import Iterator, List
 
 START_SECONDS = 60
+# Beam's worker pool (apache_beam.runners.worker.worker_pool_main) with its log lines shown: without a
+# handler, its "Started worker pool servicer" line, which says the pool has bound its port, is lost.
+POOL_MAIN = ("import logging, sys; logging.basicConfig(level=logging.INFO); "
+             "from apache_beam.runners.worker import worker_pool_main; worker_pool_main.main(sys.argv[1:])")
 
 
 def _port_is_free(port: int) -> bool:
@@ -41,16 +47,59 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
-def _wait_for_port(proc: subprocess.Popen, port: int, what: str, log_path: str) -> None:
+def _tail(path: str, lines: int = 5) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return " | ".join(line.strip() for line in f.read().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _wait_until_listening(proc: subprocess.Popen, port: int, ready: str, what: str, log_path: str,
+                          log_from: int) -> None:
+    """Waits for the service's own log line saying it listens on `port`, and for the port to answer.
+    An answer on the port alone is not enough: until the service has bound it, another process's
+    server can hold the port (then the service fails to bind and exits), and a connection to a port
+    in Linux's ephemeral range can even connect to itself. The log is read from byte `log_from` on
+    (what this start wrote: the log is appended to run after run)."""
     end = time.time() + START_SECONDS
+    pattern = re.compile(ready.format(port=port))
     while time.time() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"Beam's {what} exited with status {proc.returncode} while starting; log: {log_path}")
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+            raise RuntimeError(f"Beam's {what} exited with status {proc.returncode} while starting on port {port}: "
+                               f"{_tail(log_path)} (log: {log_path})")
+        with open(log_path, errors="replace") as f:
+            f.seek(log_from)
+            if pattern.search(f.read()):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    if s.connect_ex(("127.0.0.1", port)) == 0:
+                        return
         time.sleep(0.2)
     raise RuntimeError(f"Beam's {what} did not listen on port {port} within {START_SECONDS} s; log: {log_path}")
+
+
+def ephemeral_ports() -> range:
+    """The ports the kernel hands out to port-0 servers and outgoing connections (Linux's
+    ip_local_port_range): a fixed service port in this range can be taken by any process at any time."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = map(int, f.read().split())
+        return range(low, high + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
+def spare_ports(n: int, seed=None) -> List[int]:
+    """n free loopback ports below the ephemeral range (for runs side by side: tests, benchmarks)."""
+    import random
+    rng, low = random.Random(seed), 10000
+    high = max(low + n, min(ephemeral_ports().start, 65536))
+    ports: List[int] = []
+    while len(ports) < n:
+        port = rng.randrange(low, high)
+        if port not in ports and _port_is_free(port):
+            ports.append(port)
+    return ports
 
 
 def _die_with_parent() -> None:
@@ -100,9 +149,10 @@ def portable(cfg, run_dir: str) -> Iterator[List[str]]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     services = []
     with open(log_path, "a") as log, open(pool_log_path, "a") as pool_log:
+        log_from, pool_log_from = log.tell(), pool_log.tell()
         try:
             services.append(subprocess.Popen(
-                [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={pool_port}"],
+                [sys.executable, "-c", POOL_MAIN, f"--service_port={pool_port}"],
                 stdout=pool_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 start_new_session=True, preexec_fn=_die_with_parent))
             services.append(subprocess.Popen(
@@ -110,8 +160,10 @@ def portable(cfg, run_dir: str) -> Iterator[List[str]]:
                  f"--staging_dir={staging}"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
                 preexec_fn=_die_with_parent))
-            _wait_for_port(services[0], pool_port, "worker pool", pool_log_path)
-            _wait_for_port(services[1], job_port, "job service", log_path)
+            _wait_until_listening(services[0], pool_port, r"Started worker pool servicer at port: localhost:{port}\b",
+                                  "worker pool", pool_log_path, pool_log_from)
+            _wait_until_listening(services[1], job_port, r"listening for Beam jobs on port {port}\b",
+                                  "job service", log_path, log_from)
             yield args(cfg, job_port, pool_port)
         finally:
             for proc in reversed(services):

@@ -198,13 +198,6 @@ def test_key_figures_are_artifact_properties_in_mlmd(run):
     assert prop("LogTransform", "interactions")["rows_used"].int_value == report["logs"]["rows"]["used"]
 
 
-def _free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_the_kubeflow_spec_executed_here_pushes_what_the_local_run_pushed(run, tmp_path):
     """The compiled KubeflowV2 spec, executed as Kubeflow's launcher runs it (each task's container
     command and arguments from the spec, in dependency order, kubeflow/local.py), with a pipeline
@@ -216,7 +209,7 @@ def test_the_kubeflow_spec_executed_here_pushes_what_the_local_run_pushed(run, t
     from collabfeat.pipeline import engine
     from tests.test_kubeflow import COMPONENTS
     cfg, report, *_ = run
-    job, pool = _free_port(), _free_port()
+    job, pool = engine.spare_ports(2)     # not the defaults: another test's run may hold them
     cfg = dataclasses.replace(
         cfg, data=dataclasses.replace(cfg.data, **report["data"]),
         runner=dataclasses.replace(cfg.runner, engine="portable", portable_job_port=job, portable_pool_port=pool),

@@ -169,3 +169,40 @@ def test_parquet_logs_and_a_catalogue_through_the_log_transform(tmp_path):
         cfg, str(tmp_path / "logs"), root, str(tmp_path / "m.sqlite")), run_options=run_options("transform"))
     assert read_report(find_artifact(root, "ImageImport", "images"))["catalogue"]["counts"] == {"used": 3}
     assert read_report(find_artifact(root, "LogTransform", "interactions"))["rows"] == {"used": 6, "unknown_item": 1}
+
+
+def test_the_portable_engine_waits_for_its_service_not_for_whatever_answers_on_the_port(tmp_path, monkeypatch):
+    """Another process's server on the pool's port (a port-0 server can get any port in the ephemeral
+    range) answers connections, but the pool is not ready until it says it has bound the port; a
+    service that exits while starting is named with the end of its log."""
+    import socket
+    import subprocess
+    import sys
+    from collabfeat.pipeline import engine
+    monkeypatch.setattr(engine, "START_SECONDS", 2)
+    log = tmp_path / "pool.log"
+    log.write_text("Started worker pool servicer at port: localhost:1 (an earlier run's line)\n")
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        slow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            with pytest.raises(RuntimeError, match=f"did not listen on port {port} within 2 s"):
+                engine._wait_until_listening(slow, port, r"Started worker pool servicer at port: localhost:{port}\b",
+                                             "worker pool", str(log), log.stat().st_size)
+        finally:
+            slow.kill()
+    log.write_text("RuntimeError: Failed to bind to address [::]:8098\n")
+    failed = subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
+    failed.wait()
+    with pytest.raises(RuntimeError, match=r"worker pool exited with status 1 while starting on port 8098: "
+                                           r"RuntimeError: Failed to bind to address \[::\]:8098"):
+        engine._wait_until_listening(failed, 8098, "x", "worker pool", str(log), 0)
+
+
+def test_spare_ports_are_free_and_below_the_ephemeral_range():
+    from collabfeat.pipeline import engine
+    ports = engine.spare_ports(3)
+    assert len(set(ports)) == 3
+    assert all(10000 <= p < engine.ephemeral_ports().start and engine._port_is_free(p) for p in ports)
