@@ -15,8 +15,8 @@ portable() starts both services on the configured loopback ports (fixed, because
 holds the Beam arguments; by default below Linux's ephemeral range, where no port-0 server or
 outgoing connection can take them while the services start), waits for each to say it listens,
 yields the Beam arguments that send every Beam stage to them, and stops them and their workers
-afterwards. The job service's log (beam-job-service.log in the run directory)
-records each job it ran: jobs_completed() counts them.
+afterwards. The job service's log (beam-job-service.log in the run directory) records each job it
+ran: jobs_completed() counts them.
 """
 from __future__ import annotations
 

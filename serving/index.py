@@ -188,10 +188,11 @@ def _umap():
     import umap.layouts
     import umap.spectral
     import umap.utils
+    from numba.core.caching import NullCache
     from numba.core.registry import CPUDispatcher
     for module in (umap.umap_, umap.layouts, umap.utils, umap.distances, umap.spectral):
         for f in vars(module).values():
-            if isinstance(f, CPUDispatcher) and type(f._cache).__name__ == "NullCache":
+            if isinstance(f, CPUDispatcher) and isinstance(f._cache, NullCache):
                 f.enable_caching()
     return umap
 

@@ -181,11 +181,12 @@ def test_the_portable_engine_waits_for_its_service_not_for_whatever_answers_on_t
     from collabfeat.pipeline import engine
     monkeypatch.setattr(engine, "START_SECONDS", 2)
     log = tmp_path / "pool.log"
-    log.write_text("Started worker pool servicer at port: localhost:1 (an earlier run's line)\n")
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
         other.listen()
         port = other.getsockname()[1]
+        # an earlier start's line on the same port, before this start's part of the log
+        log.write_text(f"Started worker pool servicer at port: localhost:{port} with executable: None\n")
         slow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
         try:
             with pytest.raises(RuntimeError, match=f"did not listen on port {port} within 2 s"):
