@@ -1,11 +1,11 @@
 """Item tables -> validated image records, with Beam.
 
 An item table is a CSV with a header naming at least `item_id` and `image` (a path relative to
-the image directory, or a URI), and optionally `label` (an integer; used only for evaluation and
-the supervised baseline, never by the collaborative model). Each record becomes
-{"item_id", "image": PNG bytes of the RGB image resized to image_size^2 by the served model's own
-preprocessing (images.pixels), "label": int or -1}, or an outcome with a reason: missing_id, bad_row,
-bad_label, duplicate_item, missing_image, unreadable_image, corrupt_image, image_too_large,
+the image directory, or a URI), and optionally the facets `label` (an integer category; used only
+for evaluation and the supervised baseline, never by the collaborative model) and `style` (an
+integer; evaluation only). Each record becomes {"item_id", "image": PNG bytes of the RGB image
+resized to image_size^2 by the served model's own preprocessing (images.pixels), "label": int or -1,
+"style": int or -1}, or an outcome with a reason: missing_id, bad_row, bad_label, duplicate_item, missing_image, unreadable_image, corrupt_image, image_too_large,
 unsupported_image (a format TensorFlow cannot decode, such as TIFF or WebP).
 """
 from __future__ import annotations
@@ -18,10 +18,11 @@ import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 
-from collabfeat import images
+from collabfeat import examples, images
 from collabfeat.outcomes import USED
 
 REQUIRED = ("item_id", "image")
+FACETS = ("label", "style")      # optional integer columns: -1 where absent
 
 
 def header(path: str) -> List[str]:
@@ -42,11 +43,12 @@ def parse_line(line: str, cols: List[str], where: str) -> Dict:
     row = dict(zip(cols, (v.strip() for v in values)))
     if not row["item_id"]:
         return {"_error": ("missing_id", f"{where}: empty item_id in {line[:200]!r}")}
-    label = row.get("label", "")
-    try:
-        row["label"] = int(label) if label != "" else -1
-    except ValueError:
-        return {"_error": ("bad_label", f"{where}: item {row['item_id']!r}: label {label!r} is not an integer")}
+    for facet in FACETS:
+        value = row.get(facet, "")
+        try:
+            row[facet] = int(value) if value != "" else -1
+        except ValueError:
+            return {"_error": ("bad_label", f"{where}: item {row['item_id']!r}: {facet} {value!r} is not an integer")}
     return row
 
 
@@ -56,7 +58,8 @@ def load_record(row: Dict, image_dir: str, size: int, where: str):
         pixels = images.decode(images.read_bytes(row["image"], image_dir), size)
     except images.ImageError as e:
         return e.reason, f"{where}: item {row['item_id']!r}, image {row['image']!r}: {e}"
-    return USED, {"item_id": row["item_id"], "image": images.encode_png(pixels), "label": row["label"]}
+    return USED, {"item_id": row["item_id"], "image": images.encode_png(pixels),
+                  **{facet: row[facet] for facet in FACETS}}
 
 
 class ImportItems(beam.PTransform):
@@ -105,6 +108,16 @@ class ImportItems(beam.PTransform):
 
 
 FEATURES = {"item_id": tf.string, "image": tf.string, "label": tf.int64}
+
+
+def read_facets(uri: str, split: str) -> Dict[str, np.ndarray]:
+    """facet -> its values (-1: none) for a split's images in file order, without decoding any
+    image; a facet no record has (older artifacts have no style) is left out."""
+    spec = {facet: tf.io.FixedLenFeature([], tf.int64, default_value=-1) for facet in FACETS}
+    data = (examples.records(uri, split).batch(1 << 14).map(lambda s: tf.io.parse_example(s, spec)))
+    parts = list(data.as_numpy_iterator())
+    out = {facet: np.concatenate([b[facet] for b in parts]) if parts else np.zeros(0, np.int64) for facet in FACETS}
+    return {facet: v for facet, v in out.items() if (v >= 0).any()}
 
 
 def read_labels(uri: str, split: str) -> Dict[str, int]:

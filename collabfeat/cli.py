@@ -40,6 +40,7 @@ def main(argv=None):
     p.add_argument("--items", help="item table CSV: item_id,image[,label]")
     p.add_argument("--image-dir", help="directory that relative image paths are resolved against")
     p.add_argument("--eval-items", help="held-out labelled item table CSV for the evaluation")
+    p.add_argument("--transfer-items", help="labelled item table CSV from another source: the transfer facet")
     p.add_argument("--until", default="push", help="stop after this stage")
     p = sub.add_parser("simulate", help="write the simulated default data set to a directory")
     _config_args(p)
@@ -97,7 +98,7 @@ def main(argv=None):
         from collabfeat.pipeline.supervise import PipelineFailed, PipelineStopped, run as run_supervised
         if args.command == "run":
             overrides = {"logs": args.logs, "items": args.items, "image_dir": args.image_dir,
-                         "eval_items": args.eval_items}
+                         "eval_items": args.eval_items, "transfer_items": args.transfer_items}
             for k, v in overrides.items():
                 if v:
                     setattr(cfg.data, k, v)

@@ -28,7 +28,11 @@ class SimulatorConfig:
     mean_views_per_user: float = 30.0
     activity_sigma: float = 1.0    # lognormal spread of user activity (power-law-like tail)
     popularity_exponent: float = 1.0   # Zipf exponent of item popularity within a style
-    taste_concentration: float = 0.3   # Dirichlet concentration of users' tastes over styles
+    taste_concentration: float = 0.3   # Dirichlet concentration of users' tastes (over styles, over categories)
+    n_styles: int = 8              # rendered styles (a print in a colourway), drawn independently of category
+    style_weight: float = 1.0      # how sharply users follow their taste in styles (0: they ignore style)
+    category_weight: float = 0.5   # how sharply they follow their taste in categories (0: they ignore it)
+    n_transfer_images: int = 2000  # labelled clip art (Debian's openclipart-png) for the transfer facet; 0: none
     noise: float = 0.15            # share of views that ignore taste (uniform random items)
     appreciate_rate: float = 0.25  # P(appreciate | view), higher when the style is a strong taste
     comment_rate: float = 0.03
@@ -43,7 +47,8 @@ class DataConfig:
     logs_format: str = ""          # csv | parquet | tfrecord; empty: from the extension (directory: csv)
     items: str = ""                # CSV: item_id, image (path relative to image_dir, or a URI), [label]
     image_dir: str = ""
-    eval_items: str = ""           # CSV of held-out labelled images: item_id, image, label
+    eval_items: str = ""           # CSV of held-out labelled images: item_id, image, label[, style]
+    transfer_items: str = ""       # CSV of labelled images from another source (the transfer facet)
     user_column: str = "user_id"
     item_column: str = "item_id"
     event_column: str = "event"
@@ -117,8 +122,13 @@ class EvalConfig:
     """Retrieval evaluation against baselines on held-out labelled images."""
     k: int = 10
     baselines: List[str] = field(default_factory=lambda: [
-        "pseudo_class", "supervised", "rotation", "random", "pixels"])
+        "pseudo_class", "supervised", "imagenet", "rotation", "random", "pixels"])
+    # imagenet: EfficientNet-Lite0's ImageNet features (collabfeat/imagenet.py); imagenet_regression:
+    # that network fine-tuned onto the latent factors (the collaborative task from ImageNet weights)
     baseline_epochs: int = 12
+    imagenet_size: int = 96        # images are upsampled to this before EfficientNet-Lite0
+    finetune_size: int = 64        # ... and to this for imagenet_regression's training and features
+    finetune_epochs: int = 3
     bless_margin: float = 0.02     # collaborative must beat random and pixels by this much
     served_margin: float = 0.0     # a push must reach the served version's precision@k plus this, on the
                                    # same held-out images (negative: accept that much less)
@@ -220,7 +230,12 @@ class Config:
             problems.append("transform.eval_fraction must be in [0, 1)")
         if self.transform.bucket_rows < 1:
             problems.append(f"transform.bucket_rows must be at least 1, not {self.transform.bucket_rows}")
-        unknown = set(self.eval.baselines) - {"pseudo_class", "supervised", "rotation", "random", "pixels"}
+        if not 1 <= self.simulator.n_styles <= 16:
+            problems.append(f"simulator.n_styles must be in 1..16 (4 prints x 4 colourways), not {self.simulator.n_styles}")
+        if min(self.simulator.style_weight, self.simulator.category_weight) < 0:
+            problems.append("simulator.style_weight and category_weight must not be negative")
+        unknown = set(self.eval.baselines) - {"pseudo_class", "regression", "supervised", "imagenet", "imagenet_regression",
+                                              "rotation", "random", "pixels"}
         if unknown:
             problems.append(f"eval.baselines has unknown entries {sorted(unknown)}")
         if self.runner.engine not in ("direct", "portable"):
@@ -293,16 +308,16 @@ def from_dict(values: Dict[str, Any]) -> Config:
 # ("cnn.image_size"). They are the component's parameters, so TFX's cache re-runs a component when
 # one of them changes (or an input, or the code), and only then.
 USES = {
-    "ImageImport": ("data.items", "data.eval_items", "data.image_dir", "cnn.image_size"),
+    "ImageImport": ("data.items", "data.eval_items", "data.transfer_items", "data.image_dir", "cnn.image_size"),
     "LogTransform": ("data.user_column", "data.item_column", "data.event_column", "transform"),
     "MFTrainer": ("mf",),
     "CNNTrainer": ("cnn",),
     "Evaluator": ("cnn", "eval.k", "eval.baselines", "eval.baseline_epochs", "eval.bless_margin",
-                  "eval.max_queries"),
+                  "eval.max_queries", "eval.imagenet_size", "eval.finetune_size", "eval.finetune_epochs"),
     "Indexer": ("cnn.image_size", "cnn.mode", "index"),
     # what the pushed version records of its run: the explorer reads the item tables and the CNN's input
     "Pusher": ("serving.push_dir", "serving.model_name", "serving.max_k", "cnn.image_size", "cnn.mode",
-               "data.items", "data.image_dir", "data.eval_items",
+               "data.items", "data.image_dir", "data.eval_items", "data.transfer_items",
                # the comparison with the served version
                "eval.k", "eval.max_queries", "eval.served_margin", "cnn.seed"),
 }

@@ -3,26 +3,32 @@
 No public behaviour log with images is reachable, so the embedded default data is made here
 and written exactly as a user would bring their own (see README, "Your own data"):
 
-  <out>/items.csv        item_id,image,label     catalogue (Fashion-MNIST training photos)
-  <out>/eval_items.csv   item_id,image,label     held-out labelled photos (test split), never in the logs
-  <out>/images/*.png     the photos (28x28 grey, as shipped)
-  <out>/logs/logs.csv    user_id,item_id,event,timestamp
-  <out>/datasheet.json   parameters and measured statistics
+  <out>/items.csv          item_id,image,label,style   catalogue (Fashion-MNIST training photos)
+  <out>/eval_items.csv     item_id,image,label,style   held-out photos (test split), never in the logs
+  <out>/transfer_items.csv item_id,image,label         clip art from another source (openclipart-png)
+  <out>/images/*.png       the images
+  <out>/logs/logs.csv      user_id,item_id,event,timestamp
+  <out>/datasheet.json     parameters and measured statistics
 
-The model: each item's hidden style is its label (the pipeline never sees labels).
-Users have Dirichlet tastes over styles and lognormal (heavy-tailed) activity; within a style,
+Two facets, independent of each other: an item's category is its Fashion-MNIST label; its style
+is drawn uniformly at random and rendered into the pixels (STYLES: a print in a colourway, as a
+shop's "navy stripes" or "pastel dots"). Each print comes in several colourways and each colourway
+in several prints, so a style is neither one colour nor one pattern. Users have Dirichlet tastes
+over styles and over categories and follow each with its own weight (simulator.style_weight,
+category_weight); their activity is lognormal (heavy-tailed); within a (category, style) cell,
 item popularity is Zipf. A share of views ignores taste (noise). Appreciations and comments are
-subsets of views, likelier on a user's strong styles. Each item has an owner ("own" event).
-A small number of bad rows and bad image files are planted on purpose, so that the reject
-accounting has something real to count.
+subsets of views, likelier on a user's strong tastes. Each item has an owner ("own" event), a
+user whose favourite style it is. A small number of bad rows and bad image files are planted on
+purpose, so that the reject accounting has something real to count.
 """
 from __future__ import annotations
 
 import csv
 import json
 import os
+import sys
 from array import array
-from typing import Dict
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -33,6 +39,103 @@ EVENTS = ("view", "appreciate", "comment", "own", "like")     # "like" only in p
 VIEW, APPRECIATE, COMMENT, OWN, LIKE = range(len(EVENTS))
 EVENT_PERIOD_S = 90 * 24 * 3600
 EPOCH = 1_700_000_000
+
+
+PRINTS = ("plain", "stripes", "dots", "checks")
+COLOURWAYS = 4
+# env/run unpacks the package into the venv; an image with it installed (kubeflow/Dockerfile) has it in /usr
+OPENCLIPART_DIR = os.environ.get("COLLABFEAT_OPENCLIPART_DIR") or next(
+    (d for d in (os.path.join(sys.prefix, "share", "collabfeat-data", "openclipart-png", "usr", "share", "openclipart", "png"),
+                 "/usr/share/openclipart/png") if os.path.isdir(d)), "/usr/share/openclipart/png")
+# openclipart's top-level folders that are categories of things (not "unsorted", "special", ...)
+TRANSFER_MIN_PER_CATEGORY = 40
+TRANSFER_EXCLUDED = ("unsorted", "special", "buttons", "logos")
+TRANSFER_SIZE = 64
+
+
+def style_of(s: int) -> Tuple[int, int]:
+    """Style s -> (print, colourway): all 16 pairs for s < 16, each print in several colourways."""
+    return s % len(PRINTS), (s % len(PRINTS) + s // len(PRINTS)) % COLOURWAYS
+
+
+def _hsv(h, s, v):
+    """HSV in [0, 1] (arrays) -> RGB in [0, 1], [..., 3]."""
+    i = np.floor(h * 6) % 6
+    f = h * 6 - np.floor(h * 6)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    table = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
+    return np.stack([np.select([i == k for k in range(6)], [c[ch] for c in table]) for ch in range(3)], -1)
+
+
+def render(grey: np.ndarray, styles: np.ndarray, rng, hue0: float) -> np.ndarray:
+    """Grey photos [n, H, W] and their styles -> RGB [n, H, W, 3]: the garment (its grey levels
+    as shading) in the style's print and colourway; the black background stays black. Per image the
+    hue shifts by up to +-0.04, the saturation by +-0.1 and the print's phase is random, so that no
+    two images of a style have the same pixels."""
+    n, h, w = grey.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    out = np.zeros((n, h, w, 3), np.float32)
+    for j in range(n):
+        pr, cw = style_of(int(styles[j]))
+        hue = (hue0 + cw / COLOURWAYS + rng.uniform(-0.04, 0.04)) % 1.0
+        sat = float(np.clip(0.65 + rng.uniform(-0.1, 0.1), 0, 1))
+        base = _hsv(np.float32(hue), np.float32(sat), np.float32(1.0))
+        accent = _hsv(np.float32((hue + 0.08) % 1.0), np.float32(0.9), np.float32(0.35))
+        dy, dx = rng.uniform(0, 8, 2)
+        if PRINTS[pr] == "stripes":
+            mask = ((yy + dy) % 6) < 2.5
+        elif PRINTS[pr] == "dots":
+            mask = (((yy + dy) % 6 - 3) ** 2 + ((xx + dx) % 6 - 3) ** 2) < 2.6
+        elif PRINTS[pr] == "checks":
+            mask = (((yy + dy) // 4 + (xx + dx) // 4) % 2) == 0
+        else:
+            mask = np.zeros((h, w), bool)
+        fabric = np.where(mask[..., None], accent, base)
+        out[j] = fabric * (grey[j].astype(np.float32)[..., None] / 255.0)
+    return np.round(out * 255).astype(np.uint8)
+
+
+def transfer_set(n: int, rng, directory: str = "") -> Tuple[List[str], np.ndarray, List[str]]:
+    """A seeded sample of openclipart's labelled clip art: (paths, labels, category names), at
+    most ceil(n / categories) per category, from the categories with enough images."""
+    directory = directory or OPENCLIPART_DIR
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{directory} not found: the Debian package openclipart-png provides the transfer "
+                                "images (unpacked into the environment by env/run); or set simulator.n_transfer_images=0")
+    names, files = [], []
+    for cat in sorted(os.listdir(directory)):
+        if cat in TRANSFER_EXCLUDED or not os.path.isdir(os.path.join(directory, cat)):
+            continue
+        found = sorted(os.path.join(root, f) for root, _, fs in os.walk(os.path.join(directory, cat))
+                       for f in fs if f.endswith(".png"))
+        if len(found) >= TRANSFER_MIN_PER_CATEGORY:
+            names.append(cat)
+            files.append(found)
+    per = -(-n // len(names))
+    paths, labels = [], []
+    for label, found in enumerate(files):
+        pick = np.sort(rng.choice(len(found), min(per, len(found)), replace=False))
+        paths += [found[i] for i in pick]
+        labels += [label] * len(pick)
+    keep = np.sort(rng.choice(len(paths), min(n, len(paths)), replace=False))
+    return [paths[i] for i in keep], np.array(labels)[keep], names
+
+
+def clip_art(path: str, size: int = TRANSFER_SIZE) -> np.ndarray:
+    """A clip-art PNG -> RGB [size, size, 3]: composited on white, fitted into the square."""
+    from PIL import Image
+    with Image.open(path) as im:
+        im = im.convert("RGBA")
+        im.thumbnail((size, size))
+        canvas = Image.new("RGBA", (size, size), (255, 255, 255, 255))
+        canvas.alpha_composite(im, ((size - im.width) // 2, (size - im.height) // 2))
+        return np.asarray(canvas.convert("RGB"))
+
+
+def _tempered(p: np.ndarray, weight: float) -> np.ndarray:
+    """Tastes [users, k] sharpened (weight > 1), kept (1), flattened (< 1) or ignored (0)."""
+    t = p ** weight
+    return t / t.sum(axis=1, keepdims=True)
 
 
 def _zipf_weights(rng, n, exponent):
@@ -54,21 +157,42 @@ def simulate(cfg: SimulatorConfig, out: str) -> Dict:
     cat_idx = np.sort(rng.choice(len(train_x), cfg.n_items, replace=False))
     eval_idx = np.sort(rng.choice(len(test_x), cfg.n_eval_images, replace=False))
     item_ids = np.array([f"p{i:05d}" for i in cat_idx])
-    styles = train_y[cat_idx].astype(int)
+    categories = train_y[cat_idx].astype(int)
+    n_categories = len(images.FASHION_CLASSES)
+    # Styles: drawn independently of category, for the catalogue and the held-out photos alike.
+    styles = rng.integers(cfg.n_styles, size=cfg.n_items)
+    eval_styles = rng.integers(cfg.n_styles, size=cfg.n_eval_images)
+    hue0 = float(rng.random())
 
-    def write_items(path, ids, pixels, labels):
+    def write_items(path, ids, pixels, labels, facets=None):
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["item_id", "image", "label"])
-            for item, px, label in zip(ids, pixels, labels):
+            w.writerow(["item_id", "image", "label"] + (["style"] if facets is not None else []))
+            for j, (item, px, label) in enumerate(zip(ids, pixels, labels)):
                 name = f"{item}.png"
                 with open(os.path.join(out, "images", name), "wb") as img:
                     img.write(images.encode_png(px))
-                w.writerow([item, name, int(label)])
+                w.writerow([item, name, int(label)] + ([int(facets[j])] if facets is not None else []))
 
-    write_items(os.path.join(out, "items.csv"), item_ids, train_x[cat_idx], styles)
+    write_items(os.path.join(out, "items.csv"), item_ids, render(train_x[cat_idx], styles, rng, hue0),
+                categories, styles)
     write_items(os.path.join(out, "eval_items.csv"), [f"t{i:05d}" for i in eval_idx],
-                test_x[eval_idx], test_y[eval_idx])
+                render(test_x[eval_idx], eval_styles, rng, hue0), test_y[eval_idx], eval_styles)
+    transfer = {}
+    if cfg.n_transfer_images:
+        paths, labels, names = transfer_set(cfg.n_transfer_images, np.random.default_rng(cfg.seed + 1))
+        arts, kept, skipped = [], [], []
+        for p, label in zip(paths, labels):
+            try:
+                arts.append(clip_art(p))
+                kept.append(label)
+            except Exception as e:     # a few of openclipart's PNGs are huge (PIL's bomb guard) or broken
+                skipped.append(f"{os.path.relpath(p, OPENCLIPART_DIR)}: {type(e).__name__}")
+        labels = kept
+        write_items(os.path.join(out, "transfer_items.csv"), [f"c{i:05d}" for i in range(len(arts))], arts, labels)
+        transfer = {"source": "openclipart-png (Debian, public domain): top-level folders as categories",
+                    "images": len(arts), "skipped": skipped, "categories": names, "resolution": f"{TRANSFER_SIZE}x{TRANSFER_SIZE} RGB, "
+                    "composited on white", "files": [os.path.relpath(p, OPENCLIPART_DIR) for p in paths[:5]] + ["..."]}
 
     # Planted bad images: some files deleted, some overwritten with garbage.
     bad = rng.choice(cfg.n_items, min(cfg.bad_image_count, cfg.n_items), replace=False)
@@ -81,10 +205,15 @@ def simulate(cfg: SimulatorConfig, out: str) -> Dict:
                 f.write(b"this is not an image")
 
     # Behaviour.
-    n_styles = int(styles.max()) + 1
-    by_style = [np.flatnonzero(styles == s) for s in range(n_styles)]
-    pop = [_zipf_weights(rng, len(ix), cfg.popularity_exponent) for ix in by_style]
-    tastes = rng.dirichlet(np.full(n_styles, cfg.taste_concentration), cfg.n_users)
+    n_styles = cfg.n_styles
+    cell_of = categories * n_styles + styles
+    by_cell = [np.flatnonzero(cell_of == c) for c in range(n_categories * n_styles)]
+    by_category = [np.flatnonzero(categories == c) for c in range(n_categories)]
+    pools = by_cell + by_category            # an empty cell falls back to its category
+    pop = [_zipf_weights(rng, len(ix), cfg.popularity_exponent) for ix in pools]
+    style_taste = rng.dirichlet(np.full(n_styles, cfg.taste_concentration), cfg.n_users)
+    category_taste = rng.dirichlet(np.full(n_categories, cfg.taste_concentration), cfg.n_users)
+    p_style, p_category = _tempered(style_taste, cfg.style_weight), _tempered(category_taste, cfg.category_weight)
     mu = np.log(cfg.mean_views_per_user) - cfg.activity_sigma ** 2 / 2
     activity = np.clip(np.round(rng.lognormal(mu, cfg.activity_sigma, cfg.n_users)), 1, cfg.n_items // 2).astype(int)
 
@@ -103,28 +232,30 @@ def simulate(cfg: SimulatorConfig, out: str) -> Dict:
     cdfs = []
     for p in pop:
         cdf = p.cumsum()
-        cdf /= cdf[-1]
-        cdfs.append(cdf)
+        cdfs.append(cdf / cdf[-1] if len(cdf) else cdf)
     rate_a, rate_c = cfg.appreciate_rate, cfg.comment_rate
     for u in range(cfg.n_users):
         n = activity[u]
         times = np.sort(rng.integers(0, EVENT_PERIOD_S, n)) + EPOCH
         noisy = rng.random(n) < cfg.noise
-        chosen_styles = rng.choice(n_styles, n, p=tastes[u])
-        strength = tastes[u] / tastes[u].max()
-        for t, is_noise, s in zip(times.tolist(), noisy.tolist(), chosen_styles.tolist()):
+        chosen = (rng.choice(n_categories, n, p=p_category[u]) * n_styles
+                  + rng.choice(n_styles, n, p=p_style[u]))
+        # affinity: the geometric mean of how strong the cell's style and category are in the user's tastes
+        strength = np.sqrt(np.outer(p_category[u] / p_category[u].max(), p_style[u] / p_style[u].max()).ravel())
+        for t, is_noise, c in zip(times.tolist(), noisy.tolist(), chosen.tolist()):
             if is_noise:
                 item = int(rng.integers(cfg.n_items))
                 affinity = 0.2
             else:
-                item = int(by_style[s][int(cdfs[s].searchsorted(rng.random(), side="right"))])
-                affinity = strength[s]
+                pool = c if len(by_cell[c]) else len(by_cell) + c // n_styles
+                item = int(pools[pool][int(cdfs[pool].searchsorted(rng.random(), side="right"))])
+                affinity = strength[c]
             add(u, item, VIEW, t)
             if rng.random() < rate_a * affinity:
                 add(u, item, APPRECIATE, t + 5)
             if rng.random() < rate_c * affinity:
                 add(u, item, COMMENT, t + 30)
-    favourite = tastes.argmax(axis=1)
+    favourite = style_taste.argmax(axis=1)
     for j in range(len(item_ids)):
         fans = np.flatnonzero(favourite == styles[j])
         owner = int(rng.choice(fans)) if len(fans) else int(rng.integers(cfg.n_users))
@@ -158,7 +289,15 @@ def simulate(cfg: SimulatorConfig, out: str) -> Dict:
                   "behaviour simulated by collabfeat.simulate",
         "parameters": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
         "images": {"catalogue": int(cfg.n_items), "held_out": int(cfg.n_eval_images),
-                   "resolution": "28x28 grey", "classes": list(images.FASHION_CLASSES)},
+                   "resolution": "28x28, grey photos rendered in their style's colours", "classes": list(images.FASHION_CLASSES)},
+        "styles": {"what": "a print in a colourway, drawn uniformly at random per image, independent of category",
+                   "styles": {s: "%s, colourway %d" % (PRINTS[style_of(s)[0]], style_of(s)[1]) for s in range(n_styles)},
+                   "catalogue_counts": np.bincount(styles, minlength=n_styles).tolist(),
+                   "style_weight": cfg.style_weight, "category_weight": cfg.category_weight,
+                   "why": "On a design site, what people appreciate together is largely how a thing looks "
+                          "(its palette and its print), across kinds of things; a category label says what "
+                          "the thing is. Users here follow both tastes, style more sharply by default."},
+        "transfer": transfer,
         "rows": len(users), "events": events, "planted_bad_rows": n_bad,
         "planted_bad_images": [str(item_ids[b]) for b in bad],
         "density_views": events["view"] / (cfg.n_users * cfg.n_items),

@@ -27,6 +27,9 @@ Parameter = tfx.dsl.components.Parameter
 BeamPipeline = tfx.dsl.components.BeamComponentParameter[beam.Pipeline]
 
 
+FACET_NAMES = {"label": "category", "style": "style"}     # item table columns -> the facets' names
+
+
 def write_report(uri: str, report: dict) -> None:
     storage.write_json(os.path.join(uri, "report.json"), report, indent=1, sort_keys=True)
 
@@ -103,7 +106,8 @@ def LogTransform(logs: InputArtifact[Examples],
 @tfx.dsl.components.component(use_beam=True)
 def ImageImport(images: OutputArtifact[Examples], settings_json: Parameter[str], code: Parameter[str],
                 inputs: Parameter[str], beam_pipeline: BeamPipeline = None) -> None:
-    """Item tables + image files -> Examples with splits "catalogue" and (optionally) "heldout".
+    """Item tables + image files -> Examples with splits "catalogue" and (optionally) "heldout" and
+    "transfer" (labelled images from another source, evaluated as a facet of their own).
     `inputs`: the files' fingerprint (pipeline.inputs_fingerprint), so that changed files are read again."""
     from collabfeat.catalogue import ImportItems
 
@@ -112,6 +116,8 @@ def ImageImport(images: OutputArtifact[Examples], settings_json: Parameter[str],
     tables = {"catalogue": d.items}
     if d.eval_items:
         tables["heldout"] = d.eval_items
+    if d.transfer_items:
+        tables["transfer"] = d.transfer_items
     with beam_pipeline as p:
         for split, path in tables.items():
             out = p | f"Import{split}" >> ImportItems(path, d.image_dir, cfg.cnn.image_size)
@@ -196,15 +202,19 @@ def MFTrainer(transformed: InputArtifact[Examples], transform_graph: InputArtifa
         progress.warn(f"MFTrainer: the factors' held-out recall@{k} {report[f'recall@{k}']:.3f} does not beat "
                       f"ranking by popularity ({report[f'recall@{k}_popularity']:.3f})")
     if catalogue is not None:
-        labels = read_labels(catalogue.uri, "catalogue")
-        lab = np.array([labels.get(i, -1) for i in item_ids])
-        have = lab >= 0
-        if have.sum() > 10:
-            lab = lab[have]
-            report["style_agreement@10"] = mf.neighbour_agreement(
-                factors.items[have], lab, 10, cfg.mf.agreement_items, cfg.mf.seed)
-            report["style_agreement_items"] = int(min(have.sum(), cfg.mf.agreement_items or have.sum()))
-            report["style_agreement_chance"] = float(((np.bincount(lab) / len(lab)) ** 2).sum())
+        # How often an item factor's 10 nearest neighbours share its facet (category, style).
+        from collabfeat.catalogue import read_facets
+        ids = list(read_labels(catalogue.uri, "catalogue"))
+        for facet, values in read_facets(catalogue.uri, "catalogue").items():
+            of = dict(zip(ids, values.tolist()))
+            lab = np.array([of.get(i, -1) for i in item_ids])
+            have = lab >= 0
+            if have.sum() > 10:
+                lab = lab[have]
+                report.setdefault("agreement@10", {})[FACET_NAMES[facet]] = {
+                    "value": mf.neighbour_agreement(factors.items[have], lab, 10, cfg.mf.agreement_items, cfg.mf.seed),
+                    "items": int(min(have.sum(), cfg.mf.agreement_items or have.sum())),
+                    "chance": float(((np.bincount(lab) / len(lab)) ** 2).sum())}
     mf.save(factors, user_ids, item_ids, os.path.join(model.uri, "factors.npz"))
     write_report(model.uri, report)
     record_figures(model, users=n_users, items=n_items, train_pairs=totals["train"],
@@ -310,35 +320,61 @@ def evaluation_split(images) -> str:
     return "heldout" if "heldout" in artifact_utils.decode_split_names(images.split_names) else "catalogue"
 
 
+def _facets(images, split):
+    """facet name -> (split, its values, -1 where none) for the evaluation: the category and style
+    columns of the held-out images, and the labels of the transfer split if there is one."""
+    from collabfeat.catalogue import read_facets
+    out = {FACET_NAMES[f]: (split, v) for f, v in read_facets(images.uri, split).items()}
+    if "transfer" in artifact_utils.decode_split_names(images.split_names):
+        labels = read_facets(images.uri, "transfer").get("label")
+        if labels is not None:
+            out["transfer"] = ("transfer", labels)
+    return {name: (sp, v) for name, (sp, v) in out.items() if (v >= 0).sum() >= 2}
+
+
 @tfx.dsl.components.component
 def Evaluator(images: InputArtifact[Examples], mf_model: InputArtifact[Model], model: InputArtifact[Model],
               evaluation: OutputArtifact[ModelEvaluation], blessing: OutputArtifact[ModelBlessing],
               settings_json: Parameter[str], code: Parameter[str]) -> None:
-    """Retrieval precision@k and mAP on held-out labelled images: the served collaborative features
-    against the other variant and the baselines. Blessed only if it beats random-init and pixels."""
+    """Retrieval precision@k and mAP of every feature set on each facet: the held-out images'
+    category and style, and a transfer set from another source. The served collaborative features
+    are compared with the other variant and the baselines (category-supervised, ImageNet,
+    rotation, random-init, pixels), and the paper's claims are checked (evaluate.targets).
+    Blessed only if, on category, it beats random-init and pixels."""
+    import dataclasses
     import numpy as np
-    from collabfeat.catalogue import image_dataset, read_labels
+    from collabfeat import imagenet
+    from collabfeat.catalogue import image_dataset
     from collabfeat.trainer import cnn
-    from collabfeat.trainer.evaluate import bless, retrieval_metrics
+    from collabfeat.trainer.evaluate import bless, retrieval_metrics, targets
 
     cfg = config_lib.settings(settings_json)
     split = evaluation_split(images)
-    test_labels = np.array(list(read_labels(images.uri, split).values()))
-    labelled = test_labels >= 0
-    if labelled.sum() < 2:
-        raise ValueError(f"evaluation needs labelled images: split {split!r} has {int(labelled.sum())}")
-    test_labels = test_labels[labelled]
-    test_images = (image_dataset(images.uri, split, cfg.cnn.image_size)
-                   .filter(lambda i, x, l: l >= 0).map(lambda i, x, l: x))
+    facets = _facets(images, split)
+    if "category" not in facets:
+        raise ValueError(f"evaluation needs labelled images: split {split!r} has fewer than 2 with a label")
+    size = cfg.cnn.image_size
+    splits = sorted({sp for sp, _ in facets.values()})
+    data_of = {sp: image_dataset(images.uri, sp, size).map(lambda i, x, l: x) for sp in splits}
+    n_min = min(int((v >= 0).sum()) for _, v in facets.values())
+    k, queries, seed = min(cfg.eval.k, n_min - 1), cfg.eval.max_queries, cfg.cnn.seed
+    key = f"precision@{k}"
     data = _TrainingSet(images.uri, os.path.join(mf_model.uri, "factors.npz"), cfg)
     served = cfg.cnn.mode
     epochs = cfg.eval.baseline_epochs
-    k, queries, seed = cfg.eval.k, cfg.eval.max_queries, cfg.cnn.seed
+    tables = {name: {} for name in facets}
 
-    def metrics(features):
-        return retrieval_metrics(features, test_labels, k, queries, seed)
+    def score(name, features_of):
+        """features_of(split) -> features of all that split's images, in file order."""
+        feats = {sp: features_of(sp) for sp in splits}
+        for facet, (sp, values) in facets.items():
+            have = values >= 0
+            tables[facet][name] = retrieval_metrics(feats[sp][have], values[have], k, queries, seed)
 
-    table = {served: metrics(cnn.embed(load_backbone(model.uri), test_images))}
+    def score_net(name, net):
+        score(name, lambda sp: cnn.embed(net, data_of[sp], task=f"features {name}: {sp}"))
+
+    score_net(served, load_backbone(model.uri))
     # The other collaborative variant is always compared with the served one.
     for name in cfg.eval.baselines:
         if name == served == "pseudo_class":
@@ -350,26 +386,42 @@ def Evaluator(images: InputArtifact[Examples], mf_model: InputArtifact[Model], m
                 continue
             net, _ = cnn.train_classifier(data.labelled_images(), data.n_classes, cfg.cnn, epochs,
                                           task="baseline supervised")
+        elif name == "imagenet":
+            net = imagenet.backbone(size, cfg.eval.imagenet_size)
+        elif name == "imagenet_regression":
+            tune = dataclasses.replace(cfg.cnn, learning_rate=cfg.cnn.learning_rate / 4)
+            net, _ = cnn.train_regression(data.factors(), tune, cfg.eval.finetune_epochs, task="baseline imagenet_regression",
+                                          net=imagenet.regression_backbone(size, cfg.eval.finetune_size, cfg.cnn.embedding_dim))
         elif name == "rotation":
             net, _ = cnn.train_rotation(data.images(), cfg.cnn, epochs, task="baseline rotation")
         elif name == "random":
             net = cnn.random_init(cfg.cnn)
         else:
-            table["pixels"] = metrics(cnn.pixels(test_images))
+            score("pixels", lambda sp: cnn.pixels(data_of[sp]))
             continue
-        table[name] = metrics(cnn.embed(net, test_images))
+        score_net(name, net)
         # Kept for the explorer's feature-set switch (Indexer -> the pushed version).
         save_backbone(net, os.path.join(evaluation.uri, "features", name))
-    n_test = len(test_labels)
-    key = f"precision@{min(cfg.eval.k, n_test - 1)}"
+    table = tables["category"]
     blessed, beats = bless(table, served, key, cfg.eval.bless_margin)
-    chance = float(((np.bincount(test_labels) / len(test_labels)) ** 2).sum())
+    facet_report = {}
+    for facet, (sp, values) in facets.items():
+        v = values[values >= 0]
+        facet_report[facet] = {"split": sp, "images": int(len(v)), "classes": int(len(np.unique(v))),
+                               "chance": float(((np.bincount(v) / len(v)) ** 2).sum()), "table": tables[facet]}
+    checks = targets(facet_report, key)
+    n_test = facet_report["category"]["images"]
     write_report(evaluation.uri, {"split": split, "images": n_test, "served": served,
                                   "queries": min(n_test, queries or n_test), "queries_bound": queries,
-                                  "metric": key, "table": table, "margins": beats, "chance": chance})
+                                  "metric": key, "table": table, "margins": beats,
+                                  "chance": facet_report["category"]["chance"],
+                                  "facets": facet_report, "targets": checks})
     record_figures(evaluation, metric=key, served=served, images=n_test,
+                   targets_met=sum(c["met"] for c in checks), targets=len(checks),
                    **{f"{name}_{m}": float(v) for name, t in table.items() for m, v in t.items()
-                      if m in (key, "mAP")})
+                      if m in (key, "mAP")},
+                   **{f"{facet}_{name}_{key}": float(t[key]) for facet, f in facet_report.items()
+                      for name, t in f["table"].items() if facet != "category"})
     blessing.set_int_custom_property("blessed", int(blessed))
     if not blessed:
         progress.warn(f"Evaluator: not blessed, so not pushed: {served}'s {key} margins {beats} are below "

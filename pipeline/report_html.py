@@ -74,12 +74,18 @@ def _figures(report: Dict) -> List[tuple]:
         figs.append(("CNN training", fig, ""))
     if "evaluation" in report:
         e = report["evaluation"]
-        names = list(e["table"])
-        fig = go.Figure([go.Bar(x=names, y=[e["table"][n][e["metric"]] for n in names], name=e["metric"]),
-                         go.Bar(x=names, y=[e["table"][n]["mAP"] for n in names], name="mAP")])
-        fig.add_hline(y=e["chance"], line_dash="dot", annotation_text="chance")
-        fig.update_layout(barmode="group", yaxis_title="on held-out labelled images")
-        figs.append((f"Retrieval (served: {e['served']})", fig, ""))
+        facets = e.get("facets") or {"category": {"table": e["table"], "chance": e["chance"]}}
+        fig = make_subplots(rows=1, cols=len(facets), subplot_titles=[f"{f}: {e['metric']}" for f in facets])
+        for col, (facet, f) in enumerate(facets.items(), 1):
+            names = list(f["table"])
+            fig.add_trace(go.Bar(x=names, y=[f["table"][n][e["metric"]] for n in names], name=facet,
+                                 marker_color=["crimson" if n == e["served"] else "steelblue" for n in names],
+                                 showlegend=False), 1, col)
+            fig.add_hline(y=f["chance"], line_dash="dot", annotation_text="chance", row=1, col=col)
+        met = sum(c["met"] for c in e.get("targets", []))
+        figs.append((f"Retrieval on each facet (served: {e['served']}, in red)", fig,
+                     f"Targets met: {met} of {len(e.get('targets', []))}: " + "; ".join(
+                         f"{'met' if c['met'] else 'MISSED'}: {c['target']}" for c in e.get("targets", []))))
     curves = _similarity_curves(report)
     if curves is not None:
         figs.append(("Similarity against rank, for fixed catalogue items", curves,

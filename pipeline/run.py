@@ -47,12 +47,14 @@ def prepare_data(cfg: Config) -> Config:
             simulate(cfg.simulator, out)
         d = dataclasses.replace(d, logs=os.path.join(out, "logs"), items=os.path.join(out, "items.csv"),
                                 image_dir=os.path.join(out, "images"),
-                                eval_items=os.path.join(out, "eval_items.csv"))
+                                eval_items=os.path.join(out, "eval_items.csv"),
+                                transfer_items=(os.path.join(out, "transfer_items.csv")
+                                                if cfg.simulator.n_transfer_images else ""))
     elif not d.items:
         raise ValueError("data.items (the item table with images) is required with data.logs")
     absolute = {f: os.path.abspath(getattr(d, f)) if getattr(d, f) and "://" not in getattr(d, f) else getattr(d, f)
-                for f in ("logs", "items", "image_dir", "eval_items")}
-    for name in ("logs", "items", "eval_items"):
+                for f in ("logs", "items", "image_dir", "eval_items", "transfer_items")}
+    for name in ("logs", "items", "eval_items", "transfer_items"):
         if absolute[name] and "://" not in absolute[name] and not os.path.exists(absolute[name]):
             raise FileNotFoundError(f"data.{name}: {absolute[name]} does not exist")
     return dataclasses.replace(cfg, data=dataclasses.replace(d, **absolute))
@@ -96,7 +98,8 @@ OUTPUTS = {"images": ("ImageImport", "images"), "logs": ("LogTransform", "intera
 def collect(cfg: Config, ran: List[Dict]) -> Dict:
     """The run report from the reports of this run's completed components (`ran`: from MLMD,
     pipeline/supervise.executions), never from an earlier run's artifacts."""
-    report: Dict = {"data": {k: getattr(cfg.data, k) for k in ("logs", "items", "image_dir", "eval_items")}}
+    report: Dict = {"data": {k: getattr(cfg.data, k) for k in ("logs", "items", "image_dir", "eval_items",
+                                                                "transfer_items")}}
     sheet = os.path.join(os.path.dirname(cfg.data.items), "datasheet.json")
     if os.path.exists(sheet):
         with open(sheet) as f:
@@ -147,6 +150,36 @@ def _rows(title, counts):
     return lines
 
 
+FEATURE_NAMES = {"regression": "collaborative (regression)", "pseudo_class": "collaborative (pseudo-class)",
+                 "imagenet_regression": "collaborative from ImageNet", "supervised": "category-supervised",
+                 "imagenet": "ImageNet (EfficientNet-Lite0)", "rotation": "self-supervised (rotation)",
+                 "random": "random-init CNN", "pixels": "raw pixels"}
+
+
+def _evaluation(e: Dict) -> List[str]:
+    """The paper's table: retrieval on each facet (columns) by each feature set (rows), and the targets."""
+    facets = e.get("facets") or {"category": {"table": e["table"], "images": e["images"], "chance": e["chance"],
+                                              "split": e["split"]}}
+    m = e["metric"]
+    out = [f"retrieval, {m} / mAP (each image queries the rest of its facet's images):"]
+    out.append("    " + f"{'features':<32}" + "".join(f"{f:>20}" for f in facets))
+    out.append("    " + f"{'(images, chance ' + m + ')':<32}" + "".join(
+        f"{'%d, %.3f' % (f['images'], f['chance']):>20}" for f in facets.values()))
+    rows = [n for n in FEATURE_NAMES if any(n in f["table"] for f in facets.values())]
+    for name in rows:
+        cells = "".join(f"{'%.3f / %.3f' % (f['table'][name][m], f['table'][name]['mAP']) if name in f['table'] else '-':>20}"
+                        for f in facets.values())
+        out.append(f"    {FEATURE_NAMES[name]:<32}{cells}{' *served' if name == e['served'] else ''}")
+    checks = e.get("targets", [])
+    if checks:
+        met = sum(c["met"] for c in checks)
+        out.append(f"targets (the paper's claims, on {m}): {met} of {len(checks)} met")
+        for c in checks:
+            values = ", ".join(f"{k} {v:.3f}" for k, v in c["values"])
+            out.append(f"    {'met   ' if c['met'] else 'MISSED'} {c['target']} ({values})")
+    return out
+
+
 def format_report(r: Dict) -> str:
     out = ["", "=== collabfeat run report ==="]
     if "datasheet" in r:
@@ -154,6 +187,14 @@ def format_report(r: Dict) -> str:
         out.append(f"data: {s['source']}")
         out.append(f"    {s['images']['catalogue']} catalogue + {s['images']['held_out']} held-out images "
                    f"({s['images']['resolution']}), {s['rows']} log rows, view density {s['density_views']:.4%}")
+        if "styles" in s:
+            st = s["styles"]
+            out.append(f"    {len(st['styles'])} rendered styles independent of the {len(s['images']['classes'])} "
+                       f"categories; users follow style with weight {st['style_weight']} and category with "
+                       f"{st['category_weight']}")
+        if s.get("transfer"):
+            out.append(f"    transfer set: {s['transfer']['images']} clip-art images in "
+                       f"{len(s['transfer']['categories'])} categories ({s['transfer']['source']})")
     if "images" in r:
         for split, o in r["images"].items():
             out += _rows(f"images/{split}", o["counts"])
@@ -172,25 +213,15 @@ def format_report(r: Dict) -> str:
         rk = next(k for k in m if k.startswith("recall@") and not k.endswith("popularity"))
         out.append(f"MF (TFRS): {rk} {m[rk]:.3f} (popularity ranking {m[rk + '_popularity']:.3f}), "
                    f"final loss {m['losses'][-1]:.4f}")
-        if "style_agreement@10" in m:
-            out.append(f"    item factors' 10 nearest neighbours share the hidden style: "
-                       f"{m['style_agreement@10']:.3f} (chance {m['style_agreement_chance']:.3f})")
+        for facet, a in m.get("agreement@10", {}).items():
+            out.append(f"    item factors' 10 nearest neighbours share the item's {facet}: "
+                       f"{a['value']:.3f} (chance {a['chance']:.3f})")
     if "cnn" in r:
         c = r["cnn"]
         out.append(f"CNN ({c['mode']}): trained on {c['with_factor']} of {c['catalogue_images']} catalogue images, "
                    f"loss {c['losses'][0]:.4f} -> {c['losses'][-1]:.4f}")
     if "evaluation" in r:
-        e = r["evaluation"]
-        out.append(f"retrieval on {e['images']} held-out labelled images ({e['split']}), chance {e['chance']:.3f}:")
-        out.append(f"    {'features':<28}{e['metric']:>14}{'mAP':>10}")
-        names = {"regression": "collaborative (regression)", "pseudo_class": "collaborative (pseudo-class)",
-                 "supervised": "supervised (labels)", "rotation": "self-supervised (rotation)",
-                 "random": "random-init CNN", "pixels": "raw pixels"}
-        for name in ("regression", "pseudo_class", "supervised", "rotation", "random", "pixels"):
-            if name in e["table"]:
-                t = e["table"][name]
-                mark = " *served" if name == e["served"] else ""
-                out.append(f"    {names[name]:<28}{t[e['metric']]:>14.3f}{t['mAP']:>10.3f}{mark}")
+        out += _evaluation(r["evaluation"])
     if "index" in r:
         ix = r["index"]
         rk = next(k for k in ix if k.startswith("recall@"))

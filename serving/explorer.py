@@ -40,6 +40,7 @@ STRIP = 200          # neighbours sent per query
 CURVE_POINTS = 600   # samples of the similarity-against-rank curve
 MAP_POINTS = 8000    # the map draws a seeded sample of this many items as points ...
 MAP_BINS = 120       # ... over a density layer of all of them on a MAP_BINS^2 grid
+FACETS = {"label": "category", "style": "style"}   # item table columns the map can colour by
 
 
 def _static_files() -> Dict[str, str]:
@@ -93,15 +94,17 @@ class Catalogue:
             with open(os.path.join(extra, "map.json")) as f:
                 self.map = json.load(f)
         self.size = self.run_cfg["cnn"]["image_size"]
-        self.images, self.labels = self._item_table()
+        self.images, self.facets = self._item_table()
+        self.labels = self.facets.get("category", {})
         self.map_view = self._map_view() if self.map else None
         self.thumbs, self.uploads = LRU(4096), LRU(256)
         self.net_lock = threading.Lock()
 
     def _item_table(self):
-        """item id -> image reference, and labels, from the run's item table (if still there)."""
+        """item id -> image reference, and facet -> item id -> value (the item tables' label, as
+        "category", and style columns), from the run's item tables (if still there)."""
         data = self.run_cfg["data"]
-        refs, labels = {}, {}
+        refs, facets = {}, {}
         for key in ("items", "eval_items"):
             path = data.get(key)
             if path and os.path.exists(path):
@@ -109,9 +112,10 @@ class Catalogue:
                     for r in csv.DictReader(f):
                         if r.get("item_id") in self.row:
                             refs[r["item_id"]] = r.get("image", "")
-                            if r.get("label", "") not in ("", None):
-                                labels[r["item_id"]] = r["label"]
-        return refs, labels
+                            for column, facet in FACETS.items():
+                                if r.get(column, "") not in ("", None):
+                                    facets.setdefault(facet, {})[r["item_id"]] = r[column]
+        return refs, facets
 
     def _map_view(self) -> Dict:
         """What the map draws, computed once: a seeded sample of at most MAP_POINTS items as points,
@@ -122,6 +126,7 @@ class Catalogue:
         density, xe, ye = np.histogram2d(x, y, bins=MAP_BINS)
         return {"ids": [self.ids[r] for r in rows], "x": x[rows].round(3).tolist(), "y": y[rows].round(3).tolist(),
                 "labels": [self.labels.get(self.ids[r]) for r in rows], "total": len(x),
+                "facets": {facet: [values.get(self.ids[r]) for r in rows] for facet, values in self.facets.items()},
                 "density": {"x": ((xe[:-1] + xe[1:]) / 2).round(3).tolist(),
                             "y": ((ye[:-1] + ye[1:]) / 2).round(3).tolist(), "z": density.T.astype(int).tolist()}}
 

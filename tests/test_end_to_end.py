@@ -16,6 +16,7 @@ TINY = [
     "simulator.n_users=600", "simulator.n_items=500", "simulator.n_eval_images=200",
     "simulator.mean_views_per_user=25", "cnn.image_size=16", "cnn.widths=[8,16]", "cnn.embedding_dim=16",
     "cnn.epochs=2", "cnn.clusters=6", "eval.baseline_epochs=1", "mf.epochs=10", "mf.dim=16",
+    "simulator.n_transfer_images=150", "eval.imagenet_size=32",
     "eval.bless_margin=-1",   # a 2-epoch CNN is not meant to be good: push it anyway, check the plumbing
 ]
 
@@ -58,7 +59,9 @@ def test_report_accounts_for_everything(run):
     cat = report["images"]["catalogue"]["counts"]
     assert sum(cat.values()) == cfg.simulator.n_items
     assert cat["used"] == cfg.simulator.n_items - cfg.simulator.bad_image_count
-    assert report["mf"]["style_agreement@10"] > 1.5 * report["mf"]["style_agreement_chance"]
+    agree = report["mf"]["agreement@10"]
+    assert agree["style"]["value"] > 1.5 * agree["style"]["chance"]          # behaviour follows style ...
+    assert agree["category"]["value"] > agree["category"]["chance"]          # ... and category, less sharply
     assert report["mf"]["als_buckets"]["users"] > 1 and report["mf"]["als_buckets"]["items"] > 1
     assert logs["buckets"] > 1 and logs["buckets"] == -(-sheet["rows"] // cfg.transform.bucket_rows)
     assert report["mf"]["recall@20"] > report["mf"]["recall@20_popularity"]
@@ -73,12 +76,27 @@ def test_report_accounts_for_everything(run):
     assert all(c["state"] == "complete" and c["seconds"] >= 0 for c in comps.values())
     assert all(comps[c]["seconds"] > 0 for c in ("LogTransform", "MFTrainer", "CNNTrainer", "Evaluator"))
     assert 100 < comps["MFTrainer"]["peak_rss_mb"] <= report["peak_rss_mb"]
-    table = report["evaluation"]["table"]
-    assert set(table) == {"regression", "pseudo_class", "supervised", "rotation", "random", "pixels"}
+    ev = report["evaluation"]
+    table = ev["table"]
+    assert set(table) == {"regression", "pseudo_class", "supervised", "imagenet", "rotation", "random", "pixels"}
+    # The paper's table: every feature set on each facet, each facet with its own images and chance.
+    assert set(ev["facets"]) == {"category", "style", "transfer"}
+    assert ev["facets"]["category"]["table"] == table
+    assert ev["facets"]["style"]["images"] == cfg.simulator.n_eval_images
+    assert ev["facets"]["style"]["classes"] == cfg.simulator.n_styles
+    assert ev["facets"]["transfer"]["split"] == "transfer"
+    assert ev["facets"]["transfer"]["images"] == report["images"]["transfer"]["counts"]["used"] >= 140
+    for f in ev["facets"].values():
+        assert set(f["table"]) == set(table)
+        assert all(0 <= row[ev["metric"]] <= 1 and 0 <= row["mAP"] <= 1 for row in f["table"].values())
+    assert {c["target"] for c in ev["targets"]} >= {"style: regression beats supervised", "style: regression beats imagenet",
+                                                    "category: regression within 10% of supervised",
+                                                    "transfer: pseudo_class beats pixels"}
     assert report["index"]["recall@10"] >= 0.95
     assert report["index"]["settings"]["why"]
     text = format_report(report)
-    assert "collaborative (regression)" in text and "raw pixels" in text
+    assert "collaborative (regression)" in text and "raw pixels" in text and "ImageNet (EfficientNet-Lite0)" in text
+    assert f"targets (the paper's claims, on {ev['metric']}): {sum(c['met'] for c in ev['targets'])} of " in text
 
 
 def test_console_names_each_component_as_it_starts_and_ends_in_order(run):

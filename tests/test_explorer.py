@@ -31,10 +31,10 @@ def start_explorer(tmp, n=300, map_sample=20000, report=True):
     ids, blobs, labels = catalogue(n)
     (tmp / "img").mkdir()
     with open(tmp / "items.csv", "w") as f:
-        f.write("item_id,image,label\n")
-        for i, b, l in zip(ids, blobs, labels):
+        f.write("item_id,image,label,style\n")
+        for j, (i, b, l) in enumerate(zip(ids, blobs, labels)):
             (tmp / "img" / f"{i}.png").write_bytes(b)
-            f.write(f"{i},{i}.png,{l}\n")
+            f.write(f"{i},{i}.png,{l},{j % 3}\n")      # a second facet: style j mod 3
     cfg_path = os.path.join(version, "assets.extra", "config.json")
     cfg = json.load(open(cfg_path))
     cfg["data"].update(items=str(tmp / "items.csv"), image_dir=str(tmp / "img"))
@@ -179,6 +179,16 @@ def test_browse_query_brush_upload_compare_and_switch(explorer):
         page.wait_for_selector("#map .scatterlayer, #map canvas")
         assert page.locator("#map").is_visible() and not page.locator("#grid").is_visible()
         page.screenshot(path=os.path.join(SHOTS, "7-map.png"))
+        # Colour the map by each facet: the points' colours are that facet's values, item by item.
+        assert page.eval_on_selector_all("#facet option", "os => os.map(o => o.value)") == ["category", "style"]
+        expect = {i: (int(l), j % 3) for j, (i, l) in enumerate(zip(explorer["ids"], explorer["labels"]))}
+        ids = page.evaluate("document.getElementById('map').data[1].text")
+        colours = page.evaluate("document.getElementById('map').data[1].marker.color")
+        assert colours == [expect[i][0] for i in ids]
+        page.select_option("#facet", "style")
+        page.wait_for_function("window.explorerState.colourBy === 'style'")
+        colours = page.evaluate("document.getElementById('map').data[1].marker.color")
+        assert colours == [expect[i][1] for i in ids]
         browser.close()
         assert errors == []
 

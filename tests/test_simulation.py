@@ -1,5 +1,6 @@
 """The simulator's logs carry the planted structure, and MF recovers it."""
 import csv
+import dataclasses
 import filecmp
 import hashlib
 import json
@@ -13,7 +14,7 @@ from collabfeat.simulate import simulate
 from collabfeat.trainer import mf
 from collabfeat.transform.aggregate import pair_weight, validate_row
 
-SMALL = SimulatorConfig(n_users=2500, n_items=1500, n_eval_images=50, mean_views_per_user=30)
+SMALL = SimulatorConfig(n_users=2500, n_items=1500, n_eval_images=50, mean_views_per_user=30, n_transfer_images=0)
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +53,9 @@ def test_simulator_is_deterministic_and_heavy_tailed(data, tmp_path):
     assert json.load(open(os.path.join(out, "datasheet.json")))["rows"] == sheet["rows"]
 
 
-# The small set's logs, as the simulator wrote them before its rows became compact columns
-# (2026-11-23): the same seed must keep giving the same data, byte for byte.
-SMALL_LOGS_SHA256 = "a0facc6bc58b564253b9e2ab22c318d3ea73bf439efc15add79b075dd6dac5c5"
+# The small set's logs as the simulator wrote them when styles became a facet of their own
+# (2026-12-02, issue 12): the same seed must keep giving the same data, byte for byte.
+SMALL_LOGS_SHA256 = "455f8c7be8dc7b5f43a2fa9d0604d3c443ba07b324c0ac66ded186329121a8bf"
 
 
 def test_datasheet_counts_what_the_log_file_holds(data):
@@ -72,10 +73,90 @@ def test_datasheet_counts_what_the_log_file_holds(data):
     assert sum(r["event"] == "own" and id(r) not in planted_ids for r in rows) == SMALL.n_items   # one owner each
 
 
+def read_items(out, name="items.csv"):
+    with open(os.path.join(out, name)) as f:
+        return list(csv.DictReader(f))
+
+
+def test_styles_are_independent_of_categories_and_rendered_into_the_pixels(data):
+    from PIL import Image
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from collabfeat import images
+    out, sheet = data
+    rows = read_items(out)
+    cat = np.array([int(r["label"]) for r in rows])
+    style = np.array([int(r["style"]) for r in rows])
+    # independent: every (category, style) cell is filled about as the product of the margins says
+    table = np.zeros((cat.max() + 1, SMALL.n_styles))
+    np.add.at(table, (cat, style), 1)
+    expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
+    chi2 = ((table - expected) ** 2 / expected).sum()
+    assert chi2 < 120, chi2            # 63 degrees of freedom: p ~ 1e-5 at 120
+    # rendered: the garment keeps its photo's shape (the grey photo's non-black pixels) ...
+    train_x, _ = images.fashion_mnist("train")
+    keep = [i for i, r in enumerate(rows) if r["item_id"] not in sheet["planted_bad_images"]]
+    pix = np.stack([np.asarray(Image.open(os.path.join(out, "images", rows[i]["image"])).convert("RGB"))
+                    for i in keep])
+    originals = train_x[[int(rows[i]["item_id"][1:]) for i in keep]]
+    assert ((pix.max(axis=3) > 0) == (originals > 0)).mean() > 0.97
+    # ... and the style is in the pixels: a linear model on translation-invariant features (the
+    # channels' Fourier magnitudes) names it on images it was not fitted on, far above chance
+    feats = np.abs(np.fft.fft2(pix.astype(np.float32) / 255, axes=(1, 2)))[:, :10, :10].reshape(len(pix), -1)
+    y = style[keep]
+    half = len(y) // 2
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300))
+    acc = model.fit(feats[:half], y[:half]).score(feats[half:], y[half:])
+    assert acc > 0.8, acc
+    # ... whereas the grey photo alone (what the category is) says nothing about it
+    grey = np.abs(np.fft.fft2(originals.astype(np.float32) / 255))[:, :10, :10].reshape(len(originals), -1)
+    assert model.fit(grey[:half], y[:half]).score(grey[half:], y[half:]) < 0.25
+
+
+def co_view_agreement(out, column):
+    """How often two items one user viewed share `column`'s value (style or label)."""
+    value = {r["item_id"]: int(r[column]) for r in read_items(out)}
+    by_user = {}
+    with open(os.path.join(out, "logs", "logs.csv")) as f:
+        for row in csv.DictReader(f):
+            if row["event"] == "view" and row["user_id"] and row["item_id"] in value:
+                by_user.setdefault(row["user_id"], []).append(value[row["item_id"]])
+    same = total = 0
+    for v in by_user.values():
+        counts = np.bincount(v)
+        same += (counts * (counts - 1)).sum()
+        total += len(v) * (len(v) - 1)
+    return same / total
+
+
+def test_users_follow_their_style_taste_with_its_weight(data, tmp_path):
+    out, _ = data
+    chance = 1 / SMALL.n_styles
+    assert co_view_agreement(out, "style") > 2 * chance
+    assert co_view_agreement(out, "label") > 1.3 * 0.1
+    blind = str(tmp_path / "blind")
+    simulate(dataclasses.replace(SMALL, style_weight=0.0, n_users=800), blind)
+    assert co_view_agreement(blind, "style") == pytest.approx(chance, abs=0.01)
+
+
+def test_the_transfer_set_is_labelled_clip_art_from_openclipart(tmp_path):
+    from collabfeat.simulate import OPENCLIPART_DIR
+    out = str(tmp_path / "t")
+    sheet = simulate(dataclasses.replace(SMALL, n_users=50, n_items=100, n_transfer_images=90), out)
+    rows = read_items(out, "transfer_items.csv")
+    assert len(rows) == sheet["transfer"]["images"] >= 80
+    labels = np.array([int(r["label"]) for r in rows])
+    assert len(np.unique(labels)) == len(sheet["transfer"]["categories"]) >= 10      # spread over categories
+    assert os.path.isdir(OPENCLIPART_DIR)
+    from PIL import Image
+    im = Image.open(os.path.join(out, "images", rows[0]["image"]))
+    assert im.size == (64, 64) and im.mode == "RGB"
+
+
 def test_mf_recovers_the_planted_styles(data):
     out, _ = data
-    with open(os.path.join(out, "items.csv")) as f:
-        style = {r["item_id"]: int(r["label"]) for r in csv.DictReader(f)}
+    style = {r["item_id"]: int(r["style"]) for r in read_items(out)}
     pairs = weighted_pairs(out, set(style))
     users = {u: i for i, u in enumerate(sorted({u for u, _ in pairs}))}
     items = {t: i for i, t in enumerate(sorted({t for _, t in pairs}))}

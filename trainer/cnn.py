@@ -86,10 +86,12 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 def train_regression(data: tf.data.Dataset, cfg: CNNConfig, epochs: Optional[int] = None,
-                     task: str = "CNN regression") -> Tuple[tf.keras.Model, List[float]]:
-    """data: (image, item factor) pairs; the factors are L2-normalised here."""
+                     task: str = "CNN regression", net: Optional[tf.keras.Model] = None
+                     ) -> Tuple[tf.keras.Model, List[float]]:
+    """data: (image, item factor) pairs; the factors are L2-normalised here. `net`: a backbone to
+    start from (for example ImageNet weights, collabfeat/imagenet.py), else a fresh one."""
     tf.keras.utils.set_random_seed(cfg.seed)
-    net = backbone(cfg)
+    net = net or backbone(cfg)
     model = with_head(net, data.element_spec[1].shape[-1], None)
     if cfg.regression_loss == "cosine":
         loss = tf.keras.losses.CosineSimilarity()

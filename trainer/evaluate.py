@@ -5,7 +5,7 @@ query's label. Features must be L2-normalised: similarity is the dot product.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, List
 
 import numpy as np
 
@@ -37,6 +37,39 @@ def retrieval_metrics(features: np.ndarray, labels: np.ndarray, k: int,
 
 
 BLESSING_BASELINES = ("random", "pixels")
+COLLABORATIVE = ("regression", "pseudo_class", "imagenet_regression")
+
+
+def targets(facets: Dict[str, Dict], metric: str, within: float = 0.10) -> List[Dict]:
+    """The paper's claim as checks on the facet tables ({facet: {"table": {features: metrics}}}),
+    for each collaborative row: on style it beats category-supervised and ImageNet features; on
+    category it is within `within` (relative) of category-supervised; on every facet it beats
+    random-init and pixels. -> [{"target", "met", "values": [[row, value], ...]}]; a check whose rows are missing is left out."""
+    out = []
+
+    def check(name, met, values):
+        out.append({"target": name, "met": bool(met), "values": [[k, round(v, 4)] for k, v in values.items()]})
+
+    for row in (r for r in COLLABORATIVE if any(r in f["table"] for f in facets.values())):
+        style = facets.get("style", {}).get("table", {})
+        if row in style:
+            for other in ("supervised", "imagenet"):
+                if other in style:
+                    check(f"style: {row} beats {other}", style[row][metric] > style[other][metric],
+                          {row: style[row][metric], other: style[other][metric]})
+        cat = facets.get("category", {}).get("table", {})
+        if row in cat and "supervised" in cat:
+            check(f"category: {row} within {within:.0%} of supervised",
+                  cat[row][metric] >= (1 - within) * cat["supervised"][metric],
+                  {row: cat[row][metric], "supervised": cat["supervised"][metric]})
+        for facet, f in facets.items():
+            t = f["table"]
+            if row in t:
+                for other in BLESSING_BASELINES:
+                    if other in t:
+                        check(f"{facet}: {row} beats {other}", t[row][metric] > t[other][metric],
+                              {row: t[row][metric], other: t[other][metric]})
+    return out
 
 
 def bless(table: Dict[str, Dict[str, float]], served: str, metric: str, margin: float):

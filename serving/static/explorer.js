@@ -32,9 +32,18 @@ async function showPage(page) {
   $("pageinfo").textContent = `page ${data.page + 1} of ${data.pages}`;
 }
 
+function facetColours(m, facet) {
+  return (m.facets[facet] || m.labels).map((l) => (l == null ? 0 : Number(l)));
+}
+
 async function showMap() {
   const m = await api("/api/map");
-  const labels = m.labels.map((l) => (l == null ? 0 : Number(l)));
+  state.map = m;
+  state.colourBy = Object.keys(m.facets || {})[0] || null;
+  const facets = Object.keys(m.facets || {});
+  $("facet").replaceChildren(...facets.map((f) => Object.assign(document.createElement("option"), { value: f, textContent: f })));
+  $("colour-by").hidden = facets.length === 0;
+  const labels = facets.length ? facetColours(m, facets[0]) : m.labels.map((l) => (l == null ? 0 : Number(l)));
   // Every item as a density layer; a sample of them as points to hover and click.
   // (square-root scale: a few dense cells would otherwise wash out the rest)
   const density = { type: "heatmap", x: m.density.x, y: m.density.y, z: m.density.z.map((r) => r.map(Math.sqrt)),
@@ -55,6 +64,7 @@ function tab(which) {
   $("tab-map").classList.toggle("active", which === "map");
   $("grid").hidden = $("pager").hidden = which !== "grid";
   $("map").hidden = which !== "map";
+  $("colour-by").hidden = which !== "map" || !state.map || !Object.keys(state.map.facets || {}).length;
   if (which === "map" && !$("map").dataset.drawn) { $("map").dataset.drawn = "1"; showMap(); }
 }
 
@@ -176,6 +186,11 @@ async function main() {
   $("next").addEventListener("click", () => state.page + 1 < state.pages && showPage(state.page + 1));
   $("tab-grid").addEventListener("click", () => tab("grid"));
   $("tab-map").addEventListener("click", () => tab("map"));
+  $("facet").addEventListener("change", (ev) => {
+    // the points are the map's second trace; recolour them by the chosen facet
+    Plotly.restyle("map", { "marker.color": [facetColours(state.map, ev.target.value)] }, [1]);
+    state.colourBy = ev.target.value;
+  });
   $("report").hidden = !state.info.has_report;
   $("map").hidden = !state.info.has_map;
   $("tab-map").disabled = !state.info.has_map;
