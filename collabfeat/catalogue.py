@@ -59,7 +59,7 @@ def load_record(row: Dict, image_dir: str, size: int, where: str):
     except images.ImageError as e:
         return e.reason, f"{where}: item {row['item_id']!r}, image {row['image']!r}: {e}"
     return USED, {"item_id": row["item_id"], "image": images.encode_png(pixels),
-                  **{facet: row[facet] for facet in FACETS}}
+                  **{facet: row.get(facet, -1) for facet in FACETS}}
 
 
 class ImportItems(beam.PTransform):
