@@ -131,15 +131,10 @@ def read_labels(uri: str, split: str) -> Dict[str, int]:
     return out
 
 
-def labelled_images(uri: str, split: str) -> Tuple[List[bytes], np.ndarray]:
-    """The stored (PNG) bytes and labels of a split's labelled images, in file order."""
+def split_images(uri: str, split: str) -> List[bytes]:
+    """The stored (PNG) bytes of a split's images, in file order (read_facets' order)."""
     from collabfeat import examples
-    blobs, labels = [], []
-    for b in examples.batches(uri, split, {"image": tf.string, "label": tf.int64}):
-        keep = b["label"] >= 0
-        blobs += [x for x, k in zip(b["image"], keep) if k]
-        labels.append(b["label"][keep])
-    return blobs, np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    return [x for b in examples.batches(uri, split, {"image": tf.string}) for x in b["image"]]
 
 
 def image_dataset(uri: str, split: str, size: int) -> tf.data.Dataset:

@@ -129,7 +129,10 @@ class EvalConfig:
     imagenet_size: int = 96        # images are upsampled to this before EfficientNet-Lite0
     finetune_size: int = 64        # ... and to this for imagenet_regression's training and features
     finetune_epochs: int = 3
-    bless_margin: float = 0.02     # collaborative must beat random and pixels by this much
+    bless_margin: float = 0.02     # collaborative must beat random and pixels by this much ...
+    bless_on: str = "mean"         # ... on this: "mean", precision@k averaged over the facets (category,
+                                   # style, transfer: those there are), or one facet's name; the
+                                   # served-version comparison before a push uses it too
     served_margin: float = 0.0     # a push must reach the served version's precision@k plus this, on the
                                    # same held-out images (negative: accept that much less)
     max_queries: int = 5000        # held-out images used as queries (a seeded sample beyond this);
@@ -312,14 +315,14 @@ USES = {
     "LogTransform": ("data.user_column", "data.item_column", "data.event_column", "transform"),
     "MFTrainer": ("mf",),
     "CNNTrainer": ("cnn",),
-    "Evaluator": ("cnn", "eval.k", "eval.baselines", "eval.baseline_epochs", "eval.bless_margin",
+    "Evaluator": ("cnn", "eval.k", "eval.baselines", "eval.baseline_epochs", "eval.bless_margin", "eval.bless_on",
                   "eval.max_queries", "eval.imagenet_size", "eval.finetune_size", "eval.finetune_epochs"),
     "Indexer": ("cnn.image_size", "cnn.mode", "index"),
     # what the pushed version records of its run: the explorer reads the item tables and the CNN's input
     "Pusher": ("serving.push_dir", "serving.model_name", "serving.max_k", "cnn.image_size", "cnn.mode",
                "data.items", "data.image_dir", "data.eval_items", "data.transfer_items",
                # the comparison with the served version
-               "eval.k", "eval.max_queries", "eval.served_margin", "cnn.seed"),
+               "eval.k", "eval.max_queries", "eval.served_margin", "eval.bless_on", "cnn.seed"),
 }
 
 

@@ -346,7 +346,7 @@ def Evaluator(images: InputArtifact[Examples], mf_model: InputArtifact[Model], m
     from collabfeat import imagenet
     from collabfeat.catalogue import image_dataset
     from collabfeat.trainer import cnn
-    from collabfeat.trainer.evaluate import bless, retrieval_metrics, targets
+    from collabfeat.trainer.evaluate import bless, describe, overall, retrieval_metrics, targets
 
     cfg = config_lib.settings(settings_json)
     split = evaluation_split(images)
@@ -403,7 +403,7 @@ def Evaluator(images: InputArtifact[Examples], mf_model: InputArtifact[Model], m
         # Kept for the explorer's feature-set switch (Indexer -> the pushed version).
         save_backbone(net, os.path.join(evaluation.uri, "features", name))
     table = tables["category"]
-    blessed, beats = bless(table, served, key, cfg.eval.bless_margin)
+    blessed, beats = bless(overall(tables, cfg.eval.bless_on), served, key, cfg.eval.bless_margin)
     facet_report = {}
     for facet, (sp, values) in facets.items():
         v = values[values >= 0]
@@ -411,9 +411,11 @@ def Evaluator(images: InputArtifact[Examples], mf_model: InputArtifact[Model], m
                                "chance": float(((np.bincount(v) / len(v)) ** 2).sum()), "table": tables[facet]}
     checks = targets(facet_report, key)
     n_test = facet_report["category"]["images"]
+    bless_on = describe({f: r["images"] for f, r in facet_report.items()}, cfg.eval.bless_on)
     write_report(evaluation.uri, {"split": split, "images": n_test, "served": served,
                                   "queries": min(n_test, queries or n_test), "queries_bound": queries,
-                                  "metric": key, "table": table, "margins": beats,
+                                  "metric": key, "table": table, "margins": beats, "blessed": blessed,
+                                  "bless_on": bless_on, "bless_margin": cfg.eval.bless_margin,
                                   "chance": facet_report["category"]["chance"],
                                   "facets": facet_report, "targets": checks})
     record_figures(evaluation, metric=key, served=served, images=n_test,
@@ -424,10 +426,10 @@ def Evaluator(images: InputArtifact[Examples], mf_model: InputArtifact[Model], m
                       for name, t in f["table"].items() if facet != "category"})
     blessing.set_int_custom_property("blessed", int(blessed))
     if not blessed:
-        progress.warn(f"Evaluator: not blessed, so not pushed: {served}'s {key} margins {beats} are below "
-                      f"eval.bless_margin {cfg.eval.bless_margin}")
+        progress.warn(f"Evaluator: not blessed, so not pushed: {served}'s {key} margins {beats} on {bless_on} "
+                      f"are below eval.bless_margin {cfg.eval.bless_margin}")
     storage.open(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w").close()
-    write_report(blessing.uri, {"blessed": blessed, "margins": beats, "required": cfg.eval.bless_margin})
+    write_report(blessing.uri, {"blessed": blessed, "margins": beats, "on": bless_on, "required": cfg.eval.bless_margin})
 
 
 class ScannIndex(tfx.dsl.Artifact):
@@ -496,7 +498,7 @@ def Pusher(model: InputArtifact[Model], index: InputArtifact[ScannIndex], blessi
     assets.extra/ the ScaNN index and item-id table of the same version (serving/push.py).
     Pushed only if, on the Evaluator's held-out images, it retrieves at least as well as the
     version being served (eval.served_margin): a worse model never replaces a better one."""
-    from collabfeat.catalogue import labelled_images
+    from collabfeat.catalogue import split_images
     from collabfeat.serving import push
 
     cfg = config_lib.settings(settings_json)
@@ -505,7 +507,10 @@ def Pusher(model: InputArtifact[Model], index: InputArtifact[ScannIndex], blessi
         write_report(pushed_model.uri, {"pushed": False, "why": "the model was not blessed"})
         return
     split = evaluation_split(images)
-    result = push.push(load_backbone(model.uri), index.uri, cfg, heldout=labelled_images(images.uri, split))
+    facets = _facets(images, split)     # the Evaluator's facets and images, for the served-version comparison
+    blobs = {sp: split_images(images.uri, sp) for sp in sorted({sp for sp, _ in facets.values()})}
+    result = push.push(load_backbone(model.uri), index.uri, cfg,
+                       heldout={name: (blobs[sp], values) for name, (sp, values) in facets.items()})
     compared = result["compared"] or {}
     pushed_model.set_int_custom_property("pushed", int(result["pushed"]))
     if result["pushed"]:

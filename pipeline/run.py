@@ -177,6 +177,10 @@ def _evaluation(e: Dict) -> List[str]:
         for c in checks:
             values = ", ".join(f"{k} {v:.3f}" for k, v in c["values"])
             out.append(f"    {'met   ' if c['met'] else 'MISSED'} {c['target']} ({values})")
+    if "bless_on" in e:
+        margins = ", ".join(f"{k} {v:+.3f}" for k, v in e["margins"].items())
+        out.append(f"blessing ({m} on {e['bless_on']}): {e['served']}'s margins over {margins}, "
+                   f"eval.bless_margin {e['bless_margin']}: {'blessed' if e['blessed'] else 'NOT blessed'}")
     return out
 
 

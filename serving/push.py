@@ -57,31 +57,45 @@ def embed_with(version: str, blobs: Sequence[bytes], batch: int = 256):
                            for i in range(0, len(blobs), batch)])
 
 
-def compare(candidate: str, served: str, heldout: Tuple[Sequence[bytes], "np.ndarray"], cfg) -> Dict:
-    """Retrieval precision@k and mAP of two versions on the same held-out labelled images (the
-    Evaluator's measure: trainer/evaluate.py); "better": the candidate's precision@k is at least the
-    served version's plus eval.served_margin."""
-    from collabfeat.trainer.evaluate import retrieval_metrics
-    blobs, labels = heldout
-    features = {"candidate": embed_with(candidate, blobs)}
+def compare(candidate: str, served: str, heldout: Dict[str, Tuple[Sequence[bytes], "np.ndarray"]], cfg) -> Dict:
+    """Retrieval precision@k and mAP of two versions on the same held-out images, with the
+    Evaluator's measure (trainer/evaluate.py): heldout is facet -> (image bytes, each image's value,
+    -1 for none), scored on eval.bless_on (the mean over the facets, or one of them). "better": the
+    candidate's precision@k is at least the served version's plus eval.served_margin."""
+    from collabfeat.trainer.evaluate import describe, overall, retrieval_metrics
+    embedded = {}
+
+    def scores(version):
+        out = {}
+        for facet, (blobs, values) in heldout.items():
+            if (version, id(blobs)) not in embedded:     # facets of one split share its images
+                embedded[version, id(blobs)] = embed_with(version, blobs)
+            have = np.asarray(values) >= 0
+            out[facet] = retrieval_metrics(embedded[version, id(blobs)][have], np.asarray(values)[have],
+                                           cfg.eval.k, cfg.eval.max_queries, cfg.cnn.seed)
+        return out
+
+    mine = scores(candidate)
     try:
-        features["served"] = embed_with(served, blobs)
+        theirs = scores(served)
     except Exception as e:   # a version TensorFlow cannot load is not being served either
         return {"served_version": int(os.path.basename(served)), "better": True,
                 "error": f"{type(e).__name__}: {e}"[:500]}
-    scores = {name: retrieval_metrics(f, labels, cfg.eval.k, cfg.eval.max_queries, cfg.cnn.seed)
-              for name, f in features.items()}
-    metric = next(key for key in scores["candidate"] if key.startswith("precision@"))
-    return {"served_version": int(os.path.basename(served)), "metric": metric, "images": len(labels),
-            "margin": cfg.eval.served_margin, **scores,
-            "better": scores["candidate"][metric] >= scores["served"][metric] + cfg.eval.served_margin}
+    facets = {facet: {"candidate": mine[facet], "served": theirs[facet]} for facet in heldout}
+    total = overall(facets, cfg.eval.bless_on)
+    metric = next(key for key in total["candidate"] if key.startswith("precision@"))
+    images = {facet: int((np.asarray(v) >= 0).sum()) for facet, (_, v) in heldout.items()}
+    return {"served_version": int(os.path.basename(served)), "metric": metric, "images": images,
+            "on": describe(images, cfg.eval.bless_on), "margin": cfg.eval.served_margin, "facets": facets,
+            "candidate": total["candidate"], "served": total["served"],
+            "better": total["candidate"][metric] >= total["served"][metric] + cfg.eval.served_margin}
 
 
-def push(net, index_dir: str, cfg, heldout: Optional[Tuple[Sequence[bytes], "np.ndarray"]] = None) -> Dict:
+def push(net, index_dir: str, cfg, heldout: Optional[Dict[str, Tuple[Sequence[bytes], "np.ndarray"]]] = None) -> Dict:
     """-> {"pushed", "destination", "version", "compared", "why"}.
     cfg: a Config, or the Pusher's settings (config.settings); recorded in the version.
-    heldout: (image bytes, labels) of held-out labelled images; when given and a version is being
-    served, the new version is pushed only if compare() finds it better.
+    heldout: facet -> (image bytes, values) of held-out images (compare()); when given and a version
+    is being served, the new version is pushed only if compare() finds it better.
     serving.push_dir may be a URI (gs://...): the version is made locally and copied there, its
     saved_model.pb last, so that a server polling the directory only sees a complete version."""
     push_dir = cfg.serving.push_dir
@@ -108,7 +122,7 @@ def push(net, index_dir: str, cfg, heldout: Optional[Tuple[Sequence[bytes], "np.
                 shutil.rmtree(tmp)
                 c, s, m = compared["candidate"], compared["served"], compared["metric"]
                 return {"pushed": False, "destination": None, "compared": compared,
-                        "why": f"{m} {c[m]:.4f} on {compared['images']} held-out images is below the served "
+                        "why": f"{m} {c[m]:.4f} on {compared['on']} is below the served "
                                f"version {compared['served_version']}'s {s[m]:.4f}"
                                + (f" plus eval.served_margin {compared['margin']}" if compared["margin"] else "")
                                + ": that version stays served"}
@@ -122,7 +136,7 @@ def push(net, index_dir: str, cfg, heldout: Optional[Tuple[Sequence[bytes], "np.
            "not compared (no held-out images given)" if compared is None else
            f"the served version {compared['served_version']} could not be scored ({compared['error']})"
            if "error" in compared else
-           f"{compared['metric']} {compared['candidate'][compared['metric']]:.4f} on {compared['images']} held-out "
-           f"images, against the served version {compared['served_version']}'s "
+           f"{compared['metric']} {compared['candidate'][compared['metric']]:.4f} on {compared['on']}, "
+           f"against the served version {compared['served_version']}'s "
            f"{compared['served'][compared['metric']]:.4f}")
     return {"pushed": True, "destination": final, "version": version, "compared": compared, "why": why}

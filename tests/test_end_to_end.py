@@ -11,6 +11,7 @@ import tensorflow as tf
 from collabfeat import config as config_lib
 from collabfeat.pipeline import supervise
 from collabfeat.pipeline.run import format_report
+from collabfeat.trainer.evaluate import overall
 
 TINY = [
     "simulator.n_users=600", "simulator.n_items=500", "simulator.n_eval_images=200",
@@ -92,9 +93,17 @@ def test_report_accounts_for_everything(run):
     assert {c["target"] for c in ev["targets"]} >= {"style: regression beats supervised", "style: regression beats imagenet",
                                                     "category: regression within 10% of supervised",
                                                     "transfer: pseudo_class beats pixels"}
+    # Blessed on the mean of the facets' precision (eval.bless_on), by hand here.
+    m, f = ev["metric"], ev["facets"]
+    mean = {name: np.mean([f[facet]["table"][name][m] for facet in f]) for name in (ev["served"], "random", "pixels")}
+    assert ev["margins"] == pytest.approx({b: mean[ev["served"]] - mean[b] for b in ("random", "pixels")})
+    assert ev["bless_on"] == (f"the mean over category ({f['category']['images']} images), style "
+                              f"({f['style']['images']} images), transfer ({f['transfer']['images']} images)")
     assert report["index"]["recall@10"] >= 0.95
     assert report["index"]["settings"]["why"]
     text = format_report(report)
+    margins = ", ".join(f"{b} {v:+.3f}" for b, v in ev["margins"].items())
+    assert f"blessing ({m} on {ev['bless_on']}): {ev['served']}'s margins over {margins}, " in text
     assert "collaborative (regression)" in text and "raw pixels" in text and "ImageNet (EfficientNet-Lite0)" in text
     assert f"targets (the paper's claims, on {ev['metric']}): {sum(c['met'] for c in ev['targets'])} of " in text
 
@@ -312,7 +321,11 @@ def test_a_rerun_reuses_what_is_unchanged_and_reruns_from_a_changed_setting(run)
     push, metric = guarded["push"], first["evaluation"]["metric"]
     assert not push["pushed"] and push["compared"]["served_version"] == first["push"]["version"]
     assert push["compared"]["candidate"][metric] == push["compared"]["served"][metric]
-    assert push["compared"]["served"][metric] == pytest.approx(first["evaluation"]["table"][first["evaluation"]["served"]][metric], abs=0.01)
+    # the Evaluator's blessing measure (eval.bless_on: the mean over the facets), through the served signature
+    facets = {facet: f["table"] for facet, f in first["evaluation"]["facets"].items()}
+    assert set(push["compared"]["facets"]) == set(facets) == {"category", "style", "transfer"}
+    served = overall(facets)[first["evaluation"]["served"]][metric]
+    assert push["compared"]["served"][metric] == pytest.approx(served, abs=0.01)
     assert "plus eval.served_margin 0.5: that version stays served" in push["why"]
     assert any("Pusher complete" in line and "not pushed: " in line for line in lines), lines
     models = os.path.dirname(first["push"]["destination"])

@@ -276,6 +276,22 @@ def test_retrieval_metrics_against_a_hand_computation():
     assert retrieval_metrics(feats, labels, 2)["precision@2"] == pytest.approx(2 / 8)
 
 
+def test_the_blessing_measure_is_the_mean_over_the_facets_or_one_of_them():
+    from collabfeat.trainer.evaluate import describe, overall
+    tables = {"category": {"regression": {"p": 0.5, "mAP": 0.2}, "random": {"p": 0.52, "mAP": 0.3}, "pixels": {"p": 0.6, "mAP": 0.3}},
+              "style": {"regression": {"p": 0.9, "mAP": 0.8}, "random": {"p": 0.7, "mAP": 0.5}},
+              "transfer": {"regression": {"p": 0.2, "mAP": 0.1}, "random": {"p": 0.3, "mAP": 0.1}}}
+    mean = overall(tables)
+    assert set(mean) == {"random", "regression"}          # pixels is not on every facet
+    assert mean["regression"] == pytest.approx({"p": 1.6 / 3, "mAP": 1.1 / 3})
+    assert mean["random"] == pytest.approx({"p": 1.52 / 3, "mAP": 0.9 / 3})
+    assert overall(tables, "style") is tables["style"]
+    with pytest.raises(ValueError, match="eval.bless_on is 'colour'.*'category', 'style', 'transfer'"):
+        overall(tables, "colour")
+    assert describe({"category": 2000, "style": 2000}) == "the mean over category (2000 images), style (2000 images)"
+    assert describe({"category": 2000, "style": 2000}, "style") == "style, 2000 images"
+
+
 def test_blessing_needs_a_margin_over_random_and_pixels():
     from collabfeat.trainer.evaluate import bless
     table = {"regression": {"p": 0.75}, "random": {"p": 0.70}, "pixels": {"p": 0.72}, "supervised": {"p": 0.9}}

@@ -318,7 +318,7 @@ def test_a_worse_model_is_not_pushed_and_the_served_version_stays(tmp_path):
     cfg = small_config(push_dir)
     cfg.cnn.seed = 3
     _, blobs, labels = catalogue(400)
-    held_out = (blobs[300:], labels[300:])               # not the 300 catalogue images
+    held_out = {"category": (blobs[300:], labels[300:])}   # not the 300 catalogue images
     server = ServerProcess(model_dir)
     client = Client(server.address)
     try:
@@ -330,7 +330,7 @@ def test_a_worse_model_is_not_pushed_and_the_served_version_stays(tmp_path):
         refused = push.push(worse, os.path.join(first, push.EXTRA), cfg, held_out)
         c = refused["compared"]
         assert not refused["pushed"] and refused["destination"] is None
-        assert c["served_version"] == int(os.path.basename(first)) and c["images"] == 100
+        assert c["served_version"] == int(os.path.basename(first)) and c["images"] == {"category": 100}
         assert c["candidate"]["precision@10"] < c["served"]["precision@10"]
         assert f"below the served version {c['served_version']}" in refused["why"]
         assert push.versions_on_disk(model_dir) == [c["served_version"]]
@@ -340,13 +340,13 @@ def test_a_worse_model_is_not_pushed_and_the_served_version_stays(tmp_path):
         assert [s.version for s in client.status()] == [c["served_version"]]
 
         # Independently: precision@10 of the served CNN, each held-out image against the other 99.
-        emb = cnn.embed(cnn.random_init(cfg.cnn), np.stack([images_lib.decode(b, 28) for b in held_out[0]]))
+        emb = cnn.embed(cnn.random_init(cfg.cnn), np.stack([images_lib.decode(b, 28) for b in held_out["category"][0]]))
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
         hits = []
         for q in range(100):
             sims = emb @ emb[q]
             sims[q] = -np.inf
-            hits.append(np.mean(held_out[1][np.argsort(-sims)[:10]] == held_out[1][q]))
+            hits.append(np.mean(held_out["category"][1][np.argsort(-sims)[:10]] == held_out["category"][1][q]))
         assert c["served"]["precision@10"] == pytest.approx(np.mean(hits), abs=0.01)
         assert c["served"]["precision@10"] > 0.3 > c["candidate"]["precision@10"]
 

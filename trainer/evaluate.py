@@ -72,6 +72,26 @@ def targets(facets: Dict[str, Dict], metric: str, within: float = 0.10) -> List[
     return out
 
 
+def overall(tables: Dict[str, Dict[str, Dict[str, float]]], on: str = "mean") -> Dict[str, Dict[str, float]]:
+    """The measure a model is blessed and pushed on (eval.bless_on), from the facets' tables
+    ({facet: {features: metrics}}): one facet's table, or "mean": each metric averaged over the
+    facets, for the feature sets that every facet has."""
+    if on != "mean":
+        if on not in tables:
+            raise ValueError(f"eval.bless_on is {on!r}, but the evaluation has the facets {sorted(tables)} (or 'mean')")
+        return tables[on]
+    names = set.intersection(*(set(t) for t in tables.values())) if tables else set()
+    return {n: {m: float(np.mean([t[n][m] for t in tables.values()])) for m in next(iter(tables.values()))[n]}
+            for n in sorted(names)}
+
+
+def describe(images: Dict[str, int], on: str = "mean") -> str:
+    """What overall() measured on: 'category, 2000 images' or 'the mean over category (2000 images), ...'."""
+    if on != "mean":
+        return f"{on}, {images[on]} images"
+    return "the mean over " + ", ".join(f"{f} ({n} images)" for f, n in images.items())
+
+
 def bless(table: Dict[str, Dict[str, float]], served: str, metric: str, margin: float):
     """-> (blessed, margins): the served features must beat each of random-init and pixels on
     `metric` by at least `margin`. A missing baseline cannot be beaten: not blessed."""
