@@ -237,8 +237,7 @@ class Config:
             problems.append(f"simulator.n_styles must be in 1..16 (4 prints x 4 colourways), not {self.simulator.n_styles}")
         if min(self.simulator.style_weight, self.simulator.category_weight) < 0:
             problems.append("simulator.style_weight and category_weight must not be negative")
-        unknown = set(self.eval.baselines) - {"pseudo_class", "regression", "supervised", "imagenet", "imagenet_regression",
-                                              "rotation", "random", "pixels"}
+        unknown = set(self.eval.baselines) - set(FEATURE_SETS)
         if unknown:
             problems.append(f"eval.baselines has unknown entries {sorted(unknown)}")
         if self.runner.engine not in ("direct", "portable"):
@@ -310,14 +309,46 @@ def from_dict(values: Dict[str, Any]) -> Config:
 # The settings each of collabfeat's pipeline components uses: a whole section ("mf") or one setting
 # ("cnn.image_size"). They are the component's parameters, so TFX's cache re-runs a component when
 # one of them changes (or an input, or the code), and only then.
+# Every feature set the Evaluator can compare: the collaborative variants, and the baselines.
+FEATURE_SETS = ("regression", "pseudo_class", "imagenet_regression", "supervised", "imagenet", "rotation",
+                "random", "pixels")
+_NET = ("cnn.image_size", "cnn.widths", "cnn.embedding_dim", "cnn.seed")            # the backbone's shape
+_FIT = _NET + ("cnn.batch_size", "cnn.learning_rate", "cnn.augment", "cnn.shuffle_buffer", "cnn.epoch_images")
+TRAINED_ON_FACTORS = ("regression", "pseudo_class", "imagenet_regression")   # these read the MF model
+FEATURE_USES = {
+    "regression": ("cnn",), "pseudo_class": ("cnn",),     # the other collaborative variant: trained as the served one
+    "imagenet_regression": _FIT + ("cnn.regression_loss", "eval.finetune_size", "eval.finetune_epochs"),
+    "supervised": _FIT + ("eval.baseline_epochs",), "rotation": _FIT + ("eval.baseline_epochs",),
+    "imagenet": ("cnn.image_size", "eval.imagenet_size"), "random": _NET, "pixels": ("cnn.image_size",),
+}
+
+
+def feature_node(kind: str) -> str:
+    """The pipeline node that makes feature set `kind` (pipeline/components.py FeatureTrainer)."""
+    return f"Features_{kind}"
+
+
+def compared_features(cfg: "Config") -> List[str]:
+    """The feature sets the served model is compared with, in eval.baselines' order: the other
+    collaborative variant is always one of them (pseudo_class, or regression when pseudo_class is served)."""
+    other = "regression" if cfg.cnn.mode == "pseudo_class" else "pseudo_class"
+    out = [other]
+    for name in cfg.eval.baselines:
+        name = other if name in ("regression", "pseudo_class") else name
+        if name not in out:
+            out.append(name)
+    return out
+
+
 USES = {
     "ImageImport": ("data.items", "data.eval_items", "data.transfer_items", "data.image_dir", "cnn.image_size"),
     "LogTransform": ("data.user_column", "data.item_column", "data.event_column", "transform"),
     "MFTrainer": ("mf",),
     "CNNTrainer": ("cnn",),
-    "Evaluator": ("cnn", "eval.k", "eval.baselines", "eval.baseline_epochs", "eval.bless_margin", "eval.bless_on",
-                  "eval.max_queries", "eval.imagenet_size", "eval.finetune_size", "eval.finetune_epochs"),
-    "Indexer": ("cnn.image_size", "cnn.mode", "index"),
+    # the feature sets compared with the served one, each trained (or made) by its own node (feature_node)
+    **{feature_node(kind): uses for kind, uses in FEATURE_USES.items()},
+    "Evaluator": ("cnn.mode", "cnn.seed", "eval.k", "eval.bless_margin", "eval.bless_on", "eval.max_queries"),
+    "Indexer": ("cnn.mode", "index"),
     # what the pushed version records of its run: the explorer reads the item tables and the CNN's input
     "Pusher": ("serving.push_dir", "serving.model_name", "serving.max_k", "cnn.image_size", "cnn.mode",
                "data.items", "data.image_dir", "data.eval_items", "data.transfer_items",

@@ -7,6 +7,7 @@ outputs; pipeline/run.py (collect, format_report) gathers those into the run rep
 
 import json
 import os
+from typing import Dict, Optional
 
 import apache_beam as beam
 from tfx import v1 as tfx
@@ -223,24 +224,31 @@ def MFTrainer(transformed: InputArtifact[Examples], transform_graph: InputArtifa
 
 
 class _TrainingSet:
-    """The catalogue images that have an item factor, streamed from the images artifact and joined
-    with their item's factor by a lookup table: memory holds the factor table, not images."""
+    """The catalogue images, streamed from the images artifact; with an MF model, only those that
+    have an item factor, joined with it by a lookup table: memory holds the factor table, not images."""
 
-    def __init__(self, images_uri: str, factors_path: str, cfg):
+    def __init__(self, images_uri: str, cfg, factors_path: Optional[str] = None):
         import numpy as np
         import tensorflow as tf
         from collabfeat.catalogue import read_labels
         from collabfeat.trainer import mf
 
         self.images_uri, self.cfg = images_uri, cfg
-        f = mf.load(factors_path)
         labels = read_labels(images_uri, "catalogue")
+        self.n_classes = max(labels.values()) + 1
+        self.row = None
+        if factors_path is None:
+            self.labelled = sum(1 for v in labels.values() if v >= 0)
+            self.counts = {"catalogue_images": len(labels)}
+            self.size = len(labels)
+            return
+        f = mf.load(factors_path)
         factor_ids = [str(i) for i in f["item_ids"]]
         have = set(labels).intersection(factor_ids)
         self.targets = f["items"].astype(np.float32)   # normalised by the trainers (regression, k-means)
         self.with_image = np.array([i in have for i in factor_ids])
-        self.n_classes = max(labels.values()) + 1
         self.labelled = sum(1 for i in have if labels[i] >= 0)
+        self.size = len(have)
         self.counts = {"catalogue_images": len(labels), "with_factor": len(have),
                        "without_factor (never seen, or filtered out)": len(labels) - len(have),
                        "factors_without_image": len(factor_ids) - len(have)}
@@ -248,16 +256,19 @@ class _TrainingSet:
             tf.constant(factor_ids, tf.string), tf.range(len(factor_ids), dtype=tf.int64)), default_value=-1)
 
     def _images(self, labelled=False):
-        """(factor row, image, label) of the images with a factor (and a label), with their number
-        as the cardinality (checked while streaming): the trainers bound an epoch by it."""
+        """(factor row, image, label) of the images (with a factor, if there are factors; with a
+        label, if asked), with their number as the cardinality (checked while streaming): the
+        trainers bound an epoch by it."""
         import tensorflow as tf
         from collabfeat.catalogue import image_dataset
-        data = (image_dataset(self.images_uri, "catalogue", self.cfg.cnn.image_size)
-                .map(lambda i, x, l: (self.row.lookup(i), x, l)).filter(lambda r, x, l: r >= 0))
+        data = image_dataset(self.images_uri, "catalogue", self.cfg.cnn.image_size)
+        if self.row is not None:
+            data = data.map(lambda i, x, l: (self.row.lookup(i), x, l)).filter(lambda r, x, l: r >= 0)
+        else:
+            data = data.map(lambda i, x, l: (tf.constant(-1, tf.int64), x, l))
         if labelled:
             data = data.filter(lambda r, x, l: l >= 0)
-        count = self.labelled if labelled else self.counts["with_factor"]
-        return data.apply(tf.data.experimental.assert_cardinality(count))
+        return data.apply(tf.data.experimental.assert_cardinality(self.labelled if labelled else self.size))
 
     def factors(self):
         """(image, item factor) pairs."""
@@ -295,23 +306,77 @@ def _train_collaborative(mode, data: _TrainingSet, cfg, task: str = "CNN"):
 @tfx.dsl.components.component
 def CNNTrainer(images: InputArtifact[Examples], mf_model: InputArtifact[Model],
                model: OutputArtifact[Model], settings_json: Parameter[str], code: Parameter[str]) -> None:
-    """Images -> the Keras CNN trained onto the items' latent factors (trainer/cnn.py)."""
+    """Images -> the Keras CNN trained onto the items' latent factors (trainer/cnn.py), exported as
+    the serving feature model (serving/export.py) in TFX's layout: <model>/Format-Serving/."""
+    from collabfeat.serving import export
+
     cfg = config_lib.settings(settings_json)
-    data = _TrainingSet(images.uri, os.path.join(mf_model.uri, "factors.npz"), cfg)
+    data = _TrainingSet(images.uri, cfg, os.path.join(mf_model.uri, "factors.npz"))
     net, losses = _train_collaborative(cfg.cnn.mode, data, cfg)
-    save_backbone(net, model.uri)
+    export.save_features(net, cfg.cnn.image_size, export.model_dir(model.uri))
     write_report(model.uri, {"mode": cfg.cnn.mode, "losses": losses, **data.counts})
+    record_figures(model, kind=cfg.cnn.mode)
 
 
-def save_backbone(net, uri: str) -> None:
-    with storage.local_dir(uri) as d:     # Keras writes HDF5 to local files only
-        net.save(os.path.join(d, "backbone.h5"))
+@tfx.dsl.components.component
+def FeatureTrainer(images: InputArtifact[Examples], model: OutputArtifact[Model], kind: Parameter[str],
+                   settings_json: Parameter[str], code: Parameter[str],
+                   mf_model: InputArtifact[Model] = None) -> None:
+    """One feature set to compare with the served one, as a feature model (Format-Serving, like
+    CNNTrainer's) on the same backbone and preprocessing: `kind` is the other collaborative variant
+    (regression or pseudo_class, from `mf_model`'s factors), imagenet_regression (collaborative
+    regression from ImageNet weights), category-supervised, ImageNet features (no training),
+    rotation (self-supervised), random-init or raw pixels. A kind the catalogue cannot train
+    (supervised without labels) writes no model and says why."""
+    import dataclasses
+    from collabfeat import imagenet
+    from collabfeat.serving import export
+    from collabfeat.trainer import cnn
+
+    cfg = config_lib.settings(settings_json)
+    factors = os.path.join(mf_model.uri, "factors.npz") if mf_model is not None else None
+    if kind in config_lib.TRAINED_ON_FACTORS and factors is None:
+        raise ValueError(f"feature set {kind!r} is trained on the item factors: give FeatureTrainer an mf_model")
+    data = _TrainingSet(images.uri, cfg, factors)
+    size, losses = cfg.cnn.image_size, []
+    epochs = cfg.eval.baseline_epochs if kind in ("supervised", "rotation") else None
+    if kind in ("regression", "pseudo_class"):
+        net, losses = _train_collaborative(kind, data, cfg, task="baseline")
+    elif kind == "imagenet_regression":
+        tune = dataclasses.replace(cfg.cnn, learning_rate=cfg.cnn.learning_rate / 4)
+        net, losses = cnn.train_regression(data.factors(), tune, cfg.eval.finetune_epochs, task="baseline imagenet_regression",
+                                           net=imagenet.regression_backbone(size, cfg.eval.finetune_size, cfg.cnn.embedding_dim))
+    elif kind == "supervised":
+        if data.labelled < 2:
+            why = f"the catalogue has {data.labelled} labelled images: a classifier needs at least 2"
+            progress.warn(f"Features_{kind}: not trained: {why}")
+            model.set_int_custom_property("trained", 0)
+            write_report(model.uri, {"kind": kind, "trained": False, "why": why})
+            return
+        net, losses = cnn.train_classifier(data.labelled_images(), data.n_classes, cfg.cnn, epochs,
+                                           task="baseline supervised")
+    elif kind == "imagenet":
+        net = imagenet.backbone(size, cfg.eval.imagenet_size)
+    elif kind == "rotation":
+        net, losses = cnn.train_rotation(data.images(), cfg.cnn, epochs, task="baseline rotation")
+    elif kind == "random":
+        net = cnn.random_init(cfg.cnn)
+    elif kind == "pixels":     # the image itself (L2-normalised like every feature)
+        net = cnn.pixels_net(size)
+    else:
+        raise ValueError(f"unknown feature set {kind!r}: one of {config_lib.FEATURE_SETS}")
+    export.save_features(net, size, export.model_dir(model.uri))
+    model.set_int_custom_property("trained", 1)
+    record_figures(model, kind=kind)
+    write_report(model.uri, {"kind": kind, "trained": True, "losses": losses, "images": data.labelled
+                             if kind == "supervised" else data.size})
 
 
-def load_backbone(model_uri: str):
-    import tensorflow as tf
-    with storage.local_copy(os.path.join(model_uri, "backbone.h5")) as path:
-        return tf.keras.models.load_model(path, compile=False)
+def feature_models(**models) -> Dict[str, str]:
+    """kind -> the feature model's path, for the given Model artifacts (None: not in this run) that hold one."""
+    from collabfeat.serving import export
+    return {kind: export.model_dir(m.uri) for kind, m in models.items()
+            if m is not None and (not m.has_custom_property("trained") or m.get_int_custom_property("trained"))}
 
 
 def evaluation_split(images) -> str:
@@ -332,20 +397,35 @@ def _facets(images, split):
     return {name: (sp, v) for name, (sp, v) in out.items() if (v >= 0).sum() >= 2}
 
 
+def _split_bytes(uri: str, split: str, batch: int = 256):
+    """A split's stored image bytes, in file order, as lists of `batch` (streamed)."""
+    import tensorflow as tf
+    for b in examples.batches(uri, split, {"image": tf.string}, batch):
+        yield list(b["image"])
+
+
+# The feature sets' models, as the Evaluator's and the Indexer's optional inputs: one per kind
+# (KFP's compiler takes single channels only), named as in config.FEATURE_SETS.
+FeatureModel = InputArtifact[Model]
+
+
 @tfx.dsl.components.component
-def Evaluator(images: InputArtifact[Examples], mf_model: InputArtifact[Model], model: InputArtifact[Model],
+def Evaluator(images: InputArtifact[Examples], model: InputArtifact[Model],
               evaluation: OutputArtifact[ModelEvaluation], blessing: OutputArtifact[ModelBlessing],
-              settings_json: Parameter[str], code: Parameter[str]) -> None:
-    """Retrieval precision@k and mAP of every feature set on each facet: the held-out images'
-    category and style, and a transfer set from another source. The served collaborative features
-    are compared with the other variant and the baselines (category-supervised, ImageNet,
-    rotation, random-init, pixels), and the paper's claims are checked (evaluate.targets).
-    Blessed only if, on category, it beats random-init and pixels."""
-    import dataclasses
+              settings_json: Parameter[str], code: Parameter[str],
+              regression: FeatureModel = None, pseudo_class: FeatureModel = None,
+              imagenet_regression: FeatureModel = None, supervised: FeatureModel = None,
+              imagenet: FeatureModel = None, rotation: FeatureModel = None,
+              random: FeatureModel = None, pixels: FeatureModel = None) -> None:
+    """Retrieval precision@k and mAP of every feature model on each facet: the held-out images'
+    category and style, and a transfer set from another source. Each model is scored through its
+    serving signature on the stored image bytes, exactly what it serves. The served collaborative
+    features (`model`) are compared with the other variant and the baselines (category-supervised,
+    ImageNet, rotation, random-init, pixels: the FeatureTrainer nodes), and the paper's claims
+    are checked (evaluate.targets). Blessed only if, on eval.bless_on (the mean over the facets),
+    it beats random-init and pixels by eval.bless_margin."""
     import numpy as np
-    from collabfeat import imagenet
-    from collabfeat.catalogue import image_dataset
-    from collabfeat.trainer import cnn
+    from collabfeat.serving import export
     from collabfeat.trainer.evaluate import bless, describe, overall, retrieval_metrics, targets
 
     cfg = config_lib.settings(settings_json)
@@ -353,55 +433,22 @@ def Evaluator(images: InputArtifact[Examples], mf_model: InputArtifact[Model], m
     facets = _facets(images, split)
     if "category" not in facets:
         raise ValueError(f"evaluation needs labelled images: split {split!r} has fewer than 2 with a label")
-    size = cfg.cnn.image_size
     splits = sorted({sp for sp, _ in facets.values()})
-    data_of = {sp: image_dataset(images.uri, sp, size).map(lambda i, x, l: x) for sp in splits}
     n_min = min(int((v >= 0).sum()) for _, v in facets.values())
     k, queries, seed = min(cfg.eval.k, n_min - 1), cfg.eval.max_queries, cfg.cnn.seed
     key = f"precision@{k}"
-    data = _TrainingSet(images.uri, os.path.join(mf_model.uri, "factors.npz"), cfg)
     served = cfg.cnn.mode
-    epochs = cfg.eval.baseline_epochs
     tables = {name: {} for name in facets}
-
-    def score(name, features_of):
-        """features_of(split) -> features of all that split's images, in file order."""
-        feats = {sp: features_of(sp) for sp in splits}
+    models = {served: export.model_dir(model.uri), **feature_models(
+        regression=regression, pseudo_class=pseudo_class, imagenet_regression=imagenet_regression,
+        supervised=supervised, imagenet=imagenet, rotation=rotation, random=random, pixels=pixels)}
+    for name, path in models.items():
+        loaded = export.load(path)
+        feats = {sp: export.embed(loaded, _split_bytes(images.uri, sp), task=f"features {name}: {sp}")
+                 for sp in splits}
         for facet, (sp, values) in facets.items():
             have = values >= 0
             tables[facet][name] = retrieval_metrics(feats[sp][have], values[have], k, queries, seed)
-
-    def score_net(name, net):
-        score(name, lambda sp: cnn.embed(net, data_of[sp], task=f"features {name}: {sp}"))
-
-    score_net(served, load_backbone(model.uri))
-    # The other collaborative variant is always compared with the served one.
-    for name in cfg.eval.baselines:
-        if name == served == "pseudo_class":
-            name = "regression"
-        if name in ("pseudo_class", "regression"):
-            net, _ = _train_collaborative(name, data, cfg, task="baseline")
-        elif name == "supervised":
-            if data.labelled < 2:
-                continue
-            net, _ = cnn.train_classifier(data.labelled_images(), data.n_classes, cfg.cnn, epochs,
-                                          task="baseline supervised")
-        elif name == "imagenet":
-            net = imagenet.backbone(size, cfg.eval.imagenet_size)
-        elif name == "imagenet_regression":
-            tune = dataclasses.replace(cfg.cnn, learning_rate=cfg.cnn.learning_rate / 4)
-            net, _ = cnn.train_regression(data.factors(), tune, cfg.eval.finetune_epochs, task="baseline imagenet_regression",
-                                          net=imagenet.regression_backbone(size, cfg.eval.finetune_size, cfg.cnn.embedding_dim))
-        elif name == "rotation":
-            net, _ = cnn.train_rotation(data.images(), cfg.cnn, epochs, task="baseline rotation")
-        elif name == "random":
-            net = cnn.random_init(cfg.cnn)
-        else:
-            score("pixels", lambda sp: cnn.pixels(data_of[sp]))
-            continue
-        score_net(name, net)
-        # Kept for the explorer's feature-set switch (Indexer -> the pushed version).
-        save_backbone(net, os.path.join(evaluation.uri, "features", name))
     table = tables["category"]
     blessed, beats = bless(overall(tables, cfg.eval.bless_on), served, key, cfg.eval.bless_margin)
     facet_report = {}
@@ -416,7 +463,7 @@ def Evaluator(images: InputArtifact[Examples], mf_model: InputArtifact[Model], m
                                   "queries": min(n_test, queries or n_test), "queries_bound": queries,
                                   "metric": key, "table": table, "margins": beats, "blessed": blessed,
                                   "bless_on": bless_on, "bless_margin": cfg.eval.bless_margin,
-                                  "chance": facet_report["category"]["chance"],
+                                  "chance": facet_report["category"]["chance"], "models": models,
                                   "facets": facet_report, "targets": checks})
     record_figures(evaluation, metric=key, served=served, images=n_test,
                    targets_met=sum(c["met"] for c in checks), targets=len(checks),
@@ -440,21 +487,27 @@ class ScannIndex(tfx.dsl.Artifact):
 @tfx.dsl.components.component
 def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
             index: OutputArtifact[ScannIndex], settings_json: Parameter[str], code: Parameter[str],
-            evaluation: InputArtifact[ModelEvaluation] = None) -> None:
-    """Embeds the whole catalogue and builds a ScaNN index; reports recall@k against exact search.
-    Also writes a 2-D map of the catalogue and, for the explorer, the catalogue's embeddings under
-    every feature set the Evaluator compared."""
+            regression: FeatureModel = None, pseudo_class: FeatureModel = None,
+            imagenet_regression: FeatureModel = None, supervised: FeatureModel = None,
+            imagenet: FeatureModel = None, rotation: FeatureModel = None,
+            random: FeatureModel = None, pixels: FeatureModel = None) -> None:
+    """Embeds the whole catalogue through the served feature model and builds a ScaNN index;
+    reports recall@k against exact search. Also writes a 2-D map of the catalogue and, for the
+    explorer, the catalogue's embeddings under every other feature model given, with the model."""
     import time
     import numpy as np
     from collabfeat import topk
-    from collabfeat.catalogue import image_dataset, read_labels
-    from collabfeat.serving import index as scann_index
-    from collabfeat.trainer import cnn
+    from collabfeat.catalogue import read_labels
+    from collabfeat.serving import export, index as scann_index
 
     cfg = config_lib.settings(settings_json)
     ids = list(read_labels(images.uri, "catalogue"))
-    pixels = image_dataset(images.uri, "catalogue", cfg.cnn.image_size).map(lambda i, x, l: x)
-    emb = cnn.embed(load_backbone(model.uri), pixels, task="embedding the catalogue", size=len(ids))
+    batches = -(-len(ids) // 256)
+
+    def catalogue(path, name=""):
+        return export.embed(path, _split_bytes(images.uri, "catalogue"), total=batches,
+                            task="embedding the catalogue" + (f": {name}" if name else ""))
+    emb = catalogue(export.model_dir(model.uri))
     if len(emb) != len(ids):
         raise RuntimeError(f"the catalogue changed while it was read: {len(ids)} ids, {len(emb)} images")
     # Recall is reported on one seeded sample of the catalogue; the search settings are tuned on another.
@@ -472,14 +525,11 @@ def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
     scann_index.save(searcher, settings, ids, emb, index.uri)
     scann_index.write_map(emb, index.uri, sample=cfg.index.map_sample)
     sets = [cfg.cnn.mode]
-    if evaluation is not None:
-        for name in sorted(storage.listdir(os.path.join(evaluation.uri, "features"))):
-            path = os.path.join(evaluation.uri, "features", name, "backbone.h5")
-            scann_index.write_feature_set(index.uri, name, cnn.embed(
-                load_backbone(os.path.dirname(path)), pixels, task=f"embedding the catalogue: {name}", size=len(ids)), path)
-            sets.append(name)
-        scann_index.write_feature_set(index.uri, "pixels", (cnn.pixel_batch(x) for x in cnn.batches(pixels, 512)))
-        sets.append("pixels")
+    others = feature_models(regression=regression, pseudo_class=pseudo_class, imagenet_regression=imagenet_regression,
+                            supervised=supervised, imagenet=imagenet, rotation=rotation, random=random, pixels=pixels)
+    for name, path in sorted(others.items()):
+        scann_index.write_feature_set(index.uri, name, catalogue(path, name), path)
+        sets.append(name)
     write_report(index.uri, {"items": len(ids), "dim": int(emb.shape[1]), f"recall@{k}": recall,
                              "recall_queries": len(queries), "map_sample": min(len(ids), cfg.index.map_sample),
                              "build_seconds": built, "required_recall": cfg.index.min_recall,
@@ -509,7 +559,8 @@ def Pusher(model: InputArtifact[Model], index: InputArtifact[ScannIndex], blessi
     split = evaluation_split(images)
     facets = _facets(images, split)     # the Evaluator's facets and images, for the served-version comparison
     blobs = {sp: split_images(images.uri, sp) for sp in sorted({sp for sp, _ in facets.values()})}
-    result = push.push(load_backbone(model.uri), index.uri, cfg,
+    from collabfeat.serving import export
+    result = push.push(export.model_dir(model.uri), index.uri, cfg,
                        heldout={name: (blobs[sp], values) for name, (sp, values) in facets.items()})
     compared = result["compared"] or {}
     pushed_model.set_int_custom_property("pushed", int(result["pushed"]))

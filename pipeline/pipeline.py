@@ -12,7 +12,7 @@ from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 from google.protobuf import any_pb2, wrappers_pb2
 
-from collabfeat.config import Config, settings_for
+from collabfeat.config import TRAINED_ON_FACTORS, Config, compared_features, feature_node, settings_for
 from collabfeat.pipeline import examplegen
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -208,14 +208,21 @@ def create_pipeline(cfg: Config, logs: str, pipeline_root: str, metadata_path: O
 
     if images is not None:   # the CNN stages need the image catalogue
         cnn = c.CNNTrainer(images=images, mf_model=mf.outputs["model"], **params("CNNTrainer"))
-        evaluator = c.Evaluator(images=images, mf_model=mf.outputs["model"], model=cnn.outputs["model"],
-                                **params("Evaluator"))
-        indexer = c.Indexer(images=images, model=cnn.outputs["model"], evaluation=evaluator.outputs["evaluation"],
-                            **params("Indexer"))
+        parts.append(cnn)
+        # Each feature set compared with the served one is a node of its own, with its own Model.
+        features = {}
+        for kind in compared_features(cfg):
+            node = feature_node(kind)
+            factors = mf.outputs["model"] if kind in TRAINED_ON_FACTORS else None
+            trainer = c.FeatureTrainer(images=images, mf_model=factors, kind=kind, **params(node)).with_id(node)
+            features[kind] = trainer.outputs["model"]
+            parts.append(trainer)
+        evaluator = c.Evaluator(images=images, model=cnn.outputs["model"], **features, **params("Evaluator"))
+        indexer = c.Indexer(images=images, model=cnn.outputs["model"], **features, **params("Indexer"))
         pusher = c.Pusher(model=cnn.outputs["model"], index=indexer.outputs["index"],
                           blessing=evaluator.outputs["blessing"], images=images,
                           **params("Pusher"))
-        parts += [cnn, evaluator, indexer, pusher]
+        parts += [evaluator, indexer, pusher]
 
     return tfx.dsl.Pipeline(
         pipeline_name=cfg.runner.pipeline_name,

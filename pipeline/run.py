@@ -8,7 +8,7 @@ import os
 import time
 from typing import Dict, List, Optional
 
-from collabfeat.config import Config
+from collabfeat.config import Config, feature_node
 
 
 def find_artifact(pipeline_root: str, component: str, output: str) -> Optional[str]:
@@ -110,6 +110,11 @@ def collect(cfg: Config, ran: List[Dict]) -> Dict:
         found = read_report((done.get(component, {}).get(output) or [None])[0])
         if found is not None:
             report[key] = found
+    for component, outputs in done.items():      # the feature sets' trainers (FeatureTrainer)
+        if component.startswith(feature_node("")):
+            found = read_report((outputs.get("model") or [None])[0])
+            if found is not None:
+                report.setdefault("features", {})[component[len(feature_node("")):]] = found
     report["artifacts"] = done      # component -> output -> URIs: the report's charts read from these
     anomalies = (done.get("ExampleValidator", {}).get("anomalies") or [None])[0]
     if anomalies:
@@ -119,6 +124,15 @@ def collect(cfg: Config, ran: List[Dict]) -> Dict:
 
 def key_figure(component: str, outputs: Dict[str, List[str]]) -> str:
     """What a finished component produced, in a few words from its report ("" if it has none)."""
+    if component.startswith(feature_node("")):
+        r = read_report((outputs.get("model") or [None])[0])
+        if r is None:
+            return ""
+        if not r["trained"]:
+            return f"not trained: {r['why']}"
+        if not r["losses"]:
+            return "no training"
+        return f"{len(r['losses'])} epochs on {r['images']} images, loss {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}"
     key = next((k for k, (name, _) in OUTPUTS.items() if name == component), None)
     r = read_report((outputs.get(OUTPUTS[key][1]) or [None])[0]) if key else None
     if r is None:

@@ -85,7 +85,7 @@ class Catalogue:
         for name in sorted(os.listdir(features)) if os.path.isdir(features) else []:
             # Memory-mapped: a large catalogue's feature sets (raw pixels above all) stay on disk.
             entry = {"embeddings": np.load(os.path.join(features, name, "embeddings.npy"), mmap_mode="r"), "net": None,
-                     "backbone": os.path.join(features, name, "backbone.h5")}
+                     "model": os.path.join(features, name, "model")}
             self.sets[name] = entry
         report = os.path.join(extra, "report.html")      # the run that made this version (pipeline/report_html.py)
         self.report = report if os.path.exists(report) else None
@@ -143,18 +143,19 @@ class Catalogue:
 
     # --- features -------------------------------------------------------------------------------
     def embed_upload(self, feature_set: str, data: bytes) -> np.ndarray:
+        """An uploaded image's features: through the served version, or through the feature set's
+        own model (serving_default, the same preprocessing), loaded once."""
         if feature_set == self.served:
             return self.version.embed(np.array([data], dtype=object))[0]
-        pixels = images_lib.decode(data, self.size)[None]
-        from collabfeat.trainer import cnn
-        if feature_set == "pixels":
-            return cnn.pixels(pixels)[0]
         entry = self.sets[feature_set]
         with self.net_lock:
             if entry["net"] is None:
-                import tensorflow as tf
-                entry["net"] = tf.keras.models.load_model(entry["backbone"], compile=False)
-            return cnn.embed(entry["net"], pixels)[0]
+                if not os.path.isdir(entry["model"]):
+                    raise LookupError(f"feature set {feature_set!r} has no model in this version to embed an upload with")
+                from collabfeat.serving import export
+                entry["net"] = export.load(entry["model"])
+        from collabfeat.serving import export
+        return export.embed(entry["net"], [[data]])[0]
 
     def query_vector(self, feature_set: str, source: str, key: str) -> np.ndarray:
         if feature_set not in self.sets:

@@ -1,8 +1,13 @@
-"""The serving SavedModel: stock TensorFlow ops only, so stock TF Serving loads it.
+"""SavedModels: stock TensorFlow ops only, so stock TF Serving loads them.
 
-Signatures
+A feature set's model (every trainer's output, in TFX's layout: <Model artifact>/Format-Serving/):
   serving_default  images: string [batch] (encoded JPEG/PNG/GIF/BMP bytes)
                    -> embedding: float [batch, d], L2-normalised
+The images are decoded and resized by collabfeat/images.py pixels(), the preprocessing every
+image gets everywhere; the Evaluator, the Indexer and the explorer all embed through this signature.
+
+A pushed version (serving/push.py) wraps a feature model with the catalogue:
+  serving_default  as above
   similar          images: string [batch], k: int32 scalar
                    -> ids: string [batch, k], scores: float [batch, k]
                    exact in-graph search over the catalogue (MatMul + TopKV2); k is clamped to
@@ -10,48 +15,98 @@ Signatures
 """
 from __future__ import annotations
 
-from typing import List
+import os
+from typing import Iterable, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from collabfeat import images as images_lib
 
+FORMAT_SERVING = "Format-Serving"     # TFX's serving model layout (tfx.utils.path_utils.serving_model_dir)
+IMAGES = tf.TensorSpec([None], tf.string, name="images")
+
+
+class Embedder(tf.Module):
+    """A Keras net on uint8-valued RGB [size, size, 3] -> a feature model on image bytes."""
+
+    def __init__(self, net: tf.keras.Model, image_size: int):
+        super().__init__()
+        # The net's variables are saved with the traced function, not the net as a Keras object:
+        # Keras's per-layer traces made saving EfficientNet-Lite0 5x slower and loading it 7x.
+        object.__setattr__(self, "net", net)
+        self.net_variables = list(net.weights)
+        self.size = image_size
+
+    @tf.function(input_signature=[IMAGES])
+    def embed(self, images):
+        def one(data):      # the same preprocessing as every catalogue image's (collabfeat/images.py)
+            return tf.ensure_shape(images_lib.pixels(data, self.size), [self.size, self.size, 3])
+        pixels = tf.map_fn(one, images, fn_output_signature=tf.TensorSpec([self.size, self.size, 3], tf.uint8))
+        return {"embedding": tf.math.l2_normalize(self.net(tf.cast(pixels, tf.float32), training=False), axis=1)}
+
+
+def model_dir(model_uri: str) -> str:
+    """Where a Model artifact holds its SavedModel."""
+    return os.path.join(model_uri, FORMAT_SERVING)
+
+
+def save_features(net: tf.keras.Model, image_size: int, path: str) -> None:
+    """Saves a feature model (any TF filesystem: local, gs://, ram://)."""
+    module = Embedder(net, image_size)
+    tf.saved_model.save(module, path, signatures={"serving_default": module.embed})
+
+
+def load(path: str):
+    """A feature model or a pushed version, loaded; its .embed takes image bytes."""
+    return tf.saved_model.load(path)
+
+
+def embed(model, blobs: Iterable[Sequence[bytes]], task: str = "", total: Optional[int] = None) -> np.ndarray:
+    """The L2-normalised embeddings a feature model (a path or loaded) gives for batches of image
+    bytes, computed batch by batch (bounded memory: the embeddings, not the images). With a `task`,
+    the batches are reported as its progress (`total` batches, if known)."""
+    from collabfeat import progress
+    if isinstance(model, str):
+        model = load(model)
+    serve = model.signatures["serving_default"]
+    if task:
+        blobs = progress.iterate(blobs, task, total)
+    out = [serve(images=tf.constant(list(b)))["embedding"].numpy() for b in blobs if len(b)]
+    if out:
+        return np.concatenate(out)
+    return np.zeros((0, serve.structured_outputs["embedding"].shape[-1] or 0), np.float32)
+
+
+def in_batches(blobs: Sequence[bytes], batch: int = 256):
+    for start in range(0, len(blobs), batch):
+        yield blobs[start:start + batch]
+
 
 class Servable(tf.Module):
-    def __init__(self, net: tf.keras.Model, image_size: int, catalogue: np.ndarray,
-                 item_ids: List[str], max_k: int):
+    def __init__(self, features, catalogue: np.ndarray, item_ids: List[str], max_k: int):
         super().__init__()
-        self.net = net
-        self.size = image_size
+        self.features = features
         self.catalogue = tf.Variable(catalogue.astype(np.float32), trainable=False, name="catalogue")
         self.item_ids = tf.Variable(np.array(item_ids, dtype=object), trainable=False,
                                     dtype=tf.string, name="item_ids")
         self.max_k = min(max_k, len(item_ids))
 
-    def _pixels(self, images):
-        def one(data):      # the same preprocessing as every catalogue image's (collabfeat/images.py)
-            return tf.ensure_shape(images_lib.pixels(data, self.size), [self.size, self.size, 3])
-        return tf.cast(tf.map_fn(one, images, fn_output_signature=tf.TensorSpec([self.size, self.size, 3], tf.uint8)),
-                       tf.float32)
-
-    def _embed(self, images):
-        return tf.math.l2_normalize(self.net(self._pixels(images), training=False), axis=1)
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    @tf.function(input_signature=[IMAGES])
     def embed(self, images):
-        return {"embedding": self._embed(images)}
+        return {"embedding": self.features.embed(images)["embedding"]}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images"),
-                                  tf.TensorSpec([], tf.int32, name="k")])
+    @tf.function(input_signature=[IMAGES, tf.TensorSpec([], tf.int32, name="k")])
     def similar(self, images, k):
         k = tf.clip_by_value(k, 1, self.max_k)
-        scores, idx = tf.math.top_k(tf.matmul(self._embed(images), self.catalogue, transpose_b=True), k=k)
+        query = self.features.embed(images)["embedding"]
+        scores, idx = tf.math.top_k(tf.matmul(query, self.catalogue, transpose_b=True), k=k)
         return {"ids": tf.gather(self.item_ids, idx), "scores": scores}
 
 
-def export(net: tf.keras.Model, image_size: int, catalogue: np.ndarray, item_ids: List[str],
-           max_k: int, path: str) -> None:
-    module = Servable(net, image_size, catalogue, item_ids, max_k)
-    tf.saved_model.save(module, path, signatures={"serving_default": module.embed,
-                                                  "similar": module.similar})
+def export(features, catalogue: np.ndarray, item_ids: List[str], max_k: int, path: str) -> None:
+    """features: a feature model (its path, loaded, or an Embedder) -> a servable version at `path`."""
+    if isinstance(features, str):
+        features = load(features)
+    module = Servable(features, catalogue, item_ids, max_k)
+    tf.saved_model.save(module, path, signatures={"serving_default": module.embed, "similar": module.similar})

@@ -230,15 +230,16 @@ def write_map(embeddings: np.ndarray, directory: str, seed: int = 0, sample: int
         "x": xy[:, 0].round(4).tolist(), "y": xy[:, 1].round(4).tolist(), "cols": cols, "grid": grid.tolist()})
 
 
-def write_feature_set(directory: str, name: str, embeddings, backbone_path: str = "") -> None:
-    """Another feature set's catalogue embeddings (and its CNN, to embed new images), for comparison.
-    `embeddings`: an array, or an iterable of row batches written one at a time (bounded memory)."""
+def write_feature_set(directory: str, name: str, embeddings, model: str = "") -> None:
+    """Another feature set's catalogue embeddings (and its feature model, a SavedModel directory,
+    to embed new images), for comparison. `embeddings`: an array, or an iterable of row batches
+    written one at a time (bounded memory)."""
     with storage.local_dir(os.path.join(directory, "features", name)) as out:
         write_npy(os.path.join(out, "embeddings.npy"),
                   [embeddings] if isinstance(embeddings, np.ndarray) else embeddings)
-        if backbone_path:
-            with storage.local_copy(backbone_path) as local:
-                shutil.copy(local, os.path.join(out, "backbone.h5"))
+        if model:
+            with storage.local_copy(model) as local:
+                shutil.copytree(local, os.path.join(out, "model"))
 
 
 def write_npy(path: str, batches) -> None:

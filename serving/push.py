@@ -50,11 +50,8 @@ def next_version(model_dir: str) -> int:
 
 
 def embed_with(version: str, blobs: Sequence[bytes], batch: int = 256):
-    """The L2-normalised embeddings a pushed (or exported) version's serving_default gives for image bytes."""
-    import tensorflow as tf
-    serve = tf.saved_model.load(version).signatures["serving_default"]
-    return np.concatenate([serve(images=tf.constant(list(blobs[i:i + batch])))["embedding"].numpy()
-                           for i in range(0, len(blobs), batch)])
+    """The L2-normalised embeddings a pushed version's (or a feature model's) serving_default gives for image bytes."""
+    return export.embed(version, export.in_batches(blobs, batch))
 
 
 def compare(candidate: str, served: str, heldout: Dict[str, Tuple[Sequence[bytes], "np.ndarray"]], cfg) -> Dict:
@@ -91,8 +88,10 @@ def compare(candidate: str, served: str, heldout: Dict[str, Tuple[Sequence[bytes
             "better": total["candidate"][metric] >= total["served"][metric] + cfg.eval.served_margin}
 
 
-def push(net, index_dir: str, cfg, heldout: Optional[Dict[str, Tuple[Sequence[bytes], "np.ndarray"]]] = None) -> Dict:
+def push(features, index_dir: str, cfg, heldout: Optional[Dict[str, Tuple[Sequence[bytes], "np.ndarray"]]] = None) -> Dict:
     """-> {"pushed", "destination", "version", "compared", "why"}.
+    features: the feature model to serve (its path: a Model artifact's Format-Serving directory, or
+    an export.Embedder), wrapped with the index's catalogue (export.export).
     cfg: a Config, or the Pusher's settings (config.settings); recorded in the version.
     heldout: facet -> (image bytes, values) of held-out images (compare()); when given and a version
     is being served, the new version is pushed only if compare() finds it better.
@@ -110,7 +109,7 @@ def push(net, index_dir: str, cfg, heldout: Optional[Dict[str, Tuple[Sequence[by
         tmp = os.path.join(model_dir if storage.is_local(model_dir) else work, f".tmp-{version}")
         shutil.rmtree(tmp, ignore_errors=True)
         idx = scann_index.load(index_local)
-        export.export(net, cfg.cnn.image_size, idx["embeddings"], idx["item_ids"], cfg.serving.max_k, tmp)
+        export.export(features, idx["embeddings"], idx["item_ids"], cfg.serving.max_k, tmp)
         extra = os.path.join(tmp, EXTRA)
         shutil.copytree(index_local, extra, ignore=shutil.ignore_patterns("report.json"))
         with open(os.path.join(extra, "config.json"), "w") as f:

@@ -30,7 +30,7 @@ def small_config(push_dir: str) -> config_lib.Config:
 
 def push_version(push_dir: str, seed: int = 3, n: int = 300, map_sample: int = 20000) -> str:
     """Pushes a random-init CNN's version over n catalogue photos; returns the version path."""
-    from collabfeat.serving import index, push
+    from collabfeat.serving import export, index, push
     from collabfeat.trainer import cnn
 
     cfg = small_config(push_dir)
@@ -42,14 +42,13 @@ def push_version(push_dir: str, seed: int = 3, n: int = 300, map_sample: int = 2
     with tempfile.TemporaryDirectory() as tmp:
         index.save(*index.build(emb, cfg.index), ids, emb, tmp)
         index.write_map(emb, tmp, sample=map_sample)
-        # Two more feature sets for the explorer's switch: another random CNN, and raw pixels.
+        # Two more feature sets for the explorer's switch, with their models: another random CNN, and raw pixels.
         other = cfg.cnn.__class__(**{**cfg.cnn.__dict__, "seed": seed + 100})
-        other_net = cnn.random_init(other)
-        other_net.save(f"{tmp}/other.h5")
-        index.write_feature_set(tmp, "random", cnn.embed(other_net, pixels), f"{tmp}/other.h5")
-        index.write_feature_set(tmp, "pixels", cnn.pixels(pixels))
-        os.remove(f"{tmp}/other.h5")
-        return push.push(net, tmp, cfg)["destination"]
+        with tempfile.TemporaryDirectory() as models:
+            for name, other_net in (("random", cnn.random_init(other)), ("pixels", cnn.pixels_net(cfg.cnn.image_size))):
+                export.save_features(other_net, cfg.cnn.image_size, f"{models}/{name}")
+                index.write_feature_set(tmp, name, cnn.embed(other_net, pixels), f"{models}/{name}")
+        return push.push(export.Embedder(net, cfg.cnn.image_size), tmp, cfg)["destination"]
 
 
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):

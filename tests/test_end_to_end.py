@@ -74,6 +74,16 @@ def test_report_accounts_for_everything(run):
     comps = report["components"]
     assert {"LogsExampleGen", "ImageImport", "LogTransform", "Transform", "MFTrainer", "CNNTrainer",
             "Evaluator", "Indexer", "Pusher"} <= set(comps)
+    # Each feature set compared was made by a node of its own, and scored from its model.
+    kinds = ["pseudo_class", "supervised", "imagenet", "rotation", "random", "pixels"]
+    assert {f"Features_{k}" for k in kinds} <= set(comps)
+    assert set(report["features"]) == set(kinds) and all(f["trained"] for f in report["features"].values())
+    assert len(report["features"]["supervised"]["losses"]) == cfg.eval.baseline_epochs
+    assert report["features"]["imagenet"]["losses"] == []
+    assert report["evaluation"]["models"] == {name: os.path.join(report["artifacts"][
+        "CNNTrainer" if name == "regression" else f"Features_{name}"]["model"][0], "Format-Serving")
+        for name in ["regression"] + kinds}
+    assert set(report["index"]["feature_sets"]) == {"regression", *kinds}
     assert all(c["state"] == "complete" and c["seconds"] >= 0 for c in comps.values())
     assert all(comps[c]["seconds"] > 0 for c in ("LogTransform", "MFTrainer", "CNNTrainer", "Evaluator"))
     assert 100 < comps["MFTrainer"]["peak_rss_mb"] <= report["peak_rss_mb"]
@@ -234,11 +244,12 @@ def test_the_kubeflow_spec_executed_here_pushes_what_the_local_run_pushed(run, t
     from collabfeat.kubeflow import local
     from collabfeat.kubeflow.runner import compile_pipeline
     from collabfeat.pipeline import engine
-    from tests.test_kubeflow import COMPONENTS
+    from tests.test_kubeflow import components
     cfg, report, *_ = run
     job, pool = engine.spare_ports(2)     # not the defaults: another test's run may hold them
     cfg = dataclasses.replace(
         cfg, data=dataclasses.replace(cfg.data, **report["data"]),
+        eval=dataclasses.replace(cfg.eval, baselines=["random", "pixels"]),   # and pseudo_class: 3 feature tasks
         runner=dataclasses.replace(cfg.runner, engine="portable", portable_job_port=job, portable_pool_port=pool),
         serving=dataclasses.replace(cfg.serving, push_dir=str(tmp_path / "models")))
     cfg = local.local_config(cfg, str(tmp_path / "root"))
@@ -246,8 +257,8 @@ def test_the_kubeflow_spec_executed_here_pushes_what_the_local_run_pushed(run, t
     assert f"--job_endpoint=localhost:{job}" in open(spec).read()
     lines = []
     done = local.execute(cfg, spec, cfg.runner.kubeflow_pipeline_root, cfg.runner.container_repo_dir, lines.append)
-    assert set(done) == COMPONENTS
-    assert sum(" complete after " in line for line in lines) == len(COMPONENTS), lines
+    assert set(done) == components(cfg)
+    assert sum(" complete after " in line for line in lines) == len(done), lines
     assert engine.jobs_completed(cfg.runner.kubeflow_pipeline_root) >= 5     # every Beam stage went there
 
     [version] = os.listdir(tmp_path / "models" / "collabfeat")
@@ -311,6 +322,16 @@ def test_a_rerun_reuses_what_is_unchanged_and_reruns_from_a_changed_setting(run)
     assert set(states.values()) == {"cached"} and "MFTrainer" in states, states
     assert len(changed["cnn"]["losses"]) > len(first["cnn"]["losses"])
     assert changed["mf"] == first["mf"]
+    # A baselines' setting re-trains those that use it, and the evaluation; the others are reused.
+    lines = []
+    longer = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, baseline_epochs=cfg.eval.baseline_epochs + 1))
+    changed = supervise.run(longer, "evaluate", log, echo=lines.append)
+    states = {name: c["state"] for name, c in changed["components"].items()}
+    assert {n for n, s in states.items() if s == "complete"} == {"Features_supervised", "Features_rotation", "Evaluator"}, lines
+    assert {"Features_pseudo_class", "Features_imagenet", "Features_random", "Features_pixels", "CNNTrainer"} <= {
+        n for n, s in states.items() if s == "cached"}
+    assert len(changed["features"]["rotation"]["losses"]) == cfg.eval.baseline_epochs + 1
+    assert changed["evaluation"]["table"]["pixels"] == first["evaluation"]["table"]["pixels"]
     # The push guard in the pipeline: a push must now beat the served version (the first run's, the
     # same model) by 0.5 in precision@k. Only the Pusher re-executes, and it leaves the served version.
     lines = []

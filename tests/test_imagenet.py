@@ -106,15 +106,16 @@ def test_real_photos_get_their_imagenet_classes(weights):
     assert len({int(np.argmax(r)) for r in logits}) == len(photos)
 
 
-def test_the_feature_backbone_takes_the_pipelines_images_and_saves_as_hdf5(weights, tmp_path):
-    import tensorflow as tf
+def test_the_feature_backbone_takes_the_pipelines_images_and_saves_as_a_feature_model(weights, tmp_path):
+    from collabfeat import images as images_lib
+    from collabfeat.serving import export
     net = imagenet.backbone(32, 64, weights)
     x = np.stack([photo("chelsea", 32), photo("rocket", 32)])
     a = net.predict_on_batch(x)
     assert a.shape == (2, 1280) and (a >= 0).all()              # ReLU6 features, pooled
-    net.save(str(tmp_path / "b.h5"))
-    b = tf.keras.models.load_model(str(tmp_path / "b.h5"), compile=False).predict_on_batch(x)
-    np.testing.assert_allclose(a, b, atol=1e-5)
+    export.save_features(net, 32, str(tmp_path / "imagenet"))    # as Features_imagenet saves it
+    b = export.embed(str(tmp_path / "imagenet"), [[images_lib.encode_png(p.astype(np.uint8)) for p in x]])
+    np.testing.assert_allclose(b, a / np.linalg.norm(a, axis=1, keepdims=True), atol=1e-5)
 
 
 def test_a_file_that_is_not_a_legacy_state_dict_is_named(tmp_path):

@@ -140,7 +140,8 @@ def test_one_preprocessing_for_training_and_serving(tmp_path):
     size = 32
     cfg = config_lib.load(overrides=[f"cnn.image_size={size}", "cnn.widths=[8,16]", "cnn.embedding_dim=16"])
     net = cnn.random_init(cfg.cnn)
-    export.export(net, size, np.eye(2, 16, dtype=np.float32), ["a", "b"], 2, str(tmp_path / "version"))
+    export.save_features(net, size, str(tmp_path / "features"))           # as the trainers save a feature model
+    export.export(str(tmp_path / "features"), np.eye(2, 16, dtype=np.float32), ["a", "b"], 2, str(tmp_path / "version"))
     serve = tf.saved_model.load(str(tmp_path / "version")).signatures["serving_default"]
     for name in kinds:
         status, record = load_record({"item_id": name, "image": name, "label": -1}, str(tmp_path), size, name)

@@ -12,13 +12,19 @@ COMPONENTS = {"LogsExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator"
               "InteractionsSchema", "Transform", "MFTrainer", "CNNTrainer", "Evaluator", "Indexer", "Pusher"}
 
 
+def components(cfg):
+    """The pipeline's nodes: COMPONENTS and a trainer for each feature set compared with the served one."""
+    return COMPONENTS | {config_lib.feature_node(kind) for kind in config_lib.compared_features(cfg)}
+
+
 def test_compiles_with_image_components_and_beam_args(tmp_path):
     cfg = config_lib.load(os.path.join(HERE, "..", "kubeflow", "cluster.example.yaml"))
     out = compile_pipeline(cfg, str(tmp_path / "pipeline.json"))
     spec = json.load(open(out))
     pipeline_spec = spec.get("pipelineSpec", spec)
     tasks = pipeline_spec["root"]["dag"]["tasks"]
-    assert set(tasks) == COMPONENTS
+    assert set(tasks) == components(cfg)
+    assert set(config_lib.compared_features(cfg)) == {"pseudo_class", "supervised", "imagenet", "rotation", "random", "pixels"}
     executors = pipeline_spec["deploymentSpec"]["executors"]
     images = {e["container"]["image"] for e in executors.values()}
     assert images == {cfg.runner.container_image}
@@ -31,6 +37,12 @@ def test_compiles_with_image_components_and_beam_args(tmp_path):
     # The Transform and MF stages are wired in order.
     assert "Transform" in tasks["MFTrainer"].get("dependentTasks", [])
     assert {"Evaluator", "Indexer"} <= set(tasks["Pusher"].get("dependentTasks", []))
+    # Each feature set is a task of its own: the baselines train in parallel, on images alone
+    # unless they learn from the item factors; the Evaluator and the Indexer take them all.
+    features = {config_lib.feature_node(k) for k in config_lib.compared_features(cfg)}
+    assert features <= set(tasks["Evaluator"]["dependentTasks"]) and features <= set(tasks["Indexer"]["dependentTasks"])
+    assert "MFTrainer" in tasks["Features_pseudo_class"]["dependentTasks"]
+    assert tasks["Features_supervised"]["dependentTasks"] == ["ImageImport"]
 
 
 def test_default_data_comes_from_the_image(tmp_path):

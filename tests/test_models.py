@@ -1,8 +1,12 @@
 """MF, CNN and the retrieval metrics on small data with planted structure."""
+import json
 import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
+
+from collabfeat import images as images_lib
 
 from collabfeat.config import CNNConfig, MFConfig
 from collabfeat.trainer import cnn, mf
@@ -424,3 +428,55 @@ def test_als_runs_unchanged_inside_a_distribution_strategy():
         mirrored = mf.train(pairs[:, 0], pairs[:, 1], rating, 30, 20, cfg)
     np.testing.assert_allclose(plain.users, mirrored.users, atol=1e-6)
     np.testing.assert_allclose(plain.losses, mirrored.losses, rtol=1e-6)
+
+
+def _catalogue_artifact(path, labels):
+    """An images Examples artifact with a catalogue split of Fashion-MNIST photos, as ImageImport writes it."""
+    from tfx.types import standard_artifacts
+    from tests.serving_fixtures import catalogue
+    ids, blobs, _ = catalogue(len(labels))
+    os.makedirs(path / "Split-catalogue")
+    with tf.io.TFRecordWriter(str(path / "Split-catalogue" / "data.gz"), "GZIP") as w:
+        for i, b, label in zip(ids, blobs, labels):
+            w.write(tf.train.Example(features=tf.train.Features(feature={
+                "item_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[i.encode()])),
+                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))})).SerializeToString())
+    images = standard_artifacts.Examples()
+    images.uri, images.split_names = str(path), '["catalogue"]'
+    return images, blobs
+
+
+def test_a_feature_trainer_makes_a_feature_model_or_says_why_not(tmp_path):
+    """FeatureTrainer's function on a catalogue without labels: raw pixels become a feature model
+    whose signature gives the pixels' features; a supervised model cannot be trained, and says why;
+    a collaborative one without the MF model is refused by name."""
+    from tfx.types import standard_artifacts
+    from collabfeat import config as config_lib
+    from collabfeat.pipeline import components as c
+    from collabfeat.serving import export
+    train = c.FeatureTrainer.EXECUTOR_SPEC.executor_class._FUNCTION
+    images, blobs = _catalogue_artifact(tmp_path / "images", [-1] * 40)
+
+    def run(kind, **inputs):
+        model = standard_artifacts.Model()
+        model.uri = str(tmp_path / kind)
+        os.makedirs(model.uri)
+        cfg = config_lib.load(overrides=["cnn.image_size=28", "cnn.widths=[8]", "cnn.embedding_dim=8",
+                                         "eval.baseline_epochs=1"])
+        train(images=images, model=model, kind=kind, code="",
+              settings_json=config_lib.settings_for(cfg, config_lib.feature_node(kind)), **inputs)
+        return model, json.load(open(os.path.join(model.uri, "report.json")))
+
+    model, report = run("pixels")
+    assert report == {"kind": "pixels", "trained": True, "losses": [], "images": 40}
+    x = np.stack([images_lib.decode(b, 28) for b in blobs])
+    np.testing.assert_allclose(export.embed(export.model_dir(model.uri), [blobs[:7], blobs[7:]]), cnn.pixels(x), atol=1e-6)
+    assert c.feature_models(pixels=model, random=None) == {"pixels": export.model_dir(model.uri)}
+
+    model, report = run("supervised")
+    assert report == {"kind": "supervised", "trained": False,
+                      "why": "the catalogue has 0 labelled images: a classifier needs at least 2"}
+    assert not os.path.exists(export.model_dir(model.uri)) and c.feature_models(supervised=model) == {}
+    with pytest.raises(ValueError, match="'pseudo_class' is trained on the item factors: give FeatureTrainer an mf_model"):
+        run("pseudo_class")

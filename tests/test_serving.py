@@ -308,7 +308,7 @@ def test_a_worse_model_is_not_pushed_and_the_served_version_stays(tmp_path):
     than the version being served is not pushed, and the server keeps answering from the served
     version; one as good is pushed. The served version's score is checked against precision@10
     computed here from the in-process CNN."""
-    from collabfeat.serving import push
+    from collabfeat.serving import export, push
     from collabfeat.trainer import cnn
     from tests.serving_fixtures import small_config
 
@@ -327,7 +327,7 @@ def test_a_worse_model_is_not_pushed_and_the_served_version_stays(tmp_path):
         worse = cnn.random_init(cfg.cnn)                 # the same CNN, its last layer wiped
         for w in worse.layers[-1].weights:
             w.assign(tf.zeros_like(w))
-        refused = push.push(worse, os.path.join(first, push.EXTRA), cfg, held_out)
+        refused = push.push(export.Embedder(worse, 28), os.path.join(first, push.EXTRA), cfg, held_out)
         c = refused["compared"]
         assert not refused["pushed"] and refused["destination"] is None
         assert c["served_version"] == int(os.path.basename(first)) and c["images"] == {"category": 100}
@@ -350,7 +350,7 @@ def test_a_worse_model_is_not_pushed_and_the_served_version_stays(tmp_path):
         assert c["served"]["precision@10"] == pytest.approx(np.mean(hits), abs=0.01)
         assert c["served"]["precision@10"] > 0.3 > c["candidate"]["precision@10"]
 
-        same = push.push(cnn.random_init(cfg.cnn), os.path.join(first, push.EXTRA), cfg, held_out)
+        same = push.push(export.Embedder(cnn.random_init(cfg.cnn), 28), os.path.join(first, push.EXTRA), cfg, held_out)
         assert same["pushed"] and same["compared"]["candidate"] == same["compared"]["served"]
         wait_for(lambda: _served_version(client, blobs[:1]) == same["version"], what="the equal version to be served")
     finally:

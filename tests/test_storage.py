@@ -1,17 +1,17 @@
 """Artifact I/O on a filesystem other than local disk: TensorFlow's in-process ram://, which goes
 through tf.io.gfile exactly as gs:// or hdfs:// do. A pipeline root or a push_dir on a bucket needs
-every report, factor table, index, backbone and pushed version written and read this way."""
+every report, factor table, index, feature model and pushed version written and read this way."""
 import os
 import uuid
 
 import numpy as np
 import pytest
 
-from collabfeat import outcomes, storage
+from collabfeat import images, outcomes, storage
 from collabfeat.config import IndexConfig
-from collabfeat.pipeline.components import load_backbone, save_backbone, write_report
+from collabfeat.pipeline.components import write_report
 from collabfeat.pipeline.run import read_report
-from collabfeat.serving import index, push
+from collabfeat.serving import export, index, push
 from collabfeat.trainer import cnn, mf
 from tests import serving_fixtures
 
@@ -63,18 +63,19 @@ def test_index_map_and_feature_sets(root):
     assert len(storage.read_json(f"{where}/map.json")["x"]) == 300
 
 
-def test_backbone_and_a_pushed_version(root, tmp_path):
+def test_a_feature_model_and_a_pushed_version(root, tmp_path):
     import tensorflow as tf
     cfg = serving_fixtures.small_config(f"{root}/models")
     net = cnn.random_init(cfg.cnn)
-    save_backbone(net, f"{root}/CNNTrainer/model/3")
-    x = np.random.default_rng(2).random((4, 28, 28, 3)).astype(np.float32)
-    np.testing.assert_allclose(load_backbone(f"{root}/CNNTrainer/model/3").predict(x, verbose=0),
-                               net.predict(x, verbose=0), rtol=1e-6)
+    model = export.model_dir(f"{root}/CNNTrainer/model/3")
+    export.save_features(net, 28, model)
+    _, blobs, _ = serving_fixtures.catalogue(4)
+    x = np.stack([images.decode(b, 28) for b in blobs])
+    np.testing.assert_allclose(export.embed(model, [blobs]), cnn.embed(net, x), atol=1e-5)
     emb = np.random.default_rng(3).normal(size=(50, cfg.cnn.embedding_dim)).astype(np.float32)
     searcher, settings = index.build(emb, cfg.index)
     index.save(searcher, settings, [f"i{n}" for n in range(50)], emb, f"{root}/Indexer/index/4")
-    version = push.push(net, f"{root}/Indexer/index/4", cfg)["destination"]
+    version = push.push(model, f"{root}/Indexer/index/4", cfg)["destination"]
     assert version.startswith(f"{root}/models/{cfg.serving.model_name}/")
     assert push.versions_on_disk(os.path.dirname(version)) == [int(os.path.basename(version))]
     assert storage.read_json(f"{version}/{push.EXTRA}/config.json")["serving"]["max_k"] == cfg.serving.max_k

@@ -130,6 +130,13 @@ def random_init(cfg: CNNConfig) -> tf.keras.Model:
     return backbone(cfg)
 
 
+def pixels_net(image_size: int) -> tf.keras.Model:
+    """The raw-pixels feature set as a net: the image scaled to [0, 1] and flattened (pixels())."""
+    inputs = tf.keras.Input((image_size, image_size, 3), name="image")
+    return tf.keras.Model(inputs, tf.keras.layers.Flatten()(tf.keras.layers.Rescaling(1.0 / 255)(inputs)),
+                          name="pixels")
+
+
 def batches(images, batch: int):
     """uint8 images [n, S, S, 3] (array) or an unbatched dataset of them -> numpy batches."""
     if isinstance(images, tf.data.Dataset):
