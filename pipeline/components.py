@@ -328,7 +328,6 @@ def FeatureTrainer(images: InputArtifact[Examples], model: OutputArtifact[Model]
     regression from ImageNet weights), category-supervised, ImageNet features (no training),
     rotation (self-supervised), random-init or raw pixels. A kind the catalogue cannot train
     (supervised without labels) writes no model and says why."""
-    import dataclasses
     from collabfeat import imagenet
     from collabfeat.serving import export
     from collabfeat.trainer import cnn
@@ -343,7 +342,7 @@ def FeatureTrainer(images: InputArtifact[Examples], model: OutputArtifact[Model]
     if kind in ("regression", "pseudo_class"):
         net, losses = _train_collaborative(kind, data, cfg, task="baseline")
     elif kind == "imagenet_regression":
-        tune = dataclasses.replace(cfg.cnn, learning_rate=cfg.cnn.learning_rate / 4)
+        tune = config_lib.Settings(**{**vars(cfg.cnn), "learning_rate": cfg.cnn.learning_rate / 4})
         net, losses = cnn.train_regression(data.factors(), tune, cfg.eval.finetune_epochs, task="baseline imagenet_regression",
                                            net=imagenet.regression_backbone(size, cfg.eval.finetune_size, cfg.cnn.embedding_dim))
     elif kind == "supervised":

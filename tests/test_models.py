@@ -463,7 +463,7 @@ def test_a_feature_trainer_makes_a_feature_model_or_says_why_not(tmp_path):
         model.uri = str(tmp_path / kind)
         os.makedirs(model.uri)
         cfg = config_lib.load(overrides=["cnn.image_size=28", "cnn.widths=[8]", "cnn.embedding_dim=8",
-                                         "eval.baseline_epochs=1"])
+                                         "eval.baseline_epochs=1", "eval.finetune_size=32", "eval.finetune_epochs=1"])
         train(images=images, model=model, kind=kind, code="",
               settings_json=config_lib.settings_for(cfg, config_lib.feature_node(kind)), **inputs)
         return model, json.load(open(os.path.join(model.uri, "report.json")))
@@ -480,3 +480,14 @@ def test_a_feature_trainer_makes_a_feature_model_or_says_why_not(tmp_path):
     assert not os.path.exists(export.model_dir(model.uri)) and c.feature_models(supervised=model) == {}
     with pytest.raises(ValueError, match="'pseudo_class' is trained on the item factors: give FeatureTrainer an mf_model"):
         run("pseudo_class")
+
+    # Collaborative regression from the ImageNet weights, on item factors with a planted direction.
+    mf_model = standard_artifacts.Model()
+    mf_model.uri = str(tmp_path / "mf")
+    os.makedirs(mf_model.uri)
+    ids = [f"t{i:05d}" for i in range(40)]
+    targets = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    mf.save(mf.Factors(np.zeros((1, 8), np.float32), targets, []), ["u"], ids, os.path.join(mf_model.uri, "factors.npz"))
+    model, report = run("imagenet_regression", mf_model=mf_model)
+    assert report["trained"] and len(report["losses"]) == 1 and report["images"] == 40
+    assert export.embed(export.model_dir(model.uri), [blobs]).shape == (40, 8)
