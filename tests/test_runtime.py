@@ -95,12 +95,11 @@ def _smoke_run(tmp_path, overrides):
 
 def test_smoke_pipeline_through_transform_on_the_portable_engine(tmp_path):
     """The Beam stages through Beam's portability framework (a job service and a pool of SDK worker
-    processes: the path of Flink, Spark and Dataflow) give what the DirectRunner gives, and what was
-    computed by hand; the jobs did arrive at the job service, and ran on the pool's workers."""
+    processes: the path of Flink, Spark and Dataflow) give what was computed by hand (the
+    DirectRunner runs these stages in every other pipeline test); the jobs did
+    arrive at the job service, and ran on the pool's workers."""
     from collabfeat.pipeline import engine
     got = _smoke_run(tmp_path / "portable", ["runner.engine=portable", "runner.direct_num_workers=2"])
-    direct = _smoke_run(tmp_path / "direct", ["runner.direct_running_mode=in_memory"])
-    assert got == direct
     jobs = engine.jobs_completed(str(tmp_path / "portable"))
     assert jobs >= 5, jobs       # LogsExampleGen (2), StatisticsGen, LogTransform, Transform
     service_log = open(tmp_path / "portable" / "beam-job-service.log").read()
