@@ -503,10 +503,8 @@ def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
     ids = list(read_labels(images.uri, "catalogue"))
     batches = -(-len(ids) // 256)
 
-    def catalogue(path, name=""):
-        return export.embed(path, _split_bytes(images.uri, "catalogue"), total=batches,
-                            task="embedding the catalogue" + (f": {name}" if name else ""))
-    emb = catalogue(export.model_dir(model.uri))
+    emb = export.embed(export.model_dir(model.uri), _split_bytes(images.uri, "catalogue"),
+                       task="embedding the catalogue", total=batches)
     if len(emb) != len(ids):
         raise RuntimeError(f"the catalogue changed while it was read: {len(ids)} ids, {len(emb)} images")
     # Recall is reported on one seeded sample of the catalogue; the search settings are tuned on another.
@@ -527,7 +525,9 @@ def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
     others = feature_models(regression=regression, pseudo_class=pseudo_class, imagenet_regression=imagenet_regression,
                             supervised=supervised, imagenet=imagenet, rotation=rotation, random=random, pixels=pixels)
     for name, path in sorted(others.items()):
-        scann_index.write_feature_set(index.uri, name, catalogue(path, name), path)
+        # batch by batch: the rows go to disk as they come (raw pixels are 3,072 floats an image)
+        scann_index.write_feature_set(index.uri, name, export.embed_batches(
+            path, _split_bytes(images.uri, "catalogue"), task=f"embedding the catalogue: {name}", total=batches), path)
         sets.append(name)
     write_report(index.uri, {"items": len(ids), "dim": int(emb.shape[1]), f"recall@{k}": recall,
                              "recall_queries": len(queries), "map_sample": min(len(ids), cfg.index.map_sample),

@@ -62,20 +62,29 @@ def load(path: str):
     return tf.saved_model.load(path)
 
 
-def embed(model, blobs: Iterable[Sequence[bytes]], task: str = "", total: Optional[int] = None) -> np.ndarray:
+def embed_batches(model, blobs: Iterable[Sequence[bytes]], task: str = "", total: Optional[int] = None):
     """The L2-normalised embeddings a feature model (a path or loaded) gives for batches of image
-    bytes, computed batch by batch (bounded memory: the embeddings, not the images). With a `task`,
-    the batches are reported as its progress (`total` batches, if known)."""
+    bytes, one batch at a time (memory holds one batch). With a `task`, the batches are reported as
+    its progress (`total` batches, if known)."""
     from collabfeat import progress
     if isinstance(model, str):
         model = load(model)
     serve = model.signatures["serving_default"]
     if task:
         blobs = progress.iterate(blobs, task, total)
-    out = [serve(images=tf.constant(list(b)))["embedding"].numpy() for b in blobs if len(b)]
+    for b in blobs:
+        if len(b):
+            yield serve(images=tf.constant(list(b)))["embedding"].numpy()
+
+
+def embed(model, blobs: Iterable[Sequence[bytes]], task: str = "", total: Optional[int] = None) -> np.ndarray:
+    """embed_batches(), as one array (memory: the embeddings, not the images)."""
+    out = list(embed_batches(model, blobs, task, total))
     if out:
         return np.concatenate(out)
-    return np.zeros((0, serve.structured_outputs["embedding"].shape[-1] or 0), np.float32)
+    if isinstance(model, str):
+        model = load(model)
+    return np.zeros((0, model.signatures["serving_default"].structured_outputs["embedding"].shape[-1] or 0), np.float32)
 
 
 def in_batches(blobs: Sequence[bytes], batch: int = 256):
