@@ -138,7 +138,7 @@ def efficientnet_lite0(size: int = 224, weights: Optional[Dict[str, np.ndarray]]
 def backbone(input_size: int, size: int, weights: Optional[Dict[str, np.ndarray]] = None):
     """The ImageNet feature set as a collabfeat backbone: uint8-valued RGB [input_size^2, 3] (the
     pipeline's images) -> upsampled to size^2 -> EfficientNet-Lite0's 1280-d pooled features, as
-    the layer named "embedding" (what trainer/cnn.embed and the explorer read)."""
+    the layer named "embedding" (the output Features_imagenet exports as its feature model)."""
     import tensorflow as tf
     net = efficientnet_lite0(size, weights)
     inputs = tf.keras.Input((input_size, input_size, 3), name="image")
