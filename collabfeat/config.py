@@ -306,9 +306,6 @@ def from_dict(values: Dict[str, Any]) -> Config:
     return _fill(Config(), values or {}, "")
 
 
-# The settings each of collabfeat's pipeline components uses: a whole section ("mf") or one setting
-# ("cnn.image_size"). They are the component's parameters, so TFX's cache re-runs a component when
-# one of them changes (or an input, or the code), and only then.
 # Every feature set the Evaluator can compare: the collaborative variants, and the baselines.
 FEATURE_SETS = ("regression", "pseudo_class", "imagenet_regression", "supervised", "imagenet", "rotation",
                 "random", "pixels")
@@ -340,6 +337,9 @@ def compared_features(cfg: "Config") -> List[str]:
     return out
 
 
+# The settings each of collabfeat's pipeline components uses: a whole section ("mf") or one setting
+# ("cnn.image_size"). They are the component's parameters, so TFX's cache re-runs a component when
+# one of them changes (or an input, or the code), and only then.
 USES = {
     "ImageImport": ("data.items", "data.eval_items", "data.transfer_items", "data.image_dir", "cnn.image_size"),
     "LogTransform": ("data.user_column", "data.item_column", "data.event_column", "transform"),
