@@ -396,7 +396,10 @@ def _facets(images, split):
     return {name: (sp, v) for name, (sp, v) in out.items() if (v >= 0).sum() >= 2}
 
 
-def _split_bytes(uri: str, split: str, batch: int = 256):
+EMBED_BATCH = 256     # images per call of a feature model's serving signature
+
+
+def _split_bytes(uri: str, split: str, batch: int = EMBED_BATCH):
     """A split's stored image bytes, in file order, as lists of `batch` (streamed)."""
     import tensorflow as tf
     for b in examples.batches(uri, split, {"image": tf.string}, batch):
@@ -501,7 +504,7 @@ def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
 
     cfg = config_lib.settings(settings_json)
     ids = list(read_labels(images.uri, "catalogue"))
-    batches = -(-len(ids) // 256)
+    batches = -(-len(ids) // EMBED_BATCH)
 
     emb = export.embed(export.model_dir(model.uri), _split_bytes(images.uri, "catalogue"),
                        task="embedding the catalogue", total=batches)

@@ -145,6 +145,7 @@ class Catalogue:
     def embed_upload(self, feature_set: str, data: bytes) -> np.ndarray:
         """An uploaded image's features: through the served version, or through the feature set's
         own model (serving_default, the same preprocessing), loaded once."""
+        from collabfeat.serving import export
         if feature_set == self.served:
             return self.version.embed(np.array([data], dtype=object))[0]
         entry = self.sets[feature_set]
@@ -152,9 +153,7 @@ class Catalogue:
             if entry["net"] is None:
                 if not os.path.isdir(entry["model"]):
                     raise LookupError(f"feature set {feature_set!r} has no model in this version to embed an upload with")
-                from collabfeat.serving import export
                 entry["net"] = export.load(entry["model"])
-        from collabfeat.serving import export
         return export.embed(entry["net"], [[data]])[0]
 
     def query_vector(self, feature_set: str, source: str, key: str) -> np.ndarray:
