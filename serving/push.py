@@ -6,6 +6,7 @@
   assets.extra/embeddings.npy       the catalogue's embeddings
   assets.extra/config.json          the run settings the Pusher was given (config.USES): item tables, CNN input
 
+The index's files are hard links to the Indexer's where both are on one filesystem, else copies.
 The version is written under a hidden temporary name and renamed into place, so a server
 polling the directory never sees a half-written version. Versions are increasing integers.
 
@@ -28,6 +29,16 @@ from collabfeat import config as config_lib, storage
 from collabfeat.serving import export, index as scann_index
 
 EXTRA = "assets.extra"
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """The index's files go into a version as hard links where both are on one filesystem: the
+    Indexer's artifact is never written again, and the comparison sets' catalogue embeddings (1.1 GB
+    at 60,000 images, raw pixels 0.7 GB of it) are neither copied nor stored twice. Else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def versions_on_disk(model_dir: str) -> List[int]:
@@ -111,7 +122,7 @@ def push(features, index_dir: str, cfg, heldout: Optional[Dict[str, Tuple[Sequen
         idx = scann_index.load(index_local)
         export.export(features, idx["embeddings"], idx["item_ids"], cfg.serving.max_k, tmp)
         extra = os.path.join(tmp, EXTRA)
-        shutil.copytree(index_local, extra, ignore=shutil.ignore_patterns("report.json"))
+        shutil.copytree(index_local, extra, ignore=shutil.ignore_patterns("report.json"), copy_function=_link_or_copy)
         with open(os.path.join(extra, "config.json"), "w") as f:
             f.write(config_lib.as_json(cfg))
         compared = None

@@ -363,3 +363,38 @@ def _served_version(client, blobs):
         return int(client.similar(blobs, 1)["_version"])
     except grpc.RpcError:
         return None
+
+
+def test_a_version_holds_the_index_files_as_links_on_one_filesystem_else_as_copies(tmp_path, monkeypatch):
+    """The Pusher puts the Indexer's files into the version as hard links (no bytes copied, none
+    stored twice, the artifact never written again); where a link cannot be made (another
+    filesystem: EXDEV) they are copied. Either way the version is whole and answers the same."""
+    from collabfeat.serving import export, index, push
+    from collabfeat.trainer import cnn
+    from tests.serving_fixtures import small_config
+
+    cfg = small_config(str(tmp_path / "models"))
+    net = export.Embedder(cnn.random_init(cfg.cnn), cfg.cnn.image_size)
+    emb = np.random.default_rng(5).normal(size=(60, cfg.cnn.embedding_dim)).astype(np.float32)
+    src = str(tmp_path / "index")
+    index.save(*index.build(emb, cfg.index), [f"i{n}" for n in range(60)], emb, src)
+    files = sorted(os.path.relpath(os.path.join(d, f), src) for d, _, fs in os.walk(src) for f in fs)
+    assert "embeddings.npy" in files and any(f.startswith("scann/") for f in files)
+
+    linked = os.path.join(push.push(net, src, cfg)["destination"], push.EXTRA)
+    for f in files:
+        assert os.path.samefile(os.path.join(src, f), os.path.join(linked, f)), f
+
+    def no_link(a, b):
+        raise OSError(18, "Invalid cross-device link")
+    monkeypatch.setattr(os, "link", no_link)
+    copied = os.path.join(push.push(net, src, cfg)["destination"], push.EXTRA)
+    for f in files:
+        assert not os.path.samefile(os.path.join(src, f), os.path.join(copied, f)), f
+        assert open(os.path.join(src, f), "rb").read() == open(os.path.join(copied, f), "rb").read(), f
+
+    shutil.rmtree(src)          # the versions do not depend on the artifact's directory
+    for extra in (linked, copied):
+        idx = index.load(extra)
+        nn, _ = idx["searcher"].search_batched(emb[:10], final_num_neighbors=1)
+        assert [idx["item_ids"][n[0]] for n in nn] == [f"i{n}" for n in range(10)]
