@@ -14,9 +14,15 @@ import psutil
 
 from tests.test_end_to_end import TINY
 
+# TFX runs the feature-set nodes that need only the images (supervised, rotation, ImageNet) in the
+# layer before LogTransform; this test stops and kills the run in the behaviour path, so it compares
+# only with the baselines that train nothing.
+SETTINGS = TINY + ["eval.baselines=[random,pixels]"]
+
+
 def _start(tmp_path):
     cmd = [sys.executable, "-m", "collabfeat", "demo", "--set", f"runner.output_dir={tmp_path}"]
-    for setting in TINY:
+    for setting in SETTINGS:
         cmd += ["--set", setting]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
