@@ -336,7 +336,8 @@ def FeatureTrainer(images: InputArtifact[Examples], model: OutputArtifact[Model]
     factors = os.path.join(mf_model.uri, "factors.npz") if mf_model is not None else None
     if kind in config_lib.TRAINED_ON_FACTORS and factors is None:
         raise ValueError(f"feature set {kind!r} is trained on the item factors: give FeatureTrainer an mf_model")
-    data = _TrainingSet(images.uri, cfg, factors)
+    # The kinds that train nothing never read the catalogue (at 10^6 images a full pass each).
+    data = None if kind in ("imagenet", "random", "pixels") else _TrainingSet(images.uri, cfg, factors)
     size, losses = cfg.cnn.image_size, []
     epochs = cfg.eval.baseline_epochs if kind in ("supervised", "rotation") else None
     if kind in ("regression", "pseudo_class"):
@@ -367,8 +368,8 @@ def FeatureTrainer(images: InputArtifact[Examples], model: OutputArtifact[Model]
     export.save_features(net, size, export.model_dir(model.uri))
     model.set_int_custom_property("trained", 1)
     record_figures(model, kind=kind)
-    write_report(model.uri, {"kind": kind, "trained": True, "losses": losses, "images": data.labelled
-                             if kind == "supervised" else data.size})
+    write_report(model.uri, {"kind": kind, "trained": True, "losses": losses, "images": 0 if data is None
+                             else data.labelled if kind == "supervised" else data.size})
 
 
 def feature_models(**models) -> Dict[str, str]:
