@@ -122,7 +122,10 @@ def push(features, index_dir: str, cfg, heldout: Optional[Dict[str, Tuple[Sequen
         idx = scann_index.load(index_local)
         export.export(features, idx["embeddings"], idx["item_ids"], cfg.serving.max_k, tmp)
         extra = os.path.join(tmp, EXTRA)
-        shutil.copytree(index_local, extra, ignore=shutil.ignore_patterns("report.json"), copy_function=_link_or_copy)
+        # The files a version writes itself are never taken from the index: a write to a hard link
+        # would change the Indexer's artifact.
+        shutil.copytree(index_local, extra, ignore=shutil.ignore_patterns("report.json", "config.json", "report.html"),
+                        copy_function=_link_or_copy)
         with open(os.path.join(extra, "config.json"), "w") as f:
             f.write(config_lib.as_json(cfg))
         compared = None
