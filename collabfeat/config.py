@@ -312,6 +312,7 @@ FEATURE_SETS = ("regression", "pseudo_class", "imagenet_regression", "supervised
 _NET = ("cnn.image_size", "cnn.widths", "cnn.embedding_dim", "cnn.seed")            # the backbone's shape
 _FIT = _NET + ("cnn.batch_size", "cnn.learning_rate", "cnn.augment", "cnn.shuffle_buffer", "cnn.epoch_images")
 TRAINED_ON_FACTORS = ("regression", "pseudo_class", "imagenet_regression")   # these read the MF model
+UNTRAINED = ("imagenet", "random", "pixels")      # no training: these never read the catalogue
 FEATURE_USES = {
     "regression": ("cnn",), "pseudo_class": ("cnn",),     # the other collaborative variant: trained as the served one
     "imagenet_regression": _FIT + ("cnn.regression_loss", "eval.finetune_size", "eval.finetune_epochs"),

@@ -337,7 +337,7 @@ def FeatureTrainer(images: InputArtifact[Examples], model: OutputArtifact[Model]
     if kind in config_lib.TRAINED_ON_FACTORS and factors is None:
         raise ValueError(f"feature set {kind!r} is trained on the item factors: give FeatureTrainer an mf_model")
     # The kinds that train nothing never read the catalogue (at 10^6 images a full pass each).
-    data = None if kind in ("imagenet", "random", "pixels") else _TrainingSet(images.uri, cfg, factors)
+    data = None if kind in config_lib.UNTRAINED else _TrainingSet(images.uri, cfg, factors)
     size, losses = cfg.cnn.image_size, []
     epochs = cfg.eval.baseline_epochs if kind in ("supervised", "rotation") else None
     if kind in ("regression", "pseudo_class"):
