@@ -52,10 +52,10 @@ def parse_line(line: str, cols: List[str], where: str) -> Dict:
     return row
 
 
-def load_record(row: Dict, image_dir: str, size: int, where: str):
+def load_record(row: Dict, image_dir: str, size: int, where: str, background=images.WHITE):
     """-> ("used", record) or (reason, detail)."""
     try:
-        pixels = images.decode(images.read_bytes(row["image"], image_dir), size)
+        pixels = images.decode(images.read_bytes(row["image"], image_dir), size, background)
     except images.ImageError as e:
         return e.reason, f"{where}: item {row['item_id']!r}, image {row['image']!r}: {e}"
     return USED, {"item_id": row["item_id"], "image": images.encode_png(pixels),
@@ -65,13 +65,13 @@ def load_record(row: Dict, image_dir: str, size: int, where: str):
 class ImportItems(beam.PTransform):
     """A CSV item table -> {"records": PCollection of records, "outcomes": (outcome, 1, detail)}."""
 
-    def __init__(self, path: str, image_dir: str, size: int):
+    def __init__(self, path: str, image_dir: str, size: int, background=images.WHITE):
         super().__init__()
-        self.path, self.image_dir, self.size = path, image_dir, size
+        self.path, self.image_dir, self.size, self.background = path, image_dir, size, tuple(background)
         self.cols = header(path)
 
     def expand(self, p):
-        cols, where, image_dir, size = self.cols, self.path, self.image_dir, self.size
+        cols, where, image_dir, size, background = self.cols, self.path, self.image_dir, self.size, self.background
 
         def parse(line):
             row = parse_line(line, cols, where)
@@ -89,7 +89,7 @@ class ImportItems(beam.PTransform):
             yield rows[0]
 
         def load(row):
-            outcome, value = load_record(row, image_dir, size, where)
+            outcome, value = load_record(row, image_dir, size, where, background)
             if outcome == USED:
                 yield value
             else:
@@ -120,12 +120,12 @@ def read_facets(uri: str, split: str) -> Dict[str, np.ndarray]:
     return {facet: v for facet, v in out.items() if (v >= 0).any()}
 
 
-def read_labels(uri: str, split: str) -> Dict[str, int]:
-    """item id -> label (-1: none) of an images Examples split, without decoding any image."""
+def read_labels(uri: str, split: str, facet: str = "label") -> Dict[str, int]:
+    """item id -> its `facet` (FACETS; -1: none) of an images Examples split, without decoding any image."""
     from collabfeat import examples
     out: Dict[str, int] = {}
-    for b in examples.batches(uri, split, {"item_id": tf.string, "label": tf.int64}):
-        out.update(zip((i.decode() for i in b["item_id"]), b["label"].tolist()))
+    for b in examples.batches(uri, split, {"item_id": tf.string, facet: (tf.int64, -1)}):
+        out.update(zip((i.decode() for i in b["item_id"]), b[facet].tolist()))
     if not out:
         raise ValueError(f"no images in split {split!r} of {uri}")
     return out
@@ -137,14 +137,15 @@ def split_images(uri: str, split: str) -> List[bytes]:
     return [x for b in examples.batches(uri, split, {"image": tf.string}) for x in b["image"]]
 
 
-def image_dataset(uri: str, split: str, size: int) -> tf.data.Dataset:
+def image_dataset(uri: str, split: str, size: int, facet: str = "label") -> tf.data.Dataset:
     """An images Examples split streamed from disk, in file order:
-    (item id, uint8 RGB image [size, size, 3], label) per record."""
+    (item id, uint8 RGB image [size, size, 3], its `facet`: label or style, -1 for none) per record."""
     from collabfeat import examples
-    spec = {name: tf.io.FixedLenFeature([], dtype) for name, dtype in FEATURES.items()}
+    spec = {"item_id": tf.io.FixedLenFeature([], tf.string), "image": tf.io.FixedLenFeature([], tf.string),
+            facet: tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
 
     def parse(record):
         r = tf.io.parse_single_example(record, spec)
         image = tf.ensure_shape(tf.io.decode_png(r["image"], channels=3), [size, size, 3])
-        return r["item_id"], image, r["label"]
+        return r["item_id"], image, r[facet]
     return examples.records(uri, split).map(parse, num_parallel_calls=tf.data.AUTOTUNE)

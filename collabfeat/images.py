@@ -62,15 +62,24 @@ def read_bytes(ref: str, base_dir: str = "", max_bytes: int = MAX_IMAGE_BYTES, t
 FORMATS = ("PNG", "JPEG", "GIF", "BMP")       # what tf.io.decode_image reads
 
 
-def pixels(data, size):
+WHITE = (255, 255, 255)
+
+
+def pixels(data, size, background=WHITE):
     """THE preprocessing, in TensorFlow ops: encoded image bytes (a string scalar tensor) -> uint8 RGB
-    [size, size, 3]. Decoded by tf.io.decode_image (palette, grey and alpha images become RGB: alpha
-    is dropped; an animation's first frame), resized with antialiasing, rounded to uint8. The served
-    SavedModel runs this function (serving/export.py); ImageImport stores its output, from which
-    training, evaluation and indexing read; the explorer uses it for uploads and thumbnails. So
-    every image is preprocessed the same way everywhere."""
+    [size, size, 3]. Decoded by tf.io.decode_image with the channels the image has (an animation's
+    first frame); grey becomes RGB; an alpha channel (RGBA, grey + alpha, a palette with a
+    transparent index) is composited over `background` (RGB 0-255), so that whatever colour an
+    encoder left under transparent pixels never shows; then resized with antialiasing and rounded
+    to uint8. The served SavedModel runs this function (serving/export.py); ImageImport stores its
+    output, from which training, evaluation and indexing read; the explorer uses it for uploads and
+    thumbnails. So every image is preprocessed the same way everywhere."""
     import tensorflow as tf
-    img = tf.io.decode_image(data, channels=3, expand_animations=False)
+    img = tf.cast(tf.io.decode_image(data, channels=0, expand_animations=False), tf.float32)
+    channels = tf.shape(img)[-1]
+    colour = tf.cond(channels < 3, lambda: tf.tile(img[..., :1], [1, 1, 3]), lambda: img[..., :3])
+    alpha = tf.cond(tf.equal(channels % 2, 0), lambda: img[..., -1:] / 255.0, lambda: tf.ones_like(img[..., :1]))
+    img = colour * alpha + tf.cast(background, tf.float32) * (1.0 - alpha)
     img = tf.image.resize(img, tf.stack([size, size]), antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(img), 0.0, 255.0), tf.uint8)
 
@@ -82,11 +91,12 @@ def _pixels_fn():
     global _PIXELS
     if _PIXELS is None:
         import tensorflow as tf
-        _PIXELS = tf.function(pixels, input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32)])
+        _PIXELS = tf.function(pixels, input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32),
+                                                       tf.TensorSpec([3], tf.float32)])
     return _PIXELS
 
 
-def decode(data: bytes, size: int) -> np.ndarray:
+def decode(data: bytes, size: int, background=WHITE) -> np.ndarray:
     """Image bytes -> uint8 RGB array [size, size, 3], through pixels() (the served model's own
     preprocessing). PIL checks the image first, so that a bad one gets a reason: corrupt_image,
     image_too_large, or unsupported_image (a format TensorFlow, and so the served model, cannot read)."""
@@ -104,7 +114,8 @@ def decode(data: bytes, size: int) -> np.ndarray:
         raise ImageError("unsupported_image", f"{fmt} images are not supported: the served model (TensorFlow's "
                                               f"decode_image) reads {', '.join(FORMATS)}")
     try:
-        return _pixels_fn()(tf.constant(data), tf.constant(size, tf.int32)).numpy()
+        return _pixels_fn()(tf.constant(data), tf.constant(size, tf.int32),
+                            tf.constant(background, tf.float32)).numpy()
     except tf.errors.InvalidArgumentError as e:
         raise ImageError("corrupt_image", f"TensorFlow cannot decode this {fmt} image: {e.message[:300]}") from None
 

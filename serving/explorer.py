@@ -138,7 +138,8 @@ class Catalogue:
 
         def make():
             data = images_lib.read_bytes(self.images[item], self.run_cfg["data"].get("image_dir", ""))
-            return images_lib.encode_png(images_lib.decode(data, size))
+            background = self.run_cfg["data"].get("background") or images_lib.WHITE
+            return images_lib.encode_png(images_lib.decode(data, size, background))
         return self.thumbs.get_or((item, size), make)
 
     # --- features -------------------------------------------------------------------------------

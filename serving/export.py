@@ -30,18 +30,19 @@ IMAGES = tf.TensorSpec([None], tf.string, name="images")
 class Embedder(tf.Module):
     """A Keras net on uint8-valued RGB [size, size, 3] -> a feature model on image bytes."""
 
-    def __init__(self, net: tf.keras.Model, image_size: int):
+    def __init__(self, net: tf.keras.Model, image_size: int, background: Sequence[int] = images_lib.WHITE):
         super().__init__()
         # The net's variables are saved with the traced function, not the net as a Keras object:
         # Keras's per-layer traces made saving EfficientNet-Lite0 5x slower and loading it 7x.
         object.__setattr__(self, "net", net)
         self.net_variables = list(net.weights)
         self.size = image_size
+        self.background = tuple(float(c) for c in background)   # what transparent pixels are composited on
 
     @tf.function(input_signature=[IMAGES])
     def embed(self, images):
         def one(data):      # the same preprocessing as every catalogue image's (collabfeat/images.py)
-            return tf.ensure_shape(images_lib.pixels(data, self.size), [self.size, self.size, 3])
+            return tf.ensure_shape(images_lib.pixels(data, self.size, self.background), [self.size, self.size, 3])
         pixels = tf.map_fn(one, images, fn_output_signature=tf.TensorSpec([self.size, self.size, 3], tf.uint8))
         return {"embedding": tf.math.l2_normalize(self.net(tf.cast(pixels, tf.float32), training=False), axis=1)}
 
@@ -51,9 +52,10 @@ def model_dir(model_uri: str) -> str:
     return os.path.join(model_uri, FORMAT_SERVING)
 
 
-def save_features(net: tf.keras.Model, image_size: int, path: str) -> None:
+def save_features(net: tf.keras.Model, image_size: int, path: str,
+                  background: Sequence[int] = images_lib.WHITE) -> None:
     """Saves a feature model (any TF filesystem: local, gs://, ram://)."""
-    module = Embedder(net, image_size)
+    module = Embedder(net, image_size, background)
     tf.saved_model.save(module, path, signatures={"serving_default": module.embed})
 
 

@@ -152,8 +152,10 @@ def test_one_preprocessing_for_training_and_serving(tmp_path):
         trained = cnn.embed(net, stored[None])
         served = serve(images=tf.constant([data]))["embedding"].numpy()
         np.testing.assert_allclose(served, trained, atol=1e-5, err_msg=name)
-        with Image.open(io.BytesIO(data)) as im:
-            pil = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float64)
+        with Image.open(io.BytesIO(data)) as im:     # alpha composited on white, as pixels() does
+            white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            flat = Image.alpha_composite(white, im.convert("RGBA")).convert("RGB")
+            pil = np.asarray(flat.resize((size, size), Image.BILINEAR), dtype=np.float64)
         assert np.abs(stored - pil).mean() < 3.0, name
 
 
@@ -163,3 +165,63 @@ def test_formats_the_served_model_cannot_read_are_refused_with_a_reason(tmp_path
     with pytest.raises(images.ImageError, match="TIFF images are not supported") as e:
         images.decode(buf.getvalue(), 16)
     assert e.value.reason == "unsupported_image"
+
+
+def _png(im) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_transparent_pixels_are_composited_so_the_colour_hidden_under_them_never_shows(tmp_path):
+    """RGBA, grey + alpha and a palette with a transparent index: whatever colour an encoder left
+    under transparent pixels (random here) changes neither the preprocessed image nor the served
+    embedding; a transparent pixel becomes data.background (white by default), an opaque one keeps
+    its colour, a half-transparent one is the mix."""
+    import tensorflow as tf
+    from collabfeat.serving import export
+    from collabfeat.trainer import cnn
+    rng = np.random.default_rng(0)
+    h = w = 16
+    alpha = np.zeros((h, w), np.uint8)
+    alpha[:, 8:] = 255                 # right half opaque, left half transparent
+    alpha[0, 8] = 128                  # one half-transparent pixel
+    visible = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+    def rgba():                        # the same visible pixels over random hidden ones
+        px = np.where(alpha[..., None] > 0, visible, rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        return _png(Image.fromarray(np.dstack([px, alpha]), "RGBA"))
+
+    def grey_alpha():
+        g = np.where(alpha > 0, visible[..., 0], rng.integers(0, 256, (h, w), dtype=np.uint8))
+        return _png(Image.fromarray(np.dstack([g, alpha]), "LA"))
+
+    def palette():                     # index 0 is transparent, and its colour is random
+        idx = np.where(alpha[..., None] > 0, 1 + (visible[..., :1] % 3), 0)[..., 0].astype(np.uint8)
+        im = Image.fromarray(idx, "P")
+        im.putpalette(list(rng.integers(0, 256, 3)) + [10, 20, 30, 200, 100, 50, 0, 255, 0] + [0] * 756)
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", transparency=0)
+        return buf.getvalue()
+
+    cfg = config_lib.load(overrides=["cnn.image_size=16", "cnn.widths=[8]", "cnn.embedding_dim=8"])
+    export.save_features(cnn.random_init(cfg.cnn), h, str(tmp_path / "features"))
+    serve = tf.saved_model.load(str(tmp_path / "features")).signatures["serving_default"]
+    for name, make in (("rgba", rgba), ("grey+alpha", grey_alpha), ("palette", palette)):
+        first, second = make(), make()
+        assert first != second, name                               # the hidden colours differ ...
+        a, b = images.decode(first, h), images.decode(second, h)
+        np.testing.assert_array_equal(a, b, err_msg=name)          # ... and never show
+        assert (a[:, :8] == 255).all(), name                       # transparent: white
+        emb = serve(images=tf.constant([first, second]))["embedding"].numpy()
+        np.testing.assert_array_equal(emb[0], emb[1], err_msg=name)
+    px = images.decode(rgba(), h)
+    np.testing.assert_array_equal(px[1:, 8:], visible[1:, 8:])     # opaque: its own colour
+    np.testing.assert_allclose(px[0, 8], np.round(visible[0, 8].astype(float) * 128 / 255 + 255 * 127 / 255), atol=1)
+    assert (images.decode(rgba(), h, (0, 0, 0))[:, :8] == 0).all()   # another background
+
+
+def test_the_background_is_a_setting_that_reaches_the_import():
+    with pytest.raises(ValueError, match="data.background"):
+        config_lib.load(overrides=["data.background=[255,255]"])
+    assert config_lib.load(overrides=["data.background=[0,0,0]"]).data.background == [0, 0, 0]
