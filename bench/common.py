@@ -22,10 +22,10 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - start
 
 
-def default_interactions(cfg):
+def default_interactions(cfg, item_ids: bool = False):
     """The default simulated logs weighted exactly as the Beam log transform weighs them
     (transform/aggregate.py), rows of unknown items dropped, without popularity filtering:
-    (users, items, ratings, n_users, n_items)."""
+    (users, items, ratings, n_users, n_items), and with `item_ids` the id of each item index."""
     import csv
     from collabfeat.pipeline.run import prepare_data
     from collabfeat.transform.aggregate import pair_weight, validate_row
@@ -47,7 +47,8 @@ def default_interactions(cfg):
     rows = [(users[u], items[t], pair_weight(c, weights)) for (u, t), c in counts.items()]
     rows = [r for r in rows if r[2] > 0]
     arr = np.array(rows)
-    return arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2], len(users), len(items)
+    out = arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2], len(users), len(items)
+    return out + (sorted(items, key=items.get),) if item_ids else out
 
 
 def save(name: str, result: Dict) -> str:

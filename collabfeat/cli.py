@@ -41,6 +41,8 @@ def main(argv=None):
     p.add_argument("--image-dir", help="directory that relative image paths are resolved against")
     p.add_argument("--eval-items", help="held-out labelled item table CSV for the evaluation")
     p.add_argument("--transfer-items", help="labelled item table CSV from another source: the transfer facet")
+    p.add_argument("--unseen-items", help="held-out item table CSV (with style) in a style the catalogue lacks: "
+                                          "the unseen-style facet")
     p.add_argument("--until", default="push", help="stop after this stage")
     p = sub.add_parser("simulate", help="write the simulated default data set to a directory")
     _config_args(p)
@@ -87,7 +89,7 @@ def main(argv=None):
         print(json.dumps(json.loads(cfg.to_json()), indent=1))
     elif args.command == "simulate":
         from collabfeat.simulate import simulate
-        sheet = simulate(cfg.simulator, args.out)
+        sheet = simulate(cfg.simulator, args.out, cfg.data.source)
         print(json.dumps({k: v for k, v in sheet.items() if k != "parameters"}, indent=1))
     elif args.command in ("demo", "run"):
         if args.no_cache:
@@ -98,7 +100,8 @@ def main(argv=None):
         from collabfeat.pipeline.supervise import PipelineFailed, PipelineStopped, run as run_supervised
         if args.command == "run":
             overrides = {"logs": args.logs, "items": args.items, "image_dir": args.image_dir,
-                         "eval_items": args.eval_items, "transfer_items": args.transfer_items}
+                         "eval_items": args.eval_items, "transfer_items": args.transfer_items,
+                         "unseen_items": args.unseen_items}
             for k, v in overrides.items():
                 if v:
                     setattr(cfg.data, k, v)

@@ -23,13 +23,19 @@ class SimulatorConfig:
     """The behaviour-log generator for the embedded default data (see collabfeat/simulate.py)."""
     seed: int = 7
     n_users: int = 8000
-    n_items: int = 6000            # catalogue images drawn from Fashion-MNIST's training split
-    n_eval_images: int = 2000      # held-out labelled images (test split), never seen by users
+    n_items: int = 6000            # at most this many catalogue images (emoji: every drawing of the catalogue's
+                                   # emoji, about 3,700; fashion: drawn from Fashion-MNIST's training split)
+    n_eval_images: int = 2000      # at most this many held-out labelled images, never seen by users
     mean_views_per_user: float = 30.0
     activity_sigma: float = 1.0    # lognormal spread of user activity (power-law-like tail)
     popularity_exponent: float = 1.0   # Zipf exponent of item popularity within a style
     taste_concentration: float = 0.3   # Dirichlet concentration of users' tastes (over styles, over categories)
-    n_styles: int = 8              # rendered styles (a print in a colourway), drawn independently of category
+    n_styles: int = 8              # fashion: rendered styles (a print in a colourway), drawn independently of category
+    vendors: List[str] = field(default_factory=lambda: ["google", "twitter", "fluent"])   # emoji: the
+                                   # catalogue's drawing styles (collabfeat/emoji.py VENDORS)
+    unseen_vendor: str = "openmoji"  # emoji: a style left out of the catalogue and all training (the unseen-style
+                                   # facet); empty: none
+    heldout_fraction: float = 0.2  # emoji: share of emoji identities held out, every vendor's drawing of them
     style_weight: float = 1.0      # how sharply users follow their taste in styles (0: they ignore style)
     category_weight: float = 0.5   # how sharply they follow their taste in categories (0: they ignore it)
     n_transfer_images: int = 2000  # labelled clip art (Debian's openclipart-png) for the transfer facet; 0: none
@@ -43,12 +49,18 @@ class SimulatorConfig:
 @dataclass
 class DataConfig:
     """Where the input lives. Empty paths mean: generate the embedded default data."""
+    source: str = "emoji"          # the default data's images: "emoji" (the same emoji drawn by several vendors,
+                                   # collabfeat/emoji.py) or "fashion" (Fashion-MNIST in rendered prints)
+    background: List[int] = field(default_factory=lambda: [255, 255, 255])   # RGB that transparent pixels
+                                   # are composited on, in the one preprocessing (collabfeat/images.py pixels)
     logs: str = ""                 # CSV / Parquet / TFRecord file (or directory) of behaviour logs
     logs_format: str = ""          # csv | parquet | tfrecord; empty: from the extension (directory: csv)
     items: str = ""                # CSV: item_id, image (path relative to image_dir, or a URI), [label]
     image_dir: str = ""
     eval_items: str = ""           # CSV of held-out labelled images: item_id, image, label[, style]
     transfer_items: str = ""       # CSV of labelled images from another source (the transfer facet)
+    unseen_items: str = ""         # CSV of held-out images in a style the catalogue lacks (item_id, image, label,
+                                   # style): the unseen-style facet pools them with eval_items
     user_column: str = "user_id"
     item_column: str = "item_id"
     event_column: str = "event"
@@ -101,7 +113,7 @@ class MFConfig:
 @dataclass
 class CNNConfig:
     """The Keras CNN that maps an image to the collaborative feature space."""
-    image_size: int = 32           # images are decoded to RGB and resized to image_size^2
+    image_size: int = 64           # images are decoded to RGB and resized to image_size^2 (the emoji's own size)
     widths: List[int] = field(default_factory=lambda: [32, 64, 128])
     embedding_dim: int = 64
     mode: str = "regression"       # the served model's mode: "regression" or "pseudo_class"
@@ -112,6 +124,8 @@ class CNNConfig:
     learning_rate: float = 2e-3
     augment: bool = True
     seed: int = 3
+    deterministic: bool = True     # TensorFlow's ops run deterministically: the same seed and data give the same
+                                   # model and report table (bench/determinism.py measures what it costs)
     shuffle_buffer: int = 10000    # images stream from disk through a shuffle buffer of this many
     epoch_images: int = 12000      # an epoch trains on at most this many images (0: all), from a
                                    # stream over all of them: training cost is bounded by the catalogue
@@ -122,9 +136,12 @@ class EvalConfig:
     """Retrieval evaluation against baselines on held-out labelled images."""
     k: int = 10
     baselines: List[str] = field(default_factory=lambda: [
-        "pseudo_class", "supervised", "imagenet", "rotation", "random", "pixels"])
-    # imagenet: EfficientNet-Lite0's ImageNet features (collabfeat/imagenet.py); imagenet_regression:
-    # that network fine-tuned onto the latent factors (the collaborative task from ImageNet weights)
+        "supervised", "style_supervised", "imagenet", "imagenet_regression", "random", "pixels"])
+    # supervised: trained on the catalogue's category labels; style_supervised: on its style labels (a
+    # ceiling for the style facets: no behaviour knows the style better than its label); imagenet:
+    # EfficientNet-Lite0's ImageNet features (collabfeat/imagenet.py); imagenet_regression: that
+    # network fine-tuned onto the latent factors (the collaborative task from ImageNet weights);
+    # opt-in: pseudo_class (the other collaborative variant), rotation (self-supervised)
     baseline_epochs: int = 12
     imagenet_size: int = 96        # images are upsampled to this before EfficientNet-Lite0
     finetune_size: int = 64        # ... and to this for imagenet_regression's training and features
@@ -233,6 +250,20 @@ class Config:
             problems.append("transform.eval_fraction must be in [0, 1)")
         if self.transform.bucket_rows < 1:
             problems.append(f"transform.bucket_rows must be at least 1, not {self.transform.bucket_rows}")
+        if self.data.source not in ("emoji", "fashion"):
+            problems.append(f"data.source must be 'emoji' or 'fashion', not {self.data.source!r}")
+        if len(self.data.background) != 3 or not all(0 <= c <= 255 for c in self.data.background):
+            problems.append(f"data.background must be three values in 0..255 (RGB), not {self.data.background}")
+        if self.data.source == "emoji":
+            from collabfeat.emoji import VENDORS
+            sim = self.simulator
+            unknown = [v for v in sim.vendors + [sim.unseen_vendor] if v and v not in VENDORS]
+            if unknown:
+                problems.append(f"simulator.vendors / unseen_vendor: unknown vendor(s) {unknown} (known: {list(VENDORS)})")
+            if len(set(sim.vendors)) != len(sim.vendors) or len(sim.vendors) < 2 or sim.unseen_vendor in sim.vendors:
+                problems.append("simulator.vendors must name at least two distinct vendors, and not unseen_vendor")
+            if not 0 < sim.heldout_fraction < 1:
+                problems.append(f"simulator.heldout_fraction must be in (0, 1), not {sim.heldout_fraction}")
         if not 1 <= self.simulator.n_styles <= 16:
             problems.append(f"simulator.n_styles must be in 1..16 (4 prints x 4 colourways), not {self.simulator.n_styles}")
         if min(self.simulator.style_weight, self.simulator.category_weight) < 0:
@@ -307,8 +338,8 @@ def from_dict(values: Dict[str, Any]) -> Config:
 
 
 # Every feature set the Evaluator can compare: the collaborative variants, and the baselines.
-FEATURE_SETS = ("regression", "pseudo_class", "imagenet_regression", "supervised", "imagenet", "rotation",
-                "random", "pixels")
+FEATURE_SETS = ("regression", "pseudo_class", "imagenet_regression", "supervised", "style_supervised", "imagenet",
+                "rotation", "random", "pixels")
 _NET = ("cnn.image_size", "cnn.widths", "cnn.embedding_dim", "cnn.seed")            # the backbone's shape
 _FIT = _NET + ("cnn.batch_size", "cnn.learning_rate", "cnn.augment", "cnn.shuffle_buffer", "cnn.epoch_images")
 TRAINED_ON_FACTORS = ("regression", "pseudo_class", "imagenet_regression")   # these read the MF model
@@ -316,7 +347,8 @@ UNTRAINED = ("imagenet", "random", "pixels")      # no training: these never rea
 FEATURE_USES = {
     "regression": ("cnn",), "pseudo_class": ("cnn",),     # the other collaborative variant: trained as the served one
     "imagenet_regression": _FIT + ("cnn.regression_loss", "eval.finetune_size", "eval.finetune_epochs"),
-    "supervised": _FIT + ("eval.baseline_epochs",), "rotation": _FIT + ("eval.baseline_epochs",),
+    "supervised": _FIT + ("eval.baseline_epochs",), "style_supervised": _FIT + ("eval.baseline_epochs",),
+    "rotation": _FIT + ("eval.baseline_epochs",),
     "imagenet": ("cnn.image_size", "eval.imagenet_size"), "random": _NET, "pixels": ("cnn.image_size",),
 }
 
@@ -327,10 +359,11 @@ def feature_node(kind: str) -> str:
 
 
 def compared_features(cfg: "Config") -> List[str]:
-    """The feature sets the served model is compared with, in eval.baselines' order: the other
-    collaborative variant is always one of them (pseudo_class, or regression when pseudo_class is served)."""
+    """The feature sets the served model is compared with, in eval.baselines' order; "regression"
+    or "pseudo_class" there names the collaborative variant that is not served (the served one is
+    always in the table)."""
     other = "regression" if cfg.cnn.mode == "pseudo_class" else "pseudo_class"
-    out = [other]
+    out: List[str] = []
     for name in cfg.eval.baselines:
         name = other if name in ("regression", "pseudo_class") else name
         if name not in out:
@@ -342,17 +375,18 @@ def compared_features(cfg: "Config") -> List[str]:
 # ("cnn.image_size"). They are the component's parameters, so TFX's cache re-runs a component when
 # one of them changes (or an input, or the code), and only then.
 USES = {
-    "ImageImport": ("data.items", "data.eval_items", "data.transfer_items", "data.image_dir", "cnn.image_size"),
+    "ImageImport": ("data.items", "data.eval_items", "data.transfer_items", "data.unseen_items", "data.image_dir",
+                    "data.background", "cnn.image_size"),
     "LogTransform": ("data.user_column", "data.item_column", "data.event_column", "transform"),
     "MFTrainer": ("mf",),
-    "CNNTrainer": ("cnn",),
+    "CNNTrainer": ("cnn", "data.background"),
     # the feature sets compared with the served one, each trained (or made) by its own node (feature_node)
-    **{feature_node(kind): uses for kind, uses in FEATURE_USES.items()},
+    **{feature_node(kind): uses + ("data.background",) for kind, uses in FEATURE_USES.items()},
     "Evaluator": ("cnn.mode", "cnn.seed", "eval.k", "eval.bless_margin", "eval.bless_on", "eval.max_queries"),
     "Indexer": ("cnn.mode", "index"),
     # what the pushed version records of its run: the explorer reads the item tables and the CNN's input
     "Pusher": ("serving.push_dir", "serving.model_name", "serving.max_k", "cnn.image_size", "cnn.mode",
-               "data.items", "data.image_dir", "data.eval_items", "data.transfer_items",
+               "data.items", "data.image_dir", "data.eval_items", "data.transfer_items", "data.unseen_items",
                # the comparison with the served version
                "eval.k", "eval.max_queries", "eval.served_margin", "eval.bless_on", "cnn.seed"),
 }

@@ -79,8 +79,10 @@ def records(uri: str, split: str, shuffle: int = 0, seed: Optional[int] = None) 
 
 def dataset(uri: str, split: str, spec: Dict[str, tf.dtypes.DType], batch_size: int,
             shuffle: int = 0, seed: Optional[int] = None) -> tf.data.Dataset:
-    """Batches of a split's records parsed to {feature: tensor [batch]} (one value per feature)."""
-    features = {name: tf.io.FixedLenFeature([], dtype) for name, dtype in spec.items()}
+    """Batches of a split's records parsed to {feature: tensor [batch]} (one value per feature);
+    a spec's value is a dtype, or (dtype, the value of records that lack the feature)."""
+    features = {name: tf.io.FixedLenFeature([], *dtype) if isinstance(dtype, tuple) else tf.io.FixedLenFeature([], dtype)
+                for name, dtype in spec.items()}
     return (records(uri, split, shuffle, seed).batch(batch_size)
             .map(lambda s: tf.io.parse_example(s, features), num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(2))

@@ -1,29 +1,36 @@
-"""A seeded simulator of a Behance-like site over real product photos (Fashion-MNIST).
+"""A seeded simulator of a Behance-like site over real images.
 
 No public behaviour log with images is reachable, so the embedded default data is made here
 and written exactly as a user would bring their own (see README, "Your own data"):
 
-  <out>/items.csv          item_id,image,label,style   catalogue (Fashion-MNIST training photos)
-  <out>/eval_items.csv     item_id,image,label,style   held-out photos (test split), never in the logs
+  <out>/items.csv          item_id,image,label,style   the catalogue
+  <out>/eval_items.csv     item_id,image,label,style   held-out images, never in the logs
+  <out>/unseen_items.csv   item_id,image,label,style   held-out images in a style the catalogue lacks (emoji)
   <out>/transfer_items.csv item_id,image,label         clip art from another source (openclipart-png)
   <out>/images/*.png       the images
   <out>/logs/logs.csv      user_id,item_id,event,timestamp
   <out>/datasheet.json     parameters and measured statistics
 
-Two facets, independent of each other: an item's category is its Fashion-MNIST label; its style
-is drawn uniformly at random and rendered into the pixels (STYLES: a print in a colourway, as a
-shop's "navy stripes" or "pastel dots"). Each print comes in several colourways and each colourway
-in several prints, so a style is neither one colour nor one pattern. Users have Dirichlet tastes
-over styles and over categories and follow each with its own weight (simulator.style_weight,
-category_weight); their activity is lognormal (heavy-tailed); within a (category, style) cell,
-item popularity is Zipf. A share of views ignores taste (noise). Appreciations and comments are
-subsets of views, likelier on a user's strong tastes. Each item has an owner ("own" event), a
-user whose favourite style it is. A small number of bad rows and bad image files are planted on
-purpose, so that the reject accounting has something real to count.
+Two facets, independent of each other, a category and a style. With data.source "emoji" (the
+default) the images are real drawings: the same emoji by several vendors (collabfeat/emoji.py);
+the category is the emoji's category and the style is the vendor, whose drawing style nobody here
+made. The split is by emoji identity: every vendor's drawing of an emoji is on the same side of
+catalogue / held-out. One vendor (simulator.unseen_vendor) is in no catalogue and no training:
+its drawings of the held-out emoji test whether features group a style they never saw.
+With data.source "fashion", the images are Fashion-MNIST's photos and the style is a print in a
+colourway rendered here (STYLES).
+
+Users have Dirichlet tastes over styles and over categories and follow each with its own weight
+(simulator.style_weight, category_weight); their activity is lognormal (heavy-tailed); within a
+(category, style) cell, item popularity is Zipf. A share of views ignores taste (noise).
+Appreciations and comments are subsets of views, likelier on a user's strong tastes. Each item
+has an owner ("own" event), a user whose favourite style it is. A small number of bad rows and
+bad image files are planted on purpose, so that the reject accounting has something real to count.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import sys
@@ -32,7 +39,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from collabfeat import images
+from collabfeat import emoji, images
 from collabfeat.config import SimulatorConfig
 
 EVENTS = ("view", "appreciate", "comment", "own", "like")     # "like" only in planted bad rows
@@ -95,22 +102,53 @@ def render(grey: np.ndarray, styles: np.ndarray, rng, hue0: float) -> np.ndarray
     return np.round(out * 255).astype(np.uint8)
 
 
-def transfer_set(n: int, rng, directory: str = "") -> Tuple[List[str], np.ndarray, List[str]]:
-    """A seeded sample of openclipart's labelled clip art: (paths, labels, category names), at
-    most ceil(n / categories) per category, from the categories with enough images."""
+def transfer_files(directory: str = "") -> Tuple[Dict[str, List[str]], Dict[str, int]]:
+    """openclipart's categories (top-level folders with enough images) -> their PNG files, each
+    image once: symlinks are dropped (the package links 1,221 names to other files), files are
+    deduplicated by content (SHA-256), and an image found under two categories is dropped from
+    both, so that no image carries two labels. -> (category -> sorted paths, what was dropped)."""
     directory = directory or OPENCLIPART_DIR
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{directory} not found: the Debian package openclipart-png provides the transfer "
                                 "images (unpacked into the environment by env/run); or set simulator.n_transfer_images=0")
-    names, files = [], []
+    by_hash: Dict[str, Dict[str, str]] = {}     # content -> category -> first path
+    dropped = {"symlinks": 0, "duplicates": 0, "in_two_categories": 0}
     for cat in sorted(os.listdir(directory)):
-        if cat in TRANSFER_EXCLUDED or not os.path.isdir(os.path.join(directory, cat)):
+        top = os.path.join(directory, cat)
+        if cat in TRANSFER_EXCLUDED or os.path.islink(top) or not os.path.isdir(top):
             continue
-        found = sorted(os.path.join(root, f) for root, _, fs in os.walk(os.path.join(directory, cat))
-                       for f in fs if f.endswith(".png"))
-        if len(found) >= TRANSFER_MIN_PER_CATEGORY:
-            names.append(cat)
-            files.append(found)
+        for root, dirs, fs in os.walk(top):
+            dirs.sort()
+            for f in sorted(fs):
+                path = os.path.join(root, f)
+                if not f.endswith(".png"):
+                    continue
+                if os.path.islink(path):
+                    dropped["symlinks"] += 1
+                    continue
+                with open(path, "rb") as fh:
+                    digest = hashlib.sha256(fh.read()).hexdigest()
+                seen = by_hash.setdefault(digest, {})
+                if cat in seen:
+                    dropped["duplicates"] += 1
+                else:
+                    seen[cat] = path
+    files: Dict[str, List[str]] = {}
+    for seen in by_hash.values():
+        if len(seen) > 1:
+            dropped["in_two_categories"] += len(seen)
+            continue
+        (cat, path), = seen.items()
+        files.setdefault(cat, []).append(path)
+    return {c: sorted(p) for c, p in sorted(files.items()) if len(p) >= TRANSFER_MIN_PER_CATEGORY}, dropped
+
+
+def transfer_set(n: int, rng, directory: str = "") -> Tuple[List[str], np.ndarray, List[str], Dict[str, int]]:
+    """A seeded sample of openclipart's labelled clip art (transfer_files: each image once, with
+    one label): (paths, labels, category names, what was dropped), at most ceil(n / categories)
+    per category."""
+    by_category, dropped = transfer_files(directory)
+    names, files = list(by_category), list(by_category.values())
     per = -(-n // len(names))
     paths, labels = [], []
     for label, found in enumerate(files):
@@ -118,7 +156,7 @@ def transfer_set(n: int, rng, directory: str = "") -> Tuple[List[str], np.ndarra
         paths += [found[i] for i in pick]
         labels += [label] * len(pick)
     keep = np.sort(rng.choice(len(paths), min(n, len(paths)), replace=False))
-    return [paths[i] for i in keep], np.array(labels)[keep], names
+    return [paths[i] for i in keep], np.array(labels)[keep], names, dropped
 
 
 def clip_art(path: str, size: int = TRANSFER_SIZE) -> np.ndarray:
@@ -144,58 +182,130 @@ def _zipf_weights(rng, n, exponent):
     return w / w.sum()
 
 
-def simulate(cfg: SimulatorConfig, out: str) -> Dict:
-    rng = np.random.default_rng(cfg.seed)
+def _write_items(out: str, name: str, rows: List[Tuple[str, bytes, int, int]], style: bool = True) -> None:
+    """An item table <out>/<name> and its images: rows of (item id, PNG bytes, label, style)."""
+    with open(os.path.join(out, name), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["item_id", "image", "label"] + (["style"] if style else []))
+        for item, png, label, facet in rows:
+            with open(os.path.join(out, "images", f"{item}.png"), "wb") as img:
+                img.write(png)
+            w.writerow([item, f"{item}.png", int(label)] + ([int(facet)] if style else []))
+
+
+def _fashion(cfg: SimulatorConfig, out: str, rng) -> Dict:
+    """Fashion-MNIST's photos in prints rendered here (data.source=fashion)."""
     train_x, train_y = images.fashion_mnist("train")
     test_x, test_y = images.fashion_mnist("test")
     if cfg.n_items > len(train_x) or cfg.n_eval_images > len(test_x):
         raise ValueError(f"at most {len(train_x)} catalogue and {len(test_x)} held-out images")
-    os.makedirs(os.path.join(out, "images"), exist_ok=True)
-    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
-
-    # Catalogue and held-out photos.
     cat_idx = np.sort(rng.choice(len(train_x), cfg.n_items, replace=False))
     eval_idx = np.sort(rng.choice(len(test_x), cfg.n_eval_images, replace=False))
-    item_ids = np.array([f"p{i:05d}" for i in cat_idx])
+    item_ids = [f"p{i:05d}" for i in cat_idx]
     categories = train_y[cat_idx].astype(int)
-    n_categories = len(images.FASHION_CLASSES)
     # Styles: drawn independently of category, for the catalogue and the held-out photos alike.
     styles = rng.integers(cfg.n_styles, size=cfg.n_items)
     eval_styles = rng.integers(cfg.n_styles, size=cfg.n_eval_images)
     hue0 = float(rng.random())
+    _write_items(out, "items.csv", list(zip(item_ids, map(images.encode_png, render(train_x[cat_idx], styles, rng, hue0)),
+                                            categories, styles)))
+    _write_items(out, "eval_items.csv", list(zip([f"t{i:05d}" for i in eval_idx], map(
+        images.encode_png, render(test_x[eval_idx], eval_styles, rng, hue0)), test_y[eval_idx], eval_styles)))
+    return {"item_ids": item_ids, "categories": categories, "styles": styles,
+            "n_categories": len(images.FASHION_CLASSES), "n_styles": cfg.n_styles, "sheet": {
+                "source": "Fashion-MNIST (Zalando Research, MIT licence) from Debian's dataset-fashion-mnist",
+                "images": {"catalogue": len(item_ids), "held_out": len(eval_idx), "classes": list(images.FASHION_CLASSES),
+                           "resolution": "28x28, grey photos rendered in their style's colours"},
+                "styles": {"what": "a print in a colourway, drawn uniformly at random per image, independent of category",
+                           "styles": {s: "%s, colourway %d" % (PRINTS[style_of(s)[0]], style_of(s)[1])
+                                      for s in range(cfg.n_styles)},
+                           "catalogue_counts": np.bincount(styles, minlength=cfg.n_styles).tolist()}}}
 
-    def write_items(path, ids, pixels, labels, facets=None):
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["item_id", "image", "label"] + (["style"] if facets is not None else []))
-            for j, (item, px, label) in enumerate(zip(ids, pixels, labels)):
-                name = f"{item}.png"
-                with open(os.path.join(out, "images", name), "wb") as img:
-                    img.write(images.encode_png(px))
-                w.writerow([item, name, int(label)] + ([int(facets[j])] if facets is not None else []))
 
-    write_items(os.path.join(out, "items.csv"), item_ids, render(train_x[cat_idx], styles, rng, hue0),
-                categories, styles)
-    write_items(os.path.join(out, "eval_items.csv"), [f"t{i:05d}" for i in eval_idx],
-                render(test_x[eval_idx], eval_styles, rng, hue0), test_y[eval_idx], eval_styles)
+def _emoji(cfg: SimulatorConfig, out: str, rng) -> Dict:
+    """The same emoji drawn by several vendors (data.source=emoji, the default): style = vendor,
+    category = the emoji's category, split by emoji identity; the unseen vendor's drawings of the
+    held-out emoji go to unseen_items.csv. The images are the packages' own files, alpha and all."""
+    found = emoji.load()
+    names = emoji.categories(found)
+    vendors = list(cfg.vendors)
+    order = rng.permutation(len(found))
+    n_held = int(round(len(found) * cfg.heldout_fraction))
+    held = np.sort(order[:n_held][: max(1, cfg.n_eval_images // len(vendors))])
+    catalogue = np.sort(order[n_held:][: max(1, cfg.n_items // len(vendors))])
+    styles_of = {v: s for s, v in enumerate(vendors + ([cfg.unseen_vendor] if cfg.unseen_vendor else []))}
+
+    def rows(which, among):
+        out_rows = []
+        for j in which:
+            e = found[j]
+            for v in among:
+                with open(os.path.join(emoji.DATA_DIR, e.images[v]), "rb") as f:
+                    out_rows.append((f"{v}-{e.code.lower()}", f.read(), names.index(e.category), styles_of[v]))
+        return out_rows
+
+    cat_rows = rows(catalogue, vendors)
+    _write_items(out, "items.csv", cat_rows)
+    _write_items(out, "eval_items.csv", rows(held, vendors))
+    if cfg.unseen_vendor:
+        _write_items(out, "unseen_items.csv", rows(held, [cfg.unseen_vendor]))
+    styles = np.array([r[3] for r in cat_rows])
+    return {"item_ids": [r[0] for r in cat_rows], "categories": np.array([r[2] for r in cat_rows]),
+            "styles": styles, "n_categories": len(names), "n_styles": len(vendors), "sheet": {
+                "source": "the same emoji drawn by several vendors, from npm packages (env/emoji.sh): "
+                          + "; ".join(emoji.LICENCES[v] for v in styles_of),
+                "images": {"catalogue": len(cat_rows), "catalogue_emoji": len(catalogue),
+                           "held_out": len(held) * len(vendors), "held_out_emoji": len(held),
+                           "unseen": len(held) if cfg.unseen_vendor else 0, "classes": names,
+                           "resolution": "64x64 RGBA as the vendors ship them (SVG vendors rendered at 64 px); "
+                                         "transparent pixels are composited on data.background by the preprocessing"},
+                "styles": {"what": "the vendor whose drawing it is; every emoji is drawn by every vendor, so style "
+                                   "and category are crossed exactly",
+                           "styles": {s: v for v, s in styles_of.items()}, "unseen": cfg.unseen_vendor or None,
+                           "catalogue_counts": np.bincount(styles, minlength=len(vendors)).tolist()},
+                "split": "by emoji identity, seeded: every vendor's drawing of an emoji is on the same side"}}
+
+
+WHY_WEIGHTS = (
+    "On design sites such as Behance and Dribbble, people follow creators and collect into mood boards "
+    "by how a piece looks: its drawing style carries across subjects (whoever likes flat outlined "
+    "drawings likes them for food, animals and signs alike), so users follow their taste in style as "
+    "drawn (style_weight 1.0). What a piece depicts matters too, but less sharply: site categories "
+    "(creative fields) are broad and a user browses several, so the taste in category is flattened "
+    "(category_weight 0.5). These weights were chosen before any evaluation and are not tuned to it; "
+    "bench/sweep.py reports the quality table over a grid of both.")
+
+
+def simulate(cfg: SimulatorConfig, out: str, source: str = "emoji") -> Dict:
+    rng = np.random.default_rng(cfg.seed)
+    os.makedirs(os.path.join(out, "images"), exist_ok=True)
+    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+    if source == "emoji":
+        made = _emoji(cfg, out, rng)
+    elif source == "fashion":
+        made = _fashion(cfg, out, rng)
+    else:
+        raise ValueError(f"data.source must be 'emoji' or 'fashion', not {source!r}")
+    item_ids, categories, styles = np.array(made["item_ids"]), made["categories"], made["styles"]
+    n_categories, n_styles = made["n_categories"], made["n_styles"]
+    n_items = len(item_ids)
     transfer = {}
     if cfg.n_transfer_images:
-        paths, labels, names = transfer_set(cfg.n_transfer_images, np.random.default_rng(cfg.seed + 1))
-        arts, kept, skipped = [], [], []
-        for p, label in zip(paths, labels):
+        paths, labels, names, dropped = transfer_set(cfg.n_transfer_images, np.random.default_rng(cfg.seed + 1))
+        arts, skipped = [], []
+        for i, (p, label) in enumerate(zip(paths, labels)):
             try:
-                arts.append(clip_art(p))
-                kept.append(label)
+                arts.append((f"c{i:05d}", images.encode_png(clip_art(p)), label, -1))
             except Exception as e:     # a few of openclipart's PNGs are huge (PIL's bomb guard) or broken
                 skipped.append(f"{os.path.relpath(p, OPENCLIPART_DIR)}: {type(e).__name__}")
-        labels = kept
-        write_items(os.path.join(out, "transfer_items.csv"), [f"c{i:05d}" for i in range(len(arts))], arts, labels)
+        _write_items(out, "transfer_items.csv", arts, style=False)
         transfer = {"source": "openclipart-png (Debian, public domain): top-level folders as categories",
-                    "images": len(arts), "skipped": skipped, "categories": names, "resolution": f"{TRANSFER_SIZE}x{TRANSFER_SIZE} RGB, "
-                    "composited on white", "files": [os.path.relpath(p, OPENCLIPART_DIR) for p in paths[:5]] + ["..."]}
+                    "images": len(arts), "skipped": skipped, "categories": names, "dropped": dropped,
+                    "resolution": f"{TRANSFER_SIZE}x{TRANSFER_SIZE} RGB, composited on white",
+                    "files": [os.path.relpath(p, OPENCLIPART_DIR) for p in paths[:5]] + ["..."]}
 
     # Planted bad images: some files deleted, some overwritten with garbage.
-    bad = rng.choice(cfg.n_items, min(cfg.bad_image_count, cfg.n_items), replace=False)
+    bad = rng.choice(n_items, min(cfg.bad_image_count, n_items), replace=False)
     for j, b in enumerate(bad):
         path = os.path.join(out, "images", f"{item_ids[b]}.png")
         if j % 2:
@@ -205,7 +315,6 @@ def simulate(cfg: SimulatorConfig, out: str) -> Dict:
                 f.write(b"this is not an image")
 
     # Behaviour.
-    n_styles = cfg.n_styles
     cell_of = categories * n_styles + styles
     by_cell = [np.flatnonzero(cell_of == c) for c in range(n_categories * n_styles)]
     by_category = [np.flatnonzero(categories == c) for c in range(n_categories)]
@@ -215,7 +324,7 @@ def simulate(cfg: SimulatorConfig, out: str) -> Dict:
     category_taste = rng.dirichlet(np.full(n_categories, cfg.taste_concentration), cfg.n_users)
     p_style, p_category = _tempered(style_taste, cfg.style_weight), _tempered(category_taste, cfg.category_weight)
     mu = np.log(cfg.mean_views_per_user) - cfg.activity_sigma ** 2 / 2
-    activity = np.clip(np.round(rng.lognormal(mu, cfg.activity_sigma, cfg.n_users)), 1, cfg.n_items // 2).astype(int)
+    activity = np.clip(np.round(rng.lognormal(mu, cfg.activity_sigma, cfg.n_users)), 1, n_items // 2).astype(int)
 
     # Rows are kept as four compact columns (user, item, event, time), not Python tuples: 18M rows
     # take about 300 MB. Negative items are planted unknown ids, user -1 is a planted empty user.
@@ -244,7 +353,7 @@ def simulate(cfg: SimulatorConfig, out: str) -> Dict:
         strength = np.sqrt(np.outer(p_category[u] / p_category[u].max(), p_style[u] / p_style[u].max()).ravel())
         for t, is_noise, c in zip(times.tolist(), noisy.tolist(), chosen.tolist()):
             if is_noise:
-                item = int(rng.integers(cfg.n_items))
+                item = int(rng.integers(n_items))
                 affinity = 0.2
             else:
                 pool = c if len(by_cell[c]) else len(by_cell) + c // n_styles
@@ -285,23 +394,15 @@ def simulate(cfg: SimulatorConfig, out: str) -> Dict:
     counts = np.bincount(np.frombuffer(events_, dtype=np.int8), minlength=len(EVENTS))
     events = {e: int(counts[EVENTS.index(e)]) for e in ("view", "appreciate", "comment", "own")}
     sheet = {
-        "source": "Fashion-MNIST (Zalando Research, MIT licence) from Debian's dataset-fashion-mnist; "
-                  "behaviour simulated by collabfeat.simulate",
-        "parameters": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
-        "images": {"catalogue": int(cfg.n_items), "held_out": int(cfg.n_eval_images),
-                   "resolution": "28x28, grey photos rendered in their style's colours", "classes": list(images.FASHION_CLASSES)},
-        "styles": {"what": "a print in a colourway, drawn uniformly at random per image, independent of category",
-                   "styles": {s: "%s, colourway %d" % (PRINTS[style_of(s)[0]], style_of(s)[1]) for s in range(n_styles)},
-                   "catalogue_counts": np.bincount(styles, minlength=n_styles).tolist(),
-                   "style_weight": cfg.style_weight, "category_weight": cfg.category_weight,
-                   "why": "On a design site, what people appreciate together is largely how a thing looks "
-                          "(its palette and its print), across kinds of things; a category label says what "
-                          "the thing is. Users here follow both tastes, style more sharply by default."},
+        **made["sheet"],
+        "behaviour": "simulated by collabfeat.simulate",
+        "parameters": {**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "source": source},
+        "tastes": {"style_weight": cfg.style_weight, "category_weight": cfg.category_weight, "why": WHY_WEIGHTS},
         "transfer": transfer,
         "rows": len(users), "events": events, "planted_bad_rows": n_bad,
         "planted_bad_images": [str(item_ids[b]) for b in bad],
-        "density_views": events["view"] / (cfg.n_users * cfg.n_items),
-        "density_appreciations": events["appreciate"] / (cfg.n_users * cfg.n_items),
+        "density_views": events["view"] / (cfg.n_users * n_items),
+        "density_appreciations": events["appreciate"] / (cfg.n_users * n_items),
     }
     with open(os.path.join(out, "datasheet.json"), "w") as f:
         json.dump(sheet, f, indent=1)

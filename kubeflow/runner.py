@@ -23,7 +23,8 @@ def cluster_config(cfg: Config) -> Config:
     if not d.logs:
         d = dataclasses.replace(d, logs=f"{DEFAULT_DATA}/logs", items=f"{DEFAULT_DATA}/items.csv",
                                 image_dir=f"{DEFAULT_DATA}/images", eval_items=f"{DEFAULT_DATA}/eval_items.csv",
-                                transfer_items=f"{DEFAULT_DATA}/transfer_items.csv")
+                                transfer_items=f"{DEFAULT_DATA}/transfer_items.csv",
+                                unseen_items=f"{DEFAULT_DATA}/unseen_items.csv")
     elif not d.items:
         raise ValueError("data.items is required with data.logs")
     return dataclasses.replace(cfg, data=d)

@@ -7,7 +7,7 @@ outputs; pipeline/run.py (collect, format_report) gathers those into the run rep
 
 import json
 import os
-from typing import Dict, Optional
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from tfx import v1 as tfx
@@ -119,9 +119,11 @@ def ImageImport(images: OutputArtifact[Examples], settings_json: Parameter[str],
         tables["heldout"] = d.eval_items
     if d.transfer_items:
         tables["transfer"] = d.transfer_items
+    if d.unseen_items:
+        tables["unseen"] = d.unseen_items
     with beam_pipeline as p:
         for split, path in tables.items():
-            out = p | f"Import{split}" >> ImportItems(path, d.image_dir, cfg.cnn.image_size)
+            out = p | f"Import{split}" >> ImportItems(path, d.image_dir, cfg.cnn.image_size, d.background)
             _ = out["records"] | f"Write{split}" >> examples.WriteSplit(images.uri, split)
             _ = out["outcomes"] | f"Outcomes{split}" >> outcomes.WriteOutcomes(
                 os.path.join(images.uri, f"outcomes-{split}.json"))
@@ -227,14 +229,14 @@ class _TrainingSet:
     """The catalogue images, streamed from the images artifact; with an MF model, only those that
     have an item factor, joined with it by a lookup table: memory holds the factor table, not images."""
 
-    def __init__(self, images_uri: str, cfg, factors_path: Optional[str] = None):
+    def __init__(self, images_uri: str, cfg, factors_path: Optional[str] = None, facet: str = "label"):
         import numpy as np
         import tensorflow as tf
         from collabfeat.catalogue import read_labels
         from collabfeat.trainer import mf
 
-        self.images_uri, self.cfg = images_uri, cfg
-        labels = read_labels(images_uri, "catalogue")
+        self.images_uri, self.cfg, self.facet = images_uri, cfg, facet
+        labels = read_labels(images_uri, "catalogue", facet)
         self.n_classes = max(labels.values()) + 1
         self.row = None
         if factors_path is None:
@@ -261,7 +263,9 @@ class _TrainingSet:
         trainers bound an epoch by it."""
         import tensorflow as tf
         from collabfeat.catalogue import image_dataset
-        data = image_dataset(self.images_uri, "catalogue", self.cfg.cnn.image_size)
+        data = image_dataset(self.images_uri, "catalogue", self.cfg.cnn.image_size, self.facet)
+        if self.size <= self.cfg.cnn.shuffle_buffer:
+            data = in_id_order(data)
         if self.row is not None:
             data = data.map(lambda i, x, l: (self.row.lookup(i), x, l)).filter(lambda r, x, l: r >= 0)
         else:
@@ -287,11 +291,29 @@ class _TrainingSet:
         return self._images().map(lambda r, x, l: (x, tf.gather(table, r)))
 
     def labelled_images(self):
-        """(image, label) pairs of the images that have a label."""
+        """(image, label) pairs of the images that have a label (the facet's value: category or style)."""
         return self._images(labelled=True).map(lambda r, x, l: (x, l))
 
     def images(self):
         return self._images().map(lambda r, x, l: x)
+
+
+def in_id_order(data):
+    """(item id, image, value) records held in memory in item-id order: training is then repeatable
+    whatever order the import's Beam workers wrote the records in. Only for a catalogue that fits
+    the training's shuffle buffer (cnn.shuffle_buffer), which holds that many images anyway."""
+    import numpy as np
+    import tensorflow as tf
+    ids, xs, values = [], [], []
+    for i, x, v in data.as_numpy_iterator():
+        ids.append(i)
+        xs.append(x)
+        values.append(v)
+    if not ids:
+        return data
+    order = np.argsort(np.array(ids, dtype=object), kind="stable")
+    return tf.data.Dataset.from_tensor_slices((np.array(ids, dtype=object)[order], np.stack(xs)[order],
+                                               np.array(values)[order]))
 
 
 def _train_collaborative(mode, data: _TrainingSet, cfg, task: str = "CNN"):
@@ -313,7 +335,7 @@ def CNNTrainer(images: InputArtifact[Examples], mf_model: InputArtifact[Model],
     cfg = config_lib.settings(settings_json)
     data = _TrainingSet(images.uri, cfg, os.path.join(mf_model.uri, "factors.npz"))
     net, losses = _train_collaborative(cfg.cnn.mode, data, cfg)
-    export.save_features(net, cfg.cnn.image_size, export.model_dir(model.uri))
+    export.save_features(net, cfg.cnn.image_size, export.model_dir(model.uri), cfg.data.background)
     write_report(model.uri, {"mode": cfg.cnn.mode, "losses": losses, **data.counts})
     record_figures(model, kind=cfg.cnn.mode)
 
@@ -337,24 +359,25 @@ def FeatureTrainer(images: InputArtifact[Examples], model: OutputArtifact[Model]
     if kind in config_lib.TRAINED_ON_FACTORS and factors is None:
         raise ValueError(f"feature set {kind!r} is trained on the item factors: give FeatureTrainer an mf_model")
     # The kinds that train nothing never read the catalogue (at 10^6 images a full pass each).
-    data = None if kind in config_lib.UNTRAINED else _TrainingSet(images.uri, cfg, factors)
+    facet = "style" if kind == "style_supervised" else "label"
+    data = None if kind in config_lib.UNTRAINED else _TrainingSet(images.uri, cfg, factors, facet)
     size, losses = cfg.cnn.image_size, []
-    epochs = cfg.eval.baseline_epochs if kind in ("supervised", "rotation") else None
+    epochs = cfg.eval.baseline_epochs if kind in ("supervised", "style_supervised", "rotation") else None
     if kind in ("regression", "pseudo_class"):
         net, losses = _train_collaborative(kind, data, cfg, task="baseline")
     elif kind == "imagenet_regression":
         tune = config_lib.Settings(**{**vars(cfg.cnn), "learning_rate": cfg.cnn.learning_rate / 4})
         net, losses = cnn.train_regression(data.factors(), tune, cfg.eval.finetune_epochs, task="baseline imagenet_regression",
                                            net=imagenet.regression_backbone(size, cfg.eval.finetune_size, cfg.cnn.embedding_dim))
-    elif kind == "supervised":
+    elif kind in ("supervised", "style_supervised"):
         if data.labelled < 2:
-            why = f"the catalogue has {data.labelled} labelled images: a classifier needs at least 2"
+            why = f"the catalogue has {data.labelled} images with a {facet}: a classifier needs at least 2"
             progress.warn(f"Features_{kind}: not trained: {why}")
             model.set_int_custom_property("trained", 0)
             write_report(model.uri, {"kind": kind, "trained": False, "why": why})
             return
         net, losses = cnn.train_classifier(data.labelled_images(), data.n_classes, cfg.cnn, epochs,
-                                           task="baseline supervised")
+                                           task=f"baseline {kind}")
     elif kind == "imagenet":
         net = imagenet.backbone(size, cfg.eval.imagenet_size)
     elif kind == "rotation":
@@ -365,11 +388,11 @@ def FeatureTrainer(images: InputArtifact[Examples], model: OutputArtifact[Model]
         net = cnn.pixels_net(size)
     else:
         raise ValueError(f"unknown feature set {kind!r}: one of {config_lib.FEATURE_SETS}")
-    export.save_features(net, size, export.model_dir(model.uri))
+    export.save_features(net, size, export.model_dir(model.uri), cfg.data.background)
     model.set_int_custom_property("trained", 1)
     record_figures(model, kind=kind)
     write_report(model.uri, {"kind": kind, "trained": True, "losses": losses, "images": 0 if data is None
-                             else data.labelled if kind == "supervised" else data.size})
+                             else data.labelled if kind in ("supervised", "style_supervised") else data.size})
 
 
 def feature_models(**models) -> Dict[str, str]:
@@ -385,16 +408,46 @@ def evaluation_split(images) -> str:
     return "heldout" if "heldout" in artifact_utils.decode_split_names(images.split_names) else "catalogue"
 
 
-def _facets(images, split):
-    """facet name -> (split, its values, -1 where none) for the evaluation: the category and style
-    columns of the held-out images, and the labels of the transfer split if there is one."""
+class Facet(NamedTuple):
+    """One column of the evaluation: the splits whose images are pooled (in this order), each
+    image's value (-1: none), and which images query (None: every one with a value)."""
+    splits: Tuple[str, ...]
+    values: "np.ndarray"
+    queries: Optional["np.ndarray"] = None
+
+
+def _facets(images, split) -> Dict[str, Facet]:
+    """facet name -> Facet for the evaluation: the held-out images' category and style; the
+    unseen style (the "unseen" split's images, in a style no catalogue image has, pooled with the
+    held-out images: each of them queries, and should find its own style); the transfer split's
+    labels ("transfer": another source's categories). A facet needs at least 2 images with a value."""
+    import numpy as np
     from collabfeat.catalogue import read_facets
-    out = {FACET_NAMES[f]: (split, v) for f, v in read_facets(images.uri, split).items()}
-    if "transfer" in artifact_utils.decode_split_names(images.split_names):
+    names = artifact_utils.decode_split_names(images.split_names)
+    own = read_facets(images.uri, split)
+    out = {FACET_NAMES[f]: Facet((split,), v) for f, v in own.items()}
+    if "unseen" in names and "style" in own:
+        unseen = read_facets(images.uri, "unseen").get("style")
+        if unseen is not None:
+            out["unseen_style"] = Facet((split, "unseen"), np.concatenate([own["style"], unseen]),
+                                        np.r_[np.zeros(len(own["style"]), bool), unseen >= 0])
+    if "transfer" in names:
         labels = read_facets(images.uri, "transfer").get("label")
         if labels is not None:
-            out["transfer"] = ("transfer", labels)
-    return {name: (sp, v) for name, (sp, v) in out.items() if (v >= 0).sum() >= 2}
+            out["transfer"] = Facet(("transfer",), labels)
+    order = ("style", "unseen_style", "category", "transfer")       # the report's columns
+    return {name: out[name] for name in order if name in out and (out[name].values >= 0).sum() >= 2
+            and (out[name].queries is None or (out[name].queries & (out[name].values >= 0)).any())}
+
+
+def score_facet(feats: Dict[str, "np.ndarray"], facet: Facet, k: int, max_queries: int, seed: int) -> Dict[str, float]:
+    """retrieval_metrics of one feature set on one facet, from its features per split."""
+    import numpy as np
+    from collabfeat.trainer.evaluate import retrieval_metrics
+    x = np.concatenate([feats[sp] for sp in facet.splits])
+    have = facet.values >= 0
+    return retrieval_metrics(x[have], facet.values[have], k, max_queries, seed,
+                             None if facet.queries is None else facet.queries[have])
 
 
 EMBED_BATCH = 256     # images per call of a feature model's serving signature
@@ -418,7 +471,7 @@ def Evaluator(images: InputArtifact[Examples], model: InputArtifact[Model],
               settings_json: Parameter[str], code: Parameter[str],
               regression: FeatureModel = None, pseudo_class: FeatureModel = None,
               imagenet_regression: FeatureModel = None, supervised: FeatureModel = None,
-              imagenet: FeatureModel = None, rotation: FeatureModel = None,
+              style_supervised: FeatureModel = None, imagenet: FeatureModel = None, rotation: FeatureModel = None,
               random: FeatureModel = None, pixels: FeatureModel = None) -> None:
     """Retrieval precision@k and mAP of every feature model on each facet: the held-out images'
     category and style, and a transfer set from another source. Each model is scored through its
@@ -429,36 +482,38 @@ def Evaluator(images: InputArtifact[Examples], model: InputArtifact[Model],
     it beats random-init and pixels by eval.bless_margin."""
     import numpy as np
     from collabfeat.serving import export
-    from collabfeat.trainer.evaluate import bless, describe, overall, retrieval_metrics, targets
+    from collabfeat.trainer.evaluate import bless, chance, describe, overall, targets
 
     cfg = config_lib.settings(settings_json)
     split = evaluation_split(images)
     facets = _facets(images, split)
     if "category" not in facets:
         raise ValueError(f"evaluation needs labelled images: split {split!r} has fewer than 2 with a label")
-    splits = sorted({sp for sp, _ in facets.values()})
-    n_min = min(int((v >= 0).sum()) for _, v in facets.values())
+    splits = sorted({sp for f in facets.values() for sp in f.splits})
+    n_min = min(int((f.values >= 0).sum()) for f in facets.values())
     k, queries, seed = min(cfg.eval.k, n_min - 1), cfg.eval.max_queries, cfg.cnn.seed
     key = f"precision@{k}"
     served = cfg.cnn.mode
     tables = {name: {} for name in facets}
     models = {served: export.model_dir(model.uri), **feature_models(
         regression=regression, pseudo_class=pseudo_class, imagenet_regression=imagenet_regression,
-        supervised=supervised, imagenet=imagenet, rotation=rotation, random=random, pixels=pixels)}
+        supervised=supervised, style_supervised=style_supervised, imagenet=imagenet, rotation=rotation, random=random, pixels=pixels)}
     for name, path in models.items():
         loaded = export.load(path)
         feats = {sp: export.embed(loaded, _split_bytes(images.uri, sp), task=f"features {name}: {sp}")
                  for sp in splits}
-        for facet, (sp, values) in facets.items():
-            have = values >= 0
-            tables[facet][name] = retrieval_metrics(feats[sp][have], values[have], k, queries, seed)
+        for facet, f in facets.items():
+            tables[facet][name] = score_facet(feats, f, k, queries, seed)
     table = tables["category"]
     blessed, beats = bless(overall(tables, cfg.eval.bless_on), served, key, cfg.eval.bless_margin)
     facet_report = {}
-    for facet, (sp, values) in facets.items():
-        v = values[values >= 0]
-        facet_report[facet] = {"split": sp, "images": int(len(v)), "classes": int(len(np.unique(v))),
-                               "chance": float(((np.bincount(v) / len(v)) ** 2).sum()), "table": tables[facet]}
+    for facet, f in facets.items():
+        have = f.values >= 0
+        v = f.values[have]
+        facet_report[facet] = {"split": "+".join(f.splits), "images": int(len(v)), "classes": int(len(np.unique(v))),
+                               "queries": int(len(v) if f.queries is None else f.queries[have].sum()),
+                               "chance": chance(v, None if f.queries is None else f.queries[have]),
+                               "table": tables[facet]}
     checks = targets(facet_report, key)
     n_test = facet_report["category"]["images"]
     bless_on = describe({f: r["images"] for f, r in facet_report.items()}, cfg.eval.bless_on)
@@ -492,7 +547,7 @@ def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
             index: OutputArtifact[ScannIndex], settings_json: Parameter[str], code: Parameter[str],
             regression: FeatureModel = None, pseudo_class: FeatureModel = None,
             imagenet_regression: FeatureModel = None, supervised: FeatureModel = None,
-            imagenet: FeatureModel = None, rotation: FeatureModel = None,
+            style_supervised: FeatureModel = None, imagenet: FeatureModel = None, rotation: FeatureModel = None,
             random: FeatureModel = None, pixels: FeatureModel = None) -> None:
     """Embeds the whole catalogue through the served feature model and builds a ScaNN index;
     reports recall@k against exact search. Also writes a 2-D map of the catalogue and, for the
@@ -527,7 +582,7 @@ def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
     scann_index.write_map(emb, index.uri, sample=cfg.index.map_sample)
     sets = [cfg.cnn.mode]
     others = feature_models(regression=regression, pseudo_class=pseudo_class, imagenet_regression=imagenet_regression,
-                            supervised=supervised, imagenet=imagenet, rotation=rotation, random=random, pixels=pixels)
+                            supervised=supervised, style_supervised=style_supervised, imagenet=imagenet, rotation=rotation, random=random, pixels=pixels)
     for name, path in sorted(others.items()):
         # batch by batch: the rows go to disk as they come (raw pixels are 3,072 floats an image)
         scann_index.write_feature_set(index.uri, name, export.embed_batches(
@@ -561,10 +616,10 @@ def Pusher(model: InputArtifact[Model], index: InputArtifact[ScannIndex], blessi
         return
     split = evaluation_split(images)
     facets = _facets(images, split)     # the Evaluator's facets and images, for the served-version comparison
-    blobs = {sp: split_images(images.uri, sp) for sp in sorted({sp for sp, _ in facets.values()})}
+    blobs = {sp: split_images(images.uri, sp) for sp in sorted({sp for f in facets.values() for sp in f.splits})}
     from collabfeat.serving import export
-    result = push.push(export.model_dir(model.uri), index.uri, cfg,
-                       heldout={name: (blobs[sp], values) for name, (sp, values) in facets.items()})
+    result = push.push(export.model_dir(model.uri), index.uri, cfg, heldout={
+        name: push.Heldout(sum((blobs[sp] for sp in f.splits), []), f.values, f.queries) for name, f in facets.items()})
     compared = result["compared"] or {}
     pushed_model.set_int_custom_property("pushed", int(result["pushed"]))
     if result["pushed"]:

@@ -183,7 +183,7 @@ def create_pipeline(cfg: Config, logs: str, pipeline_root: str, metadata_path: O
     catalogue = None
     if with_catalogue:
         d = cfg.data
-        inputs = inputs_fingerprint(d.items, d.eval_items, d.transfer_items, d.image_dir) if fingerprint_inputs else ""
+        inputs = inputs_fingerprint(d.items, d.eval_items, d.transfer_items, d.unseen_items, d.image_dir) if fingerprint_inputs else ""
         catalogue = c.ImageImport(inputs=inputs,
                                   **params("ImageImport")).with_id("ImageImport")
         parts.append(catalogue)

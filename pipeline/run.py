@@ -39,22 +39,24 @@ def prepare_data(cfg: Config) -> Config:
     d = cfg.data
     if not d.logs:
         from collabfeat.simulate import simulate
-        sim = json.dumps(dataclasses.asdict(cfg.simulator), sort_keys=True)
+        sim = json.dumps({**dataclasses.asdict(cfg.simulator), "source": d.source}, sort_keys=True)
         out = os.path.abspath(os.path.join(cfg.runner.output_dir, "data",
                                            "default-" + hashlib.sha256(sim.encode()).hexdigest()[:10]))
         if not os.path.exists(os.path.join(out, "datasheet.json")):
             print(f"[collabfeat] generating the default data in {out}", flush=True)
-            simulate(cfg.simulator, out)
+            simulate(cfg.simulator, out, d.source)
         d = dataclasses.replace(d, logs=os.path.join(out, "logs"), items=os.path.join(out, "items.csv"),
                                 image_dir=os.path.join(out, "images"),
                                 eval_items=os.path.join(out, "eval_items.csv"),
                                 transfer_items=(os.path.join(out, "transfer_items.csv")
-                                                if cfg.simulator.n_transfer_images else ""))
+                                                if cfg.simulator.n_transfer_images else ""),
+                                unseen_items=(os.path.join(out, "unseen_items.csv")
+                                              if os.path.exists(os.path.join(out, "unseen_items.csv")) else ""))
     elif not d.items:
         raise ValueError("data.items (the item table with images) is required with data.logs")
     absolute = {f: os.path.abspath(getattr(d, f)) if getattr(d, f) and "://" not in getattr(d, f) else getattr(d, f)
-                for f in ("logs", "items", "image_dir", "eval_items", "transfer_items")}
-    for name in ("logs", "items", "eval_items", "transfer_items"):
+                for f in ("logs", "items", "image_dir", "eval_items", "transfer_items", "unseen_items")}
+    for name in ("logs", "items", "eval_items", "transfer_items", "unseen_items"):
         if absolute[name] and "://" not in absolute[name] and not os.path.exists(absolute[name]):
             raise FileNotFoundError(f"data.{name}: {absolute[name]} does not exist")
     return dataclasses.replace(cfg, data=dataclasses.replace(d, **absolute))
@@ -99,7 +101,7 @@ def collect(cfg: Config, ran: List[Dict]) -> Dict:
     """The run report from the reports of this run's completed components (`ran`: from MLMD,
     pipeline/supervise.executions), never from an earlier run's artifacts."""
     report: Dict = {"data": {k: getattr(cfg.data, k) for k in ("logs", "items", "image_dir", "eval_items",
-                                                                "transfer_items")}}
+                                                                "transfer_items", "unseen_items")}}
     sheet = os.path.join(os.path.dirname(cfg.data.items), "datasheet.json")
     if os.path.exists(sheet):
         with open(sheet) as f:
@@ -166,6 +168,7 @@ def _rows(title, counts):
 
 FEATURE_NAMES = {"regression": "collaborative (regression)", "pseudo_class": "collaborative (pseudo-class)",
                  "imagenet_regression": "collaborative from ImageNet", "supervised": "category-supervised",
+                 "style_supervised": "style-supervised (ceiling)",
                  "imagenet": "ImageNet (EfficientNet-Lite0)", "rotation": "self-supervised (rotation)",
                  "random": "random-init CNN", "pixels": "raw pixels"}
 
@@ -190,7 +193,8 @@ def _evaluation(e: Dict) -> List[str]:
         out.append(f"targets (the paper's claims, on {m}): {met} of {len(checks)} met")
         for c in checks:
             values = ", ".join(f"{k} {v:.3f}" for k, v in c["values"])
-            out.append(f"    {'met   ' if c['met'] else 'MISSED'} {c['target']} ({values})")
+            needed = f"; needed {c['needed']:.3f}" if "needed" in c else ""
+            out.append(f"    {'met   ' if c['met'] else 'MISSED'} {c['target']} ({values}{needed})")
     if "bless_on" in e:
         margins = ", ".join(f"{k} {v:+.3f}" for k, v in e["margins"].items())
         out.append(f"blessing ({m} on {e['bless_on']}): {e['served']}'s margins over {margins}, "

@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -65,22 +65,33 @@ def embed_with(version: str, blobs: Sequence[bytes], batch: int = 256):
     return export.embed(version, export.in_batches(blobs, batch))
 
 
-def compare(candidate: str, served: str, heldout: Dict[str, Tuple[Sequence[bytes], "np.ndarray"]], cfg) -> Dict:
+class Heldout(NamedTuple):
+    """One facet's held-out images for compare(): their bytes, each image's value (-1: none), and
+    which of them query (a boolean mask; None: all), as the Evaluator scores them."""
+    blobs: Sequence[bytes]
+    values: "np.ndarray"
+    queries: Optional["np.ndarray"] = None
+
+
+def compare(candidate: str, served: str, heldout: Dict[str, Heldout], cfg) -> Dict:
     """Retrieval precision@k and mAP of two versions on the same held-out images, with the
-    Evaluator's measure (trainer/evaluate.py): heldout is facet -> (image bytes, each image's value,
-    -1 for none), scored on eval.bless_on (the mean over the facets, or one of them). "better": the
-    candidate's precision@k is at least the served version's plus eval.served_margin."""
+    Evaluator's measure (trainer/evaluate.py): heldout is facet -> Heldout (or a pair of image
+    bytes and values), scored on eval.bless_on (the mean over the facets, or one of them). "better":
+    the candidate's precision@k is at least the served version's plus eval.served_margin."""
     from collabfeat.trainer.evaluate import describe, overall, retrieval_metrics
+    heldout = {facet: Heldout(*h) for facet, h in heldout.items()}
     embedded = {}
 
     def scores(version):
         out = {}
-        for facet, (blobs, values) in heldout.items():
-            if (version, id(blobs)) not in embedded:     # facets of one split share its images
-                embedded[version, id(blobs)] = embed_with(version, blobs)
-            have = np.asarray(values) >= 0
-            out[facet] = retrieval_metrics(embedded[version, id(blobs)][have], np.asarray(values)[have],
-                                           cfg.eval.k, cfg.eval.max_queries, cfg.cnn.seed)
+        for facet, h in heldout.items():
+            if (version, id(h.blobs)) not in embedded:     # facets of one split share its images
+                embedded[version, id(h.blobs)] = embed_with(version, h.blobs)
+            values = np.asarray(h.values)
+            have = values >= 0
+            out[facet] = retrieval_metrics(embedded[version, id(h.blobs)][have], values[have], cfg.eval.k,
+                                           cfg.eval.max_queries, cfg.cnn.seed,
+                                           None if h.queries is None else np.asarray(h.queries)[have])
         return out
 
     mine = scores(candidate)
@@ -92,7 +103,7 @@ def compare(candidate: str, served: str, heldout: Dict[str, Tuple[Sequence[bytes
     facets = {facet: {"candidate": mine[facet], "served": theirs[facet]} for facet in heldout}
     total = overall(facets, cfg.eval.bless_on)
     metric = next(key for key in total["candidate"] if key.startswith("precision@"))
-    images = {facet: int((np.asarray(v) >= 0).sum()) for facet, (_, v) in heldout.items()}
+    images = {facet: int((np.asarray(h.values) >= 0).sum()) for facet, h in heldout.items()}
     return {"served_version": int(os.path.basename(served)), "metric": metric, "images": images,
             "on": describe(images, cfg.eval.bless_on), "margin": cfg.eval.served_margin, "facets": facets,
             "candidate": total["candidate"], "served": total["served"],

@@ -24,7 +24,8 @@ def test_compiles_with_image_components_and_beam_args(tmp_path):
     pipeline_spec = spec.get("pipelineSpec", spec)
     tasks = pipeline_spec["root"]["dag"]["tasks"]
     assert set(tasks) == components(cfg)
-    assert set(config_lib.compared_features(cfg)) == {"pseudo_class", "supervised", "imagenet", "rotation", "random", "pixels"}
+    assert set(config_lib.compared_features(cfg)) == {"supervised", "style_supervised", "imagenet", "imagenet_regression",
+                                                      "random", "pixels"}
     executors = pipeline_spec["deploymentSpec"]["executors"]
     images = {e["container"]["image"] for e in executors.values()}
     assert images == {cfg.runner.container_image}
@@ -41,7 +42,7 @@ def test_compiles_with_image_components_and_beam_args(tmp_path):
     # unless they learn from the item factors; the Evaluator and the Indexer take them all.
     features = {config_lib.feature_node(k) for k in config_lib.compared_features(cfg)}
     assert features <= set(tasks["Evaluator"]["dependentTasks"]) and features <= set(tasks["Indexer"]["dependentTasks"])
-    assert "MFTrainer" in tasks["Features_pseudo_class"]["dependentTasks"]
+    assert "MFTrainer" in tasks["Features_imagenet_regression"]["dependentTasks"]
     assert tasks["Features_supervised"]["dependentTasks"] == ["ImageImport"]
 
 

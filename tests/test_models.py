@@ -476,10 +476,11 @@ def test_a_feature_trainer_makes_a_feature_model_or_says_why_not(tmp_path):
     np.testing.assert_allclose(export.embed(export.model_dir(model.uri), [blobs[:7], blobs[7:]]), cnn.pixels(x), atol=1e-6)
     assert c.feature_models(pixels=model, random=None) == {"pixels": export.model_dir(model.uri)}
 
-    model, report = run("supervised")
-    assert report == {"kind": "supervised", "trained": False,
-                      "why": "the catalogue has 0 labelled images: a classifier needs at least 2"}
-    assert not os.path.exists(export.model_dir(model.uri)) and c.feature_models(supervised=model) == {}
+    for kind, facet in (("supervised", "label"), ("style_supervised", "style")):
+        model, report = run(kind)
+        assert report == {"kind": kind, "trained": False,
+                          "why": f"the catalogue has 0 images with a {facet}: a classifier needs at least 2"}
+        assert not os.path.exists(export.model_dir(model.uri)) and c.feature_models(**{kind: model}) == {}
     with pytest.raises(ValueError, match="'pseudo_class' is trained on the item factors: give FeatureTrainer an mf_model"):
         run("pseudo_class")
 
@@ -493,3 +494,35 @@ def test_a_feature_trainer_makes_a_feature_model_or_says_why_not(tmp_path):
     model, report = run("imagenet_regression", mf_model=mf_model)
     assert report["trained"] and len(report["losses"]) == 1 and report["images"] == 40
     assert export.embed(export.model_dir(model.uri), [blobs]).shape == (40, 8)
+
+
+def test_the_same_seed_and_data_train_the_same_cnn_twice():
+    """cnn.deterministic (the default): two trainings from one seed on the same data (with
+    augmentation, shuffling and several epochs) give identical weights and features; another seed
+    gives others, so the comparison can fail."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (96, 16, 16, 3), dtype=np.uint8)
+    y = rng.normal(size=(96, 6)).astype(np.float32)
+    cfg = CNNConfig(image_size=16, widths=[8, 16], embedding_dim=8, epochs=3, batch_size=16, shuffle_buffer=64)
+
+    def train(c):
+        net, losses = cnn.train_regression(cnn.pairs(x, y), c)
+        return losses, cnn.embed(net, x)
+
+    first, second = train(cfg), train(cfg)
+    assert first[0] == second[0]
+    np.testing.assert_array_equal(first[1], second[1])
+    other = train(CNNConfig(**{**cfg.__dict__, "seed": cfg.seed + 1}))
+    assert not np.array_equal(first[1], other[1])
+
+
+def test_training_reads_a_small_catalogue_in_item_id_order_whatever_order_it_was_written_in():
+    from collabfeat.pipeline.components import in_id_order
+    ids = np.array([b"b", b"c", b"a", b"d"], dtype=object)
+    x = np.arange(4 * 2 * 2 * 3, dtype=np.uint8).reshape(4, 2, 2, 3)
+    v = np.array([1, 2, 0, 3])
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]):
+        got = list(in_id_order(tf.data.Dataset.from_tensor_slices((ids[order], x[order], v[order]))).as_numpy_iterator())
+        assert [g[0] for g in got] == [b"a", b"b", b"c", b"d"]
+        assert [int(g[2]) for g in got] == [0, 1, 2, 3]
+        np.testing.assert_array_equal(np.stack([g[1] for g in got]), x[[2, 0, 1, 3]])

@@ -20,7 +20,7 @@ SMALL = SimulatorConfig(n_users=2500, n_items=1500, n_eval_images=50, mean_views
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("sim"))
-    return out, simulate(SMALL, out)
+    return out, simulate(SMALL, out, "fashion")
 
 
 def weighted_pairs(out, catalogue):
@@ -39,7 +39,7 @@ def weighted_pairs(out, catalogue):
 def test_simulator_is_deterministic_and_heavy_tailed(data, tmp_path):
     out, sheet = data
     again = str(tmp_path / "again")
-    simulate(SMALL, again)
+    simulate(SMALL, again, "fashion")
     assert filecmp.cmp(os.path.join(out, "logs", "logs.csv"), os.path.join(again, "logs", "logs.csv"), shallow=False)
     assert sheet["events"]["appreciate"] < sheet["events"]["view"]
     views = {}
@@ -136,14 +136,14 @@ def test_users_follow_their_style_taste_with_its_weight(data, tmp_path):
     assert co_view_agreement(out, "style") > 2 * chance
     assert co_view_agreement(out, "label") > 1.3 * 0.1
     blind = str(tmp_path / "blind")
-    simulate(dataclasses.replace(SMALL, style_weight=0.0, n_users=800), blind)
+    simulate(dataclasses.replace(SMALL, style_weight=0.0, n_users=800), blind, "fashion")
     assert co_view_agreement(blind, "style") == pytest.approx(chance, abs=0.01)
 
 
 def test_the_transfer_set_is_labelled_clip_art_from_openclipart(tmp_path):
     from collabfeat.simulate import OPENCLIPART_DIR
     out = str(tmp_path / "t")
-    sheet = simulate(dataclasses.replace(SMALL, n_users=50, n_items=100, n_transfer_images=90), out)
+    sheet = simulate(dataclasses.replace(SMALL, n_users=50, n_items=100, n_transfer_images=90), out, "fashion")
     rows = read_items(out, "transfer_items.csv")
     assert len(rows) == sheet["transfer"]["images"] >= 80
     labels = np.array([int(r["label"]) for r in rows])

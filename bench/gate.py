@@ -1,0 +1,126 @@
+"""The data gate: is a source's style real, and not solved by pixels? (issue: learning quality)
+
+Before a catalogue source becomes the default, a short measurement without behaviour or
+pipeline: on the held-out images' style facet (precision@10, every image queries the rest),
+  - a style-supervised CNN (EfficientNet-Lite0 from its ImageNet weights, fine-tuned on the
+    catalogue's style labels) must reach at least CEILING: the style is learnable from the pixels;
+  - raw pixels and a random-init CNN must stay at most halfway between chance and what the
+    style-supervised CNN reached: the style is not trivially in the pixels.
+The project's small CNN trained from scratch on the style labels, frozen ImageNet features and the
+unseen style (one vendor in no training) are measured too, for information.
+
+Usage: ./run bench gate [--source emoji] [--vendors google,twitter,fluent --unseen openmoji] [--epochs 8]
+  -> bench/results/gate_<source>.json, one trial per vendor choice (a new run of the same choice replaces it)
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+
+from bench.common import RESULTS, save, step
+
+CEILING = 0.9
+
+
+def read(out: str, table: str, size: int, background):
+    """An item table's images through the one preprocessing: (uint8 images, styles, labels, item
+    ids), without the images that cannot be read (the simulator plants a few)."""
+    from collabfeat import images
+    with open(os.path.join(out, table)) as f:
+        rows = [r for r in csv.DictReader(f)]
+    px, styles, labels, ids = [], [], [], []
+    for r in rows:
+        try:
+            data = images.read_bytes(r["image"], os.path.join(out, "images"))
+            px.append(images.decode(data, size, background))
+        except images.ImageError:         # the simulator's planted bad images
+            continue
+        styles.append(int(r["style"]))
+        labels.append(int(r["label"]))
+        ids.append(r["item_id"])
+    return np.stack(px), np.array(styles), np.array(labels), ids
+
+
+def run(argv) -> None:
+    ap = argparse.ArgumentParser(prog="bench gate")
+    ap.add_argument("--source", default="emoji")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--vendors", default="", help="emoji: the catalogue's vendors (default: simulator.vendors)")
+    ap.add_argument("--unseen", default=None, help="emoji: the unseen vendor (default: simulator.unseen_vendor)")
+    args = ap.parse_args(argv)
+    from collabfeat import config as config_lib, imagenet
+    from collabfeat.simulate import simulate
+    from collabfeat.trainer import cnn
+    from collabfeat.trainer.evaluate import chance, retrieval_metrics
+
+    overrides = [f"data.source={args.source}", "simulator.n_transfer_images=0", "simulator.n_users=200"]
+    if args.vendors:
+        overrides.append(f"simulator.vendors={args.vendors}")
+    if args.unseen is not None:
+        overrides.append(f"simulator.unseen_vendor={args.unseen}")
+    cfg = config_lib.load(overrides=overrides)
+    size, k = cfg.cnn.image_size, 10
+    with tempfile.TemporaryDirectory(prefix="collabfeat-gate-") as out:
+        step(f"simulating the {args.source} catalogue (images only matter here)")
+        simulate(cfg.simulator, out, args.source)
+        train_x, train_s, _, _ = read(out, "items.csv", size, cfg.data.background)
+        test_x, test_s, _, _ = read(out, "eval_items.csv", size, cfg.data.background)
+        unseen = os.path.exists(os.path.join(out, "unseen_items.csv"))
+        if unseen:
+            un_x, un_s, _, _ = read(out, "unseen_items.csv", size, cfg.data.background)
+    start = time.time()
+    classes = int(train_s.max()) + 1
+    step(f"training the style-supervised CNNs: {len(train_x)} images, {args.epochs} epochs, from ImageNet and from scratch")
+    tuned, losses = cnn.train_classifier(cnn.pairs(train_x, train_s), classes, cfg.cnn, args.epochs,
+                                         task="gate: style-supervised from ImageNet", net=imagenet.regression_backbone(
+                                             size, size, cfg.cnn.embedding_dim))
+    scratch, _ = cnn.train_classifier(cnn.pairs(train_x, train_s), classes, cfg.cnn, args.epochs,
+                                      task="gate: style-supervised from scratch")
+    nets = {"style_supervised": tuned, "style_supervised_scratch": scratch, "random": cnn.random_init(cfg.cnn),
+            "pixels": cnn.pixels_net(size), "imagenet": imagenet.backbone(size, cfg.eval.imagenet_size)}
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, {platform.machine()}",
+              "source": args.source, "image_size": size, "epochs": args.epochs, "losses": losses,
+              **({"vendors": cfg.simulator.vendors, "unseen_vendor": cfg.simulator.unseen_vendor}
+                 if args.source == "emoji" else {}),
+              "catalogue_images": len(train_x), "held_out_images": len(test_x), "metric": f"precision@{k}",
+              "style": {"chance": chance(test_s)}, "unseen_style": {}}
+    for name, model in nets.items():
+        held = cnn.embed(model, test_x)
+        result["style"][name] = retrieval_metrics(held, test_s, k)[f"precision@{k}"]
+        if unseen:
+            pool = np.concatenate([held, cnn.embed(model, un_x)])
+            labels = np.r_[test_s, un_s]
+            queries = np.r_[np.zeros(len(test_s), bool), np.ones(len(un_s), bool)]
+            result["unseen_style"]["chance"] = chance(labels, queries)
+            result["unseen_style"][name] = retrieval_metrics(pool, labels, k, candidates=queries)[f"precision@{k}"]
+    s = result["style"]
+    halfway = (s["chance"] + s["style_supervised"]) / 2
+    result["gate"] = {"ceiling_needed": CEILING, "ceiling_met": s["style_supervised"] >= CEILING,
+                      "halfway": halfway, "pixels_below_halfway": s["pixels"] <= halfway,
+                      "random_below_halfway": s["random"] <= halfway}
+    result["gate"]["passed"] = all(v for key, v in result["gate"].items() if key.endswith(("_met", "_halfway")))
+    result["seconds"] = round(time.time() - start, 1)
+    path = os.path.join(RESULTS, f"gate_{args.source}.json")
+    trials = []
+    if os.path.exists(path):
+        with open(path) as f:
+            trials = json.load(f)["trials"]
+    same = ("vendors", "unseen_vendor")
+    trials = [t for t in trials if any(t.get(key) != result.get(key) for key in same)] + [result]
+    save(f"gate_{args.source}", {"what": __doc__.split("Usage:")[0].strip(), "trials": trials})
+    print(f"style P@{k}: chance {s['chance']:.3f}, style-supervised {s['style_supervised']:.3f} "
+          f"(needed >= {CEILING}), pixels {s['pixels']:.3f}, random-init {s['random']:.3f} "
+          f"(needed <= halfway {halfway:.3f}); style-supervised from scratch {s['style_supervised_scratch']:.3f}, "
+          f"frozen ImageNet {s['imagenet']:.3f}")
+    if unseen:
+        u = result["unseen_style"]
+        print(f"unseen style P@{k}: chance {u['chance']:.3f}, " + ", ".join(
+            f"{name} {u[name]:.3f}" for name in nets))
+    print(f"gate {'PASSED' if result['gate']['passed'] else 'FAILED'}; {path}")

@@ -1,0 +1,97 @@
+"""Where collaborative features win, and where they do not: a sweep of the simulator's taste
+weights (simulator.style_weight x simulator.category_weight) on the default catalogue.
+
+Each cell simulates the behaviour with its weights, factorises it (weighted ALS, as MFTrainer),
+trains the served CNN onto the item factors (regression, as CNNTrainer) and scores the held-out
+images on the style, unseen-style and category facets (precision@10, as the Evaluator). Random-
+init and raw pixels do not depend on the behaviour and are scored once. The pipeline's Beam stages
+are left out (the pairs are weighted as the Beam transform weighs them, without its popularity
+filter: bench/common.default_interactions), so a cell takes minutes, not the demo's time. The
+default weights (1.0, 0.5) were set before any evaluation; this table is not used to tune them.
+
+Usage: ./run bench sweep [--style 0.25,1,2] [--category 0,0.5,1] [--epochs 12]
+  -> bench/results/sweep.json and its table on the console
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+
+from bench.common import save, step, table
+
+
+def run(argv) -> None:
+    ap = argparse.ArgumentParser(prog="bench sweep")
+    ap.add_argument("--style", default="0.25,1,2")
+    ap.add_argument("--category", default="0,0.5,1")
+    ap.add_argument("--epochs", type=int, default=12)
+    args = ap.parse_args(argv)
+    from bench.common import default_interactions
+    from bench.gate import read
+    from collabfeat import config as config_lib
+    from collabfeat.pipeline.run import prepare_data
+    from collabfeat.trainer import cnn, mf
+    from collabfeat.trainer.evaluate import chance
+
+    k, cells, fixed = 10, [], {}
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix="collabfeat-sweep-") as out:
+        for style in [float(v) for v in args.style.split(",")]:
+            for category in [float(v) for v in args.category.split(",")]:
+                step(f"style_weight {style}, category_weight {category}")
+                cfg = config_lib.load(overrides=[
+                    f"simulator.style_weight={style}", f"simulator.category_weight={category}",
+                    "simulator.n_transfer_images=0", f"runner.output_dir={out}", f"cnn.epochs={args.epochs}"])
+                d = prepare_data(cfg).data
+                folder = os.path.dirname(d.items)
+                size, bg = cfg.cnn.image_size, cfg.data.background
+                # the pairs as the Beam transform weighs them, indexed by sorted user and item ids
+                users, items, weights, n_users, n_items, ids = default_interactions(cfg, item_ids=True)
+                factors = mf.train(users, items, weights / weights.max(), n_users, n_items, cfg.mf)
+                x, _, _, kept = read(folder, "items.csv", size, bg)
+                row = {i: r for r, i in enumerate(ids)}
+                have = [j for j, i in enumerate(kept) if i in row]
+                targets = factors.items[[row[kept[j]] for j in have]]
+                net, _ = cnn.train_regression(cnn.pairs(x[have], targets), cfg.cnn)
+                if not fixed:
+                    held_x, held_s, held_l, _ = read(folder, "eval_items.csv", size, bg)
+                    un_x, un_s, _, _ = read(folder, "unseen_items.csv", size, bg)
+                    fixed = {"held": (held_x, held_s, held_l), "unseen": (un_x, un_s), "rows": {}}
+                    for name, model in (("random", cnn.random_init(cfg.cnn)), ("pixels", cnn.pixels_net(size))):
+                        fixed["rows"][name] = _scores(model, fixed, k)
+                    fixed["chance"] = {"style": chance(held_s), "category": chance(held_l),
+                                       "unseen_style": chance(np.r_[held_s, un_s],
+                                                              np.r_[np.zeros(len(held_s), bool), np.ones(len(un_s), bool)])}
+                mine = _scores(net, fixed, k)
+                cell = {"style_weight": style, "category_weight": category, "pairs": int(len(users)),
+                        **{f"collaborative {f}": v for f, v in mine.items()}}
+                for facet, margin in (("style", 0.10), ("unseen_style", 0.0), ("category", 0.05)):
+                    cell[f"{facet} wins"] = all(mine[facet] >= fixed["rows"][b][facet] + margin for b in ("random", "pixels"))
+                cells.append(cell)
+                print(table([cell], list(cell)), flush=True)
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, {platform.machine()}",
+              "what": __doc__.split("Usage:")[0].strip(), "metric": f"precision@{k}", "cnn_epochs": args.epochs,
+              "chance": fixed["chance"], "baselines": fixed["rows"],
+              "wins": "style: collaborative >= random-init and pixels + 0.10; unseen_style: >= both; "
+                      "category: >= both + 0.05", "cells": cells, "seconds": round(time.time() - start)}
+    path = save("sweep", result)
+    print(table(cells, list(cells[0])))
+    print(f"baselines: {fixed['rows']}; chance: {fixed['chance']}; {path}")
+
+
+def _scores(model, fixed, k):
+    from collabfeat.trainer import cnn
+    from collabfeat.trainer.evaluate import retrieval_metrics
+    held_x, held_s, held_l = fixed["held"]
+    un_x, un_s = fixed["unseen"]
+    held = cnn.embed(model, held_x)
+    pool = np.concatenate([held, cnn.embed(model, un_x)])
+    queries = np.r_[np.zeros(len(held_s), bool), np.ones(len(un_s), bool)]
+    key = f"precision@{k}"
+    return {"style": retrieval_metrics(held, held_s, k)[key], "category": retrieval_metrics(held, held_l, k)[key],
+            "unseen_style": retrieval_metrics(pool, np.r_[held_s, un_s], k, candidates=queries)[key]}
