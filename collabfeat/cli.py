@@ -109,7 +109,7 @@ def main(argv=None):
                 parser.exit(2, "collabfeat run: --logs (or data.logs) is required; `collabfeat demo` uses the default data\n")
         log_path = os.path.abspath(os.path.join(cfg.runner.output_dir, cfg.runner.pipeline_name, "pipeline.log"))
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        print(f"[collabfeat] running the pipeline (the default data takes about 20 minutes on 2 cores); "
+        print(f"[collabfeat] running the pipeline (the default data takes about 10 minutes on 2 cores); "
               f"its log: {log_path}", flush=True)
         try:
             report = run_supervised(cfg, getattr(args, "until", "push"), log_path,

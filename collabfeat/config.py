@@ -340,6 +340,11 @@ def from_dict(values: Dict[str, Any]) -> Config:
 # Every feature set the Evaluator can compare: the collaborative variants, and the baselines.
 FEATURE_SETS = ("regression", "pseudo_class", "imagenet_regression", "supervised", "style_supervised", "imagenet",
                 "rotation", "random", "pixels")
+FEATURE_NAMES = {     # as the reports name them, in the reports' order
+    "regression": "collaborative (regression)", "pseudo_class": "collaborative (pseudo-class)",
+    "imagenet_regression": "collaborative from ImageNet", "supervised": "category-supervised",
+    "style_supervised": "style-supervised (ceiling)", "imagenet": "ImageNet (EfficientNet-Lite0)",
+    "rotation": "self-supervised (rotation)", "random": "random-init CNN", "pixels": "raw pixels"}
 _NET = ("cnn.image_size", "cnn.widths", "cnn.embedding_dim", "cnn.seed")            # the backbone's shape
 _FIT = _NET + ("cnn.batch_size", "cnn.learning_rate", "cnn.augment", "cnn.shuffle_buffer", "cnn.epoch_images")
 TRAINED_ON_FACTORS = ("regression", "pseudo_class", "imagenet_regression")   # these read the MF model

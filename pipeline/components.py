@@ -450,6 +450,29 @@ def score_facet(feats: Dict[str, "np.ndarray"], facet: Facet, k: int, max_querie
                              None if facet.queries is None else facet.queries[have])
 
 
+GALLERY_QUERIES, GALLERY_K = 3, 8     # the report's gallery: fixed queries per facet, neighbours shown
+
+
+def neighbours(feats: Dict[str, "np.ndarray"], facet: Facet, split_ids: Dict[str, list], name: str,
+               seed: int) -> Dict:
+    """The report's gallery for one feature set on one facet: GALLERY_QUERIES fixed queries (a
+    seeded sample of the facet's query images, the same for every feature set) and each one's
+    GALLERY_K nearest other images, as (split, item id, relevant) triples."""
+    import numpy as np
+    from collabfeat.trainer.evaluate import query_rows
+    x = np.concatenate([feats[sp] for sp in facet.splits])
+    where = [(sp, i) for sp in facet.splits for i in split_ids[sp]]
+    have = np.flatnonzero(facet.values >= 0)
+    x, values = x[have], facet.values[have]
+    rows = query_rows(len(x), None if facet.queries is None else facet.queries[have], GALLERY_QUERIES, seed)
+    sims = x[rows] @ x.T
+    sims[np.arange(len(rows)), rows] = -np.inf
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :GALLERY_K]
+    out = {"queries": [list(where[have[r]]) for r in rows]}
+    out[name] = [[[*where[have[j]], bool(values[j] == values[r])] for j in t] for r, t in zip(rows, top)]
+    return out
+
+
 EMBED_BATCH = 256     # images per call of a feature model's serving signature
 
 
@@ -482,6 +505,7 @@ def Evaluator(images: InputArtifact[Examples], model: InputArtifact[Model],
     it beats random-init and pixels by eval.bless_margin."""
     import numpy as np
     from collabfeat.serving import export
+    from collabfeat.catalogue import read_labels
     from collabfeat.trainer.evaluate import bless, chance, describe, overall, targets
 
     cfg = config_lib.settings(settings_json)
@@ -498,12 +522,15 @@ def Evaluator(images: InputArtifact[Examples], model: InputArtifact[Model],
     models = {served: export.model_dir(model.uri), **feature_models(
         regression=regression, pseudo_class=pseudo_class, imagenet_regression=imagenet_regression,
         supervised=supervised, style_supervised=style_supervised, imagenet=imagenet, rotation=rotation, random=random, pixels=pixels)}
+    split_ids = {sp: list(read_labels(images.uri, sp)) for sp in splits}
+    gallery: Dict[str, Dict] = {}
     for name, path in models.items():
         loaded = export.load(path)
         feats = {sp: export.embed(loaded, _split_bytes(images.uri, sp), task=f"features {name}: {sp}")
                  for sp in splits}
         for facet, f in facets.items():
             tables[facet][name] = score_facet(feats, f, k, queries, seed)
+            gallery.setdefault(facet, {}).update(neighbours(feats, f, split_ids, name, seed))
     table = tables["category"]
     blessed, beats = bless(overall(tables, cfg.eval.bless_on), served, key, cfg.eval.bless_margin)
     facet_report = {}
@@ -522,13 +549,12 @@ def Evaluator(images: InputArtifact[Examples], model: InputArtifact[Model],
                                   "metric": key, "table": table, "margins": beats, "blessed": blessed,
                                   "bless_on": bless_on, "bless_margin": cfg.eval.bless_margin,
                                   "chance": facet_report["category"]["chance"], "models": models,
-                                  "facets": facet_report, "targets": checks})
+                                  "facets": facet_report, "targets": checks, "gallery": gallery})
     record_figures(evaluation, metric=key, served=served, images=n_test,
                    targets_met=sum(c["met"] for c in checks), targets=len(checks),
-                   **{f"{name}_{m}": float(v) for name, t in table.items() for m, v in t.items()
-                      if m in (key, "mAP")},
-                   **{f"{facet}_{name}_{key}": float(t[key]) for facet, f in facet_report.items()
-                      for name, t in f["table"].items() if facet != "category"})
+                   # facet_features_metric: feature set names hold underscores, so the facet comes first
+                   **{f"{facet}_{name}_{m}": float(v) for facet, f in facet_report.items()
+                      for name, t in f["table"].items() for m, v in t.items() if m in (key, "mAP")})
     blessing.set_int_custom_property("blessed", int(blessed))
     if not blessed:
         progress.warn(f"Evaluator: not blessed, so not pushed: {served}'s {key} margins {beats} on {bless_on} "

@@ -19,6 +19,8 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from collabfeat import storage
+from collabfeat.config import FEATURE_NAMES
+from collabfeat.trainer.evaluate import in_order
 
 QUERIES = 3        # fixed catalogue items (a seeded sample) whose similarity-against-rank is drawn
 RANKS = 50
@@ -74,7 +76,7 @@ def _figures(report: Dict) -> List[tuple]:
         figs.append(("CNN training", fig, ""))
     if "evaluation" in report:
         e = report["evaluation"]
-        facets = e.get("facets") or {"category": {"table": e["table"], "chance": e["chance"]}}
+        facets = in_order(e.get("facets") or {"category": {"table": e["table"], "chance": e["chance"]}})
         fig = make_subplots(rows=1, cols=len(facets), subplot_titles=[f"{f}: {e['metric']}" for f in facets])
         for col, (facet, f) in enumerate(facets.items(), 1):
             names = list(f["table"])
@@ -161,11 +163,122 @@ def _curves(report: Dict, uri: str):
     return fig
 
 
+def _quality(report: Dict) -> str:
+    """The quality table (facets as columns, feature sets as rows, a chance line) and its targets."""
+    e = report.get("evaluation")
+    if not e or "facets" not in e:
+        return ""
+    m, facets = e["metric"], in_order(e["facets"])
+    rows = [n for n in FEATURE_NAMES if any(n in f["table"] for f in facets.values())]
+    head = "".join(f"<th>{html.escape(name)}<br><small>{f['images']} images, {f.get('queries', f['images'])} "
+                   f"queries</small></th>" for name, f in facets.items())
+    body = "<tr><td><i>chance</i></td>" + "".join(f"<td><i>{f['chance']:.3f}</i></td>" for f in facets.values())
+    for n in rows:
+        best = {facet: max(f["table"].values(), key=lambda r: r[m])[m] for facet, f in facets.items()}
+        cells = "".join(
+            (f"<td{' class=best' if f['table'][n][m] == best[facet] else ''}>{f['table'][n][m]:.3f} "
+             f"<small>/ {f['table'][n]['mAP']:.3f}</small></td>") if n in f["table"] else "<td>-</td>"
+            for facet, f in facets.items())
+        served = " <b>(served)</b>" if n == e["served"] else ""
+        body += f"<tr><td>{html.escape(FEATURE_NAMES[n])}{served}</td>{cells}</tr>"
+    checks = e.get("targets", [])
+    items = "".join(
+        f"<li class={'met' if c['met'] else 'missed'}>{'met' if c['met'] else 'MISSED'}: {html.escape(c['target'])} "
+        f"({', '.join(f'{k} {v:.3f}' for k, v in c['values'])}{'; needed %.3f' % c['needed'] if 'needed' in c else ''})"
+        f"</li>" for c in checks)
+    return (f"<section><h2>Quality: {m} / mAP on each facet</h2><table class=quality><tr><th>features</th>{head}"
+            f"</tr>{body}</table><h3>Targets: {sum(c['met'] for c in checks)} of {len(checks)} met</h3>"
+            f"<ul>{items}</ul></section>")
+
+
+def _gallery(report: Dict) -> str:
+    """For a few fixed queries per facet, the images each feature set retrieves, side by side
+    (green: same value of the facet as the query, red: not), from the Evaluator's gallery."""
+    e, uri = report.get("evaluation") or {}, _uri(report, "ImageImport", "images")
+    gallery = e.get("gallery")
+    if not gallery or not uri:
+        return ""
+    import base64
+    import tensorflow as tf
+    from collabfeat import examples
+    wanted: Dict[str, set] = {}
+    for g in gallery.values():
+        for sp, item in g["queries"]:
+            wanted.setdefault(sp, set()).add(item)
+        for name, lists in g.items():
+            if name != "queries":
+                for hits in lists:
+                    for sp, item, _ in hits:
+                        wanted.setdefault(sp, set()).add(item)
+    png = {}
+    for sp, items in wanted.items():
+        for b in examples.batches(uri, sp, {"item_id": tf.string, "image": tf.string}, 4096):
+            for i, data in zip(b["item_id"], b["image"]):
+                if i.decode() in items:
+                    png[sp, i.decode()] = base64.b64encode(data).decode()
+
+    def img(sp, item, cls=""):
+        data = png.get((sp, item))
+        return (f"<img class='{cls}' title='{html.escape(item)}' src='data:image/png;base64,{data}'>" if data
+                else f"<span>{html.escape(item)}</span>")
+
+    out = ["<section><h2>What each feature set retrieves</h2><p>For fixed held-out queries (the same "
+           "for every feature set), the nearest images: green shares the query's value of the facet, red does "
+           "not.</p>"]
+    for facet, g in in_order(gallery).items():
+        out.append(f"<h3>{html.escape(facet)}</h3>")
+        for q, (sp, item) in enumerate(g["queries"]):
+            out.append(f"<div class=query>{img(sp, item, 'q')}<table>")
+            for name in FEATURE_NAMES:
+                if name in g:
+                    hits = "".join(img(s2, i2, "hit" if rel else "miss") for s2, i2, rel in g[name][q])
+                    out.append(f"<tr><td>{html.escape(FEATURE_NAMES[name])}</td><td>{hits}</td></tr>")
+            out.append("</table></div>")
+    out.append("</section>")
+    return "".join(out)
+
+
+def _sweep(path: str):
+    """The taste-weight sweep (bench/results/sweep.json, `./run bench sweep`), if it has been run."""
+    if not os.path.exists(path):
+        return None
+    import json
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+    with open(path) as f:
+        sweep = json.load(f)
+    cells = sweep["cells"]
+    styles = sorted({c["style_weight"] for c in cells})
+    cats = sorted({c["category_weight"] for c in cells})
+    facets = ("style", "unseen_style", "category")
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[
+        f"{f}: collaborative - best of random-init and pixels" for f in facets])
+    for col, facet in enumerate(facets, 1):
+        best = max(sweep["baselines"][b][facet] for b in ("random", "pixels"))
+        z = [[next((c[f"collaborative {facet}"] - best for c in cells if c["style_weight"] == s
+                    and c["category_weight"] == w), None) for s in styles] for w in cats]
+        fig.add_trace(go.Heatmap(z=z, x=[str(s) for s in styles], y=[str(w) for w in cats], zmid=0,
+                                 colorscale="RdBu", showscale=col == 3, texttemplate="%{z:.3f}"), 1, col)
+        fig.update_xaxes(title_text="style weight", row=1, col=col)
+    fig.update_yaxes(title_text="category weight", col=1)
+    return fig
+
+
+SWEEP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "results", "sweep.json")
+
+
 def write(report: Dict, text: str, path: str) -> str:
-    """The report (and its text form) -> a self-contained HTML file at `path`."""
+    """The report (and its text form) -> a self-contained HTML file at `path`: the quality table
+    and its targets first, then the gallery, the sweep, the charts of what the run did, the text."""
     from plotly.offline import get_plotlyjs
 
-    parts = []
+    parts = [_quality(report), _gallery(report)]
+    sweep = _sweep(SWEEP)
+    if sweep is not None:
+        sweep.update_layout(height=380, margin={"t": 50, "b": 40}, template="plotly_white")
+        parts.append("<section><h2>Where collaborative features win: the simulator's taste weights "
+                     "(bench/results/sweep.json)</h2>" + sweep.to_html(full_html=False, include_plotlyjs=False)
+                     + "</section>")
     for title, fig, note in _figures(report):
         parts.append(f"<section><h2>{html.escape(title)}</h2>"
                      + fig.to_html(full_html=False, include_plotlyjs=False) + (f"<div>{note}</div>" if note else "")
@@ -177,7 +290,12 @@ def write(report: Dict, text: str, path: str) -> str:
 <html><head><meta charset="utf-8"><title>collabfeat run report</title>
 <script>{get_plotlyjs()}</script>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1400px}} pre{{background:#f6f6f6;padding:1em;overflow:auto}}
-.failed{{color:#b00;font-weight:bold}} section{{margin-top:2em}}</style></head>
+.failed{{color:#b00;font-weight:bold}} section{{margin-top:2em}}
+table.quality td,table.quality th{{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}}
+table.quality td:first-child{{text-align:left}} td.best{{font-weight:bold}} li.met{{color:#070}} li.missed{{color:#b00}}
+.query{{display:flex;gap:1em;align-items:flex-start;margin:.5em 0}} .query img{{width:40px;height:40px;margin:1px}}
+img.q{{width:64px!important;height:64px!important;border:3px solid #333}} img.hit{{border:2px solid #2a2}}
+img.miss{{border:2px solid #d33}}</style></head>
 <body><h1>collabfeat run report</h1>{banner}
 {''.join(parts)}
 <section><h2>Text report</h2><pre>{html.escape(text)}</pre></section>

@@ -8,7 +8,8 @@ import os
 import time
 from typing import Dict, List, Optional
 
-from collabfeat.config import Config, feature_node
+from collabfeat.config import FEATURE_NAMES, Config, feature_node
+from collabfeat.trainer.evaluate import in_order
 
 
 def find_artifact(pipeline_root: str, component: str, output: str) -> Optional[str]:
@@ -166,17 +167,10 @@ def _rows(title, counts):
     return lines
 
 
-FEATURE_NAMES = {"regression": "collaborative (regression)", "pseudo_class": "collaborative (pseudo-class)",
-                 "imagenet_regression": "collaborative from ImageNet", "supervised": "category-supervised",
-                 "style_supervised": "style-supervised (ceiling)",
-                 "imagenet": "ImageNet (EfficientNet-Lite0)", "rotation": "self-supervised (rotation)",
-                 "random": "random-init CNN", "pixels": "raw pixels"}
-
-
 def _evaluation(e: Dict) -> List[str]:
     """The paper's table: retrieval on each facet (columns) by each feature set (rows), and the targets."""
-    facets = e.get("facets") or {"category": {"table": e["table"], "images": e["images"], "chance": e["chance"],
-                                              "split": e["split"]}}
+    facets = in_order(e.get("facets") or {"category": {"table": e["table"], "images": e["images"],
+                                                       "chance": e["chance"], "split": e["split"]}})
     m = e["metric"]
     out = [f"retrieval, {m} / mAP (each image queries the rest of its facet's images):"]
     out.append("    " + f"{'features':<32}" + "".join(f"{f:>20}" for f in facets))
@@ -210,13 +204,22 @@ def format_report(r: Dict) -> str:
         out.append(f"    {s['images']['catalogue']} catalogue + {s['images']['held_out']} held-out images "
                    f"({s['images']['resolution']}), {s['rows']} log rows, view density {s['density_views']:.4%}")
         if "styles" in s:
-            st = s["styles"]
-            out.append(f"    {len(st['styles'])} rendered styles independent of the {len(s['images']['classes'])} "
-                       f"categories; users follow style with weight {st['style_weight']} and category with "
-                       f"{st['category_weight']}")
+            st, tastes = s["styles"], s.get("tastes", s["styles"])
+            out.append(f"    styles: {', '.join(map(str, st['styles'].values()))}"
+                       f"{' (' + st['unseen'] + ' unseen: in no training)' if st.get('unseen') else ''}, crossed "
+                       f"with {len(s['images']['classes'])} categories; users follow style with weight "
+                       f"{tastes['style_weight']} and category with {tastes['category_weight']}")
         if s.get("transfer"):
             out.append(f"    transfer set: {s['transfer']['images']} clip-art images in "
                        f"{len(s['transfer']['categories'])} categories ({s['transfer']['source']})")
+    # What a user came for first: the quality table, its targets, and what was pushed.
+    if "evaluation" in r:
+        out += _evaluation(r["evaluation"])
+    if "push" in r:
+        p = r["push"]
+        out.append(f"pushed: {p['destination']}" if p["pushed"] else f"not pushed: {p['why']}")
+        if p["pushed"] and p.get("why"):
+            out.append(f"    against what was served: {p['why']}")
     if "images" in r:
         for split, o in r["images"].items():
             out += _rows(f"images/{split}", o["counts"])
@@ -242,8 +245,6 @@ def format_report(r: Dict) -> str:
         c = r["cnn"]
         out.append(f"CNN ({c['mode']}): trained on {c['with_factor']} of {c['catalogue_images']} catalogue images, "
                    f"loss {c['losses'][0]:.4f} -> {c['losses'][-1]:.4f}")
-    if "evaluation" in r:
-        out += _evaluation(r["evaluation"])
     if "index" in r:
         ix = r["index"]
         rk = next(k for k in ix if k.startswith("recall@"))
@@ -252,11 +253,6 @@ def format_report(r: Dict) -> str:
         out.append(f"ScaNN index ({st['kind']}{': ' + knobs if knobs else ''}): {ix['items']} items, "
                    f"{rk} against exact search {ix[rk]:.3f} on {ix['recall_queries']} queries")
         out.append(f"    chosen because: {st['why']}")
-    if "push" in r:
-        p = r["push"]
-        out.append(f"pushed: {p['destination']}" if p["pushed"] else f"not pushed: {p['why']}")
-        if p["pushed"] and p.get("why"):
-            out.append(f"    against what was served: {p['why']}")
     if r.get("engine", {}).get("name") == "portable":
         out.append(f"Beam stages: the portable engine (a local job service and SDK worker processes), "
                    f"{r['engine']['jobs']} Beam jobs completed there; log: {r['engine']['log']}")

@@ -95,7 +95,7 @@ def test_report_accounts_for_everything(run):
     table = ev["table"]
     assert set(table) == {"regression", *kinds}
     # The paper's table: every feature set on each facet, each facet with its own images and chance.
-    assert list(ev["facets"]) == ["style", "unseen_style", "category", "transfer"]
+    assert set(ev["facets"]) == {"style", "unseen_style", "category", "transfer"}
     assert ev["facets"]["category"]["table"] == table
     held = sheet["images"]["held_out"]
     assert ev["facets"]["style"]["images"] == held and ev["facets"]["style"]["queries"] == held
@@ -155,15 +155,16 @@ def test_console_names_each_component_as_it_starts_and_ends_in_order(run):
     assert {"MF ALS sweeps", "CNN regression", "baseline supervised", "embedding the catalogue"} <= tasks
 
 
-def test_html_report_draws_every_chart_in_a_real_browser(run):
-    """The run's report.html, opened from disk (no server, no network) in Debian's Chromium: every
-    chart has drawn, nothing failed; a copy is in the pushed version for the explorer."""
+def test_html_report_draws_every_chart_in_a_real_browser(run, tmp_path):
+    """The run's report.html, opened from disk (no server, no network) in Debian's Chromium: it
+    leads with the quality table and its targets, then the gallery of what each feature set
+    retrieves (every thumbnail decoded); every chart has drawn, nothing failed; a copy is in the
+    pushed version for the explorer."""
     from playwright.sync_api import sync_playwright
     cfg, report, *_ = run
     path = report["html"]
     assert open(os.path.join(report["push"]["destination"], "assets.extra", "report.html")).read() == open(path).read()
-    shots = os.path.join(os.path.dirname(os.path.abspath(__file__)), "screenshots")
-    os.makedirs(shots, exist_ok=True)
+    shots = str(tmp_path)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
@@ -178,7 +179,17 @@ def test_html_report_draws_every_chart_in_a_real_browser(run):
                 "Similarity against rank, for fixed catalogue items"} <= set(titles), titles
         assert any(t.startswith("Behaviour logs: feature statistics") for t in titles)
         assert any(t.startswith("Retrieval") for t in titles)
-        assert charts.count() == len(titles) - 1                       # every section but the text has a chart
+        assert titles[0].startswith("Quality: precision@") and titles[1] == "What each feature set retrieves"
+        ev = report["evaluation"]
+        cells = page.locator("table.quality tr")
+        assert cells.count() == 2 + len(ev["table"])                   # header, chance, one row a feature set
+        assert page.locator("li.met, li.missed").count() == len(ev["targets"])
+        thumbs = page.locator(".query img")
+        per_query = 1 + len(ev["table"]) * 8
+        assert thumbs.count() == len(ev["facets"]) * 3 * per_query
+        assert page.evaluate("[...document.querySelectorAll('.query img')].every(i => i.complete && i.naturalWidth > 0)")
+        charts_needed = len(titles) - 3                                 # every section has a chart but these three
+        assert charts.count() == charts_needed
         page.wait_for_function("[...document.querySelectorAll('.js-plotly-plot')].every(d => d.querySelector('.main-svg .trace'))")
         for i in range(charts.count()):                                 # every chart drew its traces
             assert charts.nth(i).locator(".trace").count() >= 1, titles[i]

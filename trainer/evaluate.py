@@ -70,6 +70,14 @@ TARGETS = {
 }
 
 
+FACETS = tuple(TARGETS)      # the reports' columns, in this order
+
+
+def in_order(facets: Dict[str, Dict]) -> Dict[str, Dict]:
+    """The facets in FACETS' order (reports are stored with sorted keys), any others after them."""
+    return {name: facets[name] for name in sorted(facets, key=lambda f: (FACETS + (f,)).index(f))}
+
+
 def targets(facets: Dict[str, Dict], metric: str) -> List[Dict]:
     """The paper's claim as checks on the facet tables ({facet: {"table": {features: metrics}}}),
     for each collaborative row (TARGETS): on style it beats ImageNet and category-supervised
