@@ -1,16 +1,13 @@
 import sys
 
-from bench import ann, determinism, gate, mf, mf_memory, scale, serving, sweep
+from bench import ann, determinism, gate, mf, mf_memory, quality, scale, serving, sweep
 
-# `mf`, `ann`, `serving` and `scale` take their own options (`scale` is long: an hour and more; run it on its own).
-if sys.argv[1:2] == ["scale"]:
-    scale.run(sys.argv[2:])
-    sys.exit(0)
-if sys.argv[1:2] in (["gate"], ["determinism"], ["sweep"]):    # bench/gate.py, determinism.py, sweep.py
-    {"gate": gate, "determinism": determinism, "sweep": sweep}[sys.argv[1]].run(sys.argv[2:])
-    sys.exit(0)
-if sys.argv[1:2] == ["mf-memory"]:     # on a finished run's Transform output (bench/mf_memory.py)
-    mf_memory.run(sys.argv[2:])
+# Benchmarks that take their own options. `scale` is long (an hour and more: run it on its own);
+# `mf-memory` reads a finished run's Transform output.
+OWN_OPTIONS = {"scale": scale, "mf-memory": mf_memory, "gate": gate, "determinism": determinism, "sweep": sweep,
+               "quality": quality}
+if sys.argv[1:2] and sys.argv[1] in OWN_OPTIONS:
+    OWN_OPTIONS[sys.argv[1]].run(sys.argv[2:])
     sys.exit(0)
 if sys.argv[1:2] in (["mf"], ["ann"], ["serving"]) and len(sys.argv) > 2:
     {"mf": mf, "ann": ann, "serving": serving}[sys.argv[1]].run(sys.argv[2:])

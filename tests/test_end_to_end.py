@@ -120,7 +120,8 @@ def test_report_accounts_for_everything(run):
     m, f = ev["metric"], ev["facets"]
     mean = {name: np.mean([f[facet]["table"][name][m] for facet in f]) for name in (ev["served"], "random", "pixels")}
     assert ev["margins"] == pytest.approx({b: mean[ev["served"]] - mean[b] for b in ("random", "pixels")})
-    assert ev["bless_on"] == "the mean over " + ", ".join(f"{name} ({f[name]['images']} images)" for name in f)
+    assert ev["bless_on"] == "the mean over " + ", ".join(
+        f"{name} ({f[name]['images']} images)" for name in ("style", "unseen_style", "category", "transfer"))
     assert report["index"]["recall@10"] >= 0.95
     assert report["index"]["settings"]["why"]
     text = format_report(report)
@@ -251,9 +252,12 @@ def test_key_figures_are_artifact_properties_in_mlmd(run):
         return pytest.approx(value, abs=1e-6)
     assert prop("MFTrainer", "model")["recall@20"].double_value == same(report["mf"]["recall@20"])
     ev, metric = report["evaluation"], report["evaluation"]["metric"]
-    for name, row in ev["table"].items():
-        assert prop("Evaluator", "evaluation")[f"{name}_{metric}"].double_value == same(row[metric])
-        assert prop("Evaluator", "evaluation")[f"{name}_mAP"].double_value == same(row["mAP"])
+    figures = prop("Evaluator", "evaluation")
+    for facet, f in ev["facets"].items():
+        for name, row in f["table"].items():
+            assert f"{facet}_{name}_{metric}" in figures and f"{facet}_{name}_mAP" in figures
+            assert figures[f"{facet}_{name}_{metric}"].double_value == same(row[metric])
+            assert figures[f"{facet}_{name}_mAP"].double_value == same(row["mAP"])
     assert prop("Indexer", "index")["recall@10"].double_value == same(report["index"]["recall@10"])
     assert prop("LogTransform", "interactions")["rows_used"].int_value == report["logs"]["rows"]["used"]
 
