@@ -5,6 +5,7 @@ code's fingerprint (`code`): with its inputs, TFX's cache key. Each writes a `re
 outputs; pipeline/run.py (collect, format_report) gathers those into the run report.
 """
 
+import functools
 import json
 import os
 from typing import Dict, NamedTuple, Optional, Tuple
@@ -264,7 +265,7 @@ class _TrainingSet:
         import tensorflow as tf
         from collabfeat.catalogue import image_dataset
         data = image_dataset(self.images_uri, "catalogue", self.cfg.cnn.image_size, self.facet)
-        if self.size <= self.cfg.cnn.shuffle_buffer:
+        if self.counts["catalogue_images"] <= self.cfg.cnn.shuffle_buffer:    # what in_id_order holds
             data = in_id_order(data)
         if self.row is not None:
             data = data.map(lambda i, x, l: (self.row.lookup(i), x, l)).filter(lambda r, x, l: r >= 0)
@@ -408,6 +409,18 @@ def evaluation_split(images) -> str:
     return "heldout" if "heldout" in artifact_utils.decode_split_names(images.split_names) else "catalogue"
 
 
+@functools.lru_cache(maxsize=16)
+def id_order(uri: str, split: str) -> Tuple[Tuple[str, ...], "np.ndarray"]:
+    """A split's item ids sorted, and the permutation that sorts its records (file order) so. The
+    Evaluator and the Pusher score every split in this order: the import's Beam workers write
+    records in an order that changes from run to run, and ties in a ranking are broken by position."""
+    import numpy as np
+    from collabfeat.catalogue import read_labels
+    ids = list(read_labels(uri, split))
+    order = np.argsort(np.array(ids, dtype=object), kind="stable")
+    return tuple(ids[i] for i in order), order
+
+
 class Facet(NamedTuple):
     """One column of the evaluation: the splits whose images are pooled (in this order), each
     image's value (-1: none), and which images query (None: every one with a value)."""
@@ -422,8 +435,11 @@ def _facets(images, split) -> Dict[str, Facet]:
     held-out images: each of them queries, and should find its own style); the transfer split's
     labels ("transfer": another source's categories). A facet needs at least 2 images with a value."""
     import numpy as np
-    from collabfeat.catalogue import read_facets
+    from collabfeat.catalogue import read_facets as read_split_facets
     names = artifact_utils.decode_split_names(images.split_names)
+
+    def read_facets(uri, sp):      # in item-id order (id_order)
+        return {f: v[id_order(uri, sp)[1]] for f, v in read_split_facets(uri, sp).items()}
     own = read_facets(images.uri, split)
     out = {FACET_NAMES[f]: Facet((split,), v) for f, v in own.items()}
     if "unseen" in names and "style" in own:
@@ -505,7 +521,6 @@ def Evaluator(images: InputArtifact[Examples], model: InputArtifact[Model],
     it beats random-init and pixels by eval.bless_margin."""
     import numpy as np
     from collabfeat.serving import export
-    from collabfeat.catalogue import read_labels
     from collabfeat.trainer.evaluate import bless, chance, describe, overall, targets
 
     cfg = config_lib.settings(settings_json)
@@ -522,12 +537,12 @@ def Evaluator(images: InputArtifact[Examples], model: InputArtifact[Model],
     models = {served: export.model_dir(model.uri), **feature_models(
         regression=regression, pseudo_class=pseudo_class, imagenet_regression=imagenet_regression,
         supervised=supervised, style_supervised=style_supervised, imagenet=imagenet, rotation=rotation, random=random, pixels=pixels)}
-    split_ids = {sp: list(read_labels(images.uri, sp)) for sp in splits}
+    split_ids = {sp: list(id_order(images.uri, sp)[0]) for sp in splits}
     gallery: Dict[str, Dict] = {}
     for name, path in models.items():
         loaded = export.load(path)
         feats = {sp: export.embed(loaded, _split_bytes(images.uri, sp), task=f"features {name}: {sp}")
-                 for sp in splits}
+                 [id_order(images.uri, sp)[1]] for sp in splits}
         for facet, f in facets.items():
             tables[facet][name] = score_facet(feats, f, k, queries, seed)
             gallery.setdefault(facet, {}).update(neighbours(feats, f, split_ids, name, seed))
@@ -642,7 +657,10 @@ def Pusher(model: InputArtifact[Model], index: InputArtifact[ScannIndex], blessi
         return
     split = evaluation_split(images)
     facets = _facets(images, split)     # the Evaluator's facets and images, for the served-version comparison
-    blobs = {sp: split_images(images.uri, sp) for sp in sorted({sp for f in facets.values() for sp in f.splits})}
+    blobs = {}
+    for sp in sorted({sp for f in facets.values() for sp in f.splits}):
+        stored = split_images(images.uri, sp)
+        blobs[sp] = [stored[i] for i in id_order(images.uri, sp)[1]]     # in the Evaluator's order
     from collabfeat.serving import export
     result = push.push(export.model_dir(model.uri), index.uri, cfg, heldout={
         name: push.Heldout(sum((blobs[sp] for sp in f.splits), []), f.values, f.queries) for name, f in facets.items()})
