@@ -25,12 +25,34 @@ import numpy as np
 from bench.common import save, step, table
 
 
+def markdown(result: dict) -> str:
+    """The sweep as the docs' table: collaborative precision@10 per facet and whether it wins, per cell."""
+    base = result["baselines"]
+    lines = ["| style weight | category weight | style | unseen style | category |", "| ---: | ---: | ---: | ---: | ---: |"]
+    for c in result["cells"]:
+        lines.append(f"| {c['style_weight']:g} | {c['category_weight']:g} | " + " | ".join(
+            f"{c[f'collaborative {f}']:.3f} {'win' if c[f'{f} wins'] else 'no'}" for f in ("style", "unseen_style", "category"))
+            + " |")
+    lines.append("| random-init | | " + " | ".join(f"{base['random'][f]:.3f}" for f in ("style", "unseen_style", "category"))
+                 + " |")
+    lines.append("| raw pixels | | " + " | ".join(f"{base['pixels'][f]:.3f}" for f in ("style", "unseen_style", "category"))
+                 + " |")
+    return "\n".join(lines)
+
+
 def run(argv) -> None:
     ap = argparse.ArgumentParser(prog="bench sweep")
     ap.add_argument("--style", default="0.25,1,2")
     ap.add_argument("--category", default="0,0.5,1")
     ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--markdown", action="store_true", help="only print bench/results/sweep.json as the docs' table")
     args = ap.parse_args(argv)
+    if args.markdown:
+        import json
+        from bench.common import RESULTS
+        with open(os.path.join(RESULTS, "sweep.json")) as f:
+            print(markdown(json.load(f)))
+        return
     from bench.common import default_interactions
     from bench.gate import read
     from collabfeat import config as config_lib

@@ -22,7 +22,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 VENDORS = ("google", "twitter", "openmoji", "fluent")
 LICENCES = {"google": "Noto Emoji via emoji-datasource-google 16.0.0, Apache-2.0",
@@ -85,8 +85,3 @@ def categories(emoji: List[Emoji]) -> List[str]:
     """The categories present, sorted: a category's label is its index here."""
     return sorted({e.category for e in emoji})
 
-
-def check_vendors(vendors: List[str], unseen: Optional[str]) -> None:
-    unknown = [v for v in list(vendors) + ([unseen] if unseen else []) if v not in VENDORS]
-    if unknown:
-        raise ValueError(f"unknown emoji vendor(s) {unknown}: one of {VENDORS}")

@@ -14,6 +14,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_config   # op determinism's switch back and state: not public
 from sklearn.cluster import KMeans
 
 from collabfeat import progress
@@ -54,8 +55,7 @@ def seeded(cfg: CNNConfig) -> None:
     tf.keras.utils.set_random_seed(cfg.seed)
     if getattr(cfg, "deterministic", True):
         tf.config.experimental.enable_op_determinism()
-    elif tf.config.experimental.is_op_determinism_enabled():
-        from tensorflow.python.framework import config as tf_config   # no public switch back
+    elif tf_config.is_op_determinism_enabled():
         tf_config.disable_op_determinism()
 
 
