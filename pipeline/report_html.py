@@ -251,14 +251,16 @@ def _sweep(path: str):
     styles = sorted({c["style_weight"] for c in cells})
     cats = sorted({c["category_weight"] for c in cells})
     facets = ("style", "unseen_style", "category")
-    fig = make_subplots(rows=1, cols=3, subplot_titles=[
-        f"{f}: collaborative - best of random-init and pixels" for f in facets])
-    for col, facet in enumerate(facets, 1):
+    fig = make_subplots(rows=1, cols=3, subplot_titles=facets)
+    grids = {}
+    for facet in facets:
         best = max(sweep["baselines"][b][facet] for b in ("random", "pixels"))
-        z = [[next((c[f"collaborative {facet}"] - best for c in cells if c["style_weight"] == s
-                    and c["category_weight"] == w), None) for s in styles] for w in cats]
-        fig.add_trace(go.Heatmap(z=z, x=[str(s) for s in styles], y=[str(w) for w in cats], zmid=0,
-                                 colorscale="RdBu", showscale=col == 3, texttemplate="%{z:.3f}"), 1, col)
+        grids[facet] = [[next((c[f"collaborative {facet}"] - best for c in cells if c["style_weight"] == s
+                               and c["category_weight"] == w), None) for s in styles] for w in cats]
+    top = max(abs(v) for z in grids.values() for row in z for v in row if v is not None) or 1.0
+    for col, facet in enumerate(facets, 1):     # one colour scale for all three
+        fig.add_trace(go.Heatmap(z=grids[facet], x=[str(s) for s in styles], y=[str(w) for w in cats], zmin=-top,
+                                 zmax=top, colorscale="RdBu", showscale=col == 3, texttemplate="%{z:.3f}"), 1, col)
         fig.update_xaxes(title_text="style weight", row=1, col=col)
     fig.update_yaxes(title_text="category weight", col=1)
     return fig
@@ -277,8 +279,9 @@ def write(report: Dict, text: str, path: str) -> str:
     if sweep is not None:
         sweep.update_layout(height=380, margin={"t": 50, "b": 40}, template="plotly_white")
         parts.append("<section><h2>Where collaborative features win: the simulator's taste weights "
-                     "(bench/results/sweep.json)</h2>" + sweep.to_html(full_html=False, include_plotlyjs=False)
-                     + "</section>")
+                     "(bench/results/sweep.json)</h2><p>Collaborative precision@10 minus the better of random-init "
+                     "and raw pixels, on each facet, for each pair of taste weights (blue: collaborative ahead).</p>"
+                     + sweep.to_html(full_html=False, include_plotlyjs=False) + "</section>")
     for title, fig, note in _figures(report):
         parts.append(f"<section><h2>{html.escape(title)}</h2>"
                      + fig.to_html(full_html=False, include_plotlyjs=False) + (f"<div>{note}</div>" if note else "")

@@ -191,9 +191,10 @@ def test_html_report_draws_every_chart_in_a_real_browser(run, tmp_path):
         assert page.evaluate("[...document.querySelectorAll('.query img')].every(i => i.complete && i.naturalWidth > 0)")
         charts_needed = len(titles) - 3                                 # every section has a chart but these three
         assert charts.count() == charts_needed
-        page.wait_for_function("[...document.querySelectorAll('.js-plotly-plot')].every(d => d.querySelector('.main-svg .trace'))")
+        drawn = ".main-svg .trace, .main-svg .hm"       # plotly's traces; a heatmap (the sweep's) is an .hm image
+        page.wait_for_function(f"[...document.querySelectorAll('.js-plotly-plot')].every(d => d.querySelector('{drawn}'))")
         for i in range(charts.count()):                                 # every chart drew its traces
-            assert charts.nth(i).locator(".trace").count() >= 1, titles[i]
+            assert charts.nth(i).locator(drawn).count() >= 1, i
         assert "recall@20" in page.locator("pre").inner_text()
         page.screenshot(path=os.path.join(shots, "report.png"), full_page=True)
         browser.close()
