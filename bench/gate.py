@@ -21,6 +21,7 @@ import os
 import platform
 import tempfile
 import time
+from typing import Dict
 
 import numpy as np
 
@@ -48,6 +49,35 @@ def read(out: str, table: str, size: int, background):
     return np.stack(px), np.array(styles), np.array(labels), ids
 
 
+def unseen_queries(held_styles: np.ndarray, unseen_styles: np.ndarray) -> np.ndarray:
+    """Which rows of the pool [held-out; unseen] query on the unseen style: the unseen ones."""
+    return np.r_[np.zeros(len(held_styles), bool), np.ones(len(unseen_styles), bool)]
+
+
+def chances(held, unseen=None) -> Dict[str, float]:
+    """Each facet's chance line, as the Evaluator draws it. held, unseen: (images, styles, labels)."""
+    from collabfeat.trainer.evaluate import chance
+    out = {"style": chance(held[1]), "category": chance(held[2])}
+    if unseen is not None:
+        out["unseen_style"] = chance(np.r_[held[1], unseen[1]], unseen_queries(held[1], unseen[1]))
+    return out
+
+
+def scores(model, held, unseen=None, k: int = 10) -> Dict[str, float]:
+    """precision@k of a net on the held-out images' style and category and, with the unseen
+    vendor's images, on the unseen style: they query the pool of them and the held-out ones."""
+    from collabfeat.trainer import cnn
+    from collabfeat.trainer.evaluate import retrieval_metrics
+    key = f"precision@{k}"
+    feats = cnn.embed(model, held[0])
+    out = {"style": retrieval_metrics(feats, held[1], k)[key], "category": retrieval_metrics(feats, held[2], k)[key]}
+    if unseen is not None:
+        pool = np.concatenate([feats, cnn.embed(model, unseen[0])])
+        out["unseen_style"] = retrieval_metrics(pool, np.r_[held[1], unseen[1]], k,
+                                                candidates=unseen_queries(held[1], unseen[1]))[key]
+    return out
+
+
 def run(argv) -> None:
     ap = argparse.ArgumentParser(prog="bench gate")
     ap.add_argument("--source", default="emoji")
@@ -58,7 +88,6 @@ def run(argv) -> None:
     from collabfeat import config as config_lib, imagenet
     from collabfeat.simulate import simulate
     from collabfeat.trainer import cnn
-    from collabfeat.trainer.evaluate import chance, retrieval_metrics
 
     overrides = [f"data.source={args.source}", "simulator.n_transfer_images=0", "simulator.n_users=200"]
     if args.vendors:
@@ -71,10 +100,9 @@ def run(argv) -> None:
         step(f"simulating the {args.source} catalogue (images only matter here)")
         simulate(cfg.simulator, out, args.source)
         train_x, train_s, _, _ = read(out, "items.csv", size, cfg.data.background)
-        test_x, test_s, _, _ = read(out, "eval_items.csv", size, cfg.data.background)
-        unseen = os.path.exists(os.path.join(out, "unseen_items.csv"))
-        if unseen:
-            un_x, un_s, _, _ = read(out, "unseen_items.csv", size, cfg.data.background)
+        held = read(out, "eval_items.csv", size, cfg.data.background)[:3]
+        unseen = (read(out, "unseen_items.csv", size, cfg.data.background)[:3]
+                  if os.path.exists(os.path.join(out, "unseen_items.csv")) else None)
     start = time.time()
     classes = int(train_s.max()) + 1
     step(f"training the style-supervised CNNs: {len(train_x)} images, {args.epochs} epochs, from ImageNet and from scratch")
@@ -89,17 +117,14 @@ def run(argv) -> None:
               "source": args.source, "image_size": size, "epochs": args.epochs, "losses": losses,
               **({"vendors": cfg.simulator.vendors, "unseen_vendor": cfg.simulator.unseen_vendor}
                  if args.source == "emoji" else {}),
-              "catalogue_images": len(train_x), "held_out_images": len(test_x), "metric": f"precision@{k}",
-              "style": {"chance": chance(test_s)}, "unseen_style": {}}
+              "catalogue_images": len(train_x), "held_out_images": len(held[0]), "metric": f"precision@{k}"}
+    line = chances(held, unseen)
+    for facet in ("style", "unseen_style"):
+        result[facet] = {"chance": line[facet]} if facet in line else {}
     for name, model in nets.items():
-        held = cnn.embed(model, test_x)
-        result["style"][name] = retrieval_metrics(held, test_s, k)[f"precision@{k}"]
-        if unseen:
-            pool = np.concatenate([held, cnn.embed(model, un_x)])
-            labels = np.r_[test_s, un_s]
-            queries = np.r_[np.zeros(len(test_s), bool), np.ones(len(un_s), bool)]
-            result["unseen_style"]["chance"] = chance(labels, queries)
-            result["unseen_style"][name] = retrieval_metrics(pool, labels, k, candidates=queries)[f"precision@{k}"]
+        for facet, value in scores(model, held, unseen, k).items():
+            if facet in result:
+                result[facet][name] = value
     s = result["style"]
     halfway = (s["chance"] + s["style_supervised"]) / 2
     result["gate"] = {"ceiling_needed": CEILING, "ceiling_met": s["style_supervised"] >= CEILING,
@@ -119,7 +144,7 @@ def run(argv) -> None:
           f"(needed >= {CEILING}), pixels {s['pixels']:.3f}, random-init {s['random']:.3f} "
           f"(needed <= halfway {halfway:.3f}); style-supervised from scratch {s['style_supervised_scratch']:.3f}, "
           f"frozen ImageNet {s['imagenet']:.3f}")
-    if unseen:
+    if unseen is not None:
         u = result["unseen_style"]
         print(f"unseen style P@{k}: chance {u['chance']:.3f}, " + ", ".join(
             f"{name} {u[name]:.3f}" for name in nets))
