@@ -7,6 +7,7 @@ import time
 from typing import Dict, List
 
 import numpy as np
+from tabulate import tabulate
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -59,12 +60,23 @@ def save(name: str, result: Dict) -> str:
     return path
 
 
-def table(rows: List[Dict], columns: List[str]) -> str:
-    widths = [max([len(c)] + [len(_fmt(r.get(c))) for r in rows]) for c in columns]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    for r in rows:
-        lines.append("  ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(columns, widths)))
-    return "\n".join(lines)
+def save_trial(name: str, what: str, result: Dict, same: List[str]) -> str:
+    """Adds `result` to the trials of bench/results/<name>.json, replacing a trial that agrees with
+    it on every key of `same` (a rerun of the same choice)."""
+    path = os.path.join(RESULTS, f"{name}.json")
+    trials = []
+    if os.path.exists(path):
+        with open(path) as f:
+            trials = json.load(f).get("trials", [])
+    trials = [t for t in trials if any(t.get(key) != result.get(key) for key in same)] + [result]
+    return save(name, {"what": what, "trials": trials})
+
+
+def table(rows: List[Dict], columns: List[str], fmt: str = "simple") -> str:
+    """Rows (dicts) as a text table of `columns` (tabulate's format: "simple" for the console,
+    "github" for the docs); floats to 4 significant digits."""
+    return tabulate([[_fmt(r.get(c)) for c in columns] for r in rows], headers=columns, tablefmt=fmt,
+                    disable_numparse=True)
 
 
 def _fmt(v) -> str:

