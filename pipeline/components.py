@@ -318,12 +318,15 @@ def in_id_order(data):
 
 
 def _train_collaborative(mode, data: _TrainingSet, cfg, task: str = "CNN"):
+    """-> (the net that gives the collaborative features, as cnn.retrieval says, the losses)."""
     from collabfeat.trainer import cnn
 
     if mode == "regression":
-        return cnn.train_regression(data.factors(), cfg.cnn, task=f"{task} regression")
-    return cnn.train_classifier(data.pseudo_classes(cfg.cnn.clusters, cfg.cnn.seed), cfg.cnn.clusters, cfg.cnn,
-                                task=f"{task} pseudo-classes")
+        net, losses = cnn.train_regression(data.factors(), cfg.cnn, task=f"{task} regression")
+    else:
+        net, losses = cnn.train_classifier(data.pseudo_classes(cfg.cnn.clusters, cfg.cnn.seed), cfg.cnn.clusters,
+                                           cfg.cnn, task=f"{task} pseudo-classes")
+    return cnn.retrieval(net, cfg.cnn.retrieval), losses
 
 
 @tfx.dsl.components.component
@@ -367,9 +370,12 @@ def FeatureTrainer(images: InputArtifact[Examples], model: OutputArtifact[Model]
     if kind in ("regression", "pseudo_class"):
         net, losses = _train_collaborative(kind, data, cfg, task="baseline")
     elif kind == "imagenet_regression":
-        tune = config_lib.Settings(**{**vars(cfg.cnn), "learning_rate": cfg.cnn.learning_rate / 4})
-        net, losses = cnn.train_regression(data.factors(), tune, cfg.eval.finetune_epochs, task="baseline imagenet_regression",
-                                           net=imagenet.regression_backbone(size, cfg.eval.finetune_size, cfg.cnn.embedding_dim))
+        tune = cfg.finetune
+        net = imagenet.regression_backbone(size, tune.size, cfg.cnn.embedding_dim)
+        teacher = imagenet.backbone(size, tune.size) if tune.distill else None
+        net, losses = cnn.finetune_regression(data.factors(), cfg.cnn, tune, net, net.get_layer(imagenet.NETWORK),
+                                              teacher, task="baseline imagenet_regression")
+        net = cnn.retrieval(net, cfg.cnn.retrieval)
     elif kind in ("supervised", "style_supervised"):
         if data.labelled < 2:
             why = f"the catalogue has {data.labelled} images with a {facet}: a classifier needs at least 2"
@@ -401,6 +407,14 @@ def feature_models(**models) -> Dict[str, str]:
     from collabfeat.serving import export
     return {kind: export.model_dir(m.uri) for kind, m in models.items()
             if m is not None and (not m.has_custom_property("trained") or m.get_int_custom_property("trained"))}
+
+
+def served_features(blessing, models: Dict[str, str], trained: str) -> str:
+    """The feature set the Evaluator chose to serve (eval.serve), which must be one of `models`."""
+    served = blessing.get_string_custom_property("served") or trained
+    if served not in models:
+        raise ValueError(f"the Evaluator chose {served!r} to serve, but this component was given {sorted(models)}")
+    return served
 
 
 def evaluation_split(images) -> str:
@@ -521,7 +535,7 @@ def Evaluator(images: InputArtifact[Examples], model: InputArtifact[Model],
     it beats random-init and pixels by eval.bless_margin."""
     import numpy as np
     from collabfeat.serving import export
-    from collabfeat.trainer.evaluate import bless, chance, describe, overall, targets
+    from collabfeat.trainer.evaluate import COLLABORATIVE, bless, chance, choose, describe, overall, targets
 
     cfg = config_lib.settings(settings_json)
     split = evaluation_split(images)
@@ -532,9 +546,9 @@ def Evaluator(images: InputArtifact[Examples], model: InputArtifact[Model],
     n_min = min(int((f.values >= 0).sum()) for f in facets.values())
     k, queries, seed = min(cfg.eval.k, n_min - 1), cfg.eval.max_queries, cfg.cnn.seed
     key = f"precision@{k}"
-    served = cfg.cnn.mode
+    trained = cfg.cnn.mode
     tables = {name: {} for name in facets}
-    models = {served: export.model_dir(model.uri), **feature_models(
+    models = {trained: export.model_dir(model.uri), **feature_models(
         regression=regression, pseudo_class=pseudo_class, imagenet_regression=imagenet_regression,
         supervised=supervised, style_supervised=style_supervised, imagenet=imagenet, rotation=rotation, random=random, pixels=pixels)}
     split_ids = {sp: list(id_order(images.uri, sp)[0]) for sp in splits}
@@ -547,7 +561,9 @@ def Evaluator(images: InputArtifact[Examples], model: InputArtifact[Model],
             tables[facet][name] = score_facet(feats, f, k, queries, seed)
             gallery.setdefault(facet, {}).update(neighbours(feats, f, split_ids, name, seed))
     table = tables["category"]
-    blessed, beats = bless(overall(tables, cfg.eval.bless_on), served, key, cfg.eval.bless_margin)
+    measure = overall(tables, cfg.eval.bless_on)
+    served = choose(measure, key, cfg.eval.serve, trained)
+    blessed, beats = bless(measure, served, key, cfg.eval.bless_margin)
     facet_report = {}
     for facet, f in facets.items():
         have = f.values >= 0
@@ -556,10 +572,11 @@ def Evaluator(images: InputArtifact[Examples], model: InputArtifact[Model],
                                "queries": int(len(v) if f.queries is None else f.queries[have].sum()),
                                "chance": chance(v, None if f.queries is None else f.queries[have]),
                                "table": tables[facet]}
-    checks = targets(facet_report, key)
+    checks = targets(facet_report, key, [served])
     n_test = facet_report["category"]["images"]
     bless_on = describe({f: r["images"] for f, r in facet_report.items()}, cfg.eval.bless_on)
-    write_report(evaluation.uri, {"split": split, "images": n_test, "served": served,
+    write_report(evaluation.uri, {"split": split, "images": n_test, "served": served, "serve": cfg.eval.serve,
+                                  "candidates": {n: measure[n][key] for n in measure if n in COLLABORATIVE or n == trained},
                                   "queries": min(n_test, queries or n_test), "queries_bound": queries,
                                   "metric": key, "table": table, "margins": beats, "blessed": blessed,
                                   "bless_on": bless_on, "bless_margin": cfg.eval.bless_margin,
@@ -571,6 +588,7 @@ def Evaluator(images: InputArtifact[Examples], model: InputArtifact[Model],
                    **{f"{facet}_{name}_{m}": float(v) for facet, f in facet_report.items()
                       for name, t in f["table"].items() for m, v in t.items() if m in (key, "mAP")})
     blessing.set_int_custom_property("blessed", int(blessed))
+    blessing.set_string_custom_property("served", served)      # the Indexer and the Pusher serve these features
     if not blessed:
         progress.warn(f"Evaluator: not blessed, so not pushed: {served}'s {key} margins {beats} on {bless_on} "
                       f"are below eval.bless_margin {cfg.eval.bless_margin}")
@@ -584,15 +602,17 @@ class ScannIndex(tfx.dsl.Artifact):
 
 
 @tfx.dsl.components.component
-def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
+def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model], blessing: InputArtifact[ModelBlessing],
             index: OutputArtifact[ScannIndex], settings_json: Parameter[str], code: Parameter[str],
             regression: FeatureModel = None, pseudo_class: FeatureModel = None,
             imagenet_regression: FeatureModel = None, supervised: FeatureModel = None,
             style_supervised: FeatureModel = None, imagenet: FeatureModel = None, rotation: FeatureModel = None,
             random: FeatureModel = None, pixels: FeatureModel = None) -> None:
-    """Embeds the whole catalogue through the served feature model and builds a ScaNN index;
-    reports recall@k against exact search. Also writes a 2-D map of the catalogue and, for the
-    explorer, the catalogue's embeddings under every other feature model given, with the model."""
+    """Embeds the whole catalogue through the served feature model (the Evaluator's choice, on
+    `blessing`: the CNNTrainer's `model` or another collaborative feature model) and builds a
+    ScaNN index; reports recall@k against exact search. Also writes a 2-D map of the catalogue
+    and, for the explorer, the catalogue's embeddings under every other feature model given, with
+    the model."""
     import time
     import numpy as np
     from collabfeat import topk
@@ -602,8 +622,13 @@ def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
     cfg = config_lib.settings(settings_json)
     ids = list(read_labels(images.uri, "catalogue"))
     batches = -(-len(ids) // EMBED_BATCH)
+    models = {cfg.cnn.mode: export.model_dir(model.uri), **feature_models(
+        regression=regression, pseudo_class=pseudo_class, imagenet_regression=imagenet_regression,
+        supervised=supervised, style_supervised=style_supervised, imagenet=imagenet, rotation=rotation, random=random,
+        pixels=pixels)}
+    served = served_features(blessing, models, cfg.cnn.mode)
 
-    emb = export.embed(export.model_dir(model.uri), _split_bytes(images.uri, "catalogue"),
+    emb = export.embed(models[served], _split_bytes(images.uri, "catalogue"),
                        task="embedding the catalogue", total=batches)
     if len(emb) != len(ids):
         raise RuntimeError(f"the catalogue changed while it was read: {len(ids)} ids, {len(emb)} images")
@@ -619,17 +644,15 @@ def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
     queries = emb[measured]
     k = min(cfg.index.num_neighbors, len(emb))
     recall = scann_index.recall_against_exact(searcher, emb, queries, k, settings)
-    scann_index.save(searcher, settings, ids, emb, index.uri)
+    scann_index.save(searcher, settings, ids, emb, index.uri, served)
     scann_index.write_map(emb, index.uri, sample=cfg.index.map_sample)
-    sets = [cfg.cnn.mode]
-    others = feature_models(regression=regression, pseudo_class=pseudo_class, imagenet_regression=imagenet_regression,
-                            supervised=supervised, style_supervised=style_supervised, imagenet=imagenet, rotation=rotation, random=random, pixels=pixels)
-    for name, path in sorted(others.items()):
+    sets = [served]
+    for name, path in sorted((n, p) for n, p in models.items() if n != served):
         # batch by batch: the rows go to disk as they come (raw pixels are 3,072 floats an image)
         scann_index.write_feature_set(index.uri, name, export.embed_batches(
             path, _split_bytes(images.uri, "catalogue"), task=f"embedding the catalogue: {name}", total=batches), path)
         sets.append(name)
-    write_report(index.uri, {"items": len(ids), "dim": int(emb.shape[1]), f"recall@{k}": recall,
+    write_report(index.uri, {"served": served, "items": len(ids), "dim": int(emb.shape[1]), f"recall@{k}": recall,
                              "recall_queries": len(queries), "map_sample": min(len(ids), cfg.index.map_sample),
                              "build_seconds": built, "required_recall": cfg.index.min_recall,
                              "tuning_queries": len(tuning), "settings": settings, "feature_sets": sets})
@@ -642,8 +665,11 @@ def Indexer(images: InputArtifact[Examples], model: InputArtifact[Model],
 @tfx.dsl.components.component
 def Pusher(model: InputArtifact[Model], index: InputArtifact[ScannIndex], blessing: InputArtifact[ModelBlessing],
            images: InputArtifact[Examples], pushed_model: OutputArtifact[PushedModel],
-           settings_json: Parameter[str], code: Parameter[str]) -> None:
-    """A blessed model -> <push_dir>/<name>/<version>/: the serving SavedModel, and in
+           settings_json: Parameter[str], code: Parameter[str],
+           regression: FeatureModel = None, pseudo_class: FeatureModel = None,
+           imagenet_regression: FeatureModel = None) -> None:
+    """A blessed model (the collaborative features the Evaluator chose: the CNNTrainer's `model`,
+    or one of the other collaborative feature models) -> <push_dir>/<name>/<version>/: the serving SavedModel, and in
     assets.extra/ the ScaNN index and item-id table of the same version (serving/push.py).
     Pushed only if, on the Evaluator's held-out images, it retrieves at least as well as the
     version being served (eval.served_margin): a worse model never replaces a better one."""
@@ -662,7 +688,10 @@ def Pusher(model: InputArtifact[Model], index: InputArtifact[ScannIndex], blessi
         stored = split_images(images.uri, sp)
         blobs[sp] = [stored[i] for i in id_order(images.uri, sp)[1]]     # in the Evaluator's order
     from collabfeat.serving import export
-    result = push.push(export.model_dir(model.uri), index.uri, cfg, heldout={
+    models = {cfg.cnn.mode: export.model_dir(model.uri), **feature_models(
+        regression=regression, pseudo_class=pseudo_class, imagenet_regression=imagenet_regression)}
+    served = served_features(blessing, models, cfg.cnn.mode)
+    result = push.push(models[served], index.uri, cfg, heldout={
         name: push.Heldout(sum((blobs[sp] for sp in f.splits), []), f.values, f.queries) for name, f in facets.items()})
     compared = result["compared"] or {}
     pushed_model.set_int_custom_property("pushed", int(result["pushed"]))
@@ -675,4 +704,4 @@ def Pusher(model: InputArtifact[Model], index: InputArtifact[ScannIndex], blessi
         record_figures(pushed_model, served_version=compared["served_version"],
                        **{f"{who}_{compared['metric']}": compared[who][compared["metric"]]
                           for who in ("candidate", "served")})
-    write_report(pushed_model.uri, {**result, "split": split})
+    write_report(pushed_model.uri, {**result, "split": split, "served": served})

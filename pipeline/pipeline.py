@@ -218,9 +218,13 @@ def create_pipeline(cfg: Config, logs: str, pipeline_root: str, metadata_path: O
             features[kind] = trainer.outputs["model"]
             parts.append(trainer)
         evaluator = c.Evaluator(images=images, model=cnn.outputs["model"], **features, **params("Evaluator"))
-        indexer = c.Indexer(images=images, model=cnn.outputs["model"], **features, **params("Indexer"))
+        # The Evaluator chooses the collaborative features to serve (eval.serve); the Indexer and the
+        # Pusher read its choice on the blessing and serve those.
+        indexer = c.Indexer(images=images, model=cnn.outputs["model"], blessing=evaluator.outputs["blessing"],
+                            **features, **params("Indexer"))
         pusher = c.Pusher(model=cnn.outputs["model"], index=indexer.outputs["index"],
                           blessing=evaluator.outputs["blessing"], images=images,
+                          **{kind: m for kind, m in features.items() if kind in TRAINED_ON_FACTORS},
                           **params("Pusher"))
         parts += [evaluator, indexer, pusher]
 

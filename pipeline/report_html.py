@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import html
 import itertools
+import json
 import os
 from typing import Dict, List, Optional
 
@@ -146,7 +147,9 @@ def _curves(report: Dict, uri: str):
     from collabfeat import topk
 
     served = np.load(os.path.join(uri, "embeddings.npy"), mmap_mode="r")
-    sets = {f"{report.get('cnn', {}).get('mode', 'served')} (served)": served}
+    with open(os.path.join(uri, "index.json")) as f:
+        name = json.load(f).get("served", "served")
+    sets = {f"{name} (served)": served}
     for path in sorted(glob.glob(os.path.join(uri, "features", "*", "embeddings.npy"))):
         sets[os.path.basename(os.path.dirname(path))] = np.load(path, mmap_mode="r")
     rows = topk.sample(len(served), QUERIES, 0)
@@ -186,8 +189,14 @@ def _quality(report: Dict) -> str:
         f"<li class={'met' if c['met'] else 'missed'}>{'met' if c['met'] else 'MISSED'}: {html.escape(c['target'])} "
         f"({', '.join(f'{k} {v:.3f}' for k, v in c['values'])}{'; needed %.3f' % c['needed'] if 'needed' in c else ''})"
         f"</li>" for c in checks)
+    chosen = ""
+    if len(e.get("candidates", {})) > 1:
+        said = ", ".join(f"{html.escape(FEATURE_NAMES[n])} {v:.3f}" for n, v in e["candidates"].items())
+        how = "the best" if e.get("serve", "best") == "best" else f"eval.serve {html.escape(repr(e['serve']))}"
+        chosen = (f"<p>Served: <b>{html.escape(FEATURE_NAMES[e['served']])}</b>, {how} of the collaborative features "
+                  f"on {m} over {html.escape(e.get('bless_on', 'the facets'))} ({said}).</p>")
     return (f"<section><h2>Quality: {m} / mAP on each facet</h2><table class=quality><tr><th>features</th>{head}"
-            f"</tr>{body}</table><h3>Targets: {sum(c['met'] for c in checks)} of {len(checks)} met</h3>"
+            f"</tr>{body}</table>{chosen}<h3>Targets: {sum(c['met'] for c in checks)} of {len(checks)} met</h3>"
             f"<ul>{items}</ul></section>")
 
 

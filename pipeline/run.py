@@ -189,6 +189,11 @@ def _evaluation(e: Dict) -> List[str]:
             values = ", ".join(f"{k} {v:.3f}" for k, v in c["values"])
             needed = f"; needed {c['needed']:.3f}" if "needed" in c else ""
             out.append(f"    {'met   ' if c['met'] else 'MISSED'} {c['target']} ({values}{needed})")
+    if len(e.get("candidates", {})) > 1:
+        said = ", ".join(f"{FEATURE_NAMES[n]} {v:.3f}" for n, v in e["candidates"].items())
+        how = "the best" if e.get("serve", "best") == "best" else f"eval.serve {e['serve']!r}"
+        out.append(f"served: {FEATURE_NAMES[e['served']]}, {how} of the collaborative features on {m} over "
+                   f"{e.get('bless_on', 'the facets')} ({said})")
     if "bless_on" in e:
         margins = ", ".join(f"{k} {v:+.3f}" for k, v in e["margins"].items())
         out.append(f"blessing ({m} on {e['bless_on']}): {e['served']}'s margins over {margins}, "

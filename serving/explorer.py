@@ -21,11 +21,11 @@ import logging
 import os
 import threading
 import urllib.parse
-from collections import OrderedDict
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, Optional
 
+import cachetools
 import numpy as np
 
 from collabfeat import images as images_lib
@@ -50,21 +50,24 @@ def _static_files() -> Dict[str, str]:
     return files
 
 
-class LRU(OrderedDict):
+class LRU:
+    """A thread-safe least-recently-used cache of `size` entries (cachetools' LRUCache under a lock)."""
+
     def __init__(self, size: int):
-        super().__init__()
-        self.size, self.lock = size, threading.Lock()
+        self.cache, self.lock = cachetools.LRUCache(maxsize=size), threading.Lock()
+
+    def get(self, key):
+        with self.lock:
+            return self.cache.get(key)
 
     def get_or(self, key, make):
+        """The cached value of `key`, or make() (outside the lock), cached."""
         with self.lock:
-            if key in self:
-                self.move_to_end(key)
-                return self[key]
+            if key in self.cache:
+                return self.cache[key]
         value = make()
         with self.lock:
-            self[key] = value
-            while len(self) > self.size:
-                self.popitem(last=False)
+            self.cache[key] = value
         return value
 
 
@@ -77,7 +80,7 @@ class Catalogue:
                                int(os.path.basename(version_path)), version_path, cfg).load()
         extra = os.path.join(version_path, EXTRA)
         self.run_cfg = self.version.run_cfg
-        self.served = self.run_cfg["cnn"]["mode"]
+        self.served = self.version.index["meta"].get("served", self.run_cfg["cnn"]["mode"])
         self.ids = list(self.version.index["item_ids"])
         self.row = self.version.row
         self.sets: Dict[str, Dict] = {self.served: {"embeddings": self.version.index["embeddings"], "net": None}}
@@ -164,8 +167,7 @@ class Catalogue:
             if key not in self.row:
                 raise LookupError(f"item {key!r} is not in the catalogue")
             return self.sets[feature_set]["embeddings"][self.row[key]]
-        with self.uploads.lock:
-            vec = self.uploads.get((feature_set, key))
+        vec = self.uploads.get((feature_set, key))
         if vec is None:
             raise LookupError(f"upload {key!r} is unknown or expired: upload it again")
         return vec

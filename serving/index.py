@@ -153,8 +153,10 @@ def search(idx: Dict, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarr
                                           leaves_to_search=meta.get("leaves_to_search"))
 
 
-def save(searcher, settings: Dict, item_ids: List[str], embeddings: np.ndarray, directory: str) -> None:
-    """The searcher, the settings it is searched with (`choose`), the embeddings and the item ids.
+def save(searcher, settings: Dict, item_ids: List[str], embeddings: np.ndarray, directory: str,
+         served: str = "") -> None:
+    """The searcher, the settings it is searched with (`choose`), the embeddings, the item ids and
+    the name of the feature set they are (`served`: config.FEATURE_SETS).
     `directory`: a local path or a URI (ScaNN writes local files: through a local copy)."""
     with storage.local_dir(directory) as local:
         os.makedirs(os.path.join(local, "scann"), exist_ok=True)
@@ -162,7 +164,7 @@ def save(searcher, settings: Dict, item_ids: List[str], embeddings: np.ndarray, 
         searcher.serialize(os.path.join(local, "scann"), relative_path=True)
         meta = {key: settings[key] for key in ("kind", "leaves", "leaves_to_search", "reorder") if key in settings}
         with open(os.path.join(local, "index.json"), "w") as f:
-            json.dump({**meta, "items": len(item_ids)}, f)
+            json.dump({**meta, "items": len(item_ids), **({"served": served} if served else {})}, f)
         np.save(os.path.join(local, "embeddings.npy"), embeddings.astype(np.float32))
         with open(os.path.join(local, "item_ids.txt"), "w") as f:
             f.write("\n".join(item_ids) + "\n")

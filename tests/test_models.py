@@ -296,6 +296,64 @@ def test_the_blessing_measure_is_the_mean_over_the_facets_or_one_of_them():
     assert describe({"category": 2000, "style": 2000}, "style") == "style, 2000 images"
 
 
+def test_the_served_features_are_the_best_collaborative_ones_or_the_named_ones():
+    from collabfeat.trainer.evaluate import choose
+    table = {"regression": {"p": 0.60}, "imagenet_regression": {"p": 0.64}, "supervised": {"p": 0.9},
+             "random": {"p": 0.5}}
+    assert choose(table, "p", "best", "regression") == "imagenet_regression"     # never a baseline, however good
+    assert choose({**table, "imagenet_regression": {"p": 0.60}}, "p", "best", "regression") == "regression"  # a tie
+    assert choose({k: v for k, v in table.items() if k != "imagenet_regression"}, "p", "best", "regression") == "regression"
+    assert choose(table, "p", "regression", "regression") == "regression"
+    with pytest.raises(ValueError, match="eval.serve is 'pseudo_class'.*'imagenet_regression'"):
+        choose(table, "p", "pseudo_class", "regression")
+
+
+def test_fine_tuning_settles_the_head_on_the_frozen_network_then_trains_all_and_distillation_holds_it():
+    """finetune_regression on a small "pretrained" network: the warm-up changes only the new
+    layers; the fine-tuning then moves the pretrained ones too; with a heavy distillation weight,
+    the pooled features stay closer to the frozen teacher's than without it."""
+    from collabfeat.config import FinetuneConfig
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (128, 16, 16, 3), dtype=np.uint8)
+    y = rng.normal(size=(128, 6)).astype(np.float32)
+    cfg = CNNConfig(image_size=16, widths=[8, 16], embedding_dim=8, batch_size=32, shuffle_buffer=128, augment=False)
+
+    def build():
+        tf.keras.utils.set_random_seed(1)
+        pre = cnn.pooled(cnn.backbone(cfg))            # the "pretrained" network: image -> pooled features,
+        cnn.recalibrate(pre, tf.data.Dataset.from_tensor_slices(x), 32)   # its statistics those of these images
+        inputs = tf.keras.Input((16, 16, 3))
+        net = tf.keras.Model(inputs, tf.keras.layers.Dense(8, name=cnn.EMBEDDING)(pre(inputs)))
+        return net, pre
+
+    def train(tune, teacher=False):
+        net, pre = build()
+        before = [w.copy() for w in pre.get_weights()]
+        head = net.get_layer(cnn.EMBEDDING).get_weights()[0].copy()
+        t = None
+        if teacher:
+            t = build()[1]
+            t.set_weights(before)
+        net, losses = cnn.finetune_regression(cnn.pairs(x, y), cfg, tune, net, pre, t)
+        if t is not None:         # the teacher stays frozen
+            assert all(np.array_equal(a, b) for a, b in zip(t.get_weights(), before))
+        moved = max(float(np.abs(a - b).max()) for a, b in zip(pre.get_weights(), before)
+                    if a.shape == b.shape and a.dtype.kind == "f" and a.ndim > 1)   # kernels, not BN statistics
+        assert not np.array_equal(net.get_layer(cnn.EMBEDDING).get_weights()[0], head)
+        frozen = build()[1]
+        frozen.set_weights(before)
+        agree = np.mean(np.sum(cnn.unit(cnn.pooled(net).predict(x, verbose=0)) * cnn.unit(frozen.predict(x, verbose=0)), 1))
+        return losses, moved, agree
+
+    losses, moved, _ = train(FinetuneConfig(warmup_epochs=2, epochs=0, head_learning_rate=1e-2))
+    assert len(losses) == 2 and moved == 0.0
+    losses, moved, free = train(FinetuneConfig(warmup_epochs=1, epochs=4, learning_rate=1e-2, head_learning_rate=1e-2))
+    assert len(losses) == 5 and moved > 1e-3
+    _, _, held = train(FinetuneConfig(warmup_epochs=1, epochs=4, learning_rate=1e-2, head_learning_rate=1e-2,
+                                      distill=50.0), teacher=True)
+    assert held > free + 0.01, (held, free)
+
+
 def test_blessing_needs_a_margin_over_random_and_pixels():
     from collabfeat.trainer.evaluate import bless
     table = {"regression": {"p": 0.75}, "random": {"p": 0.70}, "pixels": {"p": 0.72}, "supervised": {"p": 0.9}}
@@ -463,7 +521,7 @@ def test_a_feature_trainer_makes_a_feature_model_or_says_why_not(tmp_path):
         model.uri = str(tmp_path / kind)
         os.makedirs(model.uri)
         cfg = config_lib.load(overrides=["cnn.image_size=28", "cnn.widths=[8]", "cnn.embedding_dim=8",
-                                         "eval.baseline_epochs=1", "eval.finetune_size=32", "eval.finetune_epochs=1"])
+                                         "eval.baseline_epochs=1", "finetune.size=32", "finetune.epochs=1", "finetune.warmup_epochs=0"])
         train(images=images, model=model, kind=kind, code="",
               settings_json=config_lib.settings_for(cfg, config_lib.feature_node(kind)), **inputs)
         return model, json.load(open(os.path.join(model.uri, "report.json")))
@@ -493,7 +551,8 @@ def test_a_feature_trainer_makes_a_feature_model_or_says_why_not(tmp_path):
     mf.save(mf.Factors(np.zeros((1, 8), np.float32), targets, []), ["u"], ids, os.path.join(mf_model.uri, "factors.npz"))
     model, report = run("imagenet_regression", mf_model=mf_model)
     assert report["trained"] and len(report["losses"]) == 1 and report["images"] == 40
-    assert export.embed(export.model_dir(model.uri), [blobs]).shape == (40, 8)
+    # its features: EfficientNet-Lite0's pooled 1280 (cnn.retrieval "pooled"), not the 8-d projection
+    assert export.embed(export.model_dir(model.uri), [blobs]).shape == (40, 1280)
 
 
 def test_the_same_seed_and_data_train_the_same_cnn_twice():

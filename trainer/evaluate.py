@@ -6,7 +6,7 @@ product.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -78,16 +78,16 @@ def in_order(facets: Dict[str, Dict]) -> Dict[str, Dict]:
     return {name: facets[name] for name in sorted(facets, key=lambda f: (FACETS + (f,)).index(f))}
 
 
-def targets(facets: Dict[str, Dict], metric: str) -> List[Dict]:
+def targets(facets: Dict[str, Dict], metric: str, rows: Sequence[str] = COLLABORATIVE) -> List[Dict]:
     """The paper's claim as checks on the facet tables ({facet: {"table": {features: metrics}}}),
-    for each collaborative row (TARGETS): on style it beats ImageNet and category-supervised
+    for each of `rows` (the Evaluator: the served features) that is there (TARGETS): on style it beats ImageNet and category-supervised
     features by 0.05 and random-init and pixels by 0.10; on an unseen style it is at least level
     with ImageNet, random-init and pixels; on category it beats random-init and pixels by 0.05 and
     reaches 0.8 x ImageNet; on the transfer categories it is at least level with random-init and
     pixels. -> [{"target", "met", "values": [[row, value], ...], "needed"}]; a check whose rows
     are missing is left out."""
     out = []
-    for row in (r for r in COLLABORATIVE if any(r in f["table"] for f in facets.values())):
+    for row in (r for r in rows if any(r in f["table"] for f in facets.values())):
         for facet, checks in TARGETS.items():
             t = facets.get(facet, {}).get("table", {})
             if row not in t:
@@ -115,6 +115,18 @@ def overall(tables: Dict[str, Dict[str, Dict[str, float]]], on: str = "mean") ->
     names = set.intersection(*(set(t) for t in tables.values())) if tables else set()
     return {n: {m: float(np.mean([t[n][m] for t in tables.values()])) for m in next(iter(tables.values()))[n]}
             for n in sorted(names)}
+
+
+def choose(table: Dict[str, Dict[str, float]], metric: str, serve: str, trained: str) -> str:
+    """The collaborative feature set to serve (eval.serve): the one named, or with "best" the
+    collaborative row of `table` (overall()) with the highest `metric`; `trained` (the CNNTrainer's,
+    always there) wins ties and is served when no other collaborative row is in the table."""
+    if serve != "best":
+        if serve not in table:
+            raise ValueError(f"eval.serve is {serve!r}, but the evaluation has the feature sets {sorted(table)}")
+        return serve
+    rows = [trained] + [r for r in COLLABORATIVE if r != trained and r in table]
+    return max(rows, key=lambda r: (table[r][metric], r == trained))
 
 
 def describe(images: Dict[str, int], on: str = "mean") -> str:
