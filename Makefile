@@ -5,4 +5,4 @@ demo test env lock shell bench:
 	./run $@
 
 clean-runs:
-	rm -rf runs serving/models
+	rm -rf runs

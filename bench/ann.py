@@ -7,7 +7,7 @@ queries/s of one thread answering the queries (batched) and its recall@10 agains
 q/s at recall 0.90 / 0.95 / 0.99 is read off each method's frontier (its best q/s at each recall),
 interpolated linearly between the frontier points on either side.
 
-Data sets: the newest pushed catalogue (serving/models/<name>/<v>/assets.extra/embeddings.npy,
+Data sets: the newest pushed catalogue (<serving.push_dir>/<name>/<v>/assets.extra/embeddings.npy,
 present after `./run demo`), `--embeddings FILE.npy` (e.g. a large run's catalogue embeddings), and a
 synthetic clustered set of N x 64 unit vectors (default 1M).
 
@@ -192,7 +192,7 @@ def run(argv: Optional[List[str]] = None, cfg=None) -> dict:
     p.add_argument("--embeddings", default="", help="a .npy file of embeddings to add as a data set")
     p.add_argument("--queries", type=int, default=1000)
     args = p.parse_args(argv or [])
-    cfg = cfg or config_lib.Config()
+    cfg = cfg or config_lib.load()
     sets = []
     cat = newest_catalogue(cfg)
     if cat:

@@ -79,3 +79,25 @@ def test_scale_compares_the_engines_per_component_at_the_same_size():
     assert rows == [{"size": "x4", "component": "LogTransform", "n": 1000, "n/s direct": 200.0,
                      "n/s portable": 150.0, "portable / direct": 0.75, "peak_rss_mb direct": 10,
                      "peak_rss_mb portable": 10}]
+
+
+def test_quality_over_seeds_takes_means_and_ranges_and_checks_margins_against_the_range():
+    """bench quality --seeds' summary on three hand-made runs: means and ranges per cell, a target
+    on the means, and whether each margin exceeds the seeds' range of both values."""
+    from bench.quality import over_seeds
+
+    def run(collab, random, pixels):
+        table = {"regression": {"precision@10": collab}, "random": {"precision@10": random},
+                 "pixels": {"precision@10": pixels}}
+        return {"metric": "precision@10", "served": "regression",
+                "facets": {"transfer": {"table": table, "chance": 0.1}}}
+
+    s = over_seeds([run(0.30, 0.20, 0.29), run(0.34, 0.22, 0.27), run(0.32, 0.21, 0.31)])
+    cell = s["facets"]["transfer"]["table"]["served"]
+    assert cell == pytest.approx({"precision@10": 0.32, "min": 0.30, "max": 0.34, "range": 0.04})
+    by = {c["target"]: c for c in s["targets"]}
+    # random: margin 0.32 - 0.21 = 0.11 > max(0.04, 0.02); pixels: 0.32 - 0.29 = 0.03 < 0.04 (pixels' range)
+    assert by["transfer: served >= random"]["met"] and by["transfer: served >= random"]["exceeds_range"]
+    assert by["transfer: served >= pixels"]["met"] and not by["transfer: served >= pixels"]["exceeds_range"]
+    assert by["transfer: served >= pixels"]["margin"] == pytest.approx(0.03)
+    assert (s["targets_met"], s["targets_beyond_range"]) == (2, 1)

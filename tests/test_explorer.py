@@ -1,5 +1,5 @@
 """The explorer page in a real headless Chromium (Debian's), driven by Playwright, against the
-real explorer server over a real pushed version. Screenshots land in tests/screenshots/."""
+real explorer server over a real pushed version. Screenshots land under pytest's temporary directory."""
 import http.client
 import io
 import json
@@ -15,7 +15,6 @@ from PIL import Image
 
 from tests.serving_fixtures import catalogue, push_version
 
-SHOTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "screenshots")
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -108,9 +107,14 @@ def test_the_version_links_to_the_report_of_the_run_that_pushed_it(explorer):
     assert code == 200 and ctype.startswith("text/html") and body.decode() == REPORT
 
 
-def test_browse_query_brush_upload_compare_and_switch(explorer):
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    """Where the browser tests' screenshots go (under pytest's temporary directory, never the checkout)."""
+    return str(tmp_path_factory.mktemp("screenshots"))
+
+
+def test_browse_query_brush_upload_compare_and_switch(explorer, shots):
     from playwright.sync_api import sync_playwright
-    os.makedirs(SHOTS, exist_ok=True)
     u = explorer["url"]
     with sync_playwright() as pw:
         browser, page, errors = open_page(pw, u, 1500, 1100)
@@ -118,7 +122,7 @@ def test_browse_query_brush_upload_compare_and_switch(explorer):
         assert thumbs.count() == 48                                   # one page, not the catalogue
         assert page.locator("#report").is_visible() and page.locator("#report").get_attribute("href") == "/report"
         page.wait_for_function("[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)")
-        page.screenshot(path=os.path.join(SHOTS, "1-browse.png"))
+        page.screenshot(path=os.path.join(shots, "1-browse.png"))
 
         # Click a thumbnail: a row with the server's neighbours and a curve.
         first = thumbs.nth(5).get_attribute("data-id")
@@ -128,14 +132,14 @@ def test_browse_query_brush_upload_compare_and_switch(explorer):
         strip = page.locator(".row").first.locator(".strip img")
         assert [strip.nth(i).get_attribute("data-id") for i in range(12)] == [n["id"] for n in api["neighbours"][:12]]
         assert page.locator(".row .curve .scatterlayer .trace").count() >= 1
-        page.screenshot(path=os.path.join(SHOTS, "2-query.png"))
+        page.screenshot(path=os.path.join(shots, "2-query.png"))
 
         # Brush: move the ranking window; the strip shows ranks 21..32.
         page.evaluate("""() => { const q = window.explorerState.queries[0];
                                  Plotly.relayout(q.curve, {'xaxis.range': [21, 60]}); }""")
         page.wait_for_function("window.explorerState.queries[0].start === 20")
         assert strip.nth(0).get_attribute("data-id") == api["neighbours"][20]["id"]
-        page.screenshot(path=os.path.join(SHOTS, "3-brush.png"))
+        page.screenshot(path=os.path.join(shots, "3-brush.png"))
 
         # Click a retrieved image: it becomes the next query.
         second = strip.nth(1).get_attribute("data-id")
@@ -150,7 +154,7 @@ def test_browse_query_brush_upload_compare_and_switch(explorer):
         page.set_input_files("#upload", str(png))
         page.wait_for_function("window.explorerState.queries.length === 3")
         assert page.evaluate("window.explorerState.queries[2].spec.source") == "upload"
-        page.screenshot(path=os.path.join(SHOTS, "4-upload.png"))
+        page.screenshot(path=os.path.join(shots, "4-upload.png"))
 
         # Compare: the summary overlays the three curves; hovering a thumbnail marks it on each.
         curves = "document.getElementById('summary').data.filter(t => t.mode === 'lines').length"
@@ -166,19 +170,19 @@ def test_browse_query_brush_upload_compare_and_switch(explorer):
         assert page.evaluate(curves) == 3
         marks = page.evaluate("document.getElementById('summary').data.filter(t => t.mode !== 'lines')")
         assert len(marks) == 1 and marks[0]["x"] == [p["rank"] for p in marked["positions"]]
-        page.screenshot(path=os.path.join(SHOTS, "5-compare.png"))
+        page.screenshot(path=os.path.join(shots, "5-compare.png"))
 
         # Switch the features: the newest query runs again with them, as a row to compare.
         page.select_option("#set", "pixels")
         page.wait_for_function("window.explorerState.queries.length === 4")
         assert page.evaluate("window.explorerState.queries[3].spec.set") == "pixels"
-        page.screenshot(path=os.path.join(SHOTS, "6-switch.png"))
+        page.screenshot(path=os.path.join(shots, "6-switch.png"))
 
         # The map.
         page.click("#tab-map")
         page.wait_for_selector("#map .scatterlayer, #map canvas")
         assert page.locator("#map").is_visible() and not page.locator("#grid").is_visible()
-        page.screenshot(path=os.path.join(SHOTS, "7-map.png"))
+        page.screenshot(path=os.path.join(shots, "7-map.png"))
         # Colour the map by each facet: the points' colours are that facet's values, item by item.
         assert page.eval_on_selector_all("#facet option", "os => os.map(o => o.value)") == ["category", "style"]
         expect = {i: (int(l), j % 3) for j, (i, l) in enumerate(zip(explorer["ids"], explorer["labels"]))}
@@ -193,7 +197,7 @@ def test_browse_query_brush_upload_compare_and_switch(explorer):
         assert errors == []
 
 
-def test_a_large_catalogue_stays_light_in_the_browser(tmp_path):
+def test_a_large_catalogue_stays_light_in_the_browser(tmp_path, shots):
     """24,000 items: the map sends a bounded sample of points over a density layer of all of them,
     the grid pages are one page each (also far into the catalogue), and both draw in a real browser."""
     from playwright.sync_api import sync_playwright
@@ -219,7 +223,7 @@ def test_a_large_catalogue_stays_light_in_the_browser(tmp_path):
             page.wait_for_selector("#map .heatmaplayer image, #map canvas")
             page.wait_for_function("document.getElementById('map').data && document.getElementById('map').data.length === 2")
             assert page.evaluate("document.getElementById('map').data[1].x.length") == MAP_POINTS
-            page.screenshot(path=os.path.join(SHOTS, "8-map-24k.png"))
+            page.screenshot(path=os.path.join(shots, "8-map-24k.png"))
             browser.close()
         assert errors == []
     finally:
