@@ -28,7 +28,7 @@ def default_interactions(cfg, item_ids: bool = False):
     (transform/aggregate.py), rows of unknown items dropped, without popularity filtering:
     (users, items, ratings, n_users, n_items), and with `item_ids` the id of each item index."""
     import csv
-    from collabfeat.pipeline.run import prepare_data
+    from collabfeat.pipeline.data import prepare_data
     from collabfeat.transform.aggregate import pair_weight, validate_row
 
     cfg = prepare_data(cfg)

@@ -39,7 +39,7 @@ def run(argv) -> None:
     from bench.common import default_interactions
     from bench.gate import chances, read, scores
     from collabfeat import config as config_lib, imagenet
-    from collabfeat.pipeline.run import prepare_data
+    from collabfeat.pipeline.data import prepare_data
     from collabfeat.trainer import cnn, mf
 
     start, rows = time.time(), []

@@ -18,7 +18,7 @@ import sys
 import time
 
 from bench.common import save, step, table
-from collabfeat.pipeline.run import find_artifact, read_report
+from collabfeat.pipeline.report import find_artifact, read_report
 
 
 def newest(root: str, output: str) -> str:

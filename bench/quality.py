@@ -33,7 +33,7 @@ from bench.common import RESULTS, save, step
 
 def table(run: dict) -> str:
     """A recorded run's quality table as Markdown: feature sets as rows, facets as columns."""
-    from collabfeat.config import FEATURE_NAMES
+    from collabfeat.features import FEATURE_NAMES
     facets = run["facets"]
     lines = ["| features | " + " | ".join(f"{f} ({v['images']} images, chance {v['chance']:.3f})"
                                          for f, v in facets.items()) + " |",

@@ -33,7 +33,7 @@ def _what(r: Dict) -> str:
 
 def quality(r: Dict) -> List[str]:
     from bench.quality import table as quality_table
-    from collabfeat.config import FEATURE_NAMES
+    from collabfeat.features import FEATURE_NAMES
     runs = r["runs"]
     out = [_what(r)]
     main = runs.get("seed-0") or runs.get("demo")

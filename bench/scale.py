@@ -51,7 +51,7 @@ def input_size(component: str, report: Dict) -> int:
 
 
 def measure(multiple: int, until: str, work_root: str, engine: str = "direct") -> Dict:
-    from collabfeat.pipeline.run import prepare_data
+    from collabfeat.pipeline.data import prepare_data
     from collabfeat.pipeline.supervise import PipelineFailed, PipelineStopped, run
 
     work = os.path.join(work_root, f"{until}-x{multiple}")

@@ -54,7 +54,7 @@ def run(argv) -> None:
     from bench.common import default_interactions
     from bench.gate import chances, read, scores
     from collabfeat import config as config_lib
-    from collabfeat.pipeline.run import prepare_data
+    from collabfeat.pipeline.data import prepare_data
     from collabfeat.trainer import cnn, mf
 
     k, cells, fixed = 10, [], {}

@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from collabfeat.features import COLLABORATIVE, FEATURE_SETS, REGISTRY
+
 
 @dataclass
 class SimulatorConfig:
@@ -266,8 +268,8 @@ class Config:
             problems.append(f"mf.solver must be 'als' or 'adam', not {self.mf.solver!r}")
         if self.cnn.mode not in ("regression", "pseudo_class"):
             problems.append(f"cnn.mode must be 'regression' or 'pseudo_class', not {self.cnn.mode!r}")
-        if self.eval.serve not in ("best",) + TRAINED_ON_FACTORS:
-            problems.append(f"eval.serve must be 'best' or one of {', '.join(TRAINED_ON_FACTORS)}, not {self.eval.serve!r}")
+        if self.eval.serve not in ("best",) + COLLABORATIVE:
+            problems.append(f"eval.serve must be 'best' or one of {', '.join(COLLABORATIVE)}, not {self.eval.serve!r}")
         elif self.eval.serve not in ("best", self.cnn.mode) and self.eval.serve not in compared_features(self):
             problems.append(f"eval.serve is {self.eval.serve!r}, which eval.baselines does not train")
         if self.cnn.retrieval not in ("pooled", "projection"):
@@ -370,28 +372,6 @@ def from_dict(values: Dict[str, Any]) -> Config:
     return _fill(Config(), values or {}, "")
 
 
-# Every feature set the Evaluator can compare: the collaborative variants, and the baselines.
-FEATURE_SETS = ("regression", "pseudo_class", "imagenet_regression", "supervised", "style_supervised", "imagenet",
-                "rotation", "random", "pixels")
-FEATURE_NAMES = {     # as the reports name them, in the reports' order
-    "regression": "collaborative (regression)", "pseudo_class": "collaborative (pseudo-class)",
-    "imagenet_regression": "collaborative from ImageNet", "supervised": "category-supervised",
-    "style_supervised": "style-supervised (ceiling)", "imagenet": "ImageNet (EfficientNet-Lite0)",
-    "rotation": "self-supervised (rotation)", "random": "random-init CNN", "pixels": "raw pixels"}
-_NET = ("cnn.image_size", "cnn.widths", "cnn.embedding_dim", "cnn.seed")            # the backbone's shape
-_FIT = _NET + ("cnn.batch_size", "cnn.learning_rate", "cnn.augment", "cnn.shuffle_buffer", "cnn.epoch_images",
-                "cnn.deterministic")
-TRAINED_ON_FACTORS = ("regression", "pseudo_class", "imagenet_regression")   # these read the MF model
-UNTRAINED = ("imagenet", "random", "pixels")      # no training: these never read the catalogue
-FEATURE_USES = {
-    "regression": ("cnn",), "pseudo_class": ("cnn",),     # the other collaborative variant: trained as the served one
-    "imagenet_regression": _FIT + ("cnn.regression_loss", "cnn.retrieval", "finetune"),
-    "supervised": _FIT + ("eval.baseline_epochs",), "style_supervised": _FIT + ("eval.baseline_epochs",),
-    "rotation": _FIT + ("eval.baseline_epochs",),
-    "imagenet": ("cnn.image_size", "eval.imagenet_size"), "random": _NET, "pixels": ("cnn.image_size",),
-}
-
-
 def feature_node(kind: str) -> str:
     """The pipeline node that makes feature set `kind` (pipeline/components.py FeatureTrainer)."""
     return f"Features_{kind}"
@@ -420,7 +400,7 @@ USES = {
     "MFTrainer": ("mf",),
     "CNNTrainer": ("cnn", "data.background"),
     # the feature sets compared with the served one, each trained (or made) by its own node (feature_node)
-    **{feature_node(kind): uses + ("data.background",) for kind, uses in FEATURE_USES.items()},
+    **{feature_node(kind): f.uses + ("data.background",) for kind, f in REGISTRY.items()},
     "Evaluator": ("cnn.mode", "cnn.seed", "eval.k", "eval.bless_margin", "eval.bless_on", "eval.max_queries",
                   "eval.serve"),
     "Indexer": ("cnn.mode", "index"),

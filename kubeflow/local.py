@@ -172,7 +172,7 @@ def local_config(cfg, root: str):
     ROOT on local disk, local data (the embedded default data generated, as `./run demo` does) and
     absolute paths."""
     import dataclasses
-    from collabfeat.pipeline.run import prepare_data
+    from collabfeat.pipeline.data import prepare_data
 
     repo = os.environ.get("COLLABFEAT_REPO") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cfg = prepare_data(cfg)

@@ -2,7 +2,7 @@
 
 Each component takes the settings it uses as JSON (`settings_json`, collabfeat/config.py USES) and the
 code's fingerprint (`code`): with its inputs, TFX's cache key. Each writes a `report.json` beside its
-outputs; pipeline/run.py (collect, format_report) gathers those into the run report.
+outputs; pipeline/report.py (collect, format_report) gathers those into the run report.
 """
 
 import functools
@@ -15,6 +15,7 @@ from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
 from collabfeat import config as config_lib
+from collabfeat.features import COLLABORATIVE, REGISTRY
 from collabfeat import examples, outcomes, progress, storage
 
 Examples = tfx.types.standard_artifacts.Examples
@@ -317,30 +318,19 @@ def in_id_order(data):
                                                np.array(values)[order]))
 
 
-def _train_collaborative(mode, data: _TrainingSet, cfg, task: str = "CNN"):
-    """-> (the net that gives the collaborative features, as cnn.retrieval says, the losses)."""
-    from collabfeat.trainer import cnn
-
-    if mode == "regression":
-        net, losses = cnn.train_regression(data.factors(), cfg.cnn, task=f"{task} regression")
-    else:
-        net, losses = cnn.train_classifier(data.pseudo_classes(cfg.cnn.clusters, cfg.cnn.seed), cfg.cnn.clusters,
-                                           cfg.cnn, task=f"{task} pseudo-classes")
-    return cnn.retrieval(net, cfg.cnn.retrieval), losses
-
-
 @tfx.dsl.components.component
 def CNNTrainer(images: InputArtifact[Examples], mf_model: InputArtifact[Model],
                model: OutputArtifact[Model], settings_json: Parameter[str], code: Parameter[str]) -> None:
     """Images -> the Keras CNN trained onto the items' latent factors (trainer/cnn.py), exported as
     the serving feature model (serving/export.py) in TFX's layout: <model>/Format-Serving/."""
     from collabfeat.serving import export
+    from collabfeat.trainer import features
 
     cfg = config_lib.settings(settings_json)
     data = _TrainingSet(images.uri, cfg, os.path.join(mf_model.uri, "factors.npz"))
-    net, losses = _train_collaborative(cfg.cnn.mode, data, cfg)
-    export.save_features(net, cfg.cnn.image_size, export.model_dir(model.uri), cfg.data.background)
-    write_report(model.uri, {"mode": cfg.cnn.mode, "losses": losses, **data.counts})
+    made = features.make(cfg.cnn.mode, data, cfg, task="CNN")
+    export.save_features(made.net, cfg.cnn.image_size, export.model_dir(model.uri), cfg.data.background)
+    write_report(model.uri, {"mode": cfg.cnn.mode, "losses": made.losses, **data.counts})
     record_figures(model, kind=cfg.cnn.mode)
 
 
@@ -354,52 +344,29 @@ def FeatureTrainer(images: InputArtifact[Examples], model: OutputArtifact[Model]
     regression from ImageNet weights), category-supervised, ImageNet features (no training),
     rotation (self-supervised), random-init or raw pixels. A kind the catalogue cannot train
     (supervised without labels) writes no model and says why."""
-    from collabfeat import imagenet
     from collabfeat.serving import export
-    from collabfeat.trainer import cnn
+    from collabfeat.trainer import features
 
     cfg = config_lib.settings(settings_json)
+    if kind not in REGISTRY:
+        raise ValueError(f"unknown feature set {kind!r}: one of {tuple(REGISTRY)}")
+    spec = REGISTRY[kind]
     factors = os.path.join(mf_model.uri, "factors.npz") if mf_model is not None else None
-    if kind in config_lib.TRAINED_ON_FACTORS and factors is None:
+    if spec.reads == "factors" and factors is None:
         raise ValueError(f"feature set {kind!r} is trained on the item factors: give FeatureTrainer an mf_model")
     # The kinds that train nothing never read the catalogue (at 10^6 images a full pass each).
-    facet = "style" if kind == "style_supervised" else "label"
-    data = None if kind in config_lib.UNTRAINED else _TrainingSet(images.uri, cfg, factors, facet)
-    size, losses = cfg.cnn.image_size, []
-    epochs = cfg.eval.baseline_epochs if kind in ("supervised", "style_supervised", "rotation") else None
-    if kind in ("regression", "pseudo_class"):
-        net, losses = _train_collaborative(kind, data, cfg, task="baseline")
-    elif kind == "imagenet_regression":
-        tune = cfg.finetune
-        net = imagenet.regression_backbone(size, tune.size, cfg.cnn.embedding_dim)
-        teacher = imagenet.backbone(size, tune.size) if tune.distill else None
-        net, losses = cnn.finetune_regression(data.factors(), cfg.cnn, tune, net, net.get_layer(imagenet.NETWORK),
-                                              teacher, task="baseline imagenet_regression")
-        net = cnn.retrieval(net, cfg.cnn.retrieval)
-    elif kind in ("supervised", "style_supervised"):
-        if data.labelled < 2:
-            why = f"the catalogue has {data.labelled} images with a {facet}: a classifier needs at least 2"
-            progress.warn(f"Features_{kind}: not trained: {why}")
-            model.set_int_custom_property("trained", 0)
-            write_report(model.uri, {"kind": kind, "trained": False, "why": why})
-            return
-        net, losses = cnn.train_classifier(data.labelled_images(), data.n_classes, cfg.cnn, epochs,
-                                           task=f"baseline {kind}")
-    elif kind == "imagenet":
-        net = imagenet.backbone(size, cfg.eval.imagenet_size)
-    elif kind == "rotation":
-        net, losses = cnn.train_rotation(data.images(), cfg.cnn, epochs, task="baseline rotation")
-    elif kind == "random":
-        net = cnn.random_init(cfg.cnn)
-    elif kind == "pixels":     # the image itself (L2-normalised like every feature)
-        net = cnn.pixels_net(size)
-    else:
-        raise ValueError(f"unknown feature set {kind!r}: one of {config_lib.FEATURE_SETS}")
-    export.save_features(net, size, export.model_dir(model.uri), cfg.data.background)
+    data = _TrainingSet(images.uri, cfg, factors, "style" if spec.reads == "style" else "label") if spec.reads else None
+    try:
+        made = features.make(kind, data, cfg)
+    except features.NotTrainable as why:
+        progress.warn(f"Features_{kind}: not trained: {why}")
+        model.set_int_custom_property("trained", 0)
+        write_report(model.uri, {"kind": kind, "trained": False, "why": str(why)})
+        return
+    export.save_features(made.net, cfg.cnn.image_size, export.model_dir(model.uri), cfg.data.background)
     model.set_int_custom_property("trained", 1)
     record_figures(model, kind=kind)
-    write_report(model.uri, {"kind": kind, "trained": True, "losses": losses, "images": 0 if data is None
-                             else data.labelled if kind in ("supervised", "style_supervised") else data.size})
+    write_report(model.uri, {"kind": kind, "trained": True, "losses": made.losses, "images": made.images})
 
 
 def feature_models(**models) -> Dict[str, str]:
@@ -514,7 +481,7 @@ def _split_bytes(uri: str, split: str, batch: int = EMBED_BATCH):
 
 
 # The feature sets' models, as the Evaluator's and the Indexer's optional inputs: one per kind
-# (KFP's compiler takes single channels only), named as in config.FEATURE_SETS.
+# (KFP's compiler takes single channels only), named as in collabfeat/features.py REGISTRY.
 FeatureModel = InputArtifact[Model]
 
 
@@ -535,7 +502,7 @@ def Evaluator(images: InputArtifact[Examples], model: InputArtifact[Model],
     it beats random-init and pixels by eval.bless_margin."""
     import numpy as np
     from collabfeat.serving import export
-    from collabfeat.trainer.evaluate import COLLABORATIVE, bless, chance, choose, describe, overall, targets
+    from collabfeat.trainer.evaluate import bless, chance, choose, describe, overall, targets
 
     cfg = config_lib.settings(settings_json)
     split = evaluation_split(images)

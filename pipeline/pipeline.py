@@ -12,7 +12,8 @@ from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 from google.protobuf import any_pb2, wrappers_pb2
 
-from collabfeat.config import TRAINED_ON_FACTORS, Config, compared_features, feature_node, settings_for
+from collabfeat.config import Config, compared_features, feature_node, settings_for
+from collabfeat.features import COLLABORATIVE
 from collabfeat.pipeline import examplegen
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -213,7 +214,7 @@ def create_pipeline(cfg: Config, logs: str, pipeline_root: str, metadata_path: O
         features = {}
         for kind in compared_features(cfg):
             node = feature_node(kind)
-            factors = mf.outputs["model"] if kind in TRAINED_ON_FACTORS else None
+            factors = mf.outputs["model"] if kind in COLLABORATIVE else None
             trainer = c.FeatureTrainer(images=images, mf_model=factors, kind=kind, **params(node)).with_id(node)
             features[kind] = trainer.outputs["model"]
             parts.append(trainer)
@@ -224,7 +225,7 @@ def create_pipeline(cfg: Config, logs: str, pipeline_root: str, metadata_path: O
                             **features, **params("Indexer"))
         pusher = c.Pusher(model=cnn.outputs["model"], index=indexer.outputs["index"],
                           blessing=evaluator.outputs["blessing"], images=images,
-                          **{kind: m for kind, m in features.items() if kind in TRAINED_ON_FACTORS},
+                          **{kind: m for kind, m in features.items() if kind in COLLABORATIVE},
                           **params("Pusher"))
         parts += [evaluator, indexer, pusher]
 

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from collabfeat import storage
-from collabfeat.config import FEATURE_NAMES
+from collabfeat.features import FEATURE_NAMES
 from collabfeat.trainer.evaluate import in_order
 
 QUERIES = 3        # fixed catalogue items (a seeded sample) whose similarity-against-rank is drawn

@@ -20,8 +20,13 @@ import traceback
 from typing import Dict, List, Optional
 
 import psutil
+from tqdm import tqdm
 
-STATES = {0: "unknown", 1: "new", 2: "running", 3: "complete", 4: "failed", 5: "cached", 6: "canceled"}
+from collabfeat import progress, storage
+from collabfeat.config import Config
+from collabfeat.pipeline import report_html
+from collabfeat.pipeline.data import paths, prepare_data
+from collabfeat.pipeline.report import collect, executions, format_report, key_figure
 
 
 class PipelineFailed(RuntimeError):
@@ -116,38 +121,6 @@ def _group(pgid: int) -> List[psutil.Process]:
     return found
 
 
-def executions(metadata_path: str, since_ms: int) -> List[Dict]:
-    """The executions of the newest pipeline run started after since_ms, oldest first:
-    {"component", "state", "started", "ended" (epoch seconds), "outputs": {key: [uri, ...]}}."""
-    from ml_metadata.metadata_store import metadata_store
-    from ml_metadata.proto import metadata_store_pb2
-
-    if not os.path.exists(metadata_path):
-        return []
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = metadata_path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    store = metadata_store.MetadataStore(config)
-    runs = [r for r in store.get_contexts_by_type("pipeline_run") if r.create_time_since_epoch >= since_ms]
-    if not runs:
-        return []
-    run = max(runs, key=lambda r: r.create_time_since_epoch)
-    nodes = {c.id: c.name.split(".", 1)[-1] for c in store.get_contexts_by_type("node")}
-    out = []
-    for e in sorted(store.get_executions_by_context(run.id), key=lambda e: e.id):
-        component = next((nodes[c.id] for c in store.get_contexts_by_execution(e.id) if c.id in nodes), e.type)
-        outputs: Dict[str, List[str]] = {}
-        events = [ev for ev in store.get_events_by_execution_ids([e.id])
-                  if ev.type == metadata_store_pb2.Event.OUTPUT]
-        uris = {a.id: a.uri for a in store.get_artifacts_by_id([ev.artifact_id for ev in events])} if events else {}
-        for ev in events:
-            outputs.setdefault(ev.path.steps[0].key, []).append(uris[ev.artifact_id])
-        out.append({"component": component, "state": STATES.get(e.last_known_state, str(e.last_known_state)),
-                    "started": e.create_time_since_epoch / 1000, "ended": e.last_update_time_since_epoch / 1000,
-                    "outputs": outputs})
-    return out
-
-
 def tree_memory(proc: psutil.Process) -> int:
     """Memory of a process and all its descendants, in bytes: the sum of their proportional set
     sizes (PSS), so that pages they share (TensorFlow's libraries in every Beam worker) count once.
@@ -171,7 +144,6 @@ class Watch:
 
     def __init__(self, pid: int, metadata_path: str, since_ms: int, console: "Console",
                  progress_path: str = "", interval: float = 0.5):
-        from collabfeat import progress
         self.proc, self.metadata_path, self.since_ms = psutil.Process(pid), metadata_path, since_ms
         self.interval, self.console = interval, console
         self.progress = progress.Reader(progress_path) if progress_path else None
@@ -242,7 +214,6 @@ class Console:
 
     def say(self, line: str):
         if self.bars_on:
-            from tqdm import tqdm
             tqdm.write(line)
         else:
             self.echo(line)
@@ -252,7 +223,6 @@ class Console:
         self.say(f"[collabfeat] {e['started'] - self.started:6.0f} s  {e['component']} running")
 
     def end(self, e: Dict):
-        from collabfeat.pipeline.run import key_figure
         self.close()
         figure = key_figure(e["component"], e["outputs"]) if e["state"] in ("complete", "cached") else ""
         what = ("cached (inputs, settings and code unchanged: an earlier run's outputs)" if e["state"] == "cached"
@@ -285,10 +255,7 @@ class Console:
 
 def write_html(report: Dict, path: str) -> str:
     """The HTML run report (pipeline/report_html.py); a copy goes into the version this run pushed, for the explorer."""
-    from collabfeat import storage
-    from collabfeat.pipeline import report_html
-    from collabfeat.pipeline.run import format_report
-    from collabfeat.serving.push import EXTRA
+    from collabfeat.serving.push import EXTRA     # here: serving.push imports TensorFlow, which the supervisor never needs
 
     report_html.write(report, format_report(report), path)
     push = report.get("push") or {}
@@ -312,8 +279,6 @@ def run(cfg, until: str, log_path: str, echo=print, bars: bool = False) -> Dict:
     """Runs the pipeline in a child process; -> the run report, with per-component "components"
     {name: {"state", "seconds", "peak_rss_mb"}}. Raises PipelineFailed naming the component and cause.
     `echo` gets a line as each component starts and ends; `bars`: progress bars (a terminal)."""
-    from collabfeat import progress
-    from collabfeat.pipeline.run import collect, paths, prepare_data
 
     cfg = prepare_data(cfg)
     root, metadata_path, report_path = paths(cfg)
@@ -376,8 +341,7 @@ def run(cfg, until: str, log_path: str, echo=print, bars: bool = False) -> Dict:
 
 
 def _child(config_path: str, until: str, report_path: str, failure_path: str) -> int:
-    from collabfeat.config import Config
-    from collabfeat.pipeline.run import run_local
+    from collabfeat.pipeline.run import run_local     # here: only the child imports TFX
 
     with open(config_path) as f:
         cfg = Config.from_json(f.read())

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from collabfeat import config as config_lib
 from collabfeat.pipeline import supervise
-from collabfeat.pipeline.run import format_report
+from collabfeat.pipeline.report import format_report
 from collabfeat.trainer.evaluate import overall
 
 TINY = [

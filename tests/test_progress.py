@@ -61,3 +61,28 @@ def test_console_lines_use_the_recorded_times_and_bars_only_on_request():
     assert c.bars["x"].n == 1 and c.bars["x"].total == 2
     c.progress({"x": {"task": "x", "done": 2, "total": 2, "unit": "steps"}})
     assert c.bars == {}                                                   # done: the bar is gone
+
+
+def test_the_console_drops_tensorflow_start_up_noise_and_keeps_everything_else(tmp_path):
+    """collabfeat/quiet.py in a real process: what it and its child write to stderr reaches the
+    console without absl's and TensorFlow's start-up lines, in order."""
+    import subprocess
+    import sys
+    noise = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+             "I0000 00:00:1796404821.344949   18021 port.cc:153] oneDNN custom operations are on.\n"
+             "E0000 00:00:1796408476.885512   14631 cuda_platform.cc:52] failed call to cuInit\n")
+    (tmp_path / "noise.txt").write_text(noise)
+    child = tmp_path / "child.py"
+    child.write_text(f"import os\nos.write(2, open({str(tmp_path / 'noise.txt')!r}, 'rb').read() + b'child\\n')\n")
+    parent = tmp_path / "parent.py"
+    parent.write_text(
+        "import os, subprocess, sys\nfrom collabfeat import quiet\nquiet.start()\n"
+        f"os.write(2, open({str(tmp_path / 'noise.txt')!r}, 'rb').read() + b'first\\n')\n"
+        f"subprocess.run([sys.executable, {str(child)!r}], check=True)\n"
+        "os.write(2, b'last, no newline')\nquiet.stop()\nos.write(2, b'\\nafter')\n")
+    done = subprocess.run([sys.executable, str(parent)], capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stderr.decode() == "first\nchild\nlast, no newline\nafter"
+    from collabfeat.quiet import keep
+    assert all(not keep(line.encode()) for line in noise.splitlines())
+    assert keep(b"collabfeat: MFTrainer failed: killed by signal 9") and keep(b"I0000 is not a log line")

@@ -10,7 +10,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from collabfeat import config as config_lib
 from collabfeat import examples
-from collabfeat.pipeline.run import find_artifact, read_report
+from collabfeat.pipeline.report import find_artifact, read_report
 
 
 def _probe(_):

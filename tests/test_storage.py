@@ -10,7 +10,7 @@ import pytest
 from collabfeat import images, outcomes, storage
 from collabfeat.config import IndexConfig
 from collabfeat.pipeline.components import write_report
-from collabfeat.pipeline.run import read_report
+from collabfeat.pipeline.report import read_report
 from collabfeat.serving import export, index, push
 from collabfeat.trainer import cnn, mf
 from tests import serving_fixtures

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from collabfeat import topk
+from collabfeat.features import COLLABORATIVE
 
 
 def query_rows(n: int, candidates: Optional[np.ndarray], max_queries: int, seed: int) -> np.ndarray:
@@ -56,7 +57,6 @@ def retrieval_metrics(features: np.ndarray, labels: np.ndarray, k: int,
 
 
 BLESSING_BASELINES = ("random", "pixels")
-COLLABORATIVE = ("regression", "pseudo_class", "imagenet_regression")
 
 
 # The claims checked on every collaborative row, per facet: (other feature set, how it must
