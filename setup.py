@@ -1,4 +1,5 @@
 """Installs the package `collabfeat`; its subpackages live in the top-level folders."""
+
 import re
 from pathlib import Path
 
@@ -12,12 +13,16 @@ requirements = [line.split("#")[0].strip() for line in (here / "env" / "requirem
 setup(
     name="collabfeat",
     version=version,
-    description="Collaborative feature learning: image features from user behaviour, with TFX, TFRS, ScaNN and TF Serving",
+    description="Collaborative feature learning: image features from user behaviour, "
+    "with TFX, TFRS, ScaNN and TF Serving",
     python_requires=">=3.11",
     packages=["collabfeat"] + [f"collabfeat.{p}" for p in SUBPACKAGES],
     package_dir={"collabfeat": "collabfeat", **{f"collabfeat.{p}": p for p in SUBPACKAGES}},
-    package_data={"collabfeat.transform": ["*.pbtxt"], "collabfeat.serving": ["static/*", "static/**/*"],
-                  "collabfeat.kubeflow": ["*.yaml", "Dockerfile"]},
+    package_data={
+        "collabfeat.transform": ["*.pbtxt"],
+        "collabfeat.serving": ["static/*", "static/**/*"],
+        "collabfeat.kubeflow": ["*.yaml", "Dockerfile"],
+    },
     install_requires=[r for r in requirements if r],
     entry_points={"console_scripts": ["collabfeat=collabfeat.cli:main"]},
 )

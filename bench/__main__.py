@@ -4,9 +4,16 @@ from bench import ann, determinism, finetune, gate, mf, mf_memory, quality, repo
 
 # Benchmarks that take their own options. `scale` is long (an hour and more: run it on its own);
 # `mf-memory` reads a finished run's Transform output.
-OWN_OPTIONS = {"scale": scale, "mf-memory": mf_memory, "gate": gate, "determinism": determinism, "sweep": sweep,
-               "quality": quality, "finetune": finetune,
-               "report": report}
+OWN_OPTIONS = {
+    "scale": scale,
+    "mf-memory": mf_memory,
+    "gate": gate,
+    "determinism": determinism,
+    "sweep": sweep,
+    "quality": quality,
+    "finetune": finetune,
+    "report": report,
+}
 if sys.argv[1:2] and sys.argv[1] in OWN_OPTIONS:
     OWN_OPTIONS[sys.argv[1]].run(sys.argv[2:])
     sys.exit(0)

@@ -16,6 +16,7 @@ synthetic clustered set of N x 64 unit vectors (default 1M).
 Writes bench/results/ann.json, and the curves as ann.html (plotly, self-contained) and ann.png
 (rendered by Debian's Chromium through Playwright).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,13 +24,15 @@ import math
 import os
 import re
 import time
-from typing import Callable, Dict, List, Optional
+from collections.abc import Callable
 
 import numpy as np
 
 from bench.common import RESULTS, save, step, table
-from collabfeat import config as config_lib, topk
-from collabfeat.serving import index as scann_index, push
+from collabfeat import config as config_lib
+from collabfeat import topk
+from collabfeat.serving import index as scann_index
+from collabfeat.serving import push
 
 K = 10
 RECALLS = (0.90, 0.95, 0.99)
@@ -53,7 +56,7 @@ def newest_catalogue(cfg):
     return os.path.join(version, push.EXTRA, "embeddings.npy")
 
 
-def _point(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray, exact: np.ndarray, knob: str) -> Dict:
+def _point(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray, exact: np.ndarray, knob: str) -> dict:
     """One search setting: the best q/s of 2 passes over the queries, and its recall@K."""
     best = float("inf")
     for _ in range(2):
@@ -63,19 +66,19 @@ def _point(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray, exac
     return {"knob": knob, "q/s": len(queries) / best, "recall": scann_index.recall(np.asarray(found), exact, K)}
 
 
-def _geometric(top: int, steps: int = 12) -> List[int]:
+def _geometric(top: int, steps: int = 12) -> list[int]:
     return sorted({max(1, int(round(top ** (i / (steps - 1))))) for i in range(steps)})
 
 
-def curves(name: str, db: np.ndarray, queries: np.ndarray) -> List[Dict]:
+def curves(name: str, db: np.ndarray, queries: np.ndarray) -> list[dict]:
     import faiss
 
-    faiss.omp_set_num_threads(1)     # searches run on one thread, like ScaNN's search_batched
+    faiss.omp_set_num_threads(1)  # searches run on one thread, like ScaNN's search_batched
     n, d = db.shape
     exact = topk.top_k(queries, db, K)[0]
     out = []
 
-    def method(label: str, build: Callable, settings: List, search: Callable):
+    def method(label: str, build: Callable, settings: list, search: Callable):
         start = time.perf_counter()
         built = build()
         seconds = time.perf_counter() - start
@@ -84,24 +87,32 @@ def curves(name: str, db: np.ndarray, queries: np.ndarray) -> List[Dict]:
         step(f"{name}: {label} built in {seconds:.1f} s, {len(points)} search settings timed")
 
     method("exact numpy", lambda: db, [None], lambda b, q, s: topk.top_k(q, b, K)[0])
-    method("scann brute force", lambda: scann_index.brute_force_searcher(db, K),
-           [None], lambda b, q, s: b.search_batched(q, final_num_neighbors=K)[0])
+    method(
+        "scann brute force",
+        lambda: scann_index.brute_force_searcher(db, K),
+        [None],
+        lambda b, q, s: b.search_batched(q, final_num_neighbors=K)[0],
+    )
     leaves = scann_index.default_leaves(n)
     tree_settings = [(t, r) for r in (K, 2 * K, 5 * K, 10 * K, 40 * K) for t in _geometric(leaves, 14)]
-    method(f"scann tree{leaves}+AH (leaves_to_search, reorder)",
-           lambda: scann_index.tree_searcher(db, K, leaves, 40 * K),
-           tree_settings,
-           lambda b, q, s: b.search_batched(q, final_num_neighbors=K, leaves_to_search=s[0],
-                                            pre_reorder_num_neighbors=s[1])[0])
+    method(
+        f"scann tree{leaves}+AH (leaves_to_search, reorder)",
+        lambda: scann_index.tree_searcher(db, K, leaves, 40 * K),
+        tree_settings,
+        lambda b, q, s: b.search_batched(
+            q, final_num_neighbors=K, leaves_to_search=s[0], pre_reorder_num_neighbors=s[1]
+        )[0],
+    )
 
     def faiss_build(index, train=True):
         def build():
-            faiss.omp_set_num_threads(os.cpu_count() or 1)   # building may use every core
+            faiss.omp_set_num_threads(os.cpu_count() or 1)  # building may use every core
             if train:
                 index.train(db)
             index.add(db)
             faiss.omp_set_num_threads(1)
             return index
+
         return build
 
     def faiss_search(param):
@@ -109,15 +120,23 @@ def curves(name: str, db: np.ndarray, queries: np.ndarray) -> List[Dict]:
             if param:
                 setattr(b if param == "nprobe" else b.hnsw, param, s)
             return b.search(q, K)[1]
+
         return search
 
     method("faiss flat", faiss_build(faiss.IndexFlatIP(d), train=False), [None], faiss_search(None))
     nlist = max(1, int(4 * math.sqrt(n)))
-    method(f"faiss ivf{nlist} (nprobe)",
-           faiss_build(faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)),
-           _geometric(nlist, 14), faiss_search("nprobe"))
-    method("faiss hnsw32 (efSearch)", faiss_build(faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT), train=False),
-           [10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512], faiss_search("efSearch"))
+    method(
+        f"faiss ivf{nlist} (nprobe)",
+        faiss_build(faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)),
+        _geometric(nlist, 14),
+        faiss_search("nprobe"),
+    )
+    method(
+        "faiss hnsw32 (efSearch)",
+        faiss_build(faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT), train=False),
+        [10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512],
+        faiss_search("efSearch"),
+    )
     for m in out:
         m["frontier"] = frontier(m["points"])
         for r in RECALLS:
@@ -126,7 +145,7 @@ def curves(name: str, db: np.ndarray, queries: np.ndarray) -> List[Dict]:
     return out
 
 
-def frontier(points: List[Dict]) -> List[Dict]:
+def frontier(points: list[dict]) -> list[dict]:
     """The points no other point beats on both recall and q/s, by increasing recall."""
     best, out = -1.0, []
     for p in sorted(points, key=lambda p: (-p["recall"], -p["q/s"])):
@@ -136,7 +155,7 @@ def frontier(points: List[Dict]) -> List[Dict]:
     return out[::-1]
 
 
-def qps_at(front: List[Dict], recall: float) -> Optional[float]:
+def qps_at(front: list[dict], recall: float) -> float | None:
     """q/s at this recall on the frontier, linear between the frontier points on either side
     (the fastest point at or above it if none is below); None if the method never reaches it."""
     above = [p for p in front if p["recall"] >= recall]
@@ -151,22 +170,34 @@ def qps_at(front: List[Dict], recall: float) -> Optional[float]:
     return lo["q/s"] + t * (hi["q/s"] - lo["q/s"])
 
 
-def plot(results: List[Dict], stem: str) -> List[str]:
+def plot(results: list[dict], stem: str) -> list[str]:
     """The curves, one panel per data set: an HTML file and, if Chromium is there, a PNG."""
     import plotly.graph_objects as go
     from plotly.colors import qualitative
     from plotly.subplots import make_subplots
+
     sets = list(dict.fromkeys(m["data"] for m in results))
     fig = make_subplots(rows=1, cols=len(sets), subplot_titles=sets)
     colours = {}
     for col, name in enumerate(sets, 1):
         for m in (m for m in results if m["data"] == name):
-            label = re.sub(r"\d+", "", m["method"].split(" (")[0])     # one colour per method on every panel
+            label = re.sub(r"\d+", "", m["method"].split(" (")[0])  # one colour per method on every panel
             colour = colours.setdefault(label, qualitative.D3[len(colours) % len(qualitative.D3)])
             f = m["frontier"]
-            fig.add_trace(go.Scatter(x=[p["recall"] for p in f], y=[p["q/s"] for p in f], name=label,
-                                     legendgroup=label, showlegend=col == 1, line={"color": colour},
-                                     mode="lines+markers", text=[p["knob"] for p in f]), row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=[p["recall"] for p in f],
+                    y=[p["q/s"] for p in f],
+                    name=label,
+                    legendgroup=label,
+                    showlegend=col == 1,
+                    line={"color": colour},
+                    mode="lines+markers",
+                    text=[p["knob"] for p in f],
+                ),
+                row=1,
+                col=col,
+            )
         fig.update_xaxes(title_text="recall@10", row=1, col=col)
         fig.update_yaxes(title_text="queries/s (1 thread)", type="log", row=1, col=col)
     fig.update_layout(width=620 * len(sets), height=520, title="recall against speed (frontier of each method)")
@@ -175,6 +206,7 @@ def plot(results: List[Dict], stem: str) -> List[str]:
     out = [html]
     if os.path.exists(CHROMIUM):
         from playwright.sync_api import sync_playwright
+
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 620 * len(sets), "height": 540})
@@ -186,7 +218,7 @@ def plot(results: List[Dict], stem: str) -> List[str]:
     return out
 
 
-def run(argv: Optional[List[str]] = None, cfg=None) -> dict:
+def run(argv: list[str] | None = None, cfg=None) -> dict:
     p = argparse.ArgumentParser(prog="bench ann")
     p.add_argument("--synthetic", type=int, default=1_000_000, help="rows of the synthetic set (0: none)")
     p.add_argument("--embeddings", default="", help="a .npy file of embeddings to add as a data set")
@@ -208,7 +240,7 @@ def run(argv: Optional[List[str]] = None, cfg=None) -> dict:
         results += curves(f"{label} {len(emb)}x{emb.shape[1]}", emb, emb[rows])
     if args.synthetic:
         db, queries = synthetic(args.synthetic)
-        results += curves(f"synthetic {len(db)}x{db.shape[1]}", db, queries[:args.queries])
+        results += curves(f"synthetic {len(db)}x{db.shape[1]}", db, queries[: args.queries])
     cols = ["data", "method", "build s", "best recall"] + [f"q/s @{r}" for r in RECALLS]
     print(table(results, cols))
     verdict = target(results)
@@ -218,7 +250,7 @@ def run(argv: Optional[List[str]] = None, cfg=None) -> dict:
     return {"rows": results, "target": verdict}
 
 
-def target(results: List[Dict]) -> str:
+def target(results: list[dict]) -> str:
     """The issue's target: ScaNN at or above every faiss curve at recall 0.95 on the largest synthetic set."""
     synth = [m for m in results if m["data"].startswith("synthetic")]
     if not synth:
@@ -226,10 +258,13 @@ def target(results: List[Dict]) -> str:
     scann = max((m["q/s @0.95"] or 0) for m in synth if m["method"].startswith("scann"))
     faiss = {m["method"]: m["q/s @0.95"] or 0 for m in synth if m["method"].startswith("faiss")}
     ok = all(scann >= v for v in faiss.values())
-    return (f"target (ScaNN >= every faiss curve at recall 0.95, {synth[0]['data']}): {'met' if ok else 'NOT met'}: "
-            f"ScaNN {scann:.0f} q/s; " + ", ".join(f"{k} {v:.0f}" for k, v in faiss.items()))
+    return (
+        f"target (ScaNN >= every faiss curve at recall 0.95, {synth[0]['data']}): {'met' if ok else 'NOT met'}: "
+        f"ScaNN {scann:.0f} q/s; " + ", ".join(f"{k} {v:.0f}" for k, v in faiss.items())
+    )
 
 
 if __name__ == "__main__":
     import sys
+
     run(sys.argv[1:])

@@ -1,10 +1,10 @@
 """Shared benchmark plumbing: timing, the default interactions, and result files."""
+
 from __future__ import annotations
 
 import json
 import os
 import time
-from typing import Dict, List
 
 import numpy as np
 from tabulate import tabulate
@@ -28,6 +28,7 @@ def default_interactions(cfg, item_ids: bool = False):
     (transform/aggregate.py), rows of unknown items dropped, without popularity filtering:
     (users, items, ratings, n_users, n_items), and with `item_ids` the id of each item index."""
     import csv
+
     from collabfeat.pipeline.data import prepare_data
     from collabfeat.transform.aggregate import pair_weight, validate_row
 
@@ -35,11 +36,12 @@ def default_interactions(cfg, item_ids: bool = False):
     weights = cfg.transform.event_weights
     with open(cfg.data.items) as f:
         catalogue = {row["item_id"] for row in csv.DictReader(f)}
-    counts: Dict = {}
+    counts: dict = {}
     with open(os.path.join(cfg.data.logs, "logs.csv")) as f:
         for row in csv.DictReader(f):
-            status, v = validate_row({"user": row["user_id"], "item": row["item_id"], "event": row["event"]},
-                                     weights, catalogue)
+            status, v = validate_row(
+                {"user": row["user_id"], "item": row["item_id"], "event": row["event"]}, weights, catalogue
+            )
             if status == "ok":
                 per = counts.setdefault((v[0], v[1]), {})
                 per[v[2]] = per.get(v[2], 0) + 1
@@ -52,7 +54,7 @@ def default_interactions(cfg, item_ids: bool = False):
     return out + (sorted(items, key=items.get),) if item_ids else out
 
 
-def save(name: str, result: Dict) -> str:
+def save(name: str, result: dict) -> str:
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"{name}.json")
     with open(path, "w") as f:
@@ -60,7 +62,7 @@ def save(name: str, result: Dict) -> str:
     return path
 
 
-def save_trial(name: str, what: str, result: Dict, same: List[str]) -> str:
+def save_trial(name: str, what: str, result: dict, same: list[str]) -> str:
     """Adds `result` to the trials of bench/results/<name>.json, replacing a trial that agrees with
     it on every key of `same` (a rerun of the same choice)."""
     path = os.path.join(RESULTS, f"{name}.json")
@@ -72,11 +74,12 @@ def save_trial(name: str, what: str, result: Dict, same: List[str]) -> str:
     return save(name, {"what": what, "trials": trials})
 
 
-def table(rows: List[Dict], columns: List[str], fmt: str = "simple") -> str:
+def table(rows: list[dict], columns: list[str], fmt: str = "simple") -> str:
     """Rows (dicts) as a text table of `columns` (tabulate's format: "simple" for the console,
     "github" for the docs); floats to 4 significant digits."""
-    return tabulate([[_fmt(r.get(c)) for c in columns] for r in rows], headers=columns, tablefmt=fmt,
-                    disable_numparse=True)
+    return tabulate(
+        [[_fmt(r.get(c)) for c in columns] for r in rows], headers=columns, tablefmt=fmt, disable_numparse=True
+    )
 
 
 def _fmt(v) -> str:

@@ -5,6 +5,7 @@ Usage: ./run bench determinism [--repeats 3] [--images 2048] [--epochs 2]
   -> bench/results/determinism.json: median seconds of each, their ratio, and whether two
      deterministic trainings gave the same features (they must) and two others did.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,14 +45,22 @@ def run(argv) -> None:
             times[deterministic].append(time.perf_counter() - start)
             features[deterministic].append(cnn.embed(net, probe))
     median = {k: statistics.median(v) for k, v in times.items()}
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, {platform.machine()}",
-              "images": args.images, "epochs": args.epochs, "image_size": base.image_size, "repeats": args.repeats,
-              "seconds": {"deterministic": times[True], "default": times[False]},
-              "median_seconds": {"deterministic": median[True], "default": median[False]},
-              "cost_ratio": median[True] / median[False],
-              "deterministic_runs_identical": all(np.array_equal(features[True][0], f) for f in features[True]),
-              "default_runs_identical": all(np.array_equal(features[False][0], f) for f in features[False])}
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}",
+        "images": args.images,
+        "epochs": args.epochs,
+        "image_size": base.image_size,
+        "repeats": args.repeats,
+        "seconds": {"deterministic": times[True], "default": times[False]},
+        "median_seconds": {"deterministic": median[True], "default": median[False]},
+        "cost_ratio": median[True] / median[False],
+        "deterministic_runs_identical": all(np.array_equal(features[True][0], f) for f in features[True]),
+        "default_runs_identical": all(np.array_equal(features[False][0], f) for f in features[False]),
+    }
     path = save("determinism", result)
-    print(f"CNN training, median of {args.repeats}: deterministic {median[True]:.1f} s, default {median[False]:.1f} s "
-          f"(x{result['cost_ratio']:.2f}); identical features: deterministic "
-          f"{result['deterministic_runs_identical']}, default {result['default_runs_identical']}; {path}")
+    print(
+        f"CNN training, median of {args.repeats}: deterministic {median[True]:.1f} s, default {median[False]:.1f} s "
+        f"(x{result['cost_ratio']:.2f}); identical features: deterministic "
+        f"{result['deterministic_runs_identical']}, default {result['default_runs_identical']}; {path}"
+    )

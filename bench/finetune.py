@@ -14,6 +14,7 @@ Usage: ./run bench finetune [--recipes scratch,adam,adamw,distill] [--distill 1.
   -> bench/results/finetune.json, one trial per choice of recipes and settings (a rerun replaces it),
      and its table on the console
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,8 @@ def run(argv) -> None:
     args = ap.parse_args(argv)
     from bench.common import default_interactions
     from bench.gate import chances, read, scores
-    from collabfeat import config as config_lib, imagenet
+    from collabfeat import config as config_lib
+    from collabfeat import imagenet
     from collabfeat.pipeline.data import prepare_data
     from collabfeat.trainer import cnn, mf
 
@@ -61,8 +63,15 @@ def run(argv) -> None:
     def score(name, net, seconds):
         for layer, model in (("projection", net), ("pooled", cnn.pooled(net))):
             s = scores(model, held, unseen)
-            rows.append({"recipe": name, "features": layer, **s, "mean": float(np.mean(list(s.values()))),
-                         "seconds": round(seconds)})
+            rows.append(
+                {
+                    "recipe": name,
+                    "features": layer,
+                    **s,
+                    "mean": float(np.mean(list(s.values()))),
+                    "seconds": round(seconds),
+                }
+            )
             print(table(rows[-1:], list(rows[-1])), flush=True)
 
     def timed_train(name, fn):
@@ -74,29 +83,48 @@ def run(argv) -> None:
     for name in args.recipes.split(","):
         if name == "scratch":
             timed_train(name, lambda: cnn.train_regression(pairs, cfg.cnn)[0])
-        elif name == "adam":       # the recipe before: Adam at a quarter of the scratch rate on every layer
+        elif name == "adam":  # the recipe before: Adam at a quarter of the scratch rate on every layer
             adam = dataclasses.replace(cfg.cnn, learning_rate=cfg.cnn.learning_rate / 4)
-            timed_train(name, lambda: cnn.train_regression(pairs, adam, tune.warmup_epochs + tune.epochs, net=(
-                imagenet.regression_backbone(size, tune.size, cfg.cnn.embedding_dim)))[0])
+            timed_train(
+                name,
+                lambda: cnn.train_regression(
+                    pairs,
+                    adam,
+                    tune.warmup_epochs + tune.epochs,
+                    net=(imagenet.regression_backbone(size, tune.size, cfg.cnn.embedding_dim)),
+                )[0],
+            )
         elif name in ("adamw", "distill"):
             recipe = dataclasses.replace(tune, distill=args.distill if name == "distill" else 0.0)
 
             def fine():
                 net = imagenet.regression_backbone(size, tune.size, cfg.cnn.embedding_dim)
                 teacher = imagenet.backbone(size, tune.size) if recipe.distill else None
-                return cnn.finetune_regression(pairs, cfg.cnn, recipe, net, net.get_layer(imagenet.NETWORK),
-                                               teacher)[0]
+                return cnn.finetune_regression(pairs, cfg.cnn, recipe, net, net.get_layer(imagenet.NETWORK), teacher)[0]
+
             timed_train(name if name == "adamw" else f"distill {args.distill:g}", fine)
         else:
             raise SystemExit(f"bench finetune: unknown recipe {name!r}: one of {RECIPES}")
-    for name, net in (("frozen ImageNet", imagenet.backbone(size, tune.size)),
-                      ("random-init", cnn.random_init(cfg.cnn)), ("pixels", cnn.pixels_net(size))):
+    for name, net in (
+        ("frozen ImageNet", imagenet.backbone(size, tune.size)),
+        ("random-init", cnn.random_init(cfg.cnn)),
+        ("pixels", cnn.pixels_net(size)),
+    ):
         s = scores(net, held, unseen)
         rows.append({"recipe": name, "features": "-", **s, "mean": float(np.mean(list(s.values()))), "seconds": 0})
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, {platform.machine()}",
-              "metric": "precision@10", "chance": chances(held, unseen), "finetune": dataclasses.asdict(tune),
-              "distill": args.distill, "cnn_epochs": cfg.cnn.epochs, "overrides": args.set, "recipes": args.recipes,
-              "rows": rows, "seconds": round(time.time() - start)}
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}",
+        "metric": "precision@10",
+        "chance": chances(held, unseen),
+        "finetune": dataclasses.asdict(tune),
+        "distill": args.distill,
+        "cnn_epochs": cfg.cnn.epochs,
+        "overrides": args.set,
+        "recipes": args.recipes,
+        "rows": rows,
+        "seconds": round(time.time() - start),
+    }
     path = save_trial("finetune", __doc__.split("Usage:")[0].strip(), result, ["overrides", "recipes", "distill"])
     print(table(rows, list(rows[0])))
     print(f"chance: {result['chance']}; {path}")

@@ -7,6 +7,7 @@ MovieLens (real ratings; collabfeat/movielens.py). For each: wall seconds of tra
 apart, and the trade-off curves: recall@k and cumulative training seconds after every sweep/epoch.
 Usage: ./run bench mf [--datasets simulated,movielens] [--repeats 3] [--sweeps 20]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ from collabfeat import config as config_lib
 from collabfeat import movielens
 from collabfeat.trainer import mf
 
-ALS_ITERATIONS = 15      # implicit's default, and its settings from the first version of this benchmark
+ALS_ITERATIONS = 15  # implicit's default, and its settings from the first version of this benchmark
 ALS_SETTINGS = dict(regularization=0.05, alpha=10.0)
 
 
@@ -55,12 +56,15 @@ class Clock:
 
 def implicit_als(mat, dim, iterations, callback=None, clock=None):
     import implicit
-    als = implicit.als.AlternatingLeastSquares(factors=dim, iterations=iterations, random_state=0,
-                                               num_threads=os.cpu_count(), **ALS_SETTINGS)
+
+    als = implicit.als.AlternatingLeastSquares(
+        factors=dim, iterations=iterations, random_state=0, num_threads=os.cpu_count(), **ALS_SETTINGS
+    )
     hook = None
     if callback is not None:
-        hook = lambda it, _secs, _loss: callback(it + 1, mf.Factors(np.asarray(als.user_factors),
-                                                                    np.asarray(als.item_factors), []))
+        hook = lambda it, _secs, _loss: callback(
+            it + 1, mf.Factors(np.asarray(als.user_factors), np.asarray(als.item_factors), [])
+        )
     als.fit(mat, show_progress=False, callback=hook)
     return mf.Factors(np.asarray(als.user_factors), np.asarray(als.item_factors), [])
 
@@ -73,13 +77,19 @@ def run_dataset(name: str, cfg, repeats: int, sweeps: int) -> dict:
     mat = sp.csr_matrix((w[~held].astype(np.float32), (u[~held], i[~held])), shape=(n_users, n_items))
     k = cfg.mf.recall_k
 
-    def recall(f):   # -> (recall@k, seconds it took)
+    def recall(f):  # -> (recall@k, seconds it took)
         t = time.perf_counter()
         return mf.recall_at_k(f, train_pairs, eval_pairs, k), time.perf_counter() - t
 
-    recall(mf.popularity(i[~held], n_users, n_items))   # warm-up: the first evaluation pays for page faults
-    ours = [config_lib.MFConfig(**{**cfg.mf.__dict__, **o}) for o in (
-        {"objective": "mse", "solver": "als"}, {"objective": "mse", "solver": "adam"}, {"objective": "softmax"})]
+    recall(mf.popularity(i[~held], n_users, n_items))  # warm-up: the first evaluation pays for page faults
+    ours = [
+        config_lib.MFConfig(**{**cfg.mf.__dict__, **o})
+        for o in (
+            {"objective": "mse", "solver": "als"},
+            {"objective": "mse", "solver": "adam"},
+            {"objective": "softmax"},
+        )
+    ]
     fits = {
         "tfrs-als (ours)": (lambda: mf.train(u[~held], i[~held], rating, n_users, n_items, ours[0]), ours[0].epochs),
         "implicit-als": (lambda: implicit_als(mat, cfg.mf.dim, ALS_ITERATIONS), ALS_ITERATIONS),
@@ -95,16 +105,32 @@ def run_dataset(name: str, cfg, repeats: int, sweeps: int) -> dict:
             times[m].append(time.perf_counter() - t)
     for m, (_, passes) in fits.items():
         r, eval_secs = recall(factors[m])
-        rows.append({"model": m, "passes": passes, "seconds": statistics.median(times[m]),
-                     "runs": len(times[m]), f"recall@{k}": r, "eval seconds": eval_secs})
+        rows.append(
+            {
+                "model": m,
+                "passes": passes,
+                "seconds": statistics.median(times[m]),
+                "runs": len(times[m]),
+                f"recall@{k}": r,
+                "eval seconds": eval_secs,
+            }
+        )
     step(f"{name}: the SGD objectives ({ours[1].epochs} epochs each)")
     for label, mcfg in (("tfrs-mse-adam", ours[1]), ("tfrs-softmax-adam", ours[2])):
         t = time.perf_counter()
         factors = mf.train(u[~held], i[~held], rating, n_users, n_items, mcfg)
         secs = time.perf_counter() - t
         r, eval_secs = recall(factors)
-        rows.append({"model": label, "passes": mcfg.epochs, "seconds": secs, "runs": 1,
-                     f"recall@{k}": r, "eval seconds": eval_secs})
+        rows.append(
+            {
+                "model": label,
+                "passes": mcfg.epochs,
+                "seconds": secs,
+                "runs": 1,
+                f"recall@{k}": r,
+                "eval seconds": eval_secs,
+            }
+        )
     r, eval_secs = recall(mf.popularity(i[~held], n_users, n_items))
     rows.append({"model": "popularity", f"recall@{k}": r, "eval seconds": eval_secs})
     base = rows[1]
@@ -121,28 +147,52 @@ def run_dataset(name: str, cfg, repeats: int, sweeps: int) -> dict:
         def hook(step, factors):
             r = clock.evaluate(lambda: recall(factors)[0])
             points.append({"passes": step, "seconds": clock.training(), f"recall@{k}": r})
+
         fit(hook)
         curves[label] = points
 
     step(f"{name}: trade-off curves (recall after every sweep or epoch)")
-    curve("tfrs-als (ours)", lambda hook: mf.train(
-        u[~held], i[~held], rating, n_users, n_items,
-        config_lib.MFConfig(**{**ours[0].__dict__, "epochs": sweeps}), callback=hook))
+    curve(
+        "tfrs-als (ours)",
+        lambda hook: mf.train(
+            u[~held],
+            i[~held],
+            rating,
+            n_users,
+            n_items,
+            config_lib.MFConfig(**{**ours[0].__dict__, "epochs": sweeps}),
+            callback=hook,
+        ),
+    )
     curve("implicit-als", lambda hook: implicit_als(mat, cfg.mf.dim, sweeps, callback=hook))
     for label, mcfg in (("tfrs-mse-adam", ours[1]), ("tfrs-softmax-adam", ours[2])):
-        curve(label, lambda hook, mcfg=mcfg: mf.train(u[~held], i[~held], rating, n_users, n_items,
-                                                       mcfg, callback=hook))
+        curve(
+            label, lambda hook, mcfg=mcfg: mf.train(u[~held], i[~held], rating, n_users, n_items, mcfg, callback=hook)
+        )
 
-    print(f"\n{name}: {n_users} users x {n_items} items, {len(train_pairs)} train / {len(eval_pairs)} "
-          f"held-out pairs, {os.cpu_count()} threads")
-    print(table(rows, ["model", "passes", "seconds", "runs", f"recall@{k}", "time vs ALS",
-                       "recall vs ALS", "eval seconds"]))
+    print(
+        f"\n{name}: {n_users} users x {n_items} items, {len(train_pairs)} train / {len(eval_pairs)} "
+        f"held-out pairs, {os.cpu_count()} threads"
+    )
+    print(
+        table(
+            rows, ["model", "passes", "seconds", "runs", f"recall@{k}", "time vs ALS", "recall vs ALS", "eval seconds"]
+        )
+    )
     print("trade-off (passes: recall@k / training seconds):")
     for label, points in curves.items():
-        print(f"  {label:18s} " + "  ".join(f"{p['passes']}: {p[f'recall@{k}']:.3f}/{p['seconds']:.1f}s"
-                                         for p in points))
-    return {"users": n_users, "items": n_items, "train_pairs": int(len(train_pairs)),
-            "eval_pairs": int(len(eval_pairs)), "threads": os.cpu_count(), "rows": rows, "curves": curves}
+        print(
+            f"  {label:18s} " + "  ".join(f"{p['passes']}: {p[f'recall@{k}']:.3f}/{p['seconds']:.1f}s" for p in points)
+        )
+    return {
+        "users": n_users,
+        "items": n_items,
+        "train_pairs": int(len(train_pairs)),
+        "eval_pairs": int(len(eval_pairs)),
+        "threads": os.cpu_count(),
+        "rows": rows,
+        "curves": curves,
+    }
 
 
 def run(argv=None) -> dict:

@@ -7,6 +7,7 @@ buckets per side, and the train pairs and recall@k, which must not change with t
 Usage: ./run bench mf-memory --run OUTPUT_DIR [--bucket-pairs 16777216,4194304,1048576]
 (OUTPUT_DIR: a run's runner.output_dir, for example a `bench scale` size's directory.)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,13 +25,16 @@ from collabfeat.pipeline.report import find_artifact, read_report
 def newest(root: str, output: str) -> str:
     uri = find_artifact(root, "Transform", output)
     if not uri:
-        raise SystemExit(f"bench mf-memory: no Transform {output} under {root}: run the pipeline through Transform first")
+        raise SystemExit(
+            f"bench mf-memory: no Transform {output} under {root}: run the pipeline through Transform first"
+        )
     return uri
 
 
 def one(run_dir: str, bucket_pairs: int, out: str) -> dict:
     """In this process: MFTrainer's function with mf.bucket_pairs = bucket_pairs."""
     from tfx.types import artifact_utils, standard_artifacts
+
     from collabfeat.pipeline import components
 
     root = os.path.join(run_dir, "collabfeat", "root")
@@ -47,15 +51,19 @@ def one(run_dir: str, bucket_pairs: int, out: str) -> dict:
     os.makedirs(out, exist_ok=True)
     start = time.perf_counter()
     components.MFTrainer.EXECUTOR_SPEC.executor_class._FUNCTION(
-        transformed=transformed, transform_graph=graph, model=model,
-        settings_json=json.dumps(settings), code="bench")
+        transformed=transformed, transform_graph=graph, model=model, settings_json=json.dumps(settings), code="bench"
+    )
     seconds = time.perf_counter() - start
     report = read_report(out)
     k = settings["mf"]["recall_k"]
-    return {"bucket_pairs": bucket_pairs, "seconds": round(seconds, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "train_pairs": report["train_pairs"], "buckets": report.get("als_buckets"),
-            f"recall@{k}": report[f"recall@{k}"]}
+    return {
+        "bucket_pairs": bucket_pairs,
+        "seconds": round(seconds, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "train_pairs": report["train_pairs"],
+        "buckets": report.get("als_buckets"),
+        f"recall@{k}": report[f"recall@{k}"],
+    }
 
 
 def run(argv) -> None:
@@ -72,12 +80,16 @@ def run(argv) -> None:
     for bucket_pairs in (int(b) for b in args.bucket_pairs.split(",")):
         step(f"MFTrainer with mf.bucket_pairs={bucket_pairs}")
         out = os.path.join(args.run, "bench-mf-memory", str(bucket_pairs))
-        done = subprocess.run([sys.executable, "-m", "bench", "mf-memory", "--run", args.run,
-                               "--one", str(bucket_pairs), "--out", out], capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "bench", "mf-memory", "--run", args.run, "--one", str(bucket_pairs), "--out", out],
+            capture_output=True,
+            text=True,
+        )
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         if done.returncode or not lines:
-            raise SystemExit(f"bench mf-memory: bucket_pairs={bucket_pairs} failed "
-                             f"(exit {done.returncode}):\n{done.stderr[-3000:]}")
-        rows.append(json.loads(lines[-1][len("RESULT "):]))
+            raise SystemExit(
+                f"bench mf-memory: bucket_pairs={bucket_pairs} failed (exit {done.returncode}):\n{done.stderr[-3000:]}"
+            )
+        rows.append(json.loads(lines[-1][len("RESULT ") :]))
     print(table(rows, list(rows[0])))
     print("results:", save("mf_memory", {"date": time.strftime("%Y-%m-%d"), "run": args.run, "rows": rows}))

@@ -4,6 +4,7 @@ in results.md is written by hand; a test fails when it is stale against the JSON
 
 Usage: ./run bench report [--check]   (--check: exit 1 if docs/results.md differs from what the JSON gives)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,7 @@ import glob
 import json
 import os
 import sys
-from typing import Callable, Dict, List
+from collections.abc import Callable
 
 from bench.common import RESULTS, table
 
@@ -19,134 +20,226 @@ DOCS = os.path.join(os.path.dirname(RESULTS), os.pardir, "docs")
 TARGET = os.path.normpath(os.path.join(DOCS, "results.md"))
 
 
-def _md(rows: List[Dict], columns: List[str]) -> str:
+def _md(rows: list[dict], columns: list[str]) -> str:
     return table(rows, columns, "github")
 
 
-def _when(r: Dict) -> str:
+def _when(r: dict) -> str:
     return f"*{r.get('date', 'undated')}, {r.get('machine', 'machine not recorded')}*"
 
 
-def _what(r: Dict) -> str:
+def _what(r: dict) -> str:
     return " ".join(r.get("what", "").split())
 
 
-def quality(r: Dict) -> List[str]:
+def _cell(c: dict, metric: str) -> str:
+    """A cell over seeds: mean [min, max]."""
+    return f"{c[metric]:.3f} [{c['min']:.3f}, {c['max']:.3f}]"
+
+
+def quality(r: dict) -> list[str]:
     from bench.quality import table as quality_table
     from collabfeat.features import FEATURE_NAMES
+
     runs = r["runs"]
     out = [_what(r)]
     main = runs.get("seed-0") or runs.get("demo")
     if main:
         name = "seed-0" if "seed-0" in runs else "demo"
-        out += [f"### The demo's table ({name}: {main['pipeline_seconds']:.0f} s of pipeline)", _when(main),
-                "precision@10 / mAP; each facet's header gives its images and chance line.", quality_table(main),
-                f"Targets met: {main['targets_met']} of {len(main['targets'])}.",
-                _md([{"target": c["target"], "met": "met" if c["met"] else "MISSED", "needed": c.get("needed"),
-                      "values": ", ".join(f"{k} {v:.3f}" for k, v in c["values"])} for c in main["targets"]],
-                    ["target", "met", "needed", "values"])]
+        out += [
+            f"### The demo's table ({name}: {main['pipeline_seconds']:.0f} s of pipeline)",
+            _when(main),
+            "precision@10 / mAP; each facet's header gives its images and chance line.",
+            quality_table(main),
+            f"Targets met: {main['targets_met']} of {len(main['targets'])}.",
+            _md(
+                [
+                    {
+                        "target": c["target"],
+                        "met": "met" if c["met"] else "MISSED",
+                        "needed": c.get("needed"),
+                        "values": ", ".join(f"{k} {v:.3f}" for k, v in c["values"]),
+                    }
+                    for c in main["targets"]
+                ],
+                ["target", "met", "needed", "values"],
+            ),
+        ]
     repeats = [(n, e) for n, e in runs.items() if "repeat_of" in e]
     if repeats:
-        out += ["### Repeatability: two runs from one seed",
-                _md([{"run": n, "repeat of": e["repeat_of"], "identical to 3 decimals": e["identical_to_3_decimals"],
-                      "pipeline s": e["pipeline_seconds"], "first's pipeline s": runs[e["repeat_of"]]["pipeline_seconds"]}
-                     for n, e in repeats], ["run", "repeat of", "identical to 3 decimals", "pipeline s",
-                                            "first's pipeline s"])]
+        out += [
+            "### Repeatability: two runs from one seed",
+            _md(
+                [
+                    {
+                        "run": n,
+                        "repeat of": e["repeat_of"],
+                        "identical to 3 decimals": e["identical_to_3_decimals"],
+                        "pipeline s": e["pipeline_seconds"],
+                        "first's pipeline s": runs[e["repeat_of"]]["pipeline_seconds"],
+                    }
+                    for n, e in repeats
+                ],
+                ["run", "repeat of", "identical to 3 decimals", "pipeline s", "first's pipeline s"],
+            ),
+        ]
     s = r.get("seeds")
     if s:
         facets = list(s["facets"])
-        rows = [{"features": "served (" + ", ".join(sorted(set(s["served"]))) + ")",
-                 **{f: "%.3f [%.3f, %.3f]" % tuple(s["facets"][f]["table"]["served"][k] for k in (s["metric"], "min", "max"))
-                    for f in facets}}]
+        rows = [
+            {
+                "features": "served (" + ", ".join(sorted(set(s["served"]))) + ")",
+                **{f: _cell(s["facets"][f]["table"]["served"], s["metric"]) for f in facets},
+            }
+        ]
         for name, label in FEATURE_NAMES.items():
             if any(name in s["facets"][f]["table"] for f in facets):
                 row = {"features": label}
                 for f in facets:
                     c = s["facets"][f]["table"].get(name)
-                    row[f] = f"{c[s['metric']]:.3f} [{c['min']:.3f}, {c['max']:.3f}]" if c else "-"
+                    row[f] = _cell(c, s["metric"]) if c else "-"
                 rows.append(row)
-        out += [f"### Over {s['runs']} seeds: mean [min, max] of {s['metric']}",
-                "Every seed of the run (simulator, MF, CNNs) moved by 0, 1, 2 (the demo is seed 0).",
-                _md(rows, ["features"] + facets),
-                f"On the means: {s['targets_met']} of {len(s['targets'])} targets met, "
-                f"{s['targets_beyond_range']} by a margin beyond the seeds' range.",
-                _md([{"target": c["target"], "on the means": "met" if c["met"] else "MISSED",
-                      "margin": c["margin"], "range": c["range"],
-                      "beyond the range": "yes" if c["exceeds_range"] else "no"} for c in s["targets"]],
-                    ["target", "on the means", "margin", "range", "beyond the range"])]
+        out += [
+            f"### Over {s['runs']} seeds: mean [min, max] of {s['metric']}",
+            "Every seed of the run (simulator, MF, CNNs) moved by 0, 1, 2 (the demo is seed 0).",
+            _md(rows, ["features"] + facets),
+            f"On the means: {s['targets_met']} of {len(s['targets'])} targets met, "
+            f"{s['targets_beyond_range']} by a margin beyond the seeds' range.",
+            _md(
+                [
+                    {
+                        "target": c["target"],
+                        "on the means": "met" if c["met"] else "MISSED",
+                        "margin": c["margin"],
+                        "range": c["range"],
+                        "beyond the range": "yes" if c["exceeds_range"] else "no",
+                    }
+                    for c in s["targets"]
+                ],
+                ["target", "on the means", "margin", "range", "beyond the range"],
+            ),
+        ]
     return out
 
 
-def sweep(r: Dict) -> List[str]:
+def sweep(r: dict) -> list[str]:
     from bench.sweep import markdown
+
     return [_what(r), _when(r), f"{r['metric']}; a cell wins when {r['wins']}.", markdown(r)]
 
 
-def gate(r: Dict) -> List[str]:
+def gate(r: dict) -> list[str]:
     rows = []
     for t in r["trials"]:
         s, g = t["style"], t["gate"]
-        rows.append({"catalogue vendors": ", ".join(t["vendors"]), "unseen": t.get("unseen_vendor") or "-",
-                     "chance": s["chance"], "style-supervised": s["style_supervised"], "pixels": s["pixels"],
-                     "random-init": s["random"], "halfway": g["halfway"], "gate": "passed" if g["passed"] else "FAILED",
-                     "date": t["date"], "machine": t["machine"]})
+        rows.append(
+            {
+                "catalogue vendors": ", ".join(t["vendors"]),
+                "unseen": t.get("unseen_vendor") or "-",
+                "chance": s["chance"],
+                "style-supervised": s["style_supervised"],
+                "pixels": s["pixels"],
+                "random-init": s["random"],
+                "halfway": g["halfway"],
+                "gate": "passed" if g["passed"] else "FAILED",
+                "date": t["date"],
+                "machine": t["machine"],
+            }
+        )
     return [_what(r), _md(rows, list(rows[0]))]
 
 
-def finetune(r: Dict) -> List[str]:
+def finetune(r: dict) -> list[str]:
     out = [_what(r)]
     for t in r["trials"]:
         f = t["finetune"]
-        out += [f"### {t['recipes']}" + (f" with {', '.join(t['overrides'])}" if t["overrides"] else ""), _when(t),
-                f"fine-tuning: warm-up {f['warmup_epochs']} + {f['epochs']} epochs at {f['size']} px, AdamW "
-                f"{f['learning_rate']:g} (head {f['head_learning_rate']:g}), weight decay {f['weight_decay']:g}; "
-                f"distill recipe's weight {t['distill']:g}. {t.get('note', '')}".strip(),
-                _md(t["rows"], ["recipe", "features", "style", "category", "unseen_style", "mean", "seconds"])]
+        out += [
+            f"### {t['recipes']}" + (f" with {', '.join(t['overrides'])}" if t["overrides"] else ""),
+            _when(t),
+            f"fine-tuning: warm-up {f['warmup_epochs']} + {f['epochs']} epochs at {f['size']} px, AdamW "
+            f"{f['learning_rate']:g} (head {f['head_learning_rate']:g}), weight decay {f['weight_decay']:g}; "
+            f"distill recipe's weight {t['distill']:g}. {t.get('note', '')}".strip(),
+            _md(t["rows"], ["recipe", "features", "style", "category", "unseen_style", "mean", "seconds"]),
+        ]
     return out
 
 
-def determinism(r: Dict) -> List[str]:
-    return ["Op determinism's cost: one small training "
-            f"({r['images']} images, {r['epochs']} epochs, {r['image_size']} px) timed {r['repeats']} times each way.",
-            _when(r), _md([{"mode": m, "median s": r["median_seconds"][m],
-                            "runs identical": r[f"{m}_runs_identical"]} for m in ("deterministic", "default")],
-                          ["mode", "median s", "runs identical"]),
-            f"Cost: x{r['cost_ratio']:.2f}."]
+def determinism(r: dict) -> list[str]:
+    return [
+        "Op determinism's cost: one small training "
+        f"({r['images']} images, {r['epochs']} epochs, {r['image_size']} px) timed {r['repeats']} times each way.",
+        _when(r),
+        _md(
+            [
+                {"mode": m, "median s": r["median_seconds"][m], "runs identical": r[f"{m}_runs_identical"]}
+                for m in ("deterministic", "default")
+            ],
+            ["mode", "median s", "runs identical"],
+        ),
+        f"Cost: x{r['cost_ratio']:.2f}.",
+    ]
 
 
-def scale(r: Dict) -> List[str]:
-    runs = [{"multiple": x["multiple"], "engine": x["engine"], "until": x["until"], "log rows": x["rows_in_logs"],
-             "pipeline s": x["pipeline_seconds"], "peak RSS MB": x["peak_rss_mb"], "failed": x["failed"] or ""}
-            for x in r["runs"]]
-    out = [_when(r), f"Targets: {', '.join(f'{k} {v}' for k, v in r['targets'].items())}.",
-           _md(runs, list(runs[0]))]
+def scale(r: dict) -> list[str]:
+    runs = [
+        {
+            "multiple": x["multiple"],
+            "engine": x["engine"],
+            "until": x["until"],
+            "log rows": x["rows_in_logs"],
+            "pipeline s": x["pipeline_seconds"],
+            "peak RSS MB": x["peak_rss_mb"],
+            "failed": x["failed"] or "",
+        }
+        for x in r["runs"]
+    ]
+    out = [_when(r), f"Targets: {', '.join(f'{k} {v}' for k, v in r['targets'].items())}.", _md(runs, list(runs[0]))]
     if r.get("exponents"):
         cols = list(r["exponents"][0])
-        out += ["Growth exponents (time ~ n^b) per component, between the two largest sizes:",
-                _md(r["exponents"], cols)]
+        out += [
+            "Growth exponents (time ~ n^b) per component, between the two largest sizes:",
+            _md(r["exponents"], cols),
+        ]
     return out
 
 
-RENDER: Dict[str, Callable[[Dict], List[str]]] = {
-    "quality": quality, "sweep": sweep, "gate_emoji": gate, "finetune": finetune, "determinism": determinism,
-    "scale": scale, "scale_behaviour_64": scale}
-TITLES = {"quality": "Quality: the demo's retrieval table", "sweep": "Where collaborative features win: the taste sweep",
-          "gate_emoji": "The data gate", "finetune": "Fine-tuning recipes and the retrieval layer",
-          "determinism": "Repeatability's cost", "scale": "Scale: the pipeline at multiples of the default data",
-          "scale_behaviour_64": "Scale: the behaviour path at 64x"}
+RENDER: dict[str, Callable[[dict], list[str]]] = {
+    "quality": quality,
+    "sweep": sweep,
+    "gate_emoji": gate,
+    "finetune": finetune,
+    "determinism": determinism,
+    "scale": scale,
+    "scale_behaviour_64": scale,
+}
+TITLES = {
+    "quality": "Quality: the demo's retrieval table",
+    "sweep": "Where collaborative features win: the taste sweep",
+    "gate_emoji": "The data gate",
+    "finetune": "Fine-tuning recipes and the retrieval layer",
+    "determinism": "Repeatability's cost",
+    "scale": "Scale: the pipeline at multiples of the default data",
+    "scale_behaviour_64": "Scale: the behaviour path at 64x",
+}
 
 
-def generic(r: Dict) -> List[str]:
+def generic(r: dict) -> list[str]:
     flat = {k: v for k, v in r.items() if not isinstance(v, (dict, list))}
     return [_what(r), _md([flat], list(flat))] if flat else [_what(r)]
 
 
 def render() -> str:
-    out = ["# Measured results", "",
-           "Generated by `./run bench report` from the committed `bench/results/*.json`; do not edit by hand. "
-           "Each section names its result file, and the date and machine its numbers were measured on.", ""]
-    names = sorted((os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(RESULTS, "*.json"))),
-                   key=lambda n: (list(RENDER).index(n) if n in RENDER else len(RENDER), n))
+    out = [
+        "# Measured results",
+        "",
+        "Generated by `./run bench report` from the committed `bench/results/*.json`; do not edit by hand. "
+        "Each section names its result file, and the date and machine its numbers were measured on.",
+        "",
+    ]
+    names = sorted(
+        (os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(RESULTS, "*.json"))),
+        key=lambda n: (list(RENDER).index(n) if n in RENDER else len(RENDER), n),
+    )
     for name in names:
         with open(os.path.join(RESULTS, f"{name}.json")) as f:
             r = json.load(f)

@@ -16,6 +16,7 @@ pairs for Transform and MFTrainer, catalogue images for the image components. Th
 (cost ∝ n^b) is taken between the two largest sizes at which the component ran. Results are saved to
 bench/results/scale.json after every size, so that a partial run keeps what it measured.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,6 @@ import os
 import shutil
 import sys
 import time
-from typing import Dict, List
 
 from bench.common import save, table
 from collabfeat import config as config_lib
@@ -36,13 +36,16 @@ LOG_READERS = ("LogsExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator
 PAIR_READERS = ("Transform", "MFTrainer")
 
 
-def settings(multiple: int, work: str) -> List[str]:
-    return [f"simulator.n_users={BASE.n_users * multiple}",
-            f"simulator.n_items={min(BASE.n_items * multiple, MAX_ITEMS)}",
-            f"runner.output_dir={work}", f"serving.push_dir={work}/models"]
+def settings(multiple: int, work: str) -> list[str]:
+    return [
+        f"simulator.n_users={BASE.n_users * multiple}",
+        f"simulator.n_items={min(BASE.n_items * multiple, MAX_ITEMS)}",
+        f"runner.output_dir={work}",
+        f"serving.push_dir={work}/models",
+    ]
 
 
-def input_size(component: str, report: Dict) -> int:
+def input_size(component: str, report: dict) -> int:
     if component in LOG_READERS:
         return report["datasheet"]["rows"]
     if component in PAIR_READERS:
@@ -50,41 +53,60 @@ def input_size(component: str, report: Dict) -> int:
     return report["datasheet"]["images"]["catalogue"]
 
 
-def measure(multiple: int, until: str, work_root: str, engine: str = "direct") -> Dict:
+def measure(multiple: int, until: str, work_root: str, engine: str = "direct") -> dict:
     from collabfeat.pipeline.data import prepare_data
     from collabfeat.pipeline.supervise import PipelineFailed, PipelineStopped, run
 
     work = os.path.join(work_root, f"{until}-x{multiple}")
-    shutil.rmtree(os.path.join(work, "collabfeat"), ignore_errors=True)   # the run, not the data
+    shutil.rmtree(os.path.join(work, "collabfeat"), ignore_errors=True)  # the run, not the data
     cfg = config_lib.load(overrides=settings(multiple, work) + [f"runner.engine={engine}"])
     start = time.time()
-    prepare_data(cfg)          # generated data is not the pipeline's cost
+    prepare_data(cfg)  # generated data is not the pipeline's cost
     generated = time.time() - start
     print(f"[scale] x{multiple} until {until}: data ready ({generated:.0f} s); running", flush=True)
     failed = None
     try:
-        report = run(cfg, until, os.path.join(work, "pipeline.log"), echo=lambda line: print(line, flush=True),
-                     bars=sys.stdout.isatty())
+        report = run(
+            cfg,
+            until,
+            os.path.join(work, "pipeline.log"),
+            echo=lambda line: print(line, flush=True),
+            bars=sys.stdout.isatty(),
+        )
     except PipelineStopped:
-        raise                  # the user stopped the benchmark: no further sizes
+        raise  # the user stopped the benchmark: no further sizes
     except PipelineFailed as e:
         report, failed = e.report, str(e)
     rows = []
     for name, c in report.get("components", {}).items():
         n = input_size(name, report)
-        rows.append({"size": f"x{multiple}", "path": ("full" if until == "push" else "behaviour")
-                     + ("" if engine == "direct" else f" ({engine})"),
-                     "component": name, "state": c["state"], "n": n, "seconds": c["seconds"],
-                     "n/s": n / c["seconds"] if c["seconds"] > 0 else None, "peak_rss_mb": c["peak_rss_mb"]})
-    return {"multiple": multiple, "until": until, "engine": engine,
-            "rows_in_logs": report.get("datasheet", {}).get("rows"),
-            "pipeline_seconds": report.get("seconds"), "peak_rss_mb": report.get("peak_rss_mb"),
-            "failed": failed, "components": rows}
+        rows.append(
+            {
+                "size": f"x{multiple}",
+                "path": ("full" if until == "push" else "behaviour") + ("" if engine == "direct" else f" ({engine})"),
+                "component": name,
+                "state": c["state"],
+                "n": n,
+                "seconds": c["seconds"],
+                "n/s": n / c["seconds"] if c["seconds"] > 0 else None,
+                "peak_rss_mb": c["peak_rss_mb"],
+            }
+        )
+    return {
+        "multiple": multiple,
+        "until": until,
+        "engine": engine,
+        "rows_in_logs": report.get("datasheet", {}).get("rows"),
+        "pipeline_seconds": report.get("seconds"),
+        "peak_rss_mb": report.get("peak_rss_mb"),
+        "failed": failed,
+        "components": rows,
+    }
 
 
-def exponents(runs: List[Dict]) -> List[Dict]:
+def exponents(runs: list[dict]) -> list[dict]:
     """b for time and for memory per component, between the two largest sizes it ran at."""
-    by: Dict[str, List[Dict]] = {}
+    by: dict[str, list[dict]] = {}
     for r in runs:
         for c in r["components"]:
             # Components too short to time or to sample (under a second) have no meaningful growth.
@@ -99,27 +121,44 @@ def exponents(runs: List[Dict]) -> List[Dict]:
         growth = math.log(b["n"] / a["n"])
         bt = math.log(max(b["seconds"], 0.1) / max(a["seconds"], 0.1)) / growth
         bm = math.log(max(b["peak_rss_mb"], 1) / max(a["peak_rss_mb"], 1)) / growth
-        out.append({"component": name, "from": f"{a['size']} (n={a['n']})", "to": f"{b['size']} (n={b['n']})",
-                    "b (time)": bt, "b (memory)": bm, "peak_rss_mb": b["peak_rss_mb"],
-                    "meets b<=1.15": bt <= TARGETS["exponent"],
-                    "meets rss<=4GB": b["peak_rss_mb"] <= TARGETS["peak_rss_mb"]})
+        out.append(
+            {
+                "component": name,
+                "from": f"{a['size']} (n={a['n']})",
+                "to": f"{b['size']} (n={b['n']})",
+                "b (time)": bt,
+                "b (memory)": bm,
+                "peak_rss_mb": b["peak_rss_mb"],
+                "meets b<=1.15": bt <= TARGETS["exponent"],
+                "meets rss<=4GB": b["peak_rss_mb"] <= TARGETS["peak_rss_mb"],
+            }
+        )
     return out
 
 
-def run(argv=None) -> Dict:
+def run(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="bench scale")
     p.add_argument("--sizes", default="1,4,16", help="multiples of the default data for the full pipeline")
     p.add_argument("--behaviour", default="64", help="multiples for the behaviour path alone ('' for none)")
-    p.add_argument("--portable", default="", help="multiples for the behaviour path on the DirectRunner and "
-                                                    "on the portable engine, side by side ('' for none)")
+    p.add_argument(
+        "--portable",
+        default="",
+        help="multiples for the behaviour path on the DirectRunner and "
+        "on the portable engine, side by side ('' for none)",
+    )
     p.add_argument("--work", default=os.path.join("runs", "bench-scale"))
     args = p.parse_args(argv)
-    plan = [(int(m), "push", "direct") for m in args.sizes.split(",") if m] + \
-           [(int(m), "mf", "direct") for m in args.behaviour.split(",") if m] + \
-           [(int(m), "mf", engine) for m in args.portable.split(",") if m for engine in ("direct", "portable")]
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, "
-              f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2 ** 30:.0f} GB",
-              "targets": TARGETS, "runs": []}
+    plan = (
+        [(int(m), "push", "direct") for m in args.sizes.split(",") if m]
+        + [(int(m), "mf", "direct") for m in args.behaviour.split(",") if m]
+        + [(int(m), "mf", engine) for m in args.portable.split(",") if m for engine in ("direct", "portable")]
+    )
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GB",
+        "targets": TARGETS,
+        "runs": [],
+    }
     for multiple, until, engine in plan:
         result["runs"].append(measure(multiple, until, os.path.abspath(args.work), engine))
         save("scale", result)
@@ -133,37 +172,59 @@ def run(argv=None) -> Dict:
     return result
 
 
-def engine_ratios(runs: List[Dict]) -> List[Dict]:
+def engine_ratios(runs: list[dict]) -> list[dict]:
     """Per component and size: rows/s on the portable engine against the DirectRunner's, from the
     behaviour runs that have both."""
-    by: Dict = {}
+    by: dict = {}
     for r in runs:
         if r["until"] == "mf":
             for c in r["components"]:
                 if c["state"] == "complete" and c["n/s"]:
                     by.setdefault((r["multiple"], c["component"]), {})[r.get("engine", "direct")] = c
-    return [{"size": f"x{m}", "component": name, "n": e["direct"]["n"],
-             "n/s direct": e["direct"]["n/s"], "n/s portable": e["portable"]["n/s"],
-             "portable / direct": e["portable"]["n/s"] / e["direct"]["n/s"],
-             "peak_rss_mb direct": e["direct"]["peak_rss_mb"], "peak_rss_mb portable": e["portable"]["peak_rss_mb"]}
-            for (m, name), e in sorted(by.items()) if {"direct", "portable"} <= set(e)]
+    return [
+        {
+            "size": f"x{m}",
+            "component": name,
+            "n": e["direct"]["n"],
+            "n/s direct": e["direct"]["n/s"],
+            "n/s portable": e["portable"]["n/s"],
+            "portable / direct": e["portable"]["n/s"] / e["direct"]["n/s"],
+            "peak_rss_mb direct": e["direct"]["peak_rss_mb"],
+            "peak_rss_mb portable": e["portable"]["peak_rss_mb"],
+        }
+        for (m, name), e in sorted(by.items())
+        if {"direct", "portable"} <= set(e)
+    ]
 
 
-def report_text(result: Dict) -> str:
+def report_text(result: dict) -> str:
     rows = [c for r in result["runs"] for c in r["components"]]
-    lines = [f"scale benchmark, {result['date']}, {result['machine']}",
-             table(rows, ["size", "path", "component", "state", "n", "seconds", "n/s", "peak_rss_mb"]), ""]
+    lines = [
+        f"scale benchmark, {result['date']}, {result['machine']}",
+        table(rows, ["size", "path", "component", "state", "n", "seconds", "n/s", "peak_rss_mb"]),
+        "",
+    ]
     for r in result["runs"]:
-        lines.append(f"x{r['multiple']} ({r['until']}, {r.get('engine', 'direct')}): {r['rows_in_logs']} log rows, "
-                     f"{r['pipeline_seconds']} s, "
-                     f"peak {r['peak_rss_mb']} MB" + (f", FAILED: {r['failed']}" if r["failed"] else ""))
+        lines.append(
+            f"x{r['multiple']} ({r['until']}, {r.get('engine', 'direct')}): {r['rows_in_logs']} log rows, "
+            f"{r['pipeline_seconds']} s, "
+            f"peak {r['peak_rss_mb']} MB" + (f", FAILED: {r['failed']}" if r["failed"] else "")
+        )
     columns = ["component", "from", "to", "b (time)", "b (memory)", "peak_rss_mb", "meets b<=1.15", "meets rss<=4GB"]
-    lines += ["", "growth between the two largest full-pipeline sizes:", table(result.get("exponents", []), columns),
-              "", "growth between the two largest sizes of all runs (the behaviour path's largest included):",
-              table(result.get("exponents_all_sizes", []), columns)]
+    lines += [
+        "",
+        "growth between the two largest full-pipeline sizes:",
+        table(result.get("exponents", []), columns),
+        "",
+        "growth between the two largest sizes of all runs (the behaviour path's largest included):",
+        table(result.get("exponents_all_sizes", []), columns),
+    ]
     if result.get("engines"):
-        lines += ["", "the behaviour path on the portable engine against the DirectRunner, same size:",
-                  table(result["engines"], list(result["engines"][0]))]
+        lines += [
+            "",
+            "the behaviour path on the portable engine against the DirectRunner, same size:",
+            table(result["engines"], list(result["engines"][0])),
+        ]
     return "\n".join(lines)
 
 

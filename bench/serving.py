@@ -19,6 +19,7 @@ Targets (issue 13): serving_default and similar reach >= 0.8x the in-process q/s
 concurrency with p99 <= 2x the in-process p99; similar_by_id reaches >= 0.7x the no-op floor's
 q/s; the hot swap fails no request.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,6 +46,7 @@ TARGETS = {"q/s ratio": 0.8, "p99 ratio": 2.0, "by_id vs no-op": 0.7}
 def _queries(version_path: str, n: int = 32):
     """Catalogue items, and PNG images at the model's input size, as a client would send them."""
     from collabfeat.images import encode_png
+
     extra = os.path.join(version_path, "assets.extra")
     ids = [line.strip() for line in open(os.path.join(extra, "item_ids.txt")) if line.strip()][:n]
     with open(os.path.join(extra, "config.json")) as f:
@@ -54,8 +56,14 @@ def _queries(version_path: str, n: int = 32):
     return ids, images
 
 
-def load(call, concurrency: int, seconds: float = 0.0, stop: threading.Event = None,
-         setup=lambda: None, teardown=lambda _: None) -> dict:
+def load(
+    call,
+    concurrency: int,
+    seconds: float = 0.0,
+    stop: threading.Event = None,
+    setup=lambda: None,
+    teardown=lambda _: None,
+) -> dict:
     """call(state, j) from `concurrency` threads, after one warm-up call each, for `seconds` or
     until `stop` is set: p50/p99 latency, q/s, and the failures with the first one's message."""
     latencies, failures, lock = [], [], threading.Lock()
@@ -94,16 +102,24 @@ def load(call, concurrency: int, seconds: float = 0.0, stop: threading.Event = N
         t.join()
     elapsed = time.perf_counter() - begin
     lat = np.array(latencies) * 1000 if latencies else np.array([np.nan])
-    return {"requests": len(latencies), "failures": len(failures), "first failure": failures[0] if failures else "",
-            "p50 ms": float(np.percentile(lat, 50)), "p99 ms": float(np.percentile(lat, 99)),
-            "q/s": len(latencies) / elapsed, "seconds": elapsed}
+    return {
+        "requests": len(latencies),
+        "failures": len(failures),
+        "first failure": failures[0] if failures else "",
+        "p50 ms": float(np.percentile(lat, 50)),
+        "p99 ms": float(np.percentile(lat, 99)),
+        "q/s": len(latencies) / elapsed,
+        "seconds": elapsed,
+    }
 
 
 # --- the load process ----------------------------------------------------------------------------
 def in_process_calls(version_path: str) -> dict:
     """The same work without gRPC: the SavedModel's embedding and the version's ScaNN index."""
     import tensorflow as tf
+
     from collabfeat.serving import index
+
     ids, images = _queries(version_path)
     embed = tf.saved_model.load(version_path).signatures["serving_default"]
     idx = index.load(os.path.join(version_path, "assets.extra"))
@@ -123,6 +139,7 @@ def client_main(plan: dict) -> None:
     """The load process: every cell of every repeat, then the hot swap. One JSON object on the
     last stdout line: {mode: {"sig@c": [result per repeat]}, "swap": ...}."""
     from collabfeat.serving.client import Client
+
     ids, images = _queries(plan["version"])
     remote = {
         "no-op": lambda c, j: c.predict("", {"x": np.float32(0)}),
@@ -134,8 +151,9 @@ def client_main(plan: dict) -> None:
     out = {"in-process": {}, "grpc": {}, "no-op": {}}
     for r in range(plan["repeats"]):
         for c in plan["concurrency"]:
-            runs = [("no-op", "no-op", plan["noop"])] + \
-                   [(mode, sig, plan["server"]) for sig in plan["signatures"] for mode in ("in-process", "grpc")]
+            runs = [("no-op", "no-op", plan["noop"])] + [
+                (mode, sig, plan["server"]) for sig in plan["signatures"] for mode in ("in-process", "grpc")
+            ]
             for mode, sig, address in runs:
                 calls = local if mode == "in-process" else remote
                 kwargs = {} if mode == "in-process" else {"setup": lambda: Client(address), "teardown": Client.close}
@@ -150,6 +168,7 @@ def swap_load(address: str, images) -> dict:
     """`similar` from SWAP_THREADS threads until a newer version has answered for 2 s (the parent
     pushes it when this process prints 'loaded'), at most 120 s. Counts the answers by version."""
     from collabfeat.serving.client import Client
+
     seen, newer_at, stop, lock = {}, [], threading.Event(), threading.Lock()
 
     def call(c, j):
@@ -173,8 +192,12 @@ def swap_load(address: str, images) -> dict:
 
 def run_client(plan: dict, on_loaded=None) -> dict:
     with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "bench.serving", "--client", json.dumps(plan)],
-                                stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.serving", "--client", json.dumps(plan)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
         lines = []
         for line in proc.stdout:
             if line.strip() == "loaded" and on_loaded:
@@ -190,6 +213,7 @@ def run_client(plan: dict, on_loaded=None) -> dict:
 def noop_main(overrides) -> None:
     """Predict answers a fixed small tensor without looking at the request: the gRPC floor."""
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
     from collabfeat.serving import tensors
     from collabfeat.serving.server import grpc_server
 
@@ -200,12 +224,12 @@ def noop_main(overrides) -> None:
         def Predict(self, request, context):
             return answer
 
-    server = grpc_server(config_lib.load(overrides=overrides).serving)     # the settings the server gets
+    server = grpc_server(config_lib.load(overrides=overrides).serving)  # the settings the server gets
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Noop(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(f"127.0.0.1:{port}", flush=True)
-    sys.stdin.read()             # until the parent closes our stdin
+    sys.stdin.read()  # until the parent closes our stdin
     server.stop(0)
 
 
@@ -213,11 +237,13 @@ def noop_main(overrides) -> None:
 def _copy_version(src: str, base: str, number: int) -> str:
     """A pushed version's files under base/<number> (hard links where the disk allows), renamed
     into place the way the pusher does it."""
+
     def link(a, b):
         try:
             os.link(a, b)
         except OSError:
             shutil.copy2(a, b)
+
     tmp = os.path.join(base, f".tmp-{number}")
     shutil.copytree(src, tmp, copy_function=link)
     os.rename(tmp, os.path.join(base, str(number)))
@@ -227,13 +253,19 @@ def _copy_version(src: str, base: str, number: int) -> str:
 def run(argv=None) -> dict:
     from collabfeat.serving.local import ServerProcess
     from collabfeat.serving.push import newest_version
+
     parser = argparse.ArgumentParser(prog="bench serving")
     parser.add_argument("--seconds", type=float, default=SECONDS, help="per cell and repeat")
     parser.add_argument("--repeats", type=int, default=REPEATS, help="medians over this many repeats")
     parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="client threads, e.g. 1,4,16")
     parser.add_argument("--signatures", default=",".join(SIGNATURES))
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a server setting, e.g. serving.workers=8 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a server setting, e.g. serving.workers=8 (repeatable)",
+    )
     args = parser.parse_args(argv or [])
     signatures = [s for s in args.signatures.split(",") if s]
     unknown = set(signatures) - set(SIGNATURES)
@@ -246,11 +278,20 @@ def run(argv=None) -> dict:
     except FileNotFoundError as e:
         print(e)
         return {}
-    plan = {"version": version_path, "signatures": signatures, "seconds": args.seconds, "repeats": args.repeats,
-            "concurrency": [int(c) for c in args.concurrency.split(",")]}
+    plan = {
+        "version": version_path,
+        "signatures": signatures,
+        "seconds": args.seconds,
+        "repeats": args.repeats,
+        "concurrency": [int(c) for c in args.concurrency.split(",")],
+    }
     cells = len(plan["concurrency"]) * (1 + 2 * len(signatures))
-    noop = subprocess.Popen([sys.executable, "-m", "bench.serving", "--noop-server", *args.set], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    noop = subprocess.Popen(
+        [sys.executable, "-m", "bench.serving", "--noop-server", *args.set],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     work = tempfile.mkdtemp(prefix="bench-serving-")
     try:
         base = os.path.join(work, cfg.serving.model_name)
@@ -259,10 +300,14 @@ def run(argv=None) -> dict:
         _copy_version(version_path, base, first)
         server = ServerProcess(base, *[a for kv in args.set for a in ("--set", kv)])
         try:
-            step(f"{args.repeats} repeats of {cells} cells of {args.seconds:g} s (no-op floor, in-process, gRPC "
-                 f"at concurrency {plan['concurrency']}), then a hot swap under load ({SWAP_THREADS} threads)")
-            out = run_client({**plan, "noop": noop.stdout.readline().strip(), "server": server.address},
-                             on_loaded=lambda: _copy_version(version_path, base, first + 1))
+            step(
+                f"{args.repeats} repeats of {cells} cells of {args.seconds:g} s (no-op floor, in-process, gRPC "
+                f"at concurrency {plan['concurrency']}), then a hot swap under load ({SWAP_THREADS} threads)"
+            )
+            out = run_client(
+                {**plan, "noop": noop.stdout.readline().strip(), "server": server.address},
+                on_loaded=lambda: _copy_version(version_path, base, first + 1),
+            )
         finally:
             server.stop()
     finally:
@@ -275,8 +320,11 @@ def run(argv=None) -> dict:
 def _median(runs: list) -> dict:
     """The median of each figure over the repeats, and the requests and failures summed."""
     out = {key: float(np.median([r[key] for r in runs])) for key in ("p50 ms", "p99 ms", "q/s")}
-    out.update(requests=sum(r["requests"] for r in runs), failures=sum(r["failures"] for r in runs),
-               **{"first failure": next((r["first failure"] for r in runs if r["failures"]), "")})
+    out.update(
+        requests=sum(r["requests"] for r in runs),
+        failures=sum(r["failures"] for r in runs),
+        **{"first failure": next((r["first failure"] for r in runs if r["failures"]), "")},
+    )
     return out
 
 
@@ -286,13 +334,26 @@ def report(out: dict, plan: dict, settings) -> dict:
     for c in plan["concurrency"]:
         for sig in ["no-op"] + plan["signatures"]:
             r = med["no-op" if sig == "no-op" else "grpc"][f"{sig}@{c}"]
-            row = {"signature": sig, "concurrency": c, "requests": r["requests"], "failures": r["failures"],
-                   "grpc p50 ms": r["p50 ms"], "grpc p99 ms": r["p99 ms"], "grpc q/s": r["q/s"]}
+            row = {
+                "signature": sig,
+                "concurrency": c,
+                "requests": r["requests"],
+                "failures": r["failures"],
+                "grpc p50 ms": r["p50 ms"],
+                "grpc p99 ms": r["p99 ms"],
+                "grpc q/s": r["q/s"],
+            }
             if sig != "no-op":
-                l = med["in-process"][f"{sig}@{c}"]
-                row.update({"in-process p50 ms": l["p50 ms"], "in-process p99 ms": l["p99 ms"],
-                            "in-process q/s": l["q/s"], "q/s ratio": r["q/s"] / l["q/s"],
-                            "p99 ratio": r["p99 ms"] / l["p99 ms"]})
+                local = med["in-process"][f"{sig}@{c}"]
+                row.update(
+                    {
+                        "in-process p50 ms": local["p50 ms"],
+                        "in-process p99 ms": local["p99 ms"],
+                        "in-process q/s": local["q/s"],
+                        "q/s ratio": r["q/s"] / local["q/s"],
+                        "p99 ratio": r["p99 ms"] / local["p99 ms"],
+                    }
+                )
             if sig == "similar_by_id":
                 row["vs no-op q/s"] = r["q/s"] / med["no-op"][f"no-op@{c}"]["q/s"]
                 if row["vs no-op q/s"] < TARGETS["by_id vs no-op"]:
@@ -305,13 +366,19 @@ def report(out: dict, plan: dict, settings) -> dict:
             rows.append(row)
     swap = out["swap"]
     if swap["failures"] or len(swap["versions"]) < 2:
-        misses.append(f"hot swap: {swap['failures']} failed ({swap['first failure']}), versions seen {swap['versions']}")
-    print(f"gRPC server on loopback against in-process calls, k={K}, version {os.path.basename(plan['version'])}; "
-          f"medians of {plan['repeats']} repeats of {plan['seconds']:g} s; one load process, one Client per thread "
-          f"(the cores are shared); server settings: {', '.join(settings) or 'defaults'}")
+        misses.append(
+            f"hot swap: {swap['failures']} failed ({swap['first failure']}), versions seen {swap['versions']}"
+        )
+    print(
+        f"gRPC server on loopback against in-process calls, k={K}, version {os.path.basename(plan['version'])}; "
+        f"medians of {plan['repeats']} repeats of {plan['seconds']:g} s; one load process, one Client per thread "
+        f"(the cores are shared); server settings: {', '.join(settings) or 'defaults'}"
+    )
     print(table(rows, list(dict.fromkeys(c for r in rows for c in r))))
-    print(f"hot swap under load ({SWAP_THREADS} threads of `similar`): {swap['requests']} requests in "
-          f"{swap['seconds']:.1f} s, {swap['failures']} failed, answers by version {swap['versions']}")
+    print(
+        f"hot swap under load ({SWAP_THREADS} threads of `similar`): {swap['requests']} requests in "
+        f"{swap['seconds']:.1f} s, {swap['failures']} failed, answers by version {swap['versions']}"
+    )
     print("targets: " + ("all met" if not misses else "missed: " + "; ".join(misses)))
     result = {"rows": rows, "swap": swap, "misses": misses, "plan": plan, "settings": settings, "runs": out}
     print("saved", save("serving", result))

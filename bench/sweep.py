@@ -12,6 +12,7 @@ default weights (1.0, 0.5) were set before any evaluation; this table is not use
 Usage: ./run bench sweep [--style 0.25,1,2] [--category 0,0.5,1] [--epochs 12]
   -> bench/results/sweep.json and its table on the console
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,15 +27,29 @@ from bench.common import save, step, table
 def markdown(result: dict) -> str:
     """The sweep as the docs' table: collaborative precision@10 per facet and whether it wins, per cell."""
     base = result["baselines"]
-    lines = ["| style weight | category weight | style | unseen style | category |", "| ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| style weight | category weight | style | unseen style | category |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
     for c in result["cells"]:
-        lines.append(f"| {c['style_weight']:g} | {c['category_weight']:g} | " + " | ".join(
-            f"{c[f'collaborative {f}']:.3f} {'win' if c[f'{f} wins'] else 'no'}" for f in ("style", "unseen_style", "category"))
-            + " |")
-    lines.append("| random-init | | " + " | ".join(f"{base['random'][f]:.3f}" for f in ("style", "unseen_style", "category"))
-                 + " |")
-    lines.append("| raw pixels | | " + " | ".join(f"{base['pixels'][f]:.3f}" for f in ("style", "unseen_style", "category"))
-                 + " |")
+        lines.append(
+            f"| {c['style_weight']:g} | {c['category_weight']:g} | "
+            + " | ".join(
+                f"{c[f'collaborative {f}']:.3f} {'win' if c[f'{f} wins'] else 'no'}"
+                for f in ("style", "unseen_style", "category")
+            )
+            + " |"
+        )
+    lines.append(
+        "| random-init | | "
+        + " | ".join(f"{base['random'][f]:.3f}" for f in ("style", "unseen_style", "category"))
+        + " |"
+    )
+    lines.append(
+        "| raw pixels | | "
+        + " | ".join(f"{base['pixels'][f]:.3f}" for f in ("style", "unseen_style", "category"))
+        + " |"
+    )
     return "\n".join(lines)
 
 
@@ -47,7 +62,9 @@ def run(argv) -> None:
     args = ap.parse_args(argv)
     if args.markdown:
         import json
+
         from bench.common import RESULTS
+
         with open(os.path.join(RESULTS, "sweep.json")) as f:
             print(markdown(json.load(f)))
         return
@@ -63,9 +80,15 @@ def run(argv) -> None:
         for style in [float(v) for v in args.style.split(",")]:
             for category in [float(v) for v in args.category.split(",")]:
                 step(f"style_weight {style}, category_weight {category}")
-                cfg = config_lib.load(overrides=[
-                    f"simulator.style_weight={style}", f"simulator.category_weight={category}",
-                    "simulator.n_transfer_images=0", f"runner.output_dir={out}", f"cnn.epochs={args.epochs}"])
+                cfg = config_lib.load(
+                    overrides=[
+                        f"simulator.style_weight={style}",
+                        f"simulator.category_weight={category}",
+                        "simulator.n_transfer_images=0",
+                        f"runner.output_dir={out}",
+                        f"cnn.epochs={args.epochs}",
+                    ]
+                )
                 d = prepare_data(cfg).data
                 folder = os.path.dirname(d.items)
                 size, bg = cfg.cnn.image_size, cfg.data.background
@@ -77,25 +100,44 @@ def run(argv) -> None:
                 have = [j for j, i in enumerate(kept) if i in row]
                 targets = factors.items[[row[kept[j]] for j in have]]
                 net, _ = cnn.train_regression(cnn.pairs(x[have], targets), cfg.cnn)
-                if not fixed:      # the held-out images and the baselines do not depend on the behaviour
+                if not fixed:  # the held-out images and the baselines do not depend on the behaviour
                     held = read(folder, "eval_items.csv", size, bg)[:3]
                     unseen = read(folder, "unseen_items.csv", size, bg)[:3]
-                    fixed = {"held": held, "unseen": unseen, "chance": chances(held, unseen),
-                             "rows": {name: scores(model, held, unseen, k) for name, model in (
-                                 ("random", cnn.random_init(cfg.cnn)), ("pixels", cnn.pixels_net(size)))}}
+                    fixed = {
+                        "held": held,
+                        "unseen": unseen,
+                        "chance": chances(held, unseen),
+                        "rows": {
+                            name: scores(model, held, unseen, k)
+                            for name, model in (("random", cnn.random_init(cfg.cnn)), ("pixels", cnn.pixels_net(size)))
+                        },
+                    }
                 mine = scores(net, fixed["held"], fixed["unseen"], k)
-                cell = {"style_weight": style, "category_weight": category, "pairs": int(len(users)),
-                        **{f"collaborative {f}": v for f, v in mine.items()}}
+                cell = {
+                    "style_weight": style,
+                    "category_weight": category,
+                    "pairs": int(len(users)),
+                    **{f"collaborative {f}": v for f, v in mine.items()},
+                }
                 for facet, margin in (("style", 0.10), ("unseen_style", 0.0), ("category", 0.05)):
-                    cell[f"{facet} wins"] = all(mine[facet] >= fixed["rows"][b][facet] + margin for b in ("random", "pixels"))
+                    cell[f"{facet} wins"] = all(
+                        mine[facet] >= fixed["rows"][b][facet] + margin for b in ("random", "pixels")
+                    )
                 cells.append(cell)
                 print(table([cell], list(cell)), flush=True)
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, {platform.machine()}",
-              "what": __doc__.split("Usage:")[0].strip(), "metric": f"precision@{k}", "cnn_epochs": args.epochs,
-              "chance": fixed["chance"], "baselines": fixed["rows"],
-              "wins": "style: collaborative >= random-init and pixels + 0.10; unseen_style: >= both; "
-                      "category: >= both + 0.05", "cells": cells, "seconds": round(time.time() - start)}
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}",
+        "what": __doc__.split("Usage:")[0].strip(),
+        "metric": f"precision@{k}",
+        "cnn_epochs": args.epochs,
+        "chance": fixed["chance"],
+        "baselines": fixed["rows"],
+        "wins": "style: collaborative >= random-init and pixels + 0.10; unseen_style: >= both; "
+        "category: >= both + 0.05",
+        "cells": cells,
+        "seconds": round(time.time() - start),
+    }
     path = save("sweep", result)
     print(table(cells, list(cells[0])))
     print(f"baselines: {fixed['rows']}; chance: {fixed['chance']}; {path}")
-

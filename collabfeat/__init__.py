@@ -4,6 +4,7 @@ The package's parts live in the repository's top-level folders and are installed
 subpackages: collabfeat.pipeline, .transform, .trainer, .serving, .kubeflow (see setup.py).
 In a source checkout the same names resolve to those folders directly.
 """
+
 import os as _os
 
 __version__ = "0.1.0"
@@ -19,5 +20,6 @@ def __getattr__(name):
     collabfeat.pipeline.components (imported only when asked, as it imports TFX)."""
     if name == "ScannIndex":
         from collabfeat.pipeline.components import ScannIndex
+
         return ScannIndex
     raise AttributeError(f"module 'collabfeat' has no attribute {name!r}")

@@ -5,14 +5,15 @@ the image directory, or a URI), and optionally the facets `label` (an integer ca
 for evaluation and the supervised baseline, never by the collaborative model) and `style` (an
 integer; evaluation only). Each record becomes {"item_id", "image": PNG bytes of the RGB image
 resized to image_size^2 by the served model's own preprocessing (images.pixels), "label": int or -1,
-"style": int or -1}, or an outcome with a reason: missing_id, bad_row, bad_label, duplicate_item, missing_image, unreadable_image, corrupt_image, image_too_large,
-unsupported_image (a format TensorFlow cannot decode, such as TIFF or WebP).
+"style": int or -1}, or an outcome with a reason: missing_id, bad_row, bad_label, duplicate_item,
+missing_image, unreadable_image, corrupt_image, image_too_large, unsupported_image (a format
+TensorFlow cannot decode, such as TIFF or WebP).
 """
+
 from __future__ import annotations
 
 import csv
 import io
-from typing import Dict, List, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -22,10 +23,10 @@ from collabfeat import examples, images
 from collabfeat.outcomes import USED
 
 REQUIRED = ("item_id", "image")
-FACETS = ("label", "style")      # optional integer columns: -1 where absent
+FACETS = ("label", "style")  # optional integer columns: -1 where absent
 
 
-def header(path: str) -> List[str]:
+def header(path: str) -> list[str]:
     with tf.io.gfile.GFile(path) as f:
         first = f.readline()
     cols = next(csv.reader([first]), [])
@@ -36,7 +37,7 @@ def header(path: str) -> List[str]:
     return cols
 
 
-def parse_line(line: str, cols: List[str], where: str) -> Dict:
+def parse_line(line: str, cols: list[str], where: str) -> dict:
     values = next(csv.reader(io.StringIO(line)), [])
     if len(values) != len(cols):
         return {"_error": ("bad_row", f"{where}: {len(values)} fields, the header has {len(cols)}: {line[:200]!r}")}
@@ -52,14 +53,17 @@ def parse_line(line: str, cols: List[str], where: str) -> Dict:
     return row
 
 
-def load_record(row: Dict, image_dir: str, size: int, where: str, background=images.WHITE):
+def load_record(row: dict, image_dir: str, size: int, where: str, background=images.WHITE):
     """-> ("used", record) or (reason, detail)."""
     try:
         pixels = images.decode(images.read_bytes(row["image"], image_dir), size, background)
     except images.ImageError as e:
         return e.reason, f"{where}: item {row['item_id']!r}, image {row['image']!r}: {e}"
-    return USED, {"item_id": row["item_id"], "image": images.encode_png(pixels),
-                  **{facet: row.get(facet, -1) for facet in FACETS}}
+    return USED, {
+        "item_id": row["item_id"],
+        "image": images.encode_png(pixels),
+        **{facet: row.get(facet, -1) for facet in FACETS},
+    }
 
 
 class ImportItems(beam.PTransform):
@@ -84,8 +88,9 @@ class ImportItems(beam.PTransform):
             item, rows = kv
             rows = sorted(rows, key=lambda r: (r["image"], r["label"]))
             for extra in rows[1:]:
-                yield beam.pvalue.TaggedOutput("bad", ("duplicate_item", 1,
-                                                       f"{where}: item {item!r} listed again (image {extra['image']!r})"))
+                yield beam.pvalue.TaggedOutput(
+                    "bad", ("duplicate_item", 1, f"{where}: item {item!r} listed again (image {extra['image']!r})")
+                )
             yield rows[0]
 
         def load(row):
@@ -95,13 +100,22 @@ class ImportItems(beam.PTransform):
             else:
                 yield beam.pvalue.TaggedOutput("bad", (outcome, 1, value))
 
-        parsed = (p | "Read" >> beam.io.ReadFromText(self.path, skip_header_lines=1)
-                  | "SkipBlank" >> beam.Filter(lambda line: line.strip())
-                  | "Parse" >> beam.FlatMap(parse).with_output_types(Tuple[str, Dict]).with_outputs("bad", main="rows"))
-        unique = (parsed.rows | "ById" >> beam.GroupByKey()
-                  | "Dedupe" >> beam.FlatMap(first_of).with_outputs("bad", main="rows"))
-        loaded = (unique.rows | "Reshuffle" >> beam.Reshuffle()
-                  | "Load" >> beam.FlatMap(load).with_outputs("bad", main="records"))
+        parsed = (
+            p
+            | "Read" >> beam.io.ReadFromText(self.path, skip_header_lines=1)
+            | "SkipBlank" >> beam.Filter(lambda line: line.strip())
+            | "Parse" >> beam.FlatMap(parse).with_output_types(tuple[str, dict]).with_outputs("bad", main="rows")
+        )
+        unique = (
+            parsed.rows
+            | "ById" >> beam.GroupByKey()
+            | "Dedupe" >> beam.FlatMap(first_of).with_outputs("bad", main="rows")
+        )
+        loaded = (
+            unique.rows
+            | "Reshuffle" >> beam.Reshuffle()
+            | "Load" >> beam.FlatMap(load).with_outputs("bad", main="records")
+        )
         used = loaded.records | "Used" >> beam.Map(lambda r: (USED, 1, None))
         outcomes = (parsed.bad, unique.bad, loaded.bad, used) | "Outcomes" >> beam.Flatten()
         return {"records": loaded.records, "outcomes": outcomes}
@@ -110,20 +124,21 @@ class ImportItems(beam.PTransform):
 FEATURES = {"item_id": tf.string, "image": tf.string, "label": tf.int64}
 
 
-def read_facets(uri: str, split: str) -> Dict[str, np.ndarray]:
+def read_facets(uri: str, split: str) -> dict[str, np.ndarray]:
     """facet -> its values (-1: none) for a split's images in file order, without decoding any
     image; a facet no record has (older artifacts have no style) is left out."""
     spec = {facet: tf.io.FixedLenFeature([], tf.int64, default_value=-1) for facet in FACETS}
-    data = (examples.records(uri, split).batch(1 << 14).map(lambda s: tf.io.parse_example(s, spec)))
+    data = examples.records(uri, split).batch(1 << 14).map(lambda s: tf.io.parse_example(s, spec))
     parts = list(data.as_numpy_iterator())
     out = {facet: np.concatenate([b[facet] for b in parts]) if parts else np.zeros(0, np.int64) for facet in FACETS}
     return {facet: v for facet, v in out.items() if (v >= 0).any()}
 
 
-def read_labels(uri: str, split: str, facet: str = "label") -> Dict[str, int]:
+def read_labels(uri: str, split: str, facet: str = "label") -> dict[str, int]:
     """item id -> its `facet` (FACETS; -1: none) of an images Examples split, without decoding any image."""
     from collabfeat import examples
-    out: Dict[str, int] = {}
+
+    out: dict[str, int] = {}
     for b in examples.batches(uri, split, {"item_id": tf.string, facet: (tf.int64, -1)}):
         out.update(zip((i.decode() for i in b["item_id"]), b[facet].tolist()))
     if not out:
@@ -131,9 +146,10 @@ def read_labels(uri: str, split: str, facet: str = "label") -> Dict[str, int]:
     return out
 
 
-def split_images(uri: str, split: str) -> List[bytes]:
+def split_images(uri: str, split: str) -> list[bytes]:
     """The stored (PNG) bytes of a split's images, in file order (read_facets' order)."""
     from collabfeat import examples
+
     return [x for b in examples.batches(uri, split, {"image": tf.string}) for x in b["image"]]
 
 
@@ -141,11 +157,16 @@ def image_dataset(uri: str, split: str, size: int, facet: str = "label") -> tf.d
     """An images Examples split streamed from disk, in file order:
     (item id, uint8 RGB image [size, size, 3], its `facet`: label or style, -1 for none) per record."""
     from collabfeat import examples
-    spec = {"item_id": tf.io.FixedLenFeature([], tf.string), "image": tf.io.FixedLenFeature([], tf.string),
-            facet: tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
+
+    spec = {
+        "item_id": tf.io.FixedLenFeature([], tf.string),
+        "image": tf.io.FixedLenFeature([], tf.string),
+        facet: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+    }
 
     def parse(record):
         r = tf.io.parse_single_example(record, spec)
         image = tf.ensure_shape(tf.io.decode_png(r["image"], channels=3), [size, size, 3])
         return r["item_id"], image, r[facet]
+
     return examples.records(uri, split).map(parse, num_parallel_calls=tf.data.AUTOTUNE)

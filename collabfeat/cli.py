@@ -1,4 +1,5 @@
 """The `collabfeat` command."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,29 +8,43 @@ import logging
 import os
 import sys
 
-from collabfeat import config as config_lib, quiet
+from collabfeat import config as config_lib
+from collabfeat import quiet
 
 
 def _verbose_arg(p):
-    p.add_argument("--verbose", action="store_true",
-                   help="show TensorFlow's and absl's start-up messages (oneDNN, CUDA, absl) on the console")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show TensorFlow's and absl's start-up messages (oneDNN, CUDA, absl) on the console",
+    )
 
 
 def _config_args(p):
     _verbose_arg(p)
     p.add_argument("--config", help="a YAML file of settings (see collabfeat/config.py)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one setting, e.g. --set cnn.epochs=3 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one setting, e.g. --set cnn.epochs=3 (repeatable)",
+    )
 
 
 def _run_args(p):
-    p.add_argument("--no-cache", action="store_true",
-                   help="run every component, even those whose inputs, settings and code are unchanged "
-                        "(runner.cache=false)")
-    p.add_argument("--engine", choices=("direct", "portable"),
-                   help="where the Beam stages run: Beam's DirectRunner, or Beam's portability framework (a "
-                        "local job service and SDK worker processes, the path of Flink, Spark and Dataflow); "
-                        "runner.engine")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="run every component, even those whose inputs, settings and code are unchanged (runner.cache=false)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("direct", "portable"),
+        help="where the Beam stages run: Beam's DirectRunner, or Beam's portability framework (a "
+        "local job service and SDK worker processes, the path of Flink, Spark and Dataflow); "
+        "runner.engine",
+    )
 
 
 def main(argv=None):
@@ -49,8 +64,10 @@ def main(argv=None):
     p.add_argument("--image-dir", help="directory that relative image paths are resolved against")
     p.add_argument("--eval-items", help="held-out labelled item table CSV for the evaluation")
     p.add_argument("--transfer-items", help="labelled item table CSV from another source: the transfer facet")
-    p.add_argument("--unseen-items", help="held-out item table CSV (with style) in a style the catalogue lacks: "
-                                          "the unseen-style facet")
+    p.add_argument(
+        "--unseen-items",
+        help="held-out item table CSV (with style) in a style the catalogue lacks: the unseen-style facet",
+    )
     p.add_argument("--until", default="push", help="stop after this stage")
     p = sub.add_parser("simulate", help="write the simulated default data set to a directory")
     p.set_defaults(func=simulate)
@@ -77,9 +94,12 @@ def main(argv=None):
     p.set_defaults(func=kubeflow)
     _config_args(p)
     p.add_argument("--output", default="collabfeat-pipeline.json")
-    p.add_argument("--execute-locally", metavar="ROOT",
-                   help="then execute the compiled spec here, each task's container command as Kubeflow runs it, "
-                        "this checkout standing in for the image, with pipeline root ROOT (kubeflow/local.py)")
+    p.add_argument(
+        "--execute-locally",
+        metavar="ROOT",
+        help="then execute the compiled spec here, each task's container command as Kubeflow runs it, "
+        "this checkout standing in for the image, with pipeline root ROOT (kubeflow/local.py)",
+    )
     p = sub.add_parser("query", help="ask a server for similar items (TF Serving gRPC API)")
     p.set_defaults(func=query)
     _verbose_arg(p)
@@ -94,7 +114,7 @@ def main(argv=None):
 
     args = parser.parse_args(argv)
     if not args.verbose:
-        quiet.start()            # TensorFlow's and absl's start-up lines off the console (--verbose: on)
+        quiet.start()  # TensorFlow's and absl's start-up lines off the console (--verbose: on)
     try:
         if args.func is query:
             return query(args, parser)
@@ -110,12 +130,14 @@ def main(argv=None):
 # Each command imports what it needs when it runs: the CLI starts without TensorFlow, TFX or gRPC
 # (seconds and hundreds of MB), and `config` or `query` never load them.
 
+
 def show_config(args, cfg, parser):
     print(json.dumps(json.loads(cfg.to_json()), indent=1))
 
 
 def simulate(args, cfg, parser):
     from collabfeat.simulate import simulate as make
+
     sheet = make(cfg.simulator, args.out, cfg.data.source)
     print(json.dumps({k: v for k, v in sheet.items() if k != "parameters"}, indent=1))
 
@@ -123,27 +145,43 @@ def simulate(args, cfg, parser):
 def run_pipeline(args, cfg, parser):
     """demo and run: the pipeline under its supervisor, then the report."""
     from collabfeat.pipeline.report import format_report
-    from collabfeat.pipeline.supervise import PipelineFailed, PipelineStopped, run as run_supervised
+    from collabfeat.pipeline.supervise import PipelineFailed, PipelineStopped
+    from collabfeat.pipeline.supervise import run as run_supervised
+
     if args.no_cache:
         cfg.runner.cache = False
     if args.engine:
         cfg.runner.engine = args.engine
     if args.command == "run":
-        overrides = {"logs": args.logs, "items": args.items, "image_dir": args.image_dir,
-                     "eval_items": args.eval_items, "transfer_items": args.transfer_items,
-                     "unseen_items": args.unseen_items}
+        overrides = {
+            "logs": args.logs,
+            "items": args.items,
+            "image_dir": args.image_dir,
+            "eval_items": args.eval_items,
+            "transfer_items": args.transfer_items,
+            "unseen_items": args.unseen_items,
+        }
         for k, v in overrides.items():
             if v:
                 setattr(cfg.data, k, v)
         if not cfg.data.logs:
-            parser.exit(2, "collabfeat run: --logs (or data.logs) is required; `collabfeat demo` uses the default data\n")
+            parser.exit(
+                2, "collabfeat run: --logs (or data.logs) is required; `collabfeat demo` uses the default data\n"
+            )
     log_path = os.path.abspath(os.path.join(cfg.runner.output_dir, cfg.runner.pipeline_name, "pipeline.log"))
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    print(f"[collabfeat] running the pipeline (the default data takes about 10 minutes on 2 cores); "
-          f"its log: {log_path}", flush=True)
+    print(
+        f"[collabfeat] running the pipeline (the default data takes about 10 minutes on 2 cores); its log: {log_path}",
+        flush=True,
+    )
     try:
-        report = run_supervised(cfg, getattr(args, "until", "push"), log_path,
-                                echo=lambda line: print(line, flush=True), bars=sys.stdout.isatty())
+        report = run_supervised(
+            cfg,
+            getattr(args, "until", "push"),
+            log_path,
+            echo=lambda line: print(line, flush=True),
+            bars=sys.stdout.isatty(),
+        )
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"collabfeat: {e}\n")
     except PipelineFailed as e:
@@ -161,10 +199,16 @@ def run_pipeline(args, cfg, parser):
 
 def explore(args, cfg, parser):
     from collabfeat.serving.explorer import explore as serve_page
+
     logging.basicConfig(level=logging.WARNING)
     try:
-        serve_page(args.model_base_path or os.path.join(cfg.serving.push_dir, cfg.serving.model_name),
-                   cfg.serving, args.host, args.port, args.version)
+        serve_page(
+            args.model_base_path or os.path.join(cfg.serving.push_dir, cfg.serving.model_name),
+            cfg.serving,
+            args.host,
+            args.port,
+            args.version,
+        )
     except FileNotFoundError as e:
         parser.exit(2, f"collabfeat explore: {e}\n")
 
@@ -172,6 +216,7 @@ def explore(args, cfg, parser):
 def kubeflow(args, cfg, parser):
     from collabfeat.kubeflow import local
     from collabfeat.kubeflow.runner import compile_pipeline
+
     try:
         if args.execute_locally:
             cfg = local.local_config(cfg, args.execute_locally)
@@ -179,7 +224,9 @@ def kubeflow(args, cfg, parser):
         print(spec)
         if args.execute_locally:
             done = local.execute(cfg, spec, cfg.runner.kubeflow_pipeline_root, cfg.runner.container_repo_dir)
-            print(f"[kubeflow-local] every task complete; pushed: {done['Pusher']['pushed_model']['artifacts'][0]['uri']}")
+            print(
+                f"[kubeflow-local] every task complete; pushed: {done['Pusher']['pushed_model']['artifacts'][0]['uri']}"
+            )
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"collabfeat: {e}\n")
     except local.TaskFailed as e:
@@ -188,6 +235,7 @@ def kubeflow(args, cfg, parser):
 
 def serve(args, cfg, parser):
     from collabfeat.serving import server
+
     if args.port is not None:
         cfg.serving.port = args.port
     if args.models_config:
@@ -201,6 +249,7 @@ def serve(args, cfg, parser):
 
 def query(args, parser):
     import grpc
+
     from collabfeat.serving.client import Client
 
     if not args.images and not args.id:
@@ -223,8 +272,17 @@ def query(args, parser):
             out = client.similar_by_id(args.id, args.k)
             results += list(zip(args.id, out["ids"], out["scores"]))
         for query_name, ids, scores in results:
-            print(json.dumps({"query": query_name, "version": int(out["_version"]), "neighbours": [
-                {"item_id": i.decode(), "score": round(float(s), 6)} for i, s in zip(ids, scores)]}))
+            print(
+                json.dumps(
+                    {
+                        "query": query_name,
+                        "version": int(out["_version"]),
+                        "neighbours": [
+                            {"item_id": i.decode(), "score": round(float(s), 6)} for i, s in zip(ids, scores)
+                        ],
+                    }
+                )
+            )
     except grpc.RpcError as e:
         parser.exit(1, f"collabfeat query: {e.code().name}: {e.details()}\n")
     except OSError as e:

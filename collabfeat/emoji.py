@@ -14,6 +14,7 @@ category = the emoji's category: the two are crossed exactly, every emoji kept i
 vendor. Skin-tone variants (emoji.json nests them) and the Flags and Component categories are
 left out.
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,24 +23,25 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Dict, List
 
 VENDORS = ("google", "twitter", "openmoji", "fluent")
-LICENCES = {"google": "Noto Emoji via emoji-datasource-google 16.0.0, Apache-2.0",
-            "twitter": "Twemoji via emoji-datasource-twitter 16.0.0, CC-BY-4.0",
-            "openmoji": "OpenMoji 17.0.0, CC-BY-SA-4.0",
-            "fluent": "Fluent Emoji (modern) via fluentui-emoji 1.3.0, MIT"}
+LICENCES = {
+    "google": "Noto Emoji via emoji-datasource-google 16.0.0, Apache-2.0",
+    "twitter": "Twemoji via emoji-datasource-twitter 16.0.0, CC-BY-4.0",
+    "openmoji": "OpenMoji 17.0.0, CC-BY-SA-4.0",
+    "fluent": "Fluent Emoji (modern) via fluentui-emoji 1.3.0, MIT",
+}
 EXCLUDED_CATEGORIES = ("Flags", "Component")
 DATA_DIR = os.environ.get("COLLABFEAT_EMOJI_DIR") or os.path.join(sys.prefix, "share", "collabfeat-data", "emoji")
 
 
 @dataclass(frozen=True)
 class Emoji:
-    code: str                  # emoji.json's "unified", e.g. 1F600
+    code: str  # emoji.json's "unified", e.g. 1F600
     name: str
     category: str
     subcategory: str
-    images: Dict[str, str]     # vendor -> image path, relative to the data directory
+    images: dict[str, str]  # vendor -> image path, relative to the data directory
 
 
 def _slug(text: str) -> str:
@@ -47,13 +49,15 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower().replace("\u2019", "").replace("'", "")).strip("-")
 
 
-def load(directory: str = "") -> List[Emoji]:
+def load(directory: str = "") -> list[Emoji]:
     """Every emoji that all of VENDORS draw, in emoji.json's order."""
     root = directory or DATA_DIR
     meta = os.path.join(root, "google", "package", "emoji.json")
     if not os.path.exists(meta):
-        raise FileNotFoundError(f"{meta} not found: env/emoji.sh unpacks the emoji packages into the environment "
-                                "(set COLLABFEAT_EMOJI_DIR to use another copy), or set data.source=fashion")
+        raise FileNotFoundError(
+            f"{meta} not found: env/emoji.sh unpacks the emoji packages into the environment "
+            "(set COLLABFEAT_EMOJI_DIR to use another copy), or set data.source=fashion"
+        )
     with open(meta) as f:
         entries = json.load(f)
     with open(os.path.join(root, "openmoji", "package", "data", "openmoji.csv"), newline="") as f:
@@ -73,15 +77,23 @@ def load(directory: str = "") -> List[Emoji]:
         fl = next((f for f in (f"{slug}.svg.png", f"{slug}-default.svg.png") if f in fluent), None)
         if fl is None:
             continue
-        out.append(Emoji(e["unified"], e["name"] or cldr[code], e["category"], e["subcategory"], {
-            "google": os.path.join("google", "package", "img", "google", "64", e["image"]),
-            "twitter": os.path.join("twitter", "package", "img", "twitter", "64", e["image"]),
-            "openmoji": os.path.join(openmoji_dir, f"{code}.svg.png"),
-            "fluent": os.path.join(fluent_dir, fl)}))
+        out.append(
+            Emoji(
+                e["unified"],
+                e["name"] or cldr[code],
+                e["category"],
+                e["subcategory"],
+                {
+                    "google": os.path.join("google", "package", "img", "google", "64", e["image"]),
+                    "twitter": os.path.join("twitter", "package", "img", "twitter", "64", e["image"]),
+                    "openmoji": os.path.join(openmoji_dir, f"{code}.svg.png"),
+                    "fluent": os.path.join(fluent_dir, fl),
+                },
+            )
+        )
     return out
 
 
-def categories(emoji: List[Emoji]) -> List[str]:
+def categories(emoji: list[Emoji]) -> list[str]:
     """The categories present, sorted: a category's label is its index here."""
     return sorted({e.category for e in emoji})
-

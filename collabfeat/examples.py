@@ -1,10 +1,12 @@
 """tf.Example records in TFX's Examples layout: <artifact uri>/Split-<name>/*.gz."""
+
 from __future__ import annotations
 
 import gzip
 import os
 import struct
-from typing import Any, Dict, Iterator, List, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import apache_beam as beam
 import tensorflow as tf
@@ -14,7 +16,7 @@ def split_dir(uri: str, split: str) -> str:
     return os.path.join(uri, f"Split-{split}")
 
 
-def split_files(uri: str, split: str) -> List[str]:
+def split_files(uri: str, split: str) -> list[str]:
     files = sorted(tf.io.gfile.glob(os.path.join(split_dir(uri, split), "*")))
     if not files:
         raise FileNotFoundError(f"no records for split {split!r} under {uri}")
@@ -27,16 +29,16 @@ def count_records(split_uri: str) -> int:
     n = 0
     for path in tf.io.gfile.glob(os.path.join(split_uri, "*.gz")):
         with tf.io.gfile.GFile(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as f:
-            while header := f.read(12):          # length (8 bytes), its CRC (4), data, data CRC (4)
+            while header := f.read(12):  # length (8 bytes), its CRC (4), data, data CRC (4)
                 f.seek(struct.unpack("<Q", header[:8])[0] + 4, 1)
                 n += 1
     return n
 
 
-def to_dict(serialized: bytes) -> Dict[str, Any]:
+def to_dict(serialized: bytes) -> dict[str, Any]:
     """The first value of each feature (records here hold one value per feature)."""
     ex = tf.train.Example.FromString(serialized)
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     for name, feat in ex.features.feature.items():
         kind = feat.WhichOneof("kind")
         values = getattr(feat, kind).value if kind else []
@@ -44,7 +46,7 @@ def to_dict(serialized: bytes) -> Dict[str, Any]:
     return out
 
 
-def make(values: Dict[str, Any]) -> bytes:
+def make(values: dict[str, Any]) -> bytes:
     feats = {}
     for name, v in values.items():
         if isinstance(v, str):
@@ -58,7 +60,7 @@ def make(values: Dict[str, Any]) -> bytes:
     return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
 
 
-def read(uri: str, split: str) -> Iterator[Dict[str, Any]]:
+def read(uri: str, split: str) -> Iterator[dict[str, Any]]:
     """All records of a split one by one, in-process (for tests and small tables)."""
     for path in split_files(uri, split):
         compression = "GZIP" if path.endswith(".gz") else ""
@@ -66,7 +68,7 @@ def read(uri: str, split: str) -> Iterator[Dict[str, Any]]:
             yield to_dict(rec)
 
 
-def records(uri: str, split: str, shuffle: int = 0, seed: Optional[int] = None) -> tf.data.Dataset:
+def records(uri: str, split: str, shuffle: int = 0, seed: int | None = None) -> tf.data.Dataset:
     """A split's serialized records, streamed from its files; with `shuffle`, through a shuffle
     buffer of that many records (bounded memory), reshuffled every epoch."""
     files = split_files(uri, split)
@@ -77,19 +79,26 @@ def records(uri: str, split: str, shuffle: int = 0, seed: Optional[int] = None) 
     return data
 
 
-def dataset(uri: str, split: str, spec: Dict[str, tf.dtypes.DType], batch_size: int,
-            shuffle: int = 0, seed: Optional[int] = None) -> tf.data.Dataset:
+def dataset(
+    uri: str, split: str, spec: dict[str, tf.dtypes.DType], batch_size: int, shuffle: int = 0, seed: int | None = None
+) -> tf.data.Dataset:
     """Batches of a split's records parsed to {feature: tensor [batch]} (one value per feature);
     a spec's value is a dtype, or (dtype, the value of records that lack the feature)."""
-    features = {name: tf.io.FixedLenFeature([], *dtype) if isinstance(dtype, tuple) else tf.io.FixedLenFeature([], dtype)
-                for name, dtype in spec.items()}
-    return (records(uri, split, shuffle, seed).batch(batch_size)
-            .map(lambda s: tf.io.parse_example(s, features), num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(2))
+    features = {
+        name: tf.io.FixedLenFeature([], *dtype) if isinstance(dtype, tuple) else tf.io.FixedLenFeature([], dtype)
+        for name, dtype in spec.items()
+    }
+    return (
+        records(uri, split, shuffle, seed)
+        .batch(batch_size)
+        .map(lambda s: tf.io.parse_example(s, features), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(2)
+    )
 
 
-def batches(uri: str, split: str, spec: Dict[str, tf.dtypes.DType],
-            batch_size: int = 1 << 16) -> Iterator[Dict[str, Any]]:
+def batches(
+    uri: str, split: str, spec: dict[str, tf.dtypes.DType], batch_size: int = 1 << 16
+) -> Iterator[dict[str, Any]]:
     """A split's columns as numpy arrays, one batch at a time (streaming counts and samples)."""
     yield from dataset(uri, split, spec, batch_size).as_numpy_iterator()
 
@@ -100,8 +109,7 @@ class ReadSplit(beam.PTransform):
         self.pattern = os.path.join(split_dir(uri, split), "*")
 
     def expand(self, p):
-        return (p | beam.io.ReadFromTFRecord(self.pattern)
-                | beam.Map(to_dict))
+        return p | beam.io.ReadFromTFRecord(self.pattern) | beam.Map(to_dict)
 
 
 class WriteSplit(beam.PTransform):
@@ -112,5 +120,4 @@ class WriteSplit(beam.PTransform):
         self.prefix = os.path.join(split_dir(uri, split), "data_tfrecord")
 
     def expand(self, pcoll):
-        return (pcoll | beam.Map(make)
-                | beam.io.WriteToTFRecord(self.prefix, file_name_suffix=".gz"))
+        return pcoll | beam.Map(make) | beam.io.WriteToTFRecord(self.prefix, file_name_suffix=".gz")

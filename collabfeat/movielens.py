@@ -6,6 +6,7 @@ Debian ships as r-cran-dslabs. env/run downloads that package and unpacks it, wi
 venv's share/collabfeat-data/; the R lazy-load database is read with PyPI's `rdata`. GroupLens'
 terms apply to the ratings: research use, with acknowledgement, no redistribution by us.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -19,8 +20,9 @@ import zlib
 
 import numpy as np
 
-DATA_DIR = os.path.join(sys.prefix, "share", "collabfeat-data", "r-cran-dslabs",
-                        "usr", "lib", "R", "site-library", "dslabs", "data")
+DATA_DIR = os.path.join(
+    sys.prefix, "share", "collabfeat-data", "r-cran-dslabs", "usr", "lib", "R", "site-library", "dslabs", "data"
+)
 
 
 def _unpack(blob: bytes) -> bytes:
@@ -34,18 +36,18 @@ def _unpack(blob: bytes) -> bytes:
         return lzma.decompress(body)
     if tag == b"0":
         return body
-    return zlib.decompress(blob[4:])   # the original format: zlib right after the length
+    return zlib.decompress(blob[4:])  # the original format: zlib right after the length
 
 
 def read_dataset(name: str, data_dir: str = DATA_DIR):
     """The dslabs data set `name` as a pandas DataFrame (R data frames convert with rdata)."""
-    import rdata
 
     rdx, rdb = os.path.join(data_dir, "Rdata.rdx"), os.path.join(data_dir, "Rdata.rdb")
     if not (os.path.exists(rdx) and os.path.exists(rdb)):
         raise FileNotFoundError(
             f"MovieLens: {rdx} not found. It comes from Debian's r-cran-dslabs, which env/run unpacks "
-            "into the environment (rebuild it with `./run env`).")
+            "into the environment (rebuild it with `./run env`)."
+        )
     with open(rdx, "rb") as f:
         index = _parse(gzip.decompress(f.read()))
     if name not in index["variables"]:
@@ -61,8 +63,9 @@ def read_dataset(name: str, data_dir: str = DATA_DIR):
 
 def _parse(serialised: bytes):
     import rdata
+
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Unknown file type")   # bare serialisations, no RDS header
+        warnings.filterwarnings("ignore", "Unknown file type")  # bare serialisations, no RDS header
         return rdata.conversion.convert(rdata.parser.parse_data(serialised))
 
 

@@ -1,24 +1,26 @@
 """How far the long steps inside the pipeline's components are, for the console.
 
 The components run in a child process whose output goes to the log file. A step that knows how far
-it is calls `update(task, done, total)`. Warnings that matter to the user go the same way (`warn`). The updates go, as JSON lines, to the file named by
+it is calls `update(task, done, total)`. Warnings that matter to the user go the same way
+(`warn`). The updates go, as JSON lines, to the file named by
 $COLLABFEAT_PROGRESS, at most every half second per task (and always at the end); without that
 variable nothing is written. The supervisor (pipeline/supervise.py) reads the file and draws one
 progress bar per task (tqdm) when the console is a terminal.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import time
-from typing import Iterable, Iterator, Optional
+from collections.abc import Iterable, Iterator
 
 ENV = "COLLABFEAT_PROGRESS"
 EVERY = 0.5
 _last: dict = {}
 
 
-def update(task: str, done: int, total: Optional[int] = None, unit: str = "steps") -> None:
+def update(task: str, done: int, total: int | None = None, unit: str = "steps") -> None:
     path = os.environ.get(ENV)
     if not path:
         return
@@ -28,8 +30,10 @@ def update(task: str, done: int, total: Optional[int] = None, unit: str = "steps
             return
     _last[task] = now
     with open(path, "a") as f:
-        f.write(json.dumps({"task": task, "done": int(done), "total": None if total is None else int(total),
-                            "unit": unit}) + "\n")
+        f.write(
+            json.dumps({"task": task, "done": int(done), "total": None if total is None else int(total), "unit": unit})
+            + "\n"
+        )
 
 
 def warn(message: str) -> None:
@@ -40,13 +44,13 @@ def warn(message: str) -> None:
             f.write(json.dumps({"warning": message}) + "\n")
 
 
-def iterate(items: Iterable, task: str, total: Optional[int] = None, unit: str = "batches") -> Iterator:
+def iterate(items: Iterable, task: str, total: int | None = None, unit: str = "batches") -> Iterator:
     """`items`, passed through, counting them as the task's progress."""
     done = 0
     for done, item in enumerate(items, 1):
         update(task, done - 1, total, unit)
         yield item
-    update(task, done, done, unit)      # finished: the count is the total
+    update(task, done, done, unit)  # finished: the count is the total
 
 
 def keras_callback(task: str):
@@ -81,7 +85,7 @@ class Reader:
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             data = f.read()
-        complete = data[:data.rfind(b"\n") + 1]   # a line still being written is read next time
+        complete = data[: data.rfind(b"\n") + 1]  # a line still being written is read next time
         self.offset += len(complete)
         newest = {}
         for line in complete.decode().splitlines():

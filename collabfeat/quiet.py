@@ -5,17 +5,19 @@ fd 2 (inherited by every child process, Beam's workers included) and a thread co
 to the real stderr except NOISE; stop() restores fd 2 and drains the pipe. `--verbose` leaves fd 2
 alone.
 """
+
 from __future__ import annotations
 
 import os
 import re
 import threading
-from typing import Optional, Tuple
 
-NOISE = re.compile(rb"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-                   rb"|[IWE]\d{4} [\d:.]+ +\d+ \S+:\d+\] )")
+NOISE = re.compile(
+    rb"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    rb"|[IWE]\d{4} [\d:.]+ +\d+ \S+:\d+\] )"
+)
 
-_state: Optional[Tuple[int, threading.Thread]] = None
+_state: tuple[int, threading.Thread] | None = None
 
 
 def keep(line: bytes) -> bool:
@@ -59,6 +61,6 @@ def stop() -> None:
         return
     real, thread = _state
     _state = None
-    os.dup2(real, 2)           # the pipe's last writer in this process is gone: the thread sees its end
+    os.dup2(real, 2)  # the pipe's last writer in this process is gone: the thread sees its end
     thread.join(timeout=5)
     os.close(real)

@@ -27,6 +27,7 @@ Appreciations and comments are subsets of views, likelier on a user's strong tas
 has an owner ("own" event), a user whose favourite style it is. A small number of bad rows and
 bad image files are planted on purpose, so that the reject accounting has something real to count.
 """
+
 from __future__ import annotations
 
 import csv
@@ -35,14 +36,13 @@ import json
 import os
 import sys
 from array import array
-from typing import Dict, List, Tuple
 
 import numpy as np
 
 from collabfeat import emoji, images
 from collabfeat.config import SimulatorConfig
 
-EVENTS = ("view", "appreciate", "comment", "own", "like")     # "like" only in planted bad rows
+EVENTS = ("view", "appreciate", "comment", "own", "like")  # "like" only in planted bad rows
 VIEW, APPRECIATE, COMMENT, OWN, LIKE = range(len(EVENTS))
 EVENT_PERIOD_S = 90 * 24 * 3600
 EPOCH = 1_700_000_000
@@ -52,15 +52,25 @@ PRINTS = ("plain", "stripes", "dots", "checks")
 COLOURWAYS = 4
 # env/run unpacks the package into the venv; an image with it installed (kubeflow/Dockerfile) has it in /usr
 OPENCLIPART_DIR = os.environ.get("COLLABFEAT_OPENCLIPART_DIR") or next(
-    (d for d in (os.path.join(sys.prefix, "share", "collabfeat-data", "openclipart-png", "usr", "share", "openclipart", "png"),
-                 "/usr/share/openclipart/png") if os.path.isdir(d)), "/usr/share/openclipart/png")
+    (
+        d
+        for d in (
+            os.path.join(
+                sys.prefix, "share", "collabfeat-data", "openclipart-png", "usr", "share", "openclipart", "png"
+            ),
+            "/usr/share/openclipart/png",
+        )
+        if os.path.isdir(d)
+    ),
+    "/usr/share/openclipart/png",
+)
 # openclipart's top-level folders that are categories of things (not "unsorted", "special", ...)
 TRANSFER_MIN_PER_CATEGORY = 40
 TRANSFER_EXCLUDED = ("unsorted", "special", "buttons", "logos")
 TRANSFER_SIZE = 64
 
 
-def style_of(s: int) -> Tuple[int, int]:
+def style_of(s: int) -> tuple[int, int]:
     """Style s -> (print, colourway): all 16 pairs for s < 16, each print in several colourways."""
     return s % len(PRINTS), (s % len(PRINTS) + s // len(PRINTS)) % COLOURWAYS
 
@@ -102,16 +112,18 @@ def render(grey: np.ndarray, styles: np.ndarray, rng, hue0: float) -> np.ndarray
     return np.round(out * 255).astype(np.uint8)
 
 
-def transfer_files(directory: str = "") -> Tuple[Dict[str, List[str]], Dict[str, int]]:
+def transfer_files(directory: str = "") -> tuple[dict[str, list[str]], dict[str, int]]:
     """openclipart's categories (top-level folders with enough images) -> their PNG files, each
     image once: symlinks are dropped (the package links 1,221 names to other files), files are
     deduplicated by content (SHA-256), and an image found under two categories is dropped from
     both, so that no image carries two labels. -> (category -> sorted paths, what was dropped)."""
     directory = directory or OPENCLIPART_DIR
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{directory} not found: the Debian package openclipart-png provides the transfer "
-                                "images (unpacked into the environment by env/run); or set simulator.n_transfer_images=0")
-    by_hash: Dict[str, Dict[str, str]] = {}     # content -> category -> first path
+        raise FileNotFoundError(
+            f"{directory} not found: the Debian package openclipart-png provides the transfer "
+            "images (unpacked into the environment by env/run); or set simulator.n_transfer_images=0"
+        )
+    by_hash: dict[str, dict[str, str]] = {}  # content -> category -> first path
     dropped = {"symlinks": 0, "duplicates": 0, "in_two_categories": 0}
     for cat in sorted(os.listdir(directory)):
         top = os.path.join(directory, cat)
@@ -133,17 +145,17 @@ def transfer_files(directory: str = "") -> Tuple[Dict[str, List[str]], Dict[str,
                     dropped["duplicates"] += 1
                 else:
                     seen[cat] = path
-    files: Dict[str, List[str]] = {}
+    files: dict[str, list[str]] = {}
     for seen in by_hash.values():
         if len(seen) > 1:
             dropped["in_two_categories"] += len(seen)
             continue
-        (cat, path), = seen.items()
+        ((cat, path),) = seen.items()
         files.setdefault(cat, []).append(path)
     return {c: sorted(p) for c, p in sorted(files.items()) if len(p) >= TRANSFER_MIN_PER_CATEGORY}, dropped
 
 
-def transfer_set(n: int, rng, directory: str = "") -> Tuple[List[str], np.ndarray, List[str], Dict[str, int]]:
+def transfer_set(n: int, rng, directory: str = "") -> tuple[list[str], np.ndarray, list[str], dict[str, int]]:
     """A seeded sample of openclipart's labelled clip art (transfer_files: each image once, with
     one label): (paths, labels, category names, what was dropped), at most ceil(n / categories)
     per category."""
@@ -162,6 +174,7 @@ def transfer_set(n: int, rng, directory: str = "") -> Tuple[List[str], np.ndarra
 def clip_art(path: str, size: int = TRANSFER_SIZE) -> np.ndarray:
     """A clip-art PNG -> RGB [size, size, 3]: composited on white, fitted into the square."""
     from PIL import Image
+
     with Image.open(path) as im:
         im = im.convert("RGBA")
         im.thumbnail((size, size))
@@ -172,7 +185,7 @@ def clip_art(path: str, size: int = TRANSFER_SIZE) -> np.ndarray:
 
 def _tempered(p: np.ndarray, weight: float) -> np.ndarray:
     """Tastes [users, k] sharpened (weight > 1), kept (1), flattened (< 1) or ignored (0)."""
-    t = p ** weight
+    t = p**weight
     return t / t.sum(axis=1, keepdims=True)
 
 
@@ -182,7 +195,7 @@ def _zipf_weights(rng, n, exponent):
     return w / w.sum()
 
 
-def _write_items(out: str, name: str, rows: List[Tuple[str, bytes, int, int]], style: bool = True) -> None:
+def _write_items(out: str, name: str, rows: list[tuple[str, bytes, int, int]], style: bool = True) -> None:
     """An item table <out>/<name> and its images: rows of (item id, PNG bytes, label, style)."""
     with open(os.path.join(out, name), "w", newline="") as f:
         w = csv.writer(f)
@@ -193,7 +206,7 @@ def _write_items(out: str, name: str, rows: List[Tuple[str, bytes, int, int]], s
             w.writerow([item, f"{item}.png", int(label)] + ([int(facet)] if style else []))
 
 
-def _fashion(cfg: SimulatorConfig, out: str, rng) -> Dict:
+def _fashion(cfg: SimulatorConfig, out: str, rng) -> dict:
     """Fashion-MNIST's photos in prints rendered here (data.source=fashion)."""
     train_x, train_y = images.fashion_mnist("train")
     test_x, test_y = images.fashion_mnist("test")
@@ -207,22 +220,47 @@ def _fashion(cfg: SimulatorConfig, out: str, rng) -> Dict:
     styles = rng.integers(cfg.n_styles, size=cfg.n_items)
     eval_styles = rng.integers(cfg.n_styles, size=cfg.n_eval_images)
     hue0 = float(rng.random())
-    _write_items(out, "items.csv", list(zip(item_ids, map(images.encode_png, render(train_x[cat_idx], styles, rng, hue0)),
-                                            categories, styles)))
-    _write_items(out, "eval_items.csv", list(zip([f"t{i:05d}" for i in eval_idx], map(
-        images.encode_png, render(test_x[eval_idx], eval_styles, rng, hue0)), test_y[eval_idx], eval_styles)))
-    return {"item_ids": item_ids, "categories": categories, "styles": styles,
-            "n_categories": len(images.FASHION_CLASSES), "n_styles": cfg.n_styles, "sheet": {
-                "source": "Fashion-MNIST (Zalando Research, MIT licence) from Debian's dataset-fashion-mnist",
-                "images": {"catalogue": len(item_ids), "held_out": len(eval_idx), "classes": list(images.FASHION_CLASSES),
-                           "resolution": "28x28, grey photos rendered in their style's colours"},
-                "styles": {"what": "a print in a colourway, drawn uniformly at random per image, independent of category",
-                           "styles": {s: "%s, colourway %d" % (PRINTS[style_of(s)[0]], style_of(s)[1])
-                                      for s in range(cfg.n_styles)},
-                           "catalogue_counts": np.bincount(styles, minlength=cfg.n_styles).tolist()}}}
+    _write_items(
+        out,
+        "items.csv",
+        list(zip(item_ids, map(images.encode_png, render(train_x[cat_idx], styles, rng, hue0)), categories, styles)),
+    )
+    _write_items(
+        out,
+        "eval_items.csv",
+        list(
+            zip(
+                [f"t{i:05d}" for i in eval_idx],
+                map(images.encode_png, render(test_x[eval_idx], eval_styles, rng, hue0)),
+                test_y[eval_idx],
+                eval_styles,
+            )
+        ),
+    )
+    return {
+        "item_ids": item_ids,
+        "categories": categories,
+        "styles": styles,
+        "n_categories": len(images.FASHION_CLASSES),
+        "n_styles": cfg.n_styles,
+        "sheet": {
+            "source": "Fashion-MNIST (Zalando Research, MIT licence) from Debian's dataset-fashion-mnist",
+            "images": {
+                "catalogue": len(item_ids),
+                "held_out": len(eval_idx),
+                "classes": list(images.FASHION_CLASSES),
+                "resolution": "28x28, grey photos rendered in their style's colours",
+            },
+            "styles": {
+                "what": "a print in a colourway, drawn uniformly at random per image, independent of category",
+                "styles": {s: f"{PRINTS[style_of(s)[0]]}, colourway {style_of(s)[1]}" for s in range(cfg.n_styles)},
+                "catalogue_counts": np.bincount(styles, minlength=cfg.n_styles).tolist(),
+            },
+        },
+    }
 
 
-def _emoji(cfg: SimulatorConfig, out: str, rng) -> Dict:
+def _emoji(cfg: SimulatorConfig, out: str, rng) -> dict:
     """The same emoji drawn by several vendors (data.source=emoji, the default): style = vendor,
     category = the emoji's category, split by emoji identity; the unseen vendor's drawings of the
     held-out emoji go to unseen_items.csv. The images are the packages' own files, alpha and all."""
@@ -250,20 +288,35 @@ def _emoji(cfg: SimulatorConfig, out: str, rng) -> Dict:
     if cfg.unseen_vendor:
         _write_items(out, "unseen_items.csv", rows(held, [cfg.unseen_vendor]))
     styles = np.array([r[3] for r in cat_rows])
-    return {"item_ids": [r[0] for r in cat_rows], "categories": np.array([r[2] for r in cat_rows]),
-            "styles": styles, "n_categories": len(names), "n_styles": len(vendors), "sheet": {
-                "source": "the same emoji drawn by several vendors, from npm packages (env/emoji.sh): "
-                          + "; ".join(emoji.LICENCES[v] for v in styles_of),
-                "images": {"catalogue": len(cat_rows), "catalogue_emoji": len(catalogue),
-                           "held_out": len(held) * len(vendors), "held_out_emoji": len(held),
-                           "unseen": len(held) if cfg.unseen_vendor else 0, "classes": names,
-                           "resolution": "64x64 RGBA as the vendors ship them (SVG vendors rendered at 64 px); "
-                                         "transparent pixels are composited on data.background by the preprocessing"},
-                "styles": {"what": "the vendor whose drawing it is; every emoji is drawn by every vendor, so style "
-                                   "and category are crossed exactly",
-                           "styles": {s: v for v, s in styles_of.items()}, "unseen": cfg.unseen_vendor or None,
-                           "catalogue_counts": np.bincount(styles, minlength=len(vendors)).tolist()},
-                "split": "by emoji identity, seeded: every vendor's drawing of an emoji is on the same side"}}
+    return {
+        "item_ids": [r[0] for r in cat_rows],
+        "categories": np.array([r[2] for r in cat_rows]),
+        "styles": styles,
+        "n_categories": len(names),
+        "n_styles": len(vendors),
+        "sheet": {
+            "source": "the same emoji drawn by several vendors, from npm packages (env/emoji.sh): "
+            + "; ".join(emoji.LICENCES[v] for v in styles_of),
+            "images": {
+                "catalogue": len(cat_rows),
+                "catalogue_emoji": len(catalogue),
+                "held_out": len(held) * len(vendors),
+                "held_out_emoji": len(held),
+                "unseen": len(held) if cfg.unseen_vendor else 0,
+                "classes": names,
+                "resolution": "64x64 RGBA as the vendors ship them (SVG vendors rendered at 64 px); "
+                "transparent pixels are composited on data.background by the preprocessing",
+            },
+            "styles": {
+                "what": "the vendor whose drawing it is; every emoji is drawn by every vendor, so style "
+                "and category are crossed exactly",
+                "styles": {s: v for v, s in styles_of.items()},
+                "unseen": cfg.unseen_vendor or None,
+                "catalogue_counts": np.bincount(styles, minlength=len(vendors)).tolist(),
+            },
+            "split": "by emoji identity, seeded: every vendor's drawing of an emoji is on the same side",
+        },
+    }
 
 
 WHY_WEIGHTS = (
@@ -273,10 +326,11 @@ WHY_WEIGHTS = (
     "drawn (style_weight 1.0). What a piece depicts matters too, but less sharply: site categories "
     "(creative fields) are broad and a user browses several, so the taste in category is flattened "
     "(category_weight 0.5). These weights were chosen before any evaluation and are not tuned to it; "
-    "bench/sweep.py reports the quality table over a grid of both.")
+    "bench/sweep.py reports the quality table over a grid of both."
+)
 
 
-def simulate(cfg: SimulatorConfig, out: str, source: str = "emoji") -> Dict:
+def simulate(cfg: SimulatorConfig, out: str, source: str = "emoji") -> dict:
     rng = np.random.default_rng(cfg.seed)
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
@@ -296,13 +350,18 @@ def simulate(cfg: SimulatorConfig, out: str, source: str = "emoji") -> Dict:
         for i, (p, label) in enumerate(zip(paths, labels)):
             try:
                 arts.append((f"c{i:05d}", images.encode_png(clip_art(p)), label, -1))
-            except Exception as e:     # a few of openclipart's PNGs are huge (PIL's bomb guard) or broken
+            except Exception as e:  # a few of openclipart's PNGs are huge (PIL's bomb guard) or broken
                 skipped.append(f"{os.path.relpath(p, OPENCLIPART_DIR)}: {type(e).__name__}")
         _write_items(out, "transfer_items.csv", arts, style=False)
-        transfer = {"source": "openclipart-png (Debian, public domain): top-level folders as categories",
-                    "images": len(arts), "skipped": skipped, "categories": names, "dropped": dropped,
-                    "resolution": f"{TRANSFER_SIZE}x{TRANSFER_SIZE} RGB, composited on white",
-                    "files": [os.path.relpath(p, OPENCLIPART_DIR) for p in paths[:5]] + ["..."]}
+        transfer = {
+            "source": "openclipart-png (Debian, public domain): top-level folders as categories",
+            "images": len(arts),
+            "skipped": skipped,
+            "categories": names,
+            "dropped": dropped,
+            "resolution": f"{TRANSFER_SIZE}x{TRANSFER_SIZE} RGB, composited on white",
+            "files": [os.path.relpath(p, OPENCLIPART_DIR) for p in paths[:5]] + ["..."],
+        }
 
     # Planted bad images: some files deleted, some overwritten with garbage.
     bad = rng.choice(n_items, min(cfg.bad_image_count, n_items), replace=False)
@@ -318,12 +377,12 @@ def simulate(cfg: SimulatorConfig, out: str, source: str = "emoji") -> Dict:
     cell_of = categories * n_styles + styles
     by_cell = [np.flatnonzero(cell_of == c) for c in range(n_categories * n_styles)]
     by_category = [np.flatnonzero(categories == c) for c in range(n_categories)]
-    pools = by_cell + by_category            # an empty cell falls back to its category
+    pools = by_cell + by_category  # an empty cell falls back to its category
     pop = [_zipf_weights(rng, len(ix), cfg.popularity_exponent) for ix in pools]
     style_taste = rng.dirichlet(np.full(n_styles, cfg.taste_concentration), cfg.n_users)
     category_taste = rng.dirichlet(np.full(n_categories, cfg.taste_concentration), cfg.n_users)
     p_style, p_category = _tempered(style_taste, cfg.style_weight), _tempered(category_taste, cfg.category_weight)
-    mu = np.log(cfg.mean_views_per_user) - cfg.activity_sigma ** 2 / 2
+    mu = np.log(cfg.mean_views_per_user) - cfg.activity_sigma**2 / 2
     activity = np.clip(np.round(rng.lognormal(mu, cfg.activity_sigma, cfg.n_users)), 1, n_items // 2).astype(int)
 
     # Rows are kept as four compact columns (user, item, event, time), not Python tuples: 18M rows
@@ -347,8 +406,7 @@ def simulate(cfg: SimulatorConfig, out: str, source: str = "emoji") -> Dict:
         n = activity[u]
         times = np.sort(rng.integers(0, EVENT_PERIOD_S, n)) + EPOCH
         noisy = rng.random(n) < cfg.noise
-        chosen = (rng.choice(n_categories, n, p=p_category[u]) * n_styles
-                  + rng.choice(n_styles, n, p=p_style[u]))
+        chosen = rng.choice(n_categories, n, p=p_category[u]) * n_styles + rng.choice(n_styles, n, p=p_style[u])
         # affinity: the geometric mean of how strong the cell's style and category are in the user's tastes
         strength = np.sqrt(np.outer(p_category[u] / p_category[u].max(), p_style[u] / p_style[u].max()).ravel())
         for t, is_noise, c in zip(times.tolist(), noisy.tolist(), chosen.tolist()):
@@ -377,19 +435,25 @@ def simulate(cfg: SimulatorConfig, out: str, source: str = "emoji") -> Dict:
         user, item, event, t = users[r], items[r], events_[r], times_[r]
         kind = k % 3
         if kind == 0:
-            add(user, -1 - k, event, t)      # unknown item: missing<k>
+            add(user, -1 - k, event, t)  # unknown item: missing<k>
         elif kind == 1:
-            add(user, item, LIKE, t)          # unknown event type
+            add(user, item, LIKE, t)  # unknown event type
         else:
-            add(-1, item, event, t)           # no user
+            add(-1, item, event, t)  # no user
     order = rng.permutation(len(users))
     with open(os.path.join(out, "logs", "logs.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["user_id", "item_id", "event", "timestamp"])
         for i in order.tolist():
             user, item = users[i], items[i]
-            w.writerow((f"u{user:06d}" if user >= 0 else "", item_ids[item] if item >= 0 else f"missing{-1 - item}",
-                        EVENTS[events_[i]], times_[i]))
+            w.writerow(
+                (
+                    f"u{user:06d}" if user >= 0 else "",
+                    item_ids[item] if item >= 0 else f"missing{-1 - item}",
+                    EVENTS[events_[i]],
+                    times_[i],
+                )
+            )
 
     counts = np.bincount(np.frombuffer(events_, dtype=np.int8), minlength=len(EVENTS))
     events = {e: int(counts[EVENTS.index(e)]) for e in ("view", "appreciate", "comment", "own")}
@@ -399,7 +463,9 @@ def simulate(cfg: SimulatorConfig, out: str, source: str = "emoji") -> Dict:
         "parameters": {**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "source": source},
         "tastes": {"style_weight": cfg.style_weight, "category_weight": cfg.category_weight, "why": WHY_WEIGHTS},
         "transfer": transfer,
-        "rows": len(users), "events": events, "planted_bad_rows": n_bad,
+        "rows": len(users),
+        "events": events,
+        "planted_bad_rows": n_bad,
         "planted_bad_images": [str(item_ids[b]) for b in bad],
         "density_views": events["view"] / (cfg.n_users * n_items),
         "density_appreciations": events["appreciate"] / (cfg.n_users * n_items),

@@ -2,6 +2,7 @@
 ram://) through tf.io.gfile. Local paths take Python's own file functions, so nothing imports
 TensorFlow to read a report. Libraries that can only write or read local files (ScaNN, h5py)
 work in a local temporary directory that is copied to or from the URI (local_dir, local_copy)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Iterator, List
+from collections.abc import Iterator
 
 
 def is_local(path: str) -> bool:
@@ -18,11 +19,13 @@ def is_local(path: str) -> bool:
 
 def _gfile():
     import tensorflow as tf
+
     return tf.io.gfile
 
 
-def open(path: str, mode: str = "r"):   # noqa: A001 - the module's version of open()
+def open(path: str, mode: str = "r"):  # noqa: A001 - the module's version of open()
     import builtins
+
     return builtins.open(path, mode) if is_local(path) else _gfile().GFile(path, mode)
 
 
@@ -34,9 +37,10 @@ def isdir(path: str) -> bool:
     return os.path.isdir(path) if is_local(path) else _gfile().isdir(path)
 
 
-def glob(pattern: str) -> List[str]:
+def glob(pattern: str) -> list[str]:
     if is_local(pattern):
         import glob as globbing
+
         return sorted(globbing.glob(pattern))
     return sorted(_gfile().glob(pattern))
 
@@ -48,7 +52,7 @@ def makedirs(path: str) -> None:
         _gfile().makedirs(path)
 
 
-def listdir(path: str) -> List[str]:
+def listdir(path: str) -> list[str]:
     """The names in a directory ([] if there is none)."""
     if not exists(path):
         return []
@@ -61,6 +65,7 @@ def rmtree(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
         return
     import tensorflow as tf
+
     try:
         _gfile().rmtree(path)
     except tf.errors.OpError:
@@ -84,7 +89,7 @@ def copytree(src: str, dst: str) -> None:
         return
     g = _gfile()
     for d, _, files in g.walk(src):
-        rel = d.rstrip("/")[len(src.rstrip("/")):].strip("/")
+        rel = d.rstrip("/")[len(src.rstrip("/")) :].strip("/")
         target = os.path.join(dst, rel) if rel else dst
         makedirs(target)
         for name in files:

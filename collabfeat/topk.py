@@ -5,13 +5,14 @@ BUDGET floats (128 MB as float32), whatever the database's size; only the top k 
 Diagnostics that would compare everything with everything first draw a seeded sample of queries
 (`sample`), and report the bound they used.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional, Tuple
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
-BUDGET = 1 << 25   # scores held at once
+BUDGET = 1 << 25  # scores held at once
 
 
 def row_chunks(n_rows: int, n_cols: int, budget: int = BUDGET) -> Iterator[slice]:
@@ -21,9 +22,13 @@ def row_chunks(n_rows: int, n_cols: int, budget: int = BUDGET) -> Iterator[slice
         yield slice(start, min(n_rows, start + step))
 
 
-def top_k(queries: np.ndarray, db: np.ndarray, k: int,
-          mask: Optional[Callable[[slice, np.ndarray], None]] = None,
-          budget: int = BUDGET) -> Tuple[np.ndarray, np.ndarray]:
+def top_k(
+    queries: np.ndarray,
+    db: np.ndarray,
+    k: int,
+    mask: Callable[[slice, np.ndarray], None] | None = None,
+    budget: int = BUDGET,
+) -> tuple[np.ndarray, np.ndarray]:
     """The k best database rows by dot product for each query, best first: (rows [q, k], scores [q, k]).
 
     `mask(rows, scores)`, if given, may set entries of a chunk's score block to -inf in place
@@ -36,8 +41,11 @@ def top_k(queries: np.ndarray, db: np.ndarray, k: int,
         scores = np.asarray(queries[rows] @ db.T, dtype=np.float32)
         if mask is not None:
             mask(rows, scores)
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
-            np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
+        part = (
+            np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            if k < scores.shape[1]
+            else np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
+        )
         top = np.take_along_axis(scores, part, axis=1)
         order = np.argsort(-top, axis=1, kind="stable")
         idx[rows] = np.take_along_axis(part, order, axis=1)

@@ -18,6 +18,7 @@ yields the Beam arguments that send every Beam stage to them, and stops them and
 afterwards. The job service's log (beam-job-service.log in the run directory) records each job it
 ran: jobs_completed() counts them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,13 +29,15 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Iterator, List
+from collections.abc import Iterator
 
 START_SECONDS = 60
 # Beam's worker pool (apache_beam.runners.worker.worker_pool_main) with its log lines shown: without a
 # handler, its "Started worker pool servicer" line, which says the pool has bound its port, is lost.
-POOL_MAIN = ("import logging, sys; logging.basicConfig(level=logging.INFO); "
-             "from apache_beam.runners.worker import worker_pool_main; worker_pool_main.main(sys.argv[1:])")
+POOL_MAIN = (
+    "import logging, sys; logging.basicConfig(level=logging.INFO); "
+    "from apache_beam.runners.worker import worker_pool_main; worker_pool_main.main(sys.argv[1:])"
+)
 
 
 def _port_is_free(port: int) -> bool:
@@ -55,8 +58,9 @@ def _tail(path: str, lines: int = 5) -> str:
         return ""
 
 
-def _wait_until_listening(proc: subprocess.Popen, port: int, ready: str, what: str, log_path: str,
-                          log_from: int) -> None:
+def _wait_until_listening(
+    proc: subprocess.Popen, port: int, ready: str, what: str, log_path: str, log_from: int
+) -> None:
     """Waits for the service's own log line saying it listens on `port`, and for the port to answer.
     An answer on the port alone is not enough: until the service has bound it, another process's
     server can hold the port (then the service fails to bind and exits), and a connection to a port
@@ -66,8 +70,10 @@ def _wait_until_listening(proc: subprocess.Popen, port: int, ready: str, what: s
     pattern = re.compile(ready.format(port=port))
     while time.time() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"Beam's {what} exited with status {proc.returncode} while starting on port {port}: "
-                               f"{_tail(log_path)} (log: {log_path})")
+            raise RuntimeError(
+                f"Beam's {what} exited with status {proc.returncode} while starting on port {port}: "
+                f"{_tail(log_path)} (log: {log_path})"
+            )
         with open(log_path, errors="replace") as f:
             f.seek(log_from)
             if pattern.search(f.read()):
@@ -89,12 +95,13 @@ def ephemeral_ports() -> range:
         return range(32768, 61000)
 
 
-def spare_ports(n: int, seed=None) -> List[int]:
+def spare_ports(n: int, seed=None) -> list[int]:
     """n free loopback ports below the ephemeral range (for runs side by side: tests, benchmarks)."""
     import random
+
     rng, low = random.Random(seed), 10000
     high = max(low + n, min(ephemeral_ports().start, 65536))
-    ports: List[int] = []
+    ports: list[int] = []
     while len(ports) < n:
         port = rng.randrange(low, high)
         if port not in ports and _port_is_free(port):
@@ -107,6 +114,7 @@ def _die_with_parent() -> None:
     by SIGKILL, so that no service outlives its run holding the ports (Linux's PR_SET_PDEATHSIG).
     Its workers end when their control stream to the job service breaks."""
     import ctypes
+
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
@@ -126,22 +134,28 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def args(cfg, job_port: int, pool_port: int) -> List[str]:
+def args(cfg, job_port: int, pool_port: int) -> list[str]:
     r = cfg.runner
-    return ["--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}",
-            "--environment_type=EXTERNAL", f"--environment_config=localhost:{pool_port}",
-            f"--direct_num_workers={r.direct_num_workers}"]
+    return [
+        "--runner=PortableRunner",
+        f"--job_endpoint=localhost:{job_port}",
+        "--environment_type=EXTERNAL",
+        f"--environment_config=localhost:{pool_port}",
+        f"--direct_num_workers={r.direct_num_workers}",
+    ]
 
 
 @contextlib.contextmanager
-def portable(cfg, run_dir: str) -> Iterator[List[str]]:
+def portable(cfg, run_dir: str) -> Iterator[list[str]]:
     """Starts the job service and the worker pool; yields the Beam arguments for them."""
     r = cfg.runner
     job_port, pool_port = r.portable_job_port, r.portable_pool_port
     for port, name in ((job_port, "runner.portable_job_port"), (pool_port, "runner.portable_pool_port")):
         if not _port_is_free(port):
-            raise RuntimeError(f"engine portable: port {port} ({name}) is in use: another run's Beam services, "
-                               f"or set {name} to a free port")
+            raise RuntimeError(
+                f"engine portable: port {port} ({name}) is in use: another run's Beam services, "
+                f"or set {name} to a free port"
+            )
     os.makedirs(run_dir, exist_ok=True)
     log_path = os.path.join(run_dir, "beam-job-service.log")
     pool_log_path = os.path.join(run_dir, "beam-worker-pool.log")
@@ -151,19 +165,45 @@ def portable(cfg, run_dir: str) -> Iterator[List[str]]:
     with open(log_path, "a") as log, open(pool_log_path, "a") as pool_log:
         log_from, pool_log_from = log.tell(), pool_log.tell()
         try:
-            services.append(subprocess.Popen(
-                [sys.executable, "-c", POOL_MAIN, f"--service_port={pool_port}"],
-                stdout=pool_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                start_new_session=True, preexec_fn=_die_with_parent))
-            services.append(subprocess.Popen(
-                [sys.executable, "-m", "collabfeat.pipeline.job_service", f"--port={job_port}",
-                 f"--staging_dir={staging}"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                preexec_fn=_die_with_parent))
-            _wait_until_listening(services[0], pool_port, r"Started worker pool servicer at port: localhost:{port}\b",
-                                  "worker pool", pool_log_path, pool_log_from)
-            _wait_until_listening(services[1], job_port, r"listening for Beam jobs on port {port}\b",
-                                  "job service", log_path, log_from)
+            services.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", POOL_MAIN, f"--service_port={pool_port}"],
+                    stdout=pool_log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
+            )
+            services.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "collabfeat.pipeline.job_service",
+                        f"--port={job_port}",
+                        f"--staging_dir={staging}",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
+            )
+            _wait_until_listening(
+                services[0],
+                pool_port,
+                r"Started worker pool servicer at port: localhost:{port}\b",
+                "worker pool",
+                pool_log_path,
+                pool_log_from,
+            )
+            _wait_until_listening(
+                services[1], job_port, r"listening for Beam jobs on port {port}\b", "job service", log_path, log_from
+            )
             yield args(cfg, job_port, pool_port)
         finally:
             for proc in reversed(services):
@@ -171,7 +211,7 @@ def portable(cfg, run_dir: str) -> Iterator[List[str]]:
 
 
 @contextlib.contextmanager
-def started(cfg, run_dir: str) -> Iterator[List[str]]:
+def started(cfg, run_dir: str) -> Iterator[list[str]]:
     """The Beam arguments of runner.engine, with its services running while the pipeline runs."""
     if cfg.runner.engine == "portable":
         with portable(cfg, run_dir) as engine_args:

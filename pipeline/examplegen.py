@@ -14,12 +14,14 @@ These executors produce the same records, split and artifact properties, but
 * read a large CSV file in byte ranges spread over the workers where that is safe (TFX reads each
   file in one worker), which more than pays for the second pass.
 """
+
 from __future__ import annotations
 
 import functools
 import logging
 import pickle
-from typing import Any, Dict, Iterator, Tuple
+from collections.abc import Iterator
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -31,7 +33,8 @@ from tfx.components.example_gen.import_example_gen import executor as import_exe
 from tfx.components.util import examples_utils
 from tfx.dsl.io import fileio
 from tfx.proto import example_gen_pb2
-from tfx.types import artifact_utils, standard_component_specs as specs
+from tfx.types import artifact_utils
+from tfx.types import standard_component_specs as specs
 from tfx.utils import io_utils, proto_utils
 from tfx_bsl.coders import csv_decoder
 
@@ -45,41 +48,43 @@ class _UnshuffledWrite:
 
     ATTEMPTS = 2
 
-    def Do(self, input_dict: Dict[str, list], output_dict: Dict[str, list],
-           exec_properties: Dict[str, Any]) -> None:
+    def Do(self, input_dict: dict[str, list], output_dict: dict[str, list], exec_properties: dict[str, Any]) -> None:
         self._log_startup(input_dict, output_dict, exec_properties)
-        input_config = proto_utils.json_to_proto(exec_properties[specs.INPUT_CONFIG_KEY],
-                                                 example_gen_pb2.Input())
-        output_config = proto_utils.json_to_proto(exec_properties[specs.OUTPUT_CONFIG_KEY],
-                                                  example_gen_pb2.Output())
+        input_config = proto_utils.json_to_proto(exec_properties[specs.INPUT_CONFIG_KEY], example_gen_pb2.Input())
+        output_config = proto_utils.json_to_proto(exec_properties[specs.OUTPUT_CONFIG_KEY], example_gen_pb2.Output())
         outputs = output_dict[specs.EXAMPLES_KEY]
         artifact_utils.get_single_instance(outputs).split_names = artifact_utils.encode_split_names(
-            utils.generate_output_split_names(input_config, output_config))
-        self.expected: Dict[str, int] = {}
+            utils.generate_output_split_names(input_config, output_config)
+        )
+        self.expected: dict[str, int] = {}
         for attempt in range(1, self.ATTEMPTS + 1):
             with self._make_beam_pipeline() as p:
                 for split, records in self.GenerateExamplesByBeam(p, exec_properties).items():
                     path = f"{artifact_utils.get_split_uri(outputs, split)}/{write_split.DEFAULT_FILE_NAME}"
-                    _ = (records
-                         | f"Serialize[{split}]" >> beam.ParDo(write_split.MaybeSerialize())
-                         | f"Write[{split}]" >> beam.io.WriteToTFRecord(path, file_name_suffix=".gz"))
-            written = {split: examples.count_records(artifact_utils.get_split_uri(outputs, split))
-                       for split in self.expected}
+                    _ = (
+                        records
+                        | f"Serialize[{split}]" >> beam.ParDo(write_split.MaybeSerialize())
+                        | f"Write[{split}]" >> beam.io.WriteToTFRecord(path, file_name_suffix=".gz")
+                    )
+            written = {
+                split: examples.count_records(artifact_utils.get_split_uri(outputs, split)) for split in self.expected
+            }
             short = {split: (n, written[split]) for split, n in self.expected.items()}
             short = {split: c for split, c in short.items() if c[0] != c[1]}
             if not short:
                 break
             what = "; ".join(f"split {split}: {n} rows read, {m} records written" for split, (n, m) in short.items())
             if attempt == self.ATTEMPTS:
-                raise RuntimeError(f"LogsExampleGen: {what}. Beam's runner lost records, twice; "
-                                   "not going on with part of the logs")
+                raise RuntimeError(
+                    f"LogsExampleGen: {what}. Beam's runner lost records, twice; not going on with part of the logs"
+                )
             logging.warning("LogsExampleGen: %s; Beam's runner lost records: writing again", what)
             for split in short:
                 fileio.rmtree(artifact_utils.get_split_uri(outputs, split))
         payload = exec_properties.get(specs.OUTPUT_DATA_FORMAT_KEY)
         file_format = exec_properties.get(specs.OUTPUT_FILE_FORMAT_KEY)
         for artifact in outputs:
-            for split, n in written.items():     # what LogTransform sizes its buckets by
+            for split, n in written.items():  # what LogTransform sizes its buckets by
                 artifact.set_int_custom_property(f"records_{split}", n)
             if payload:
                 examples_utils.set_payload_format(artifact, payload)
@@ -90,7 +95,7 @@ class _UnshuffledWrite:
 RANGE_BYTES = 16 << 20
 
 
-def _ranges(path: str) -> Iterator[Tuple[str, int, int]]:
+def _ranges(path: str) -> Iterator[tuple[str, int, int]]:
     """A file as byte ranges that workers can read in parallel; the whole file as one range when
     it is compressed or has a quote anywhere (a quoted field may span lines, so only the start of
     the file tells where a record starts)."""
@@ -107,7 +112,7 @@ def _ranges(path: str) -> Iterator[Tuple[str, int, int]]:
         yield path, start, start + RANGE_BYTES
 
 
-def _read_range(r: Tuple[str, int, int]) -> Iterator[str]:
+def _read_range(r: tuple[str, int, int]) -> Iterator[str]:
     """The CSV records that start in [start, end) of a file, the header skipped. A whole file
     (end -1) goes through TFX's own reader, which joins quoted fields that span lines."""
     path, start, end = r
@@ -116,10 +121,10 @@ def _read_range(r: Tuple[str, int, int]) -> Iterator[str]:
         return
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         if start == 0:
-            pos = len(f.readline())                 # the header
+            pos = len(f.readline())  # the header
         else:
             f.seek(start - 1)
-            pos = start - 1 + len(f.readline())     # the rest of the line a previous range owns
+            pos = start - 1 + len(f.readline())  # the rest of the line a previous range owns
         while pos < end and (line := f.readline()):
             pos += len(line)
             yield line.decode("utf-8")
@@ -130,13 +135,19 @@ def _column_types(options, ranges, columns, out: str) -> None:
     them (over all rows), and the number of rows, pickled to `out`. (Given to the conversion as a
     value, not as a side input over the parsed rows.)"""
     with beam.Pipeline(options=options) as p:
-        rows = (p | "Ranges" >> beam.Create(ranges) | "Spread" >> beam.Reshuffle()
-                | "Read" >> beam.FlatMap(_read_range)
-                | "Parse" >> beam.ParDo(csv_decoder.ParseCSVLine(delimiter=",")) | "Rows" >> beam.Keys())
+        rows = (
+            p
+            | "Ranges" >> beam.Create(ranges)
+            | "Spread" >> beam.Reshuffle()
+            | "Read" >> beam.FlatMap(_read_range)
+            | "Parse" >> beam.ParDo(csv_decoder.ParseCSVLine(delimiter=","))
+            | "Rows" >> beam.Keys()
+        )
         types = rows | "InferColumnTypes" >> beam.CombineGlobally(
-            csv_decoder.ColumnTypeInferrer(columns, skip_blank_lines=True))
+            csv_decoder.ColumnTypeInferrer(columns, skip_blank_lines=True)
+        )
         count = rows | "NotBlank" >> beam.Filter(bool) | "Count" >> beam.combiners.Count.Globally()
-        _ = (types | "Save" >> beam.Map(_save, beam.pvalue.AsSingleton(count), out))
+        _ = types | "Save" >> beam.Map(_save, beam.pvalue.AsSingleton(count), out)
 
 
 def _save(types, count, path):
@@ -145,8 +156,7 @@ def _save(types, count, path):
 
 
 @beam.ptransform_fn
-def _CsvToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any], split_pattern: str,
-                  executor: "CsvExecutor"):
+def _CsvToExample(pipeline: beam.Pipeline, exec_properties: dict[str, Any], split_pattern: str, executor: CsvExecutor):
     """CSV files -> tf.Examples, typed as TFX's CsvExampleGen types them (over all rows)."""
     pattern = f"{exec_properties[specs.INPUT_BASE_KEY]}/{split_pattern}"
     files = fileio.glob(pattern)
@@ -156,20 +166,22 @@ def _CsvToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any], spli
     for f in files[1:]:
         if io_utils.load_csv_column_names(f) != columns:
             raise RuntimeError(f"Files in same split {pattern} have different header.")
-    ranges = [r for f in files for r in _ranges(f)]       # each file scanned for quotes once
+    ranges = [r for f in files for r in _ranges(f)]  # each file scanned for quotes once
     if executor.types is None:
         scratch = f"{executor.scratch}/column_types.pickle"
         _column_types(pipeline.pipeline.options, ranges, columns, scratch)
         with fileio.open(scratch, "rb") as f:
             executor.types, executor.rows = pickle.load(f)
         fileio.remove(scratch)
-    return (pipeline
-            | "Ranges" >> beam.Create(ranges)
-            | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.FlatMap(_read_range)
-            | "Parse" >> beam.ParDo(csv_decoder.ParseCSVLine(delimiter=","))
-            | "Rows" >> beam.Keys()
-            | "ToTFExample" >> beam.ParDo(csv_executor._ParsedCsvToTfExample(), executor.types))
+    return (
+        pipeline
+        | "Ranges" >> beam.Create(ranges)
+        | "Spread" >> beam.Reshuffle()
+        | "Read" >> beam.FlatMap(_read_range)
+        | "Parse" >> beam.ParDo(csv_decoder.ParseCSVLine(delimiter=","))
+        | "Rows" >> beam.Keys()
+        | "ToTFExample" >> beam.ParDo(csv_executor._ParsedCsvToTfExample(), executor.types)
+    )
 
 
 class CsvExecutor(_UnshuffledWrite, csv_executor.Executor):
@@ -187,7 +199,7 @@ class CsvExecutor(_UnshuffledWrite, csv_executor.Executor):
 
     def GenerateExamplesByBeam(self, pipeline, exec_properties):
         splits = super().GenerateExamplesByBeam(pipeline, exec_properties)
-        if len(splits) == 1:      # one output split: every row goes to it
+        if len(splits) == 1:  # one output split: every row goes to it
             self.expected = {split: self.rows for split in splits}
         return splits
 

@@ -5,6 +5,7 @@ process of its own (pipeline/engine.py).
 
     python -m collabfeat.pipeline.job_service --port 8099 [--staging_dir DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,7 @@ class Job(local_job_service.BeamJob):
         self.set_state(beam_job_api_pb2.JobState.RUNNING)
         options = self.pipeline_options()
         runner = fn_runner.FnApiRunner(provision_info=self._provision_info)
-        runner._num_workers = max(1, int(options.view_as(DirectOptions).direct_num_workers or 1))   # a string here
+        runner._num_workers = max(1, int(options.view_as(DirectOptions).direct_num_workers or 1))  # a string here
         log.info("job %s: %s on %d SDK workers", self._job_id, self._provision_info.job_name, runner._num_workers)
         return runner.run_via_runner_api(self._pipeline_proto, options)
 

@@ -1,16 +1,17 @@
 """The collabfeat TFX pipeline: one definition for the local DirectRunner and Kubeflow."""
+
 from __future__ import annotations
 
 import hashlib
 import importlib
 import os
-from typing import Iterator, List, Optional, Sequence, Tuple
+from collections.abc import Iterator, Sequence
 
+from google.protobuf import any_pb2, wrappers_pb2
 from tfx import v1 as tfx
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
-from google.protobuf import any_pb2, wrappers_pb2
 
 from collabfeat.config import Config, compared_features, feature_node, settings_for
 from collabfeat.features import COLLABORATIVE
@@ -21,8 +22,14 @@ INTERACTIONS_SCHEMA = os.path.normpath(os.path.join(HERE, "..", "transform", "in
 PREPROCESSING_FN = "collabfeat.transform.preprocessing.preprocessing_fn"
 # The pipeline's stages, in order, and the nodes each ends with; a run `until` one of them is a TFX
 # partial run to the nodes of that stage and of the stages before it.
-UNTIL = {"validate": ("ExampleValidator", "ImageImport"), "transform": ("Transform",), "mf": ("MFTrainer",),
-         "cnn": ("CNNTrainer",), "evaluate": ("Evaluator",), "push": None}
+UNTIL = {
+    "validate": ("ExampleValidator", "ImageImport"),
+    "transform": ("Transform",),
+    "mf": ("MFTrainer",),
+    "cnn": ("CNNTrainer",),
+    "evaluate": ("Evaluator",),
+    "push": None,
+}
 STAGES = tuple(UNTIL)
 
 
@@ -36,21 +43,32 @@ def run_options(until: str = "push", with_catalogue: bool = True):
     if UNTIL[until] is None:
         return None
     from tfx.orchestration.pipeline import RunOptions
-    nodes = [n for stage in STAGES[:STAGES.index(until) + 1] for n in UNTIL[stage]]
+
+    nodes = [n for stage in STAGES[: STAGES.index(until) + 1] for n in UNTIL[stage]]
     return RunOptions(to_nodes=[n for n in nodes if with_catalogue or n != "ImageImport"])
 
 
 def _single_split(pattern: str) -> tuple:
-    return (example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name="all", pattern=pattern)]),
-            example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
-                splits=[example_gen_pb2.SplitConfig.Split(name="all", hash_buckets=1)])))
+    return (
+        example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name="all", pattern=pattern)]),
+        example_gen_pb2.Output(
+            split_config=example_gen_pb2.SplitConfig(
+                splits=[example_gen_pb2.SplitConfig.Split(name="all", hash_buckets=1)]
+            )
+        ),
+    )
 
 
-CODE_PACKAGES = ("collabfeat", "collabfeat.pipeline", "collabfeat.trainer", "collabfeat.transform",
-                 "collabfeat.serving")
+CODE_PACKAGES = (
+    "collabfeat",
+    "collabfeat.pipeline",
+    "collabfeat.trainer",
+    "collabfeat.transform",
+    "collabfeat.serving",
+)
 
 
-def code_files() -> List[Tuple[str, str]]:
+def code_files() -> list[tuple[str, str]]:
     """(name, path) of collabfeat's code: the Python files and the interactions schema in each
     package's own folder, named package/relative path. Only there: in a source checkout
     `collabfeat` also resolves names in the repository's top folder, whose walk would take in the
@@ -81,7 +99,7 @@ def code_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def _files(path: str) -> Iterator[Tuple[str, int, int]]:
+def _files(path: str) -> Iterator[tuple[str, int, int]]:
     """(name, size, modification time in ns) of a file, or of every file under a directory; local or a URI."""
     if "://" not in path:
         if os.path.isfile(path):
@@ -94,6 +112,7 @@ def _files(path: str) -> Iterator[Tuple[str, int, int]]:
                 yield os.path.join(d, f), st.st_size, st.st_mtime_ns
         return
     from tfx.dsl.io import fileio
+
     if not fileio.exists(path):
         return
     if not fileio.isdir(path):
@@ -125,31 +144,42 @@ def logs_example_gen(path: str, fmt: str = "", code: str = ""):
     base, pattern = (os.path.dirname(path), name) if is_file else (path, "*")
     kind = (fmt or (name.rsplit(".", 1)[-1] if is_file else "csv")).lower()
     input_config, output_config = _single_split(pattern)
-    executors = {"csv": examplegen.CsvExecutor, "parquet": examplegen.ParquetExecutor,
-                 "tfrecord": examplegen.ImportExecutor, "tfrecords": examplegen.ImportExecutor,
-                 "gz": examplegen.ImportExecutor}
+    executors = {
+        "csv": examplegen.CsvExecutor,
+        "parquet": examplegen.ParquetExecutor,
+        "tfrecord": examplegen.ImportExecutor,
+        "tfrecords": examplegen.ImportExecutor,
+        "gz": examplegen.ImportExecutor,
+    }
     if kind not in executors:
         raise ValueError(f"data.logs: cannot read {kind!r} logs ({path}); use CSV, Parquet or TFRecord")
     code_config = any_pb2.Any()
-    code_config.Pack(wrappers_pb2.StringValue(value=code))   # the executor's code: part of the cache key
+    code_config.Pack(wrappers_pb2.StringValue(value=code))  # the executor's code: part of the cache key
     return FileBasedExampleGen(
-        input_base=base, input_config=input_config, output_config=output_config,
+        input_base=base,
+        input_config=input_config,
+        output_config=output_config,
         custom_config=example_gen_pb2.CustomConfig(custom_config=code_config),
-        custom_executor_spec=executor_spec.BeamExecutorSpec(executors[kind]))
+        custom_executor_spec=executor_spec.BeamExecutorSpec(executors[kind]),
+    )
 
 
-_DEPENDENCY_FLAGS = ("--extra_package", "--setup_file", "--requirements_file", "--sdk_container_image",
-                     "--worker_harness_container_image")
+_DEPENDENCY_FLAGS = (
+    "--extra_package",
+    "--setup_file",
+    "--requirements_file",
+    "--sdk_container_image",
+    "--worker_harness_container_image",
+)
 
 
-def beam_args(cfg: Config, engine_args: Sequence[str] = ()) -> List[str]:
+def beam_args(cfg: Config, engine_args: Sequence[str] = ()) -> list[str]:
     """engine_args: the portable engine's (pipeline/engine.py), given while its services run."""
     r = cfg.runner
     args = list(r.beam_args) + list(engine_args)
     local = r.engine == "portable" or not any(a.startswith("--runner") for a in args)
     if r.engine == "direct" and local:
-        args += [f"--direct_running_mode={r.direct_running_mode}",
-                 f"--direct_num_workers={r.direct_num_workers}"]
+        args += [f"--direct_running_mode={r.direct_running_mode}", f"--direct_num_workers={r.direct_num_workers}"]
     if local and not any(a.startswith(_DEPENDENCY_FLAGS) for a in args):
         # Without one of these flags TFX builds a 50 MB sdist of itself for every Beam component
         # (about 3 s) into a new /tmp directory that nothing removes, for workers to install.
@@ -160,10 +190,16 @@ def beam_args(cfg: Config, engine_args: Sequence[str] = ()) -> List[str]:
     return args
 
 
-def create_pipeline(cfg: Config, logs: str, pipeline_root: str, metadata_path: Optional[str],
-                    with_catalogue: bool = True,
-                    schema_file: str = INTERACTIONS_SCHEMA, fingerprint_inputs: bool = True,
-                    engine_args: Sequence[str] = ()) -> tfx.dsl.Pipeline:
+def create_pipeline(
+    cfg: Config,
+    logs: str,
+    pipeline_root: str,
+    metadata_path: str | None,
+    with_catalogue: bool = True,
+    schema_file: str = INTERACTIONS_SCHEMA,
+    fingerprint_inputs: bool = True,
+    engine_args: Sequence[str] = (),
+) -> tfx.dsl.Pipeline:
     """fingerprint_inputs: hash the item tables and images now (local runs); a pipeline compiled
     for elsewhere (Kubeflow) cannot see them, and its ImageImport is keyed on their paths only.
     engine_args: Beam arguments of the running portable engine (pipeline/engine.py)."""
@@ -177,37 +213,47 @@ def create_pipeline(cfg: Config, logs: str, pipeline_root: str, metadata_path: O
     logs_gen = logs_example_gen(logs, cfg.data.logs_format, code).with_id("LogsExampleGen")
     stats = tfx.components.StatisticsGen(examples=logs_gen.outputs["examples"])
     schema = tfx.components.SchemaGen(statistics=stats.outputs["statistics"], infer_feature_shape=True)
-    validator = tfx.components.ExampleValidator(
-        statistics=stats.outputs["statistics"], schema=schema.outputs["schema"])
+    validator = tfx.components.ExampleValidator(statistics=stats.outputs["statistics"], schema=schema.outputs["schema"])
     parts = [logs_gen, stats, schema, validator]
 
     catalogue = None
     if with_catalogue:
         d = cfg.data
-        inputs = inputs_fingerprint(d.items, d.eval_items, d.transfer_items, d.unseen_items, d.image_dir) if fingerprint_inputs else ""
-        catalogue = c.ImageImport(inputs=inputs,
-                                  **params("ImageImport")).with_id("ImageImport")
+        inputs = (
+            inputs_fingerprint(d.items, d.eval_items, d.transfer_items, d.unseen_items, d.image_dir)
+            if fingerprint_inputs
+            else ""
+        )
+        catalogue = c.ImageImport(inputs=inputs, **params("ImageImport")).with_id("ImageImport")
         parts.append(catalogue)
 
     log_transform = c.LogTransform(
-        logs=logs_gen.outputs["examples"], **params("LogTransform"),
-        catalogue=catalogue.outputs["images"] if catalogue else None)
+        logs=logs_gen.outputs["examples"],
+        **params("LogTransform"),
+        catalogue=catalogue.outputs["images"] if catalogue else None,
+    )
     pair_schema = tfx.components.ImportSchemaGen(schema_file=schema_file).with_id("InteractionsSchema")
     transform = tfx.components.Transform(
-        examples=log_transform.outputs["interactions"], schema=pair_schema.outputs["schema"],
-        preprocessing_fn=PREPROCESSING_FN, custom_config={"code": code},
+        examples=log_transform.outputs["interactions"],
+        schema=pair_schema.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN,
+        custom_config={"code": code},
         splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train", "eval"]),
         # TFX's post-transform statistics flatten the transformed train and eval splits into one
         # PCollection, which Beam's DirectRunner holds whole in memory (6.0 GB at 10.5M pairs);
         # nothing reads those statistics, and StatisticsGen describes the logs.
-        disable_statistics=True)
+        disable_statistics=True,
+    )
     images = catalogue.outputs["images"] if catalogue else None
-    mf = c.MFTrainer(transformed=transform.outputs["transformed_examples"],
-                     transform_graph=transform.outputs["transform_graph"],
-                     catalogue=images, **params("MFTrainer"))
+    mf = c.MFTrainer(
+        transformed=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        catalogue=images,
+        **params("MFTrainer"),
+    )
     parts += [log_transform, pair_schema, transform, mf]
 
-    if images is not None:   # the CNN stages need the image catalogue
+    if images is not None:  # the CNN stages need the image catalogue
         cnn = c.CNNTrainer(images=images, mf_model=mf.outputs["model"], **params("CNNTrainer"))
         parts.append(cnn)
         # Each feature set compared with the served one is a node of its own, with its own Model.
@@ -221,12 +267,21 @@ def create_pipeline(cfg: Config, logs: str, pipeline_root: str, metadata_path: O
         evaluator = c.Evaluator(images=images, model=cnn.outputs["model"], **features, **params("Evaluator"))
         # The Evaluator chooses the collaborative features to serve (eval.serve); the Indexer and the
         # Pusher read its choice on the blessing and serve those.
-        indexer = c.Indexer(images=images, model=cnn.outputs["model"], blessing=evaluator.outputs["blessing"],
-                            **features, **params("Indexer"))
-        pusher = c.Pusher(model=cnn.outputs["model"], index=indexer.outputs["index"],
-                          blessing=evaluator.outputs["blessing"], images=images,
-                          **{kind: m for kind, m in features.items() if kind in COLLABORATIVE},
-                          **params("Pusher"))
+        indexer = c.Indexer(
+            images=images,
+            model=cnn.outputs["model"],
+            blessing=evaluator.outputs["blessing"],
+            **features,
+            **params("Indexer"),
+        )
+        pusher = c.Pusher(
+            model=cnn.outputs["model"],
+            index=indexer.outputs["index"],
+            blessing=evaluator.outputs["blessing"],
+            images=images,
+            **{kind: m for kind, m in features.items() if kind in COLLABORATIVE},
+            **params("Pusher"),
+        )
         parts += [evaluator, indexer, pusher]
 
     return tfx.dsl.Pipeline(
@@ -234,8 +289,8 @@ def create_pipeline(cfg: Config, logs: str, pipeline_root: str, metadata_path: O
         pipeline_root=pipeline_root,
         components=parts,
         metadata_connection_config=(
-            tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
-            if metadata_path else None),
+            tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path) if metadata_path else None
+        ),
         beam_pipeline_args=beam_args(cfg, engine_args),
         # A component whose inputs, settings and code are unchanged reuses its earlier outputs
         # (runner.cache; `--no-cache` forces a full run): a rerun after a failure resumes there.

@@ -8,6 +8,7 @@ histograms, most frequent values); MF's loss by sweep and its recall against pop
 loss by epoch; the retrieval table; and, for a few fixed catalogue items, the similarity of their
 50 nearest neighbours against rank under every feature set the Indexer wrote.
 """
+
 from __future__ import annotations
 
 import glob
@@ -15,7 +16,6 @@ import html
 import itertools
 import json
 import os
-from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -23,15 +23,15 @@ from collabfeat import storage
 from collabfeat.features import FEATURE_NAMES
 from collabfeat.trainer.evaluate import in_order
 
-QUERIES = 3        # fixed catalogue items (a seeded sample) whose similarity-against-rank is drawn
+QUERIES = 3  # fixed catalogue items (a seeded sample) whose similarity-against-rank is drawn
 RANKS = 50
 
 
-def _uri(report: Dict, component: str, output: str) -> Optional[str]:
+def _uri(report: dict, component: str, output: str) -> str | None:
     return ((report.get("artifacts", {}).get(component) or {}).get(output) or [None])[0]
 
 
-def _figures(report: Dict) -> List[tuple]:
+def _figures(report: dict) -> list[tuple]:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -54,9 +54,15 @@ def _figures(report: Dict) -> List[tuple]:
             reasons = sorted(counts, key=lambda k: (k != "used", -counts[k]))
             fig.add_trace(go.Bar(x=reasons, y=[counts[r] for r in reasons], name=title), 1, col)
             fig.update_yaxes(type="log", row=1, col=col)
-        examples = "".join(f"<h4>{html.escape(t)}</h4><ul>" + "".join(
-            f"<li><b>{html.escape(r)}</b>: {html.escape(str(ex[0]))}</li>" for r, ex in sorted(e.items()) if ex)
-            + "</ul>" for t, _, e in dropped if e)
+        examples = "".join(
+            f"<h4>{html.escape(t)}</h4><ul>"
+            + "".join(
+                f"<li><b>{html.escape(r)}</b>: {html.escape(str(ex[0]))}</li>" for r, ex in sorted(e.items()) if ex
+            )
+            + "</ul>"
+            for t, _, e in dropped
+            if e
+        )
         figs.append(("Rows and images used, and dropped by reason", fig, examples))
     stats = _statistics(report)
     if stats is not None:
@@ -65,14 +71,18 @@ def _figures(report: Dict) -> List[tuple]:
         m = report["mf"]
         rk = next(k for k in m if k.startswith("recall@") and not k.endswith("popularity"))
         fig = make_subplots(rows=1, cols=2, subplot_titles=("MF loss by sweep / epoch", f"held-out {rk}"))
-        fig.add_trace(go.Scatter(y=m["losses"], x=list(range(1, len(m["losses"]) + 1)), mode="lines+markers",
-                                 name="MF loss"), 1, 1)
+        fig.add_trace(
+            go.Scatter(y=m["losses"], x=list(range(1, len(m["losses"]) + 1)), mode="lines+markers", name="MF loss"),
+            1,
+            1,
+        )
         fig.add_trace(go.Bar(x=["MF factors", "popularity"], y=[m[rk], m[rk + "_popularity"]], name=rk), 1, 2)
         figs.append(("Matrix factorisation", fig, ""))
     if "cnn" in report:
         c = report["cnn"]
-        fig = go.Figure(go.Scatter(y=c["losses"], x=list(range(1, len(c["losses"]) + 1)), mode="lines+markers",
-                                   name="CNN loss"))
+        fig = go.Figure(
+            go.Scatter(y=c["losses"], x=list(range(1, len(c["losses"]) + 1)), mode="lines+markers", name="CNN loss")
+        )
         fig.update_layout(xaxis_title="epoch", yaxis_title=f"{c['mode']} loss")
         figs.append(("CNN training", fig, ""))
     if "evaluation" in report:
@@ -81,24 +91,42 @@ def _figures(report: Dict) -> List[tuple]:
         fig = make_subplots(rows=1, cols=len(facets), subplot_titles=[f"{f}: {e['metric']}" for f in facets])
         for col, (facet, f) in enumerate(facets.items(), 1):
             names = list(f["table"])
-            fig.add_trace(go.Bar(x=names, y=[f["table"][n][e["metric"]] for n in names], name=facet,
-                                 marker_color=["crimson" if n == e["served"] else "steelblue" for n in names],
-                                 showlegend=False), 1, col)
+            fig.add_trace(
+                go.Bar(
+                    x=names,
+                    y=[f["table"][n][e["metric"]] for n in names],
+                    name=facet,
+                    marker_color=["crimson" if n == e["served"] else "steelblue" for n in names],
+                    showlegend=False,
+                ),
+                1,
+                col,
+            )
             fig.add_hline(y=f["chance"], line_dash="dot", annotation_text="chance", row=1, col=col)
         met = sum(c["met"] for c in e.get("targets", []))
-        figs.append((f"Retrieval on each facet (served: {e['served']}, in red)", fig,
-                     f"Targets met: {met} of {len(e.get('targets', []))}: " + "; ".join(
-                         f"{'met' if c['met'] else 'MISSED'}: {c['target']}" for c in e.get("targets", []))))
+        figs.append(
+            (
+                f"Retrieval on each facet (served: {e['served']}, in red)",
+                fig,
+                f"Targets met: {met} of {len(e.get('targets', []))}: "
+                + "; ".join(f"{'met' if c['met'] else 'MISSED'}: {c['target']}" for c in e.get("targets", [])),
+            )
+        )
     curves = _similarity_curves(report)
     if curves is not None:
-        figs.append(("Similarity against rank, for fixed catalogue items", curves,
-                     "A steep fall means a feature set separates an item's nearest neighbours from the rest."))
+        figs.append(
+            (
+                "Similarity against rank, for fixed catalogue items",
+                curves,
+                "A steep fall means a feature set separates an item's nearest neighbours from the rest.",
+            )
+        )
     for _, fig, _ in figs:
         fig.update_layout(height=420, margin={"t": 50, "b": 40}, template="plotly_white")
     return figs
 
 
-def _statistics(report: Dict):
+def _statistics(report: dict):
     """StatisticsGen's statistics of the logs as charts: histograms of numeric features, the most
     frequent values of string features."""
     uri = _uri(report, "StatisticsGen", "statistics")
@@ -114,14 +142,22 @@ def _statistics(report: Dict):
         stats.ParseFromString(f.read())
     dataset = stats.datasets[0]
     feats = list(dataset.features)
-    fig = make_subplots(rows=1, cols=len(feats), subplot_titles=[
-        f"{f.path.step[0] if f.path.step else f.name}" for f in feats])
+    fig = make_subplots(
+        rows=1, cols=len(feats), subplot_titles=[f"{f.path.step[0] if f.path.step else f.name}" for f in feats]
+    )
     for col, f in enumerate(feats, 1):
         if f.HasField("num_stats"):
             h = next((h for h in f.num_stats.histograms if h.type == h.STANDARD), None)
             if h is not None:
-                fig.add_trace(go.Bar(x=[(b.low_value + b.high_value) / 2 for b in h.buckets],
-                                     y=[b.sample_count for b in h.buckets], name="count"), 1, col)
+                fig.add_trace(
+                    go.Bar(
+                        x=[(b.low_value + b.high_value) / 2 for b in h.buckets],
+                        y=[b.sample_count for b in h.buckets],
+                        name="count",
+                    ),
+                    1,
+                    col,
+                )
             missing = f.num_stats.common_stats.num_missing
         else:
             top = f.string_stats.top_values[:10]
@@ -132,18 +168,19 @@ def _statistics(report: Dict):
     return fig
 
 
-def _similarity_curves(report: Dict):
+def _similarity_curves(report: dict):
     uri = _uri(report, "Indexer", "index")
     if not uri or not storage.exists(os.path.join(uri, "embeddings.npy")):
         return None
-    with storage.local_copy(uri) as local:     # memory-mapped below: local files
+    with storage.local_copy(uri) as local:  # memory-mapped below: local files
         return _curves(report, local)
 
 
-def _curves(report: Dict, uri: str):
+def _curves(report: dict, uri: str):
     import plotly.graph_objects as go
     from plotly.colors import qualitative
     from plotly.subplots import make_subplots
+
     from collabfeat import topk
 
     served = np.load(os.path.join(uri, "embeddings.npy"), mmap_mode="r")
@@ -159,48 +196,76 @@ def _curves(report: Dict, uri: str):
     for (name, emb), colour in zip(sets.items(), itertools.cycle(qualitative.D3)):
         _, scores = topk.top_k(np.asarray(emb[rows], np.float32), emb, RANKS + 1)
         for col, s in enumerate(scores, 1):
-            fig.add_trace(go.Scatter(x=list(range(1, RANKS + 1)), y=s[1:].tolist(), name=name, legendgroup=name,
-                                     showlegend=col == 1, mode="lines", line={"color": colour}), 1, col)
+            fig.add_trace(
+                go.Scatter(
+                    x=list(range(1, RANKS + 1)),
+                    y=s[1:].tolist(),
+                    name=name,
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    mode="lines",
+                    line={"color": colour},
+                ),
+                1,
+                col,
+            )
         fig.update_xaxes(title_text="rank")
     fig.update_yaxes(title_text="cosine similarity", col=1)
     return fig
 
 
-def _quality(report: Dict) -> str:
+def _needed(check: dict) -> str:
+    return f"; needed {check['needed']:.3f}" if "needed" in check else ""
+
+
+def _quality(report: dict) -> str:
     """The quality table (facets as columns, feature sets as rows, a chance line) and its targets."""
     e = report.get("evaluation")
     if not e or "facets" not in e:
         return ""
     m, facets = e["metric"], in_order(e["facets"])
     rows = [n for n in FEATURE_NAMES if any(n in f["table"] for f in facets.values())]
-    head = "".join(f"<th>{html.escape(name)}<br><small>{f['images']} images, {f.get('queries', f['images'])} "
-                   f"queries</small></th>" for name, f in facets.items())
+    head = "".join(
+        f"<th>{html.escape(name)}<br><small>{f['images']} images, {f.get('queries', f['images'])} queries</small></th>"
+        for name, f in facets.items()
+    )
     body = "<tr><td><i>chance</i></td>" + "".join(f"<td><i>{f['chance']:.3f}</i></td>" for f in facets.values())
     for n in rows:
         best = {facet: max(f["table"].values(), key=lambda r: r[m])[m] for facet, f in facets.items()}
         cells = "".join(
-            (f"<td{' class=best' if f['table'][n][m] == best[facet] else ''}>{f['table'][n][m]:.3f} "
-             f"<small>/ {f['table'][n]['mAP']:.3f}</small></td>") if n in f["table"] else "<td>-</td>"
-            for facet, f in facets.items())
+            (
+                f"<td{' class=best' if f['table'][n][m] == best[facet] else ''}>{f['table'][n][m]:.3f} "
+                f"<small>/ {f['table'][n]['mAP']:.3f}</small></td>"
+            )
+            if n in f["table"]
+            else "<td>-</td>"
+            for facet, f in facets.items()
+        )
         served = " <b>(served)</b>" if n == e["served"] else ""
         body += f"<tr><td>{html.escape(FEATURE_NAMES[n])}{served}</td>{cells}</tr>"
     checks = e.get("targets", [])
     items = "".join(
         f"<li class={'met' if c['met'] else 'missed'}>{'met' if c['met'] else 'MISSED'}: {html.escape(c['target'])} "
-        f"({', '.join(f'{k} {v:.3f}' for k, v in c['values'])}{'; needed %.3f' % c['needed'] if 'needed' in c else ''})"
-        f"</li>" for c in checks)
+        f"({', '.join(f'{k} {v:.3f}' for k, v in c['values'])}{_needed(c)})"
+        f"</li>"
+        for c in checks
+    )
     chosen = ""
     if len(e.get("candidates", {})) > 1:
         said = ", ".join(f"{html.escape(FEATURE_NAMES[n])} {v:.3f}" for n, v in e["candidates"].items())
         how = "the best" if e.get("serve", "best") == "best" else f"eval.serve {html.escape(repr(e['serve']))}"
-        chosen = (f"<p>Served: <b>{html.escape(FEATURE_NAMES[e['served']])}</b>, {how} of the collaborative features "
-                  f"on {m} over {html.escape(e.get('bless_on', 'the facets'))} ({said}).</p>")
-    return (f"<section><h2>Quality: {m} / mAP on each facet</h2><table class=quality><tr><th>features</th>{head}"
-            f"</tr>{body}</table>{chosen}<h3>Targets: {sum(c['met'] for c in checks)} of {len(checks)} met</h3>"
-            f"<ul>{items}</ul></section>")
+        chosen = (
+            f"<p>Served: <b>{html.escape(FEATURE_NAMES[e['served']])}</b>, {how} of the collaborative features "
+            f"on {m} over {html.escape(e.get('bless_on', 'the facets'))} ({said}).</p>"
+        )
+    return (
+        f"<section><h2>Quality: {m} / mAP on each facet</h2><table class=quality><tr><th>features</th>{head}"
+        f"</tr>{body}</table>{chosen}<h3>Targets: {sum(c['met'] for c in checks)} of {len(checks)} met</h3>"
+        f"<ul>{items}</ul></section>"
+    )
 
 
-def _gallery(report: Dict) -> str:
+def _gallery(report: dict) -> str:
     """For a few fixed queries per facet, the images each feature set retrieves, side by side
     (green: same value of the facet as the query, red: not), from the Evaluator's gallery."""
     e, uri = report.get("evaluation") or {}, _uri(report, "ImageImport", "images")
@@ -208,9 +273,12 @@ def _gallery(report: Dict) -> str:
     if not gallery or not uri:
         return ""
     import base64
+
     import tensorflow as tf
+
     from collabfeat import examples
-    wanted: Dict[str, set] = {}
+
+    wanted: dict[str, set] = {}
     for g in gallery.values():
         for sp, item in g["queries"]:
             wanted.setdefault(sp, set()).add(item)
@@ -228,12 +296,17 @@ def _gallery(report: Dict) -> str:
 
     def img(sp, item, cls=""):
         data = png.get((sp, item))
-        return (f"<img class='{cls}' title='{html.escape(item)}' src='data:image/png;base64,{data}'>" if data
-                else f"<span>{html.escape(item)}</span>")
+        return (
+            f"<img class='{cls}' title='{html.escape(item)}' src='data:image/png;base64,{data}'>"
+            if data
+            else f"<span>{html.escape(item)}</span>"
+        )
 
-    out = ["<section><h2>What each feature set retrieves</h2><p>For fixed held-out queries (the same "
-           "for every feature set), the nearest images: green shares the query's value of the facet, red does "
-           "not.</p>"]
+    out = [
+        "<section><h2>What each feature set retrieves</h2><p>For fixed held-out queries (the same "
+        "for every feature set), the nearest images: green shares the query's value of the facet, red does "
+        "not.</p>"
+    ]
     for facet, g in in_order(gallery).items():
         out.append(f"<h3>{html.escape(facet)}</h3>")
         for q, (sp, item) in enumerate(g["queries"]):
@@ -252,8 +325,10 @@ def _sweep(path: str):
     if not os.path.exists(path):
         return None
     import json
+
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
+
     with open(path) as f:
         sweep = json.load(f)
     cells = sweep["cells"]
@@ -264,12 +339,36 @@ def _sweep(path: str):
     grids = {}
     for facet in facets:
         best = max(sweep["baselines"][b][facet] for b in ("random", "pixels"))
-        grids[facet] = [[next((c[f"collaborative {facet}"] - best for c in cells if c["style_weight"] == s
-                               and c["category_weight"] == w), None) for s in styles] for w in cats]
+        grids[facet] = [
+            [
+                next(
+                    (
+                        c[f"collaborative {facet}"] - best
+                        for c in cells
+                        if c["style_weight"] == s and c["category_weight"] == w
+                    ),
+                    None,
+                )
+                for s in styles
+            ]
+            for w in cats
+        ]
     top = max(abs(v) for z in grids.values() for row in z for v in row if v is not None) or 1.0
-    for col, facet in enumerate(facets, 1):     # one colour scale for all three
-        fig.add_trace(go.Heatmap(z=grids[facet], x=[str(s) for s in styles], y=[str(w) for w in cats], zmin=-top,
-                                 zmax=top, colorscale="RdBu", showscale=col == 3, texttemplate="%{z:.3f}"), 1, col)
+    for col, facet in enumerate(facets, 1):  # one colour scale for all three
+        fig.add_trace(
+            go.Heatmap(
+                z=grids[facet],
+                x=[str(s) for s in styles],
+                y=[str(w) for w in cats],
+                zmin=-top,
+                zmax=top,
+                colorscale="RdBu",
+                showscale=col == 3,
+                texttemplate="%{z:.3f}",
+            ),
+            1,
+            col,
+        )
         fig.update_xaxes(title_text="style weight", row=1, col=col)
     fig.update_yaxes(title_text="category weight", col=1)
     return fig
@@ -278,7 +377,7 @@ def _sweep(path: str):
 SWEEP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "results", "sweep.json")
 
 
-def write(report: Dict, text: str, path: str) -> str:
+def write(report: dict, text: str, path: str) -> str:
     """The report (and its text form) -> a self-contained HTML file at `path`: the quality table
     and its targets first, then the gallery, the sweep, the charts of what the run did, the text."""
     from plotly.offline import get_plotlyjs
@@ -287,17 +386,26 @@ def write(report: Dict, text: str, path: str) -> str:
     sweep = _sweep(SWEEP)
     if sweep is not None:
         sweep.update_layout(height=380, margin={"t": 50, "b": 40}, template="plotly_white")
-        parts.append("<section><h2>Where collaborative features win: the simulator's taste weights "
-                     "(bench/results/sweep.json)</h2><p>Collaborative precision@10 minus the better of random-init "
-                     "and raw pixels, on each facet, for each pair of taste weights (blue: collaborative ahead).</p>"
-                     + sweep.to_html(full_html=False, include_plotlyjs=False) + "</section>")
+        parts.append(
+            "<section><h2>Where collaborative features win: the simulator's taste weights "
+            "(bench/results/sweep.json)</h2><p>Collaborative precision@10 minus the better of random-init "
+            "and raw pixels, on each facet, for each pair of taste weights (blue: collaborative ahead).</p>"
+            + sweep.to_html(full_html=False, include_plotlyjs=False)
+            + "</section>"
+        )
     for title, fig, note in _figures(report):
-        parts.append(f"<section><h2>{html.escape(title)}</h2>"
-                     + fig.to_html(full_html=False, include_plotlyjs=False) + (f"<div>{note}</div>" if note else "")
-                     + "</section>")
+        parts.append(
+            f"<section><h2>{html.escape(title)}</h2>"
+            + fig.to_html(full_html=False, include_plotlyjs=False)
+            + (f"<div>{note}</div>" if note else "")
+            + "</section>"
+        )
     failed = report.get("failed")
-    banner = (f"<p class='failed'>{html.escape(failed['component'])} failed: {html.escape(failed['cause'])}</p>"
-              if failed else "")
+    banner = (
+        f"<p class='failed'>{html.escape(failed['component'])} failed: {html.escape(failed['cause'])}</p>"
+        if failed
+        else ""
+    )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>collabfeat run report</title>
 <script>{get_plotlyjs()}</script>

@@ -1,11 +1,11 @@
 """Running the pipeline in this process (LocalDagRunner, Beam's DirectRunner or the portable
 engine): the child side of pipeline/supervise.py."""
+
 from __future__ import annotations
 
 import json
 import os
 import time
-from typing import Dict
 
 from tfx import v1 as tfx
 
@@ -16,7 +16,7 @@ from collabfeat.pipeline.pipeline import create_pipeline, run_options
 from collabfeat.pipeline.report import collect, executions
 
 
-def run_local(cfg: Config, until: str = "push") -> Dict:
+def run_local(cfg: Config, until: str = "push") -> dict:
     """Runs the pipeline in this process (LocalDagRunner); -> the report of this run's components."""
     cfg = prepare_data(cfg)
     root, metadata_path, report_path = paths(cfg)
@@ -28,7 +28,8 @@ def run_local(cfg: Config, until: str = "push") -> Dict:
     with engine.started(cfg, root) as engine_args:
         tfx.orchestration.LocalDagRunner().run(
             create_pipeline(cfg, cfg.data.logs, os.path.join(root, "root"), metadata_path, engine_args=engine_args),
-            run_options=run_options(until))
+            run_options=run_options(until),
+        )
     report = collect(cfg, executions(metadata_path, int(start * 1000) - 1))
     report["engine"] = {"name": cfg.runner.engine}
     if cfg.runner.engine == "portable":

@@ -7,6 +7,7 @@ of the components that finished is still written, and the log's path is given.
 
     python -m collabfeat.pipeline.supervise CONFIG_JSON UNTIL REPORT_JSON     (the child's side)
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,6 @@ import sys
 import threading
 import time
 import traceback
-from typing import Dict, List, Optional
 
 import psutil
 from tqdm import tqdm
@@ -30,7 +30,7 @@ from collabfeat.pipeline.report import collect, executions, format_report, key_f
 
 
 class PipelineFailed(RuntimeError):
-    def __init__(self, message: str, report: Dict):
+    def __init__(self, message: str, report: dict):
         super().__init__(message)
         self.report = report
 
@@ -38,16 +38,16 @@ class PipelineFailed(RuntimeError):
 class PipelineStopped(PipelineFailed):
     """The run was asked to stop (SIGTERM, SIGHUP or SIGINT to the supervising process)."""
 
-    def __init__(self, message: str, report: Dict, signum: int):
+    def __init__(self, message: str, report: dict, signum: int):
         super().__init__(message, report)
         self.signum = signum
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
-STOP_GRACE = 10.0   # seconds a stopped process has to exit before it is killed
+STOP_GRACE = 10.0  # seconds a stopped process has to exit before it is killed
 
 
-def _wait(child: subprocess.Popen, stopped: List[int]) -> int:
+def _wait(child: subprocess.Popen, stopped: list[int]) -> int:
     """child.wait(), and then no process of the child's tree is left running.
     - A stop signal to this process (SIGTERM from a scheduler, SIGHUP, Ctrl-C) ends the child's whole
       tree, Beam's workers included. The signal's number is appended to `stopped`. (Without this, a
@@ -57,7 +57,7 @@ def _wait(child: subprocess.Popen, stopped: List[int]) -> int:
       (run() starts it so), which its descendants share unless they leave it; the tree is also
       noted every second. What is left of either when the child has ended is ended too.
     Ending: SIGTERM to each, SIGKILL to any still there after STOP_GRACE s."""
-    tree: List[psutil.Process] = []
+    tree: list[psutil.Process] = []
 
     def note():
         try:
@@ -78,7 +78,7 @@ def _wait(child: subprocess.Popen, stopped: List[int]) -> int:
                 pass
 
     previous = {}
-    if threading.current_thread() is threading.main_thread():   # handlers can only be set there
+    if threading.current_thread() is threading.main_thread():  # handlers can only be set there
         previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     try:
         since = None
@@ -94,8 +94,9 @@ def _wait(child: subprocess.Popen, stopped: List[int]) -> int:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-        left = [p for p in tree[1:] if p.is_running()] + [   # descendants that outlived the child
-            p for p in _group(child.pid) if p not in tree]
+        left = [p for p in tree[1:] if p.is_running()] + [  # descendants that outlived the child
+            p for p in _group(child.pid) if p not in tree
+        ]
         for p in left:
             try:
                 p.terminate()
@@ -109,7 +110,7 @@ def _wait(child: subprocess.Popen, stopped: List[int]) -> int:
                 pass
 
 
-def _group(pgid: int) -> List[psutil.Process]:
+def _group(pgid: int) -> list[psutil.Process]:
     """The processes of process group `pgid`."""
     found = []
     for p in psutil.process_iter():
@@ -142,13 +143,20 @@ class Watch:
     to the running component.
     Tells `console` when a component starts and ends, and the progress its steps report."""
 
-    def __init__(self, pid: int, metadata_path: str, since_ms: int, console: "Console",
-                 progress_path: str = "", interval: float = 0.5):
+    def __init__(
+        self,
+        pid: int,
+        metadata_path: str,
+        since_ms: int,
+        console: Console,
+        progress_path: str = "",
+        interval: float = 0.5,
+    ):
         self.proc, self.metadata_path, self.since_ms = psutil.Process(pid), metadata_path, since_ms
         self.interval, self.console = interval, console
         self.progress = progress.Reader(progress_path) if progress_path else None
-        self.peak: Dict[str, int] = {}
-        self.running: Optional[str] = None
+        self.peak: dict[str, int] = {}
+        self.running: str | None = None
         self.started: set = set()
         self.seen: set = set()
         self.ended: set = set()
@@ -158,12 +166,12 @@ class Watch:
     def _poll(self, final: bool = False):
         try:
             ran = executions(self.metadata_path, self.since_ms)
-        except Exception:   # the child may be writing: try again at the next poll
+        except Exception:  # the child may be writing: try again at the next poll
             return
-        for e in ran:       # in the order they started; one that was over between polls is still told
+        for e in ran:  # in the order they started; one that was over between polls is still told
             if e["component"] not in self.started:
                 if e["state"] == "running" and e["component"] not in self.seen and not final:
-                    self.seen.add(e["component"])   # told at the next poll, unless TFX's cache answers it
+                    self.seen.add(e["component"])  # told at the next poll, unless TFX's cache answers it
                     continue
                 self.started.add(e["component"])
                 if e["state"] != "cached":
@@ -208,9 +216,9 @@ class Console:
     """What the console shows of a run: a line when a component starts and when it ends (with its
     seconds and key figure), and, on a terminal, a progress bar (tqdm) per reported step."""
 
-    def __init__(self, echo=print, bars: bool = False, started: Optional[float] = None):
+    def __init__(self, echo=print, bars: bool = False, started: float | None = None):
         self.echo, self.bars_on, self.started = echo, bars, started or time.time()
-        self.bars: Dict[str, object] = {}
+        self.bars: dict[str, object] = {}
 
     def say(self, line: str):
         if self.bars_on:
@@ -218,29 +226,36 @@ class Console:
         else:
             self.echo(line)
 
-    def start(self, e: Dict):
+    def start(self, e: dict):
         """e: an execution (see `executions`); the times are the ones MLMD recorded."""
         self.say(f"[collabfeat] {e['started'] - self.started:6.0f} s  {e['component']} running")
 
-    def end(self, e: Dict):
+    def end(self, e: dict):
         self.close()
         figure = key_figure(e["component"], e["outputs"]) if e["state"] in ("complete", "cached") else ""
-        what = ("cached (inputs, settings and code unchanged: an earlier run's outputs)" if e["state"] == "cached"
-                else f"{e['state']} after {e['ended'] - e['started']:.0f} s")
-        self.say(f"[collabfeat] {e['ended'] - self.started:6.0f} s  {e['component']} {what}"
-                 + (f": {figure}" if figure else ""))
+        what = (
+            "cached (inputs, settings and code unchanged: an earlier run's outputs)"
+            if e["state"] == "cached"
+            else f"{e['state']} after {e['ended'] - e['started']:.0f} s"
+        )
+        self.say(
+            f"[collabfeat] {e['ended'] - self.started:6.0f} s  {e['component']} {what}"
+            + (f": {figure}" if figure else "")
+        )
 
-    def progress(self, updates: Dict):
+    def progress(self, updates: dict):
         for message in updates.pop("warnings", []):
             self.say(f"[collabfeat] warning: {message}")
         if not self.bars_on:
             return
         from tqdm import tqdm
+
         for task, u in updates.items():
             bar = self.bars.get(task)
             if bar is None:
-                bar = self.bars[task] = tqdm(total=u["total"], desc=f"  {task}", unit=u["unit"], leave=False,
-                                             dynamic_ncols=True)
+                bar = self.bars[task] = tqdm(
+                    total=u["total"], desc=f"  {task}", unit=u["unit"], leave=False, dynamic_ncols=True
+                )
             if u["total"] != bar.total:
                 bar.total = u["total"]
             bar.update(u["done"] - bar.n)
@@ -253,14 +268,14 @@ class Console:
         self.bars = {}
 
 
-def write_html(report: Dict, path: str) -> str:
+def write_html(report: dict, path: str) -> str:
     """The HTML run report (pipeline/report_html.py); a copy goes into the version this run pushed, for the explorer."""
-    from collabfeat.serving.push import EXTRA     # here: serving.push imports TensorFlow, which the supervisor never needs
+    from collabfeat.serving.push import EXTRA  # here: serving.push imports TensorFlow, which the supervisor never needs
 
     report_html.write(report, format_report(report), path)
     push = report.get("push") or {}
     pushed_now = (report.get("components") or {}).get("Pusher", {}).get("state") == "complete"
-    if push.get("pushed") and pushed_now:   # a cached Pusher's version is an earlier run's: left as it was
+    if push.get("pushed") and pushed_now:  # a cached Pusher's version is an earlier run's: left as it was
         storage.copy(path, os.path.join(push["destination"], EXTRA, "report.html"))
     return path
 
@@ -269,13 +284,15 @@ def describe_exit(returncode: int) -> str:
     if returncode >= 0:
         return f"exited with status {returncode}"
     sig = signal.Signals(-returncode)
-    why = {signal.SIGKILL: ": the kernel's out-of-memory killer sends this when memory runs out",
-           signal.SIGSEGV: ": a crash in native code",
-           signal.SIGABRT: ": native code aborted"}.get(sig, "")
+    why = {
+        signal.SIGKILL: ": the kernel's out-of-memory killer sends this when memory runs out",
+        signal.SIGSEGV: ": a crash in native code",
+        signal.SIGABRT: ": native code aborted",
+    }.get(sig, "")
     return f"killed by signal {-returncode} ({sig.name}{why})"
 
 
-def run(cfg, until: str, log_path: str, echo=print, bars: bool = False) -> Dict:
+def run(cfg, until: str, log_path: str, echo=print, bars: bool = False) -> dict:
     """Runs the pipeline in a child process; -> the run report, with per-component "components"
     {name: {"state", "seconds", "peak_rss_mb"}}. Raises PipelineFailed naming the component and cause.
     `echo` gets a line as each component starts and ends; `bars`: progress bars (a terminal)."""
@@ -293,12 +310,16 @@ def run(cfg, until: str, log_path: str, echo=print, bars: bool = False) -> Dict:
             os.remove(stale)
     since = int(time.time() * 1000) - 1
     started = time.time()
-    stopped: List[int] = []
+    stopped: list[int] = []
     with open(log_path, "a") as log:
-        child = subprocess.Popen([sys.executable, "-m", "collabfeat.pipeline.supervise", config_path, until,
-                                  report_path, failure_path], stdout=log, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, env={**os.environ, progress.ENV: progress_path},
-                                 process_group=0)     # its own group: what it leaves is found (_wait)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "collabfeat.pipeline.supervise", config_path, until, report_path, failure_path],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, progress.ENV: progress_path},
+            process_group=0,
+        )  # its own group: what it leaves is found (_wait)
         with Watch(child.pid, metadata_path, since, Console(echo, bars, started), progress_path) as watch:
             returncode = _wait(child, stopped)
     exited = time.time()
@@ -308,16 +329,23 @@ def run(cfg, until: str, log_path: str, echo=print, bars: bool = False) -> Dict:
             report = json.load(f)
     else:
         report = collect(cfg, ran)
-    report["components"] = {e["component"]: {   # a component still "running" ran until the child died
-        "state": e["state"], "seconds": round((exited if e["state"] == "running" else e["ended"]) - e["started"], 1),
-        "peak_rss_mb": round(watch.peak[e["component"]] / 2 ** 20) if e["component"] in watch.peak else None}
-        for e in ran}
-    report["peak_rss_mb"] = round(max(watch.peak.values(), default=0) / 2 ** 20)
+    report["components"] = {
+        e["component"]: {  # a component still "running" ran until the child died
+            "state": e["state"],
+            "seconds": round((exited if e["state"] == "running" else e["ended"]) - e["started"], 1),
+            "peak_rss_mb": round(watch.peak[e["component"]] / 2**20) if e["component"] in watch.peak else None,
+        }
+        for e in ran
+    }
+    report["peak_rss_mb"] = round(max(watch.peak.values(), default=0) / 2**20)
     report["seconds"] = round(time.time() - started, 1)
     if returncode != 0 or not os.path.exists(report_path):
         failed = [e["component"] for e in ran if e["state"] in ("running", "failed")]
-        where = failed[-1] if failed else ("the pipeline (between components)" if ran
-                                           else "the pipeline (before any component started)")
+        where = (
+            failed[-1]
+            if failed
+            else ("the pipeline (between components)" if ran else "the pipeline (before any component started)")
+        )
         cause = describe_exit(returncode)
         if stopped:
             cause = f"{signal.Signals(stopped[0]).name}: the run was asked to stop, and its processes were ended"
@@ -325,12 +353,15 @@ def run(cfg, until: str, log_path: str, echo=print, bars: bool = False) -> Dict:
             with open(failure_path) as f:
                 cause = json.load(f)["error"]
         peak = watch.peak.get(failed[-1], 0) if failed else 0
-        message = (f"{where} {'stopped' if stopped else 'failed'}: {cause}"
-                   + (f" (peak memory {peak / 2 ** 30:.1f} GB)" if peak and not stopped else "") + f"; log: {log_path}")
+        message = (
+            f"{where} {'stopped' if stopped else 'failed'}: {cause}"
+            + (f" (peak memory {peak / 2**30:.1f} GB)" if peak and not stopped else "")
+            + f"; log: {log_path}"
+        )
         report["failed"] = {"component": where, "cause": cause, "log": log_path}
     try:
         report["html"] = write_html(report, os.path.join(root, "report.html"))
-    except Exception as e:     # the run's outcome stands; only its charts are missing
+    except Exception as e:  # the run's outcome stands; only its charts are missing
         report["html"] = None
         echo(f"[collabfeat] the HTML report could not be written: {type(e).__name__}: {e}")
     with open(report_path, "w") as f:
@@ -341,7 +372,7 @@ def run(cfg, until: str, log_path: str, echo=print, bars: bool = False) -> Dict:
 
 
 def _child(config_path: str, until: str, report_path: str, failure_path: str) -> int:
-    from collabfeat.pipeline.run import run_local     # here: only the child imports TFX
+    from collabfeat.pipeline.run import run_local  # here: only the child imports TFX
 
     with open(config_path) as f:
         cfg = Config.from_json(f.read())

@@ -1,21 +1,31 @@
 """A client for the TF Serving gRPC API (the official stubs), for our server or stock TF Serving."""
+
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 import grpc
 import numpy as np
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
-                                     predict_pb2, prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from collabfeat.serving import tensors
 
 
 def channel(target: str, tls_ca: str = "", max_message_mb: int = 16) -> grpc.Channel:
-    options = [("grpc.max_send_message_length", max_message_mb << 20),
-               ("grpc.max_receive_message_length", max_message_mb << 20)]
+    options = [
+        ("grpc.max_send_message_length", max_message_mb << 20),
+        ("grpc.max_receive_message_length", max_message_mb << 20),
+    ]
     import os
-    if os.environ.get("COLLABFEAT_EXP_LOCAL_POOL"): options.append(("grpc.use_local_subchannel_pool", 1))
+
+    if os.environ.get("COLLABFEAT_EXP_LOCAL_POOL"):
+        options.append(("grpc.use_local_subchannel_pool", 1))
     if tls_ca:
         with open(tls_ca, "rb") as f:
             return grpc.secure_channel(target, grpc.ssl_channel_credentials(f.read()), options=options)
@@ -23,8 +33,14 @@ def channel(target: str, tls_ca: str = "", max_message_mb: int = 16) -> grpc.Cha
 
 
 class Client:
-    def __init__(self, target: str, model: str = "collabfeat", version: Optional[int] = None,
-                 tls_ca: str = "", timeout: float = 30.0):
+    def __init__(
+        self,
+        target: str,
+        model: str = "collabfeat",
+        version: int | None = None,
+        tls_ca: str = "",
+        timeout: float = 30.0,
+    ):
         self.channel = channel(target, tls_ca)
         self.predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.model_stub = model_service_pb2_grpc.ModelServiceStub(self.channel)
@@ -37,7 +53,7 @@ class Client:
         if signature:
             spec.signature_name = signature
 
-    def predict(self, signature: str, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def predict(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         req = predict_pb2.PredictRequest()
         self._spec(req.model_spec, signature)
         for name, value in inputs.items():
@@ -50,12 +66,13 @@ class Client:
     def embed(self, images: Sequence[bytes]) -> np.ndarray:
         return self.predict("serving_default", {"images": np.array(images, dtype=object)})["embedding"]
 
-    def similar(self, images: Sequence[bytes], k: int) -> Dict[str, np.ndarray]:
+    def similar(self, images: Sequence[bytes], k: int) -> dict[str, np.ndarray]:
         return self.predict("similar", {"images": np.array(images, dtype=object), "k": np.int32(k)})
 
-    def similar_by_id(self, ids: Sequence[str], k: int) -> Dict[str, np.ndarray]:
-        return self.predict("similar_by_id", {"ids": np.array([i.encode() for i in ids], dtype=object),
-                                              "k": np.int32(k)})
+    def similar_by_id(self, ids: Sequence[str], k: int) -> dict[str, np.ndarray]:
+        return self.predict(
+            "similar_by_id", {"ids": np.array([i.encode() for i in ids], dtype=object), "k": np.int32(k)}
+        )
 
     def metadata(self) -> get_model_metadata_pb2.SignatureDefMap:
         req = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
@@ -65,7 +82,7 @@ class Client:
         resp.metadata["signature_def"].Unpack(sigs)
         return sigs
 
-    def status(self) -> List:
+    def status(self) -> list:
         req = get_model_status_pb2.GetModelStatusRequest()
         self._spec(req.model_spec)
         return list(self.model_stub.GetModelStatus(req, timeout=self.timeout).model_version_status)

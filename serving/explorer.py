@@ -12,6 +12,7 @@ feature set to see whether other features retrieve the same thing.
 Safety: images are served by catalogue item id only (never by path), as bounded thumbnails;
 static files come from a fixed list; uploads and request bodies are size-limited.
 """
+
 from __future__ import annotations
 
 import csv
@@ -23,7 +24,6 @@ import threading
 import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Dict, Optional
 
 import cachetools
 import numpy as np
@@ -36,15 +36,16 @@ log = logging.getLogger("collabfeat.explorer")
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 MAX_UPLOAD = 10 << 20
 THUMB_MIN, THUMB_MAX, THUMB_DEFAULT = 16, 256, 96
-STRIP = 200          # neighbours sent per query
-CURVE_POINTS = 600   # samples of the similarity-against-rank curve
-MAP_POINTS = 8000    # the map draws a seeded sample of this many items as points ...
-MAP_BINS = 120       # ... over a density layer of all of them on a MAP_BINS^2 grid
-FACETS = {"label": "category", "style": "style"}   # item table columns the map can colour by
+STRIP = 200  # neighbours sent per query
+CURVE_POINTS = 600  # samples of the similarity-against-rank curve
+MAP_POINTS = 8000  # the map draws a seeded sample of this many items as points ...
+MAP_BINS = 120  # ... over a density layer of all of them on a MAP_BINS^2 grid
+FACETS = {"label": "category", "style": "style"}  # item table columns the map can colour by
 
 
-def _static_files() -> Dict[str, str]:
+def _static_files() -> dict[str, str]:
     import plotly
+
     files = {name: os.path.join(STATIC, name) for name in ("explorer.html", "explorer.js", "explorer.css")}
     files["plotly.min.js"] = os.path.join(os.path.dirname(plotly.__file__), "package_data", "plotly.min.js")
     return files
@@ -76,21 +77,26 @@ class Catalogue:
 
     def __init__(self, version_path: str, cfg: ServingConfig):
         from collabfeat.serving.server import Version
-        self.version = Version(os.path.basename(os.path.dirname(version_path)),
-                               int(os.path.basename(version_path)), version_path, cfg).load()
+
+        self.version = Version(
+            os.path.basename(os.path.dirname(version_path)), int(os.path.basename(version_path)), version_path, cfg
+        ).load()
         extra = os.path.join(version_path, EXTRA)
         self.run_cfg = self.version.run_cfg
         self.served = self.version.index["meta"].get("served", self.run_cfg["cnn"]["mode"])
         self.ids = list(self.version.index["item_ids"])
         self.row = self.version.row
-        self.sets: Dict[str, Dict] = {self.served: {"embeddings": self.version.index["embeddings"], "net": None}}
+        self.sets: dict[str, dict] = {self.served: {"embeddings": self.version.index["embeddings"], "net": None}}
         features = os.path.join(extra, "features")
         for name in sorted(os.listdir(features)) if os.path.isdir(features) else []:
             # Memory-mapped: a large catalogue's feature sets (raw pixels above all) stay on disk.
-            entry = {"embeddings": np.load(os.path.join(features, name, "embeddings.npy"), mmap_mode="r"), "net": None,
-                     "model": os.path.join(features, name, "model")}
+            entry = {
+                "embeddings": np.load(os.path.join(features, name, "embeddings.npy"), mmap_mode="r"),
+                "net": None,
+                "model": os.path.join(features, name, "model"),
+            }
             self.sets[name] = entry
-        report = os.path.join(extra, "report.html")      # the run that made this version (pipeline/report_html.py)
+        report = os.path.join(extra, "report.html")  # the run that made this version (pipeline/report_html.py)
         self.report = report if os.path.exists(report) else None
         self.map = None
         if os.path.exists(os.path.join(extra, "map.json")):
@@ -120,18 +126,27 @@ class Catalogue:
                                     facets.setdefault(facet, {})[r["item_id"]] = r[column]
         return refs, facets
 
-    def _map_view(self) -> Dict:
+    def _map_view(self) -> dict:
         """What the map draws, computed once: a seeded sample of at most MAP_POINTS items as points,
         and every item as a density grid, so the page stays light for any catalogue size."""
         from collabfeat import topk
+
         x, y = np.asarray(self.map["x"], np.float32), np.asarray(self.map["y"], np.float32)
         rows = topk.sample(len(x), MAP_POINTS, 0)
         density, xe, ye = np.histogram2d(x, y, bins=MAP_BINS)
-        return {"ids": [self.ids[r] for r in rows], "x": x[rows].round(3).tolist(), "y": y[rows].round(3).tolist(),
-                "labels": [self.labels.get(self.ids[r]) for r in rows], "total": len(x),
-                "facets": {facet: [values.get(self.ids[r]) for r in rows] for facet, values in self.facets.items()},
-                "density": {"x": ((xe[:-1] + xe[1:]) / 2).round(3).tolist(),
-                            "y": ((ye[:-1] + ye[1:]) / 2).round(3).tolist(), "z": density.T.astype(int).tolist()}}
+        return {
+            "ids": [self.ids[r] for r in rows],
+            "x": x[rows].round(3).tolist(),
+            "y": y[rows].round(3).tolist(),
+            "labels": [self.labels.get(self.ids[r]) for r in rows],
+            "total": len(x),
+            "facets": {facet: [values.get(self.ids[r]) for r in rows] for facet, values in self.facets.items()},
+            "density": {
+                "x": ((xe[:-1] + xe[1:]) / 2).round(3).tolist(),
+                "y": ((ye[:-1] + ye[1:]) / 2).round(3).tolist(),
+                "z": density.T.astype(int).tolist(),
+            },
+        }
 
     # --- images ---------------------------------------------------------------------------------
     def thumbnail(self, item: str, size: int) -> bytes:
@@ -143,6 +158,7 @@ class Catalogue:
             data = images_lib.read_bytes(self.images[item], self.run_cfg["data"].get("image_dir", ""))
             background = self.run_cfg["data"].get("background") or images_lib.WHITE
             return images_lib.encode_png(images_lib.decode(data, size, background))
+
         return self.thumbs.get_or((item, size), make)
 
     # --- features -------------------------------------------------------------------------------
@@ -150,13 +166,16 @@ class Catalogue:
         """An uploaded image's features: through the served version, or through the feature set's
         own model (serving_default, the same preprocessing), loaded once."""
         from collabfeat.serving import export
+
         if feature_set == self.served:
             return self.version.embed(np.array([data], dtype=object))[0]
         entry = self.sets[feature_set]
         with self.net_lock:
             if entry["net"] is None:
                 if not os.path.isdir(entry["model"]):
-                    raise LookupError(f"feature set {feature_set!r} has no model in this version to embed an upload with")
+                    raise LookupError(
+                        f"feature set {feature_set!r} has no model in this version to embed an upload with"
+                    )
                 entry["net"] = export.load(entry["model"])
         return export.embed(entry["net"], [[data]])[0]
 
@@ -172,28 +191,33 @@ class Catalogue:
             raise LookupError(f"upload {key!r} is unknown or expired: upload it again")
         return vec
 
-    def query(self, feature_set: str, source: str, key: str) -> Dict:
+    def query(self, feature_set: str, source: str, key: str) -> dict:
         vec = self.query_vector(feature_set, source, key)
         sims = self.sets[feature_set]["embeddings"] @ vec
-        if feature_set == self.served:   # the neighbours come from the served ScaNN index
+        if feature_set == self.served:  # the neighbours come from the served ScaNN index
             from collabfeat.serving import index
+
             rows, scores = index.search(self.version.index, vec[None], min(STRIP + 1, len(self.ids)))
             rows, scores = np.asarray(rows[0]), np.asarray(scores[0])
         else:
-            rows = np.argsort(-sims, kind="stable")[:STRIP + 1]
+            rows = np.argsort(-sims, kind="stable")[: STRIP + 1]
             scores = sims[rows]
-        if source == "item":             # the query item itself is not its own neighbour
+        if source == "item":  # the query item itself is not its own neighbour
             keep = rows != self.row[key]
             rows, scores = rows[keep], scores[keep]
         rows, scores = rows[:STRIP], scores[:STRIP]
         ordered = np.sort(sims)[::-1]
         ranks = np.unique(np.linspace(0, len(ordered) - 1, min(CURVE_POINTS, len(ordered))).round().astype(int))
-        return {"query": {"set": feature_set, "source": source, "key": key},
-                "neighbours": [{"id": self.ids[r], "score": round(float(s), 5), "label": self.labels.get(self.ids[r])}
-                               for r, s in zip(rows, scores)],
-                "curve": {"rank": (ranks + 1).tolist(), "sim": ordered[ranks].round(5).tolist()}}
+        return {
+            "query": {"set": feature_set, "source": source, "key": key},
+            "neighbours": [
+                {"id": self.ids[r], "score": round(float(s), 5), "label": self.labels.get(self.ids[r])}
+                for r, s in zip(rows, scores)
+            ],
+            "curve": {"rank": (ranks + 1).tolist(), "sim": ordered[ranks].round(5).tolist()},
+        }
 
-    def position(self, item: str, feature_set: str, source: str, key: str) -> Dict:
+    def position(self, item: str, feature_set: str, source: str, key: str) -> dict:
         """Where `item` falls in a query's ranking: its rank (1 = most similar) and similarity."""
         if item not in self.row:
             raise LookupError(f"item {item!r} is not in the catalogue")
@@ -205,7 +229,7 @@ class Catalogue:
 
 class Handler(BaseHTTPRequestHandler):
     catalogue: Catalogue = None
-    static: Dict[str, str] = {}
+    static: dict[str, str] = {}
     server_version = "collabfeat-explorer"
 
     def log_message(self, fmt, *args):
@@ -250,9 +274,17 @@ class Handler(BaseHTTPRequestHandler):
                 except images_lib.ImageError as e:
                     return self._error(HTTPStatus.NOT_FOUND, f"image unavailable: {e.reason}")
             if parts == ["api", "info"]:
-                return self._json({"model": c.version.name, "version": c.version.number, "items": len(c.ids),
-                                   "served": c.served, "feature_sets": list(c.sets), "has_map": c.map is not None,
-                                   "has_report": c.report is not None})
+                return self._json(
+                    {
+                        "model": c.version.name,
+                        "version": c.version.number,
+                        "items": len(c.ids),
+                        "served": c.served,
+                        "feature_sets": list(c.sets),
+                        "has_map": c.map is not None,
+                        "has_report": c.report is not None,
+                    }
+                )
             if parts == ["report"]:
                 if not c.report:
                     return self._error(HTTPStatus.NOT_FOUND, "this version has no run report")
@@ -261,9 +293,15 @@ class Handler(BaseHTTPRequestHandler):
             if parts == ["api", "items"]:
                 page, size = int(q.get("page", 0)), max(1, min(200, int(q.get("size", 48))))
                 order = c.map["grid"] if (c.map and q.get("order", "map") == "map") else range(len(c.ids))
-                rows = order[page * size:(page + 1) * size]
-                return self._json({"page": page, "size": size, "pages": -(-len(c.ids) // size),
-                                   "items": [{"id": c.ids[r], "label": c.labels.get(c.ids[r])} for r in rows]})
+                rows = order[page * size : (page + 1) * size]
+                return self._json(
+                    {
+                        "page": page,
+                        "size": size,
+                        "pages": -(-len(c.ids) // size),
+                        "items": [{"id": c.ids[r], "label": c.labels.get(c.ids[r])} for r in rows],
+                    }
+                )
             if parts == ["api", "map"]:
                 if not c.map:
                     return self._error(HTTPStatus.NOT_FOUND, "this version has no map")
@@ -271,8 +309,9 @@ class Handler(BaseHTTPRequestHandler):
             if parts == ["api", "query"]:
                 return self._json(c.query(q.get("set", c.served), q.get("source", "item"), q.get("key", "")))
             if parts == ["api", "position"]:
-                return self._json(c.position(q.get("item", ""), q.get("set", c.served), q.get("source", "item"),
-                                             q.get("key", "")))
+                return self._json(
+                    c.position(q.get("item", ""), q.get("set", c.served), q.get("source", "item"), q.get("key", ""))
+                )
             return self._error(HTTPStatus.NOT_FOUND, "not found")
         except LookupError as e:
             return self._error(HTTPStatus.NOT_FOUND, str(e))
@@ -303,7 +342,7 @@ class Handler(BaseHTTPRequestHandler):
         key = hashlib.sha256(data).hexdigest()[:16]
         try:
             vec = c.embed_upload(feature_set, data)
-        except Exception as e:   # e.g. a format PIL reads but TensorFlow does not
+        except Exception as e:  # e.g. a format PIL reads but TensorFlow does not
             return self._error(HTTPStatus.BAD_REQUEST, f"cannot embed this image: {e}")
         c.uploads.get_or((feature_set, key), lambda: vec)
         return self._json(c.query(feature_set, "upload", key))
@@ -324,11 +363,13 @@ def make_server(version_path: str, cfg: ServingConfig, host: str, port: int) -> 
     return httpd
 
 
-def explore(base_path: str, cfg: ServingConfig, host: str, port: int, version: Optional[int] = None) -> None:
+def explore(base_path: str, cfg: ServingConfig, host: str, port: int, version: int | None = None) -> None:
     path = os.path.join(base_path, str(version)) if version else newest_version(base_path)
     httpd = make_server(path, cfg, host, port)
-    print(f"collabfeat explorer on http://{host}:{httpd.server_address[1]}/ (version {os.path.basename(path)})",
-          flush=True)
+    print(
+        f"collabfeat explorer on http://{host}:{httpd.server_address[1]}/ (version {os.path.basename(path)})",
+        flush=True,
+    )
     try:
         httpd.serve_forever()
     except KeyboardInterrupt:

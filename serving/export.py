@@ -13,17 +13,18 @@ A pushed version (serving/push.py) wraps a feature model with the catalogue:
                    exact in-graph search over the catalogue (MatMul + TopKV2); k is clamped to
                    [1, min(max_k, catalogue size)]
 """
+
 from __future__ import annotations
 
 import os
-from typing import Iterable, List, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from collabfeat import images as images_lib
 
-FORMAT_SERVING = "Format-Serving"     # TFX's serving model layout (tfx.utils.path_utils.serving_model_dir)
+FORMAT_SERVING = "Format-Serving"  # TFX's serving model layout (tfx.utils.path_utils.serving_model_dir)
 IMAGES = tf.TensorSpec([None], tf.string, name="images")
 
 
@@ -37,12 +38,13 @@ class Embedder(tf.Module):
         object.__setattr__(self, "net", net)
         self.net_variables = list(net.weights)
         self.size = image_size
-        self.background = tuple(float(c) for c in background)   # what transparent pixels are composited on
+        self.background = tuple(float(c) for c in background)  # what transparent pixels are composited on
 
     @tf.function(input_signature=[IMAGES])
     def embed(self, images):
-        def one(data):      # the same preprocessing as every catalogue image's (collabfeat/images.py)
+        def one(data):  # the same preprocessing as every catalogue image's (collabfeat/images.py)
             return tf.ensure_shape(images_lib.pixels(data, self.size, self.background), [self.size, self.size, 3])
+
         pixels = tf.map_fn(one, images, fn_output_signature=tf.TensorSpec([self.size, self.size, 3], tf.uint8))
         return {"embedding": tf.math.l2_normalize(self.net(tf.cast(pixels, tf.float32), training=False), axis=1)}
 
@@ -52,8 +54,9 @@ def model_dir(model_uri: str) -> str:
     return os.path.join(model_uri, FORMAT_SERVING)
 
 
-def save_features(net: tf.keras.Model, image_size: int, path: str,
-                  background: Sequence[int] = images_lib.WHITE) -> None:
+def save_features(
+    net: tf.keras.Model, image_size: int, path: str, background: Sequence[int] = images_lib.WHITE
+) -> None:
     """Saves a feature model (any TF filesystem: local, gs://, ram://)."""
     module = Embedder(net, image_size, background)
     tf.saved_model.save(module, path, signatures={"serving_default": module.embed})
@@ -64,11 +67,12 @@ def load(path: str):
     return tf.saved_model.load(path)
 
 
-def embed_batches(model, blobs: Iterable[Sequence[bytes]], task: str = "", total: Optional[int] = None):
+def embed_batches(model, blobs: Iterable[Sequence[bytes]], task: str = "", total: int | None = None):
     """The L2-normalised embeddings a feature model (a path or loaded) gives for batches of image
     bytes, one batch at a time (memory holds one batch). With a `task`, the batches are reported as
     its progress (`total` batches, if known)."""
     from collabfeat import progress
+
     if isinstance(model, str):
         model = load(model)
     serve = model.signatures["serving_default"]
@@ -79,7 +83,7 @@ def embed_batches(model, blobs: Iterable[Sequence[bytes]], task: str = "", total
             yield serve(images=tf.constant(list(b)))["embedding"].numpy()
 
 
-def embed(model, blobs: Iterable[Sequence[bytes]], task: str = "", total: Optional[int] = None) -> np.ndarray:
+def embed(model, blobs: Iterable[Sequence[bytes]], task: str = "", total: int | None = None) -> np.ndarray:
     """embed_batches(), as one array (memory: the embeddings, not the images)."""
     out = list(embed_batches(model, blobs, task, total))
     if out:
@@ -91,16 +95,15 @@ def embed(model, blobs: Iterable[Sequence[bytes]], task: str = "", total: Option
 
 def in_batches(blobs: Sequence[bytes], batch: int = 256):
     for start in range(0, len(blobs), batch):
-        yield blobs[start:start + batch]
+        yield blobs[start : start + batch]
 
 
 class Servable(tf.Module):
-    def __init__(self, features, catalogue: np.ndarray, item_ids: List[str], max_k: int):
+    def __init__(self, features, catalogue: np.ndarray, item_ids: list[str], max_k: int):
         super().__init__()
         self.features = features
         self.catalogue = tf.Variable(catalogue.astype(np.float32), trainable=False, name="catalogue")
-        self.item_ids = tf.Variable(np.array(item_ids, dtype=object), trainable=False,
-                                    dtype=tf.string, name="item_ids")
+        self.item_ids = tf.Variable(np.array(item_ids, dtype=object), trainable=False, dtype=tf.string, name="item_ids")
         self.max_k = min(max_k, len(item_ids))
 
     @tf.function(input_signature=[IMAGES])
@@ -115,7 +118,7 @@ class Servable(tf.Module):
         return {"ids": tf.gather(self.item_ids, idx), "scores": scores}
 
 
-def export(features, catalogue: np.ndarray, item_ids: List[str], max_k: int, path: str) -> None:
+def export(features, catalogue: np.ndarray, item_ids: list[str], max_k: int, path: str) -> None:
     """features: a feature model (its path, loaded, or an Embedder) -> a servable version at `path`."""
     if isinstance(features, str):
         features = load(features)

@@ -1,4 +1,5 @@
 """A ScaNN index over the catalogue's embeddings (through scann_ops_pybind; see env/scann_shim.py)."""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +7,6 @@ import math
 import os
 import shutil
 import time
-from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from scann.scann_ops.py import scann_ops_pybind
@@ -20,7 +20,7 @@ BRUTE_FORCE_BELOW = 2000
 BRUTE_FORCE_UP_TO = 100_000
 
 
-def build(embeddings: np.ndarray, cfg: IndexConfig, queries: Optional[np.ndarray] = None):
+def build(embeddings: np.ndarray, cfg: IndexConfig, queries: np.ndarray | None = None):
     """embeddings: L2-normalised float32 [n, d]; dot product = cosine similarity.
     -> (searcher, settings): the ScaNN searcher and how it is to be searched (see `choose`)."""
     db = np.ascontiguousarray(embeddings, dtype=np.float32)
@@ -35,7 +35,7 @@ TUNING_QUERIES = 1000
 TUNING_MARGIN = 0.01
 
 
-def _timed_search(searcher, queries: np.ndarray, k: int, **knobs) -> Tuple[np.ndarray, float]:
+def _timed_search(searcher, queries: np.ndarray, k: int, **knobs) -> tuple[np.ndarray, float]:
     """Found rows, and the best of 3 timings in milliseconds per query."""
     best = float("inf")
     for _ in range(3):
@@ -67,31 +67,42 @@ def choose(db: np.ndarray, queries: np.ndarray, cfg: IndexConfig):
     wanted = cfg.kind if cfg.kind != "auto" else kind(n)
     brute = brute_force() if wanted == "brute_force" or (cfg.kind == "auto" and n <= BRUTE_FORCE_UP_TO) else None
     if wanted == "brute_force":
-        why = "set by index.kind" if cfg.kind == "brute_force" else f"{n} items < {BRUTE_FORCE_BELOW}: a tree gains nothing"
+        why = (
+            "set by index.kind"
+            if cfg.kind == "brute_force"
+            else f"{n} items < {BRUTE_FORCE_BELOW}: a tree gains nothing"
+        )
         return brute[0], {**brute[1], "why": why}
     leaves = cfg.leaves or default_leaves(n)
     tree = tree_searcher(db, k, leaves, max(cfg.reorder, 4 * k, 400))
     tried = []
-    for reorder in ([cfg.reorder] if cfg.reorder else sorted({k, 2 * k, 5 * k, 10 * k, 40 * k})):
+    for reorder in [cfg.reorder] if cfg.reorder else sorted({k, 2 * k, 5 * k, 10 * k, 40 * k}):
         reorder = max(k, reorder)
-        for search in ([cfg.leaves_to_search] if cfg.leaves_to_search else _leaf_steps(leaves)):
+        for search in [cfg.leaves_to_search] if cfg.leaves_to_search else _leaf_steps(leaves):
             found, ms = _timed_search(tree, queries, k, leaves_to_search=search, pre_reorder_num_neighbors=reorder)
             r = recall(found, exact, k)
             tried.append({"leaves_to_search": search, "reorder": reorder, "tuning_recall": r, "ms_per_query": ms})
             if r >= target:
-                break       # more leaves only cost more at this reorder
+                break  # more leaves only cost more at this reorder
     good = [t for t in tried if t["tuning_recall"] >= target or (cfg.leaves_to_search and cfg.reorder)]
     fastest = min(good, key=lambda t: t["ms_per_query"]) if good else None
     if fastest and (brute is None or fastest["ms_per_query"] <= brute[1]["ms_per_query"]):
-        why = (f"{n} items, {leaves} leaves: the fastest of {len(tried)} search settings tried that reached "
-               f"recall@{k} {target:.3f} on {len(queries)} tuning queries, at {fastest['ms_per_query']:.4f} ms/query")
+        why = (
+            f"{n} items, {leaves} leaves: the fastest of {len(tried)} search settings tried that reached "
+            f"recall@{k} {target:.3f} on {len(queries)} tuning queries, at {fastest['ms_per_query']:.4f} ms/query"
+        )
         if brute is not None:
             why += f"; brute force took {brute[1]['ms_per_query']:.4f}"
         return tree, {"kind": "tree_ah", "leaves": leaves, **fastest, "why": why, "tried": tried}
     brute = brute or brute_force()
-    why = (f"brute force answered in {brute[1]['ms_per_query']:.4f} ms/query, the tree's fastest setting that "
-           f"reached recall@{k} {target:.3f} in {fastest['ms_per_query']:.4f}") if fastest else \
-        f"no tree setting of {len(tried)} tried reached recall@{k} {target:.3f}: exact search instead"
+    why = (
+        (
+            f"brute force answered in {brute[1]['ms_per_query']:.4f} ms/query, the tree's fastest setting that "
+            f"reached recall@{k} {target:.3f} in {fastest['ms_per_query']:.4f}"
+        )
+        if fastest
+        else f"no tree setting of {len(tried)} tried reached recall@{k} {target:.3f}: exact search instead"
+    )
     return brute[0], {**brute[1], "why": why, "tried": tried}
 
 
@@ -106,14 +117,16 @@ def brute_force_searcher(db: np.ndarray, k: int):
 def tree_searcher(db: np.ndarray, k: int, leaves: int, max_reorder: int):
     """A tree over `leaves` leaves with anisotropic hashing (2 dims a subspace) and exact re-scoring of
     up to `max_reorder` candidates; leaves_to_search and the re-scored length are chosen per search."""
-    return (scann_ops_pybind.builder(db, k, "dot_product")
-            .tree(num_leaves=leaves, num_leaves_to_search=max(1, leaves // 3),
-                  training_sample_size=min(len(db), 250_000))
-            .score_ah(2 if db.shape[1] % 2 == 0 else 1, anisotropic_quantization_threshold=0.2)
-            .reorder(max_reorder).build())
+    return (
+        scann_ops_pybind.builder(db, k, "dot_product")
+        .tree(num_leaves=leaves, num_leaves_to_search=max(1, leaves // 3), training_sample_size=min(len(db), 250_000))
+        .score_ah(2 if db.shape[1] % 2 == 0 else 1, anisotropic_quantization_threshold=0.2)
+        .reorder(max_reorder)
+        .build()
+    )
 
 
-def _leaf_steps(leaves: int) -> List[int]:
+def _leaf_steps(leaves: int) -> list[int]:
     """Numbers of leaves to search, growing by about 1.5x from 1 to all of them."""
     steps, s = [], 1
     while s < leaves:
@@ -122,7 +135,7 @@ def _leaf_steps(leaves: int) -> List[int]:
     return steps + [leaves]
 
 
-def exact_top_k(db: np.ndarray, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+def exact_top_k(db: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return topk.top_k(queries, db, k)
 
 
@@ -131,7 +144,7 @@ def recall(found: np.ndarray, exact: np.ndarray, k: int) -> float:
     return float(np.mean([len(set(a.tolist()) & set(e.tolist())) / k for a, e in zip(found, exact)]))
 
 
-def recall_against_exact(searcher, db: np.ndarray, queries: np.ndarray, k: int, settings: Dict) -> float:
+def recall_against_exact(searcher, db: np.ndarray, queries: np.ndarray, k: int, settings: dict) -> float:
     """Recall@k of the searcher searched with its settings, against exact search."""
     approx, _ = search({"searcher": searcher, "meta": settings}, queries, k)
     return recall(approx, exact_top_k(db, queries, k)[0], k)
@@ -141,20 +154,24 @@ def kind(n: int) -> str:
     return "brute_force" if n < BRUTE_FORCE_BELOW else "tree_ah"
 
 
-def search(idx: Dict, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+def search(idx: dict, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k rows and scores for each query, searched with the index's chosen settings
     (at least k candidates are re-scored exactly)."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
     meta = idx["meta"]
     if meta["kind"] == "brute_force":
         return idx["searcher"].search_batched(q, final_num_neighbors=k)
-    return idx["searcher"].search_batched(q, final_num_neighbors=k,
-                                          pre_reorder_num_neighbors=max(k, meta["reorder"]),
-                                          leaves_to_search=meta.get("leaves_to_search"))
+    return idx["searcher"].search_batched(
+        q,
+        final_num_neighbors=k,
+        pre_reorder_num_neighbors=max(k, meta["reorder"]),
+        leaves_to_search=meta.get("leaves_to_search"),
+    )
 
 
-def save(searcher, settings: Dict, item_ids: List[str], embeddings: np.ndarray, directory: str,
-         served: str = "") -> None:
+def save(
+    searcher, settings: dict, item_ids: list[str], embeddings: np.ndarray, directory: str, served: str = ""
+) -> None:
     """The searcher, the settings it is searched with (`choose`), the embeddings, the item ids and
     the name of the feature set they are (`served`: config.FEATURE_SETS).
     `directory`: a local path or a URI (ScaNN writes local files: through a local copy)."""
@@ -170,15 +187,19 @@ def save(searcher, settings: Dict, item_ids: List[str], embeddings: np.ndarray, 
             f.write("\n".join(item_ids) + "\n")
 
 
-def load(directory: str) -> Dict:
+def load(directory: str) -> dict:
     """What save() wrote (a local path or a URI)."""
     with storage.local_copy(directory) as local:
         with open(os.path.join(local, "item_ids.txt")) as f:
             ids = [line.rstrip("\n") for line in f if line.strip()]
         with open(os.path.join(local, "index.json")) as f:
             meta = json.load(f)
-        return {"searcher": scann_ops_pybind.load_searcher(os.path.join(local, "scann")), "meta": meta,
-                "item_ids": ids, "embeddings": np.load(os.path.join(local, "embeddings.npy"))}
+        return {
+            "searcher": scann_ops_pybind.load_searcher(os.path.join(local, "scann")),
+            "meta": meta,
+            "item_ids": ids,
+            "embeddings": np.load(os.path.join(local, "embeddings.npy")),
+        }
 
 
 def _umap():
@@ -192,6 +213,7 @@ def _umap():
     import umap.utils
     from numba.core.caching import NullCache
     from numba.core.registry import CPUDispatcher
+
     for module in (umap.umap_, umap.layouts, umap.utils, umap.distances, umap.spectral):
         for f in vars(module).values():
             if isinstance(f, CPUDispatcher) and isinstance(f._cache, NullCache):
@@ -202,6 +224,7 @@ def _umap():
 def warm_map_cache() -> None:
     """Compiles what write_map() runs into numba's cache (pynndescent's and umap's functions)."""
     import tempfile
+
     with tempfile.TemporaryDirectory() as d:
         write_map(np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32), d)
 
@@ -216,8 +239,9 @@ def write_map(embeddings: np.ndarray, directory: str, seed: int = 0, sample: int
         umap = _umap()
         fit = topk.sample(n, sample, seed)
         xy = np.zeros((n, 2), np.float32)
-        xy[fit] = umap.UMAP(n_neighbors=min(15, len(fit) - 1), metric="cosine",
-                            random_state=seed).fit_transform(embeddings[fit])
+        xy[fit] = umap.UMAP(n_neighbors=min(15, len(fit) - 1), metric="cosine", random_state=seed).fit_transform(
+            embeddings[fit]
+        )
         rest = np.setdiff1d(np.arange(n), fit)
         if len(rest):
             near, sims = topk.top_k(embeddings[rest], embeddings[fit], 5)
@@ -227,9 +251,13 @@ def write_map(embeddings: np.ndarray, directory: str, seed: int = 0, sample: int
         xy = np.c_[np.arange(n), np.zeros(n)].astype(np.float32)
     cols = int(math.ceil(math.sqrt(n)))
     by_y = np.argsort(xy[:, 1], kind="stable")
-    grid = np.concatenate([row[np.argsort(xy[row, 0], kind="stable")] for row in np.array_split(by_y, math.ceil(n / cols))])
-    storage.write_json(os.path.join(directory, "map.json"), {
-        "x": xy[:, 0].round(4).tolist(), "y": xy[:, 1].round(4).tolist(), "cols": cols, "grid": grid.tolist()})
+    grid = np.concatenate(
+        [row[np.argsort(xy[row, 0], kind="stable")] for row in np.array_split(by_y, math.ceil(n / cols))]
+    )
+    storage.write_json(
+        os.path.join(directory, "map.json"),
+        {"x": xy[:, 0].round(4).tolist(), "y": xy[:, 1].round(4).tolist(), "cols": cols, "grid": grid.tolist()},
+    )
 
 
 def write_feature_set(directory: str, name: str, embeddings, model: str = "") -> None:
@@ -237,8 +265,9 @@ def write_feature_set(directory: str, name: str, embeddings, model: str = "") ->
     to embed new images), for comparison. `embeddings`: an array, or an iterable of row batches
     written one at a time (bounded memory)."""
     with storage.local_dir(os.path.join(directory, "features", name)) as out:
-        write_npy(os.path.join(out, "embeddings.npy"),
-                  [embeddings] if isinstance(embeddings, np.ndarray) else embeddings)
+        write_npy(
+            os.path.join(out, "embeddings.npy"), [embeddings] if isinstance(embeddings, np.ndarray) else embeddings
+        )
         if model:
             with storage.local_copy(model) as local:
                 shutil.copytree(local, os.path.join(out, "model"))
@@ -248,6 +277,7 @@ def write_npy(path: str, batches) -> None:
     """Row batches [b, d] -> one float32 .npy file [sum b, d], streamed through disk: the rows go
     to a side file first, then behind the header that their final count makes."""
     from numpy.lib import format as npy
+
     rows, dim = 0, 0
     with open(path + ".rows", "w+b") as raw:
         for b in batches:

@@ -15,18 +15,22 @@ only if its precision@k there is at least the served version's plus `eval.served
 measured the same way, through each version's own serving signature on the same image bytes, so
 what is compared is exactly what a client gets (compare()).
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
 import time
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-from collabfeat import config as config_lib, storage
-from collabfeat.serving import export, index as scann_index
+from collabfeat import config as config_lib
+from collabfeat import storage
+from collabfeat.serving import export
+from collabfeat.serving import index as scann_index
 
 EXTRA = "assets.extra"
 
@@ -41,10 +45,13 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def versions_on_disk(model_dir: str) -> List[int]:
+def versions_on_disk(model_dir: str) -> list[int]:
     """Integer-named version directories holding a SavedModel (hidden temporary ones never match)."""
-    return [int(n) for n in storage.listdir(model_dir)
-            if n.isdigit() and storage.exists(os.path.join(model_dir, n, "saved_model.pb"))]
+    return [
+        int(n)
+        for n in storage.listdir(model_dir)
+        if n.isdigit() and storage.exists(os.path.join(model_dir, n, "saved_model.pb"))
+    ]
 
 
 def newest_version(model_dir: str) -> str:
@@ -68,49 +75,66 @@ def embed_with(version: str, blobs: Sequence[bytes], batch: int = 256):
 class Heldout(NamedTuple):
     """One facet's held-out images for compare(): their bytes, each image's value (-1: none), and
     which of them query (a boolean mask; None: all), as the Evaluator scores them."""
+
     blobs: Sequence[bytes]
-    values: "np.ndarray"
-    queries: Optional["np.ndarray"] = None
+    values: np.ndarray
+    queries: np.ndarray | None = None
 
 
-def compare(candidate: str, served: str, heldout: Dict[str, Heldout], cfg) -> Dict:
+def compare(candidate: str, served: str, heldout: dict[str, Heldout], cfg) -> dict:
     """Retrieval precision@k and mAP of two versions on the same held-out images, with the
     Evaluator's measure (trainer/evaluate.py): heldout is facet -> Heldout (or a pair of image
     bytes and values), scored on eval.bless_on (the mean over the facets, or one of them). "better":
     the candidate's precision@k is at least the served version's plus eval.served_margin."""
     from collabfeat.trainer.evaluate import describe, overall, retrieval_metrics
+
     heldout = {facet: Heldout(*h) for facet, h in heldout.items()}
     embedded = {}
 
     def scores(version):
         out = {}
         for facet, h in heldout.items():
-            if (version, id(h.blobs)) not in embedded:     # facets of one split share its images
+            if (version, id(h.blobs)) not in embedded:  # facets of one split share its images
                 embedded[version, id(h.blobs)] = embed_with(version, h.blobs)
             values = np.asarray(h.values)
             have = values >= 0
-            out[facet] = retrieval_metrics(embedded[version, id(h.blobs)][have], values[have], cfg.eval.k,
-                                           cfg.eval.max_queries, cfg.cnn.seed,
-                                           None if h.queries is None else np.asarray(h.queries)[have])
+            out[facet] = retrieval_metrics(
+                embedded[version, id(h.blobs)][have],
+                values[have],
+                cfg.eval.k,
+                cfg.eval.max_queries,
+                cfg.cnn.seed,
+                None if h.queries is None else np.asarray(h.queries)[have],
+            )
         return out
 
     mine = scores(candidate)
     try:
         theirs = scores(served)
-    except Exception as e:   # a version TensorFlow cannot load is not being served either
-        return {"served_version": int(os.path.basename(served)), "better": True,
-                "error": f"{type(e).__name__}: {e}"[:500]}
+    except Exception as e:  # a version TensorFlow cannot load is not being served either
+        return {
+            "served_version": int(os.path.basename(served)),
+            "better": True,
+            "error": f"{type(e).__name__}: {e}"[:500],
+        }
     facets = {facet: {"candidate": mine[facet], "served": theirs[facet]} for facet in heldout}
     total = overall(facets, cfg.eval.bless_on)
     metric = next(key for key in total["candidate"] if key.startswith("precision@"))
     images = {facet: int((np.asarray(h.values) >= 0).sum()) for facet, h in heldout.items()}
-    return {"served_version": int(os.path.basename(served)), "metric": metric, "images": images,
-            "on": describe(images, cfg.eval.bless_on), "margin": cfg.eval.served_margin, "facets": facets,
-            "candidate": total["candidate"], "served": total["served"],
-            "better": total["candidate"][metric] >= total["served"][metric] + cfg.eval.served_margin}
+    return {
+        "served_version": int(os.path.basename(served)),
+        "metric": metric,
+        "images": images,
+        "on": describe(images, cfg.eval.bless_on),
+        "margin": cfg.eval.served_margin,
+        "facets": facets,
+        "candidate": total["candidate"],
+        "served": total["served"],
+        "better": total["candidate"][metric] >= total["served"][metric] + cfg.eval.served_margin,
+    }
 
 
-def push(features, index_dir: str, cfg, heldout: Optional[Dict[str, Tuple[Sequence[bytes], "np.ndarray"]]] = None) -> Dict:
+def push(features, index_dir: str, cfg, heldout: dict[str, tuple[Sequence[bytes], np.ndarray]] | None = None) -> dict:
     """-> {"pushed", "destination", "version", "compared", "why"}.
     features: the feature model to serve (its path: a Model artifact's Format-Serving directory, or
     an export.Embedder), wrapped with the index's catalogue (export.export).
@@ -135,8 +159,12 @@ def push(features, index_dir: str, cfg, heldout: Optional[Dict[str, Tuple[Sequen
         extra = os.path.join(tmp, EXTRA)
         # The files a version writes itself are never taken from the index: a write to a hard link
         # would change the Indexer's artifact.
-        shutil.copytree(index_local, extra, ignore=shutil.ignore_patterns("report.json", "config.json", "report.html"),
-                        copy_function=_link_or_copy)
+        shutil.copytree(
+            index_local,
+            extra,
+            ignore=shutil.ignore_patterns("report.json", "config.json", "report.html"),
+            copy_function=_link_or_copy,
+        )
         with open(os.path.join(extra, "config.json"), "w") as f:
             f.write(config_lib.as_json(cfg))
         compared = None
@@ -145,22 +173,30 @@ def push(features, index_dir: str, cfg, heldout: Optional[Dict[str, Tuple[Sequen
             if not compared["better"]:
                 shutil.rmtree(tmp)
                 c, s, m = compared["candidate"], compared["served"], compared["metric"]
-                return {"pushed": False, "destination": None, "compared": compared,
-                        "why": f"{m} {c[m]:.4f} on {compared['on']} is below the served "
-                               f"version {compared['served_version']}'s {s[m]:.4f}"
-                               + (f" plus eval.served_margin {compared['margin']}" if compared["margin"] else "")
-                               + ": that version stays served"}
+                return {
+                    "pushed": False,
+                    "destination": None,
+                    "compared": compared,
+                    "why": f"{m} {c[m]:.4f} on {compared['on']} is below the served "
+                    f"version {compared['served_version']}'s {s[m]:.4f}"
+                    + (f" plus eval.served_margin {compared['margin']}" if compared["margin"] else "")
+                    + ": that version stays served",
+                }
         if storage.is_local(model_dir):
             os.rename(tmp, final)
         else:
             os.rename(os.path.join(tmp, "saved_model.pb"), os.path.join(work, "saved_model.pb"))
             storage.copytree(tmp, final)
             storage.copy(os.path.join(work, "saved_model.pb"), os.path.join(final, "saved_model.pb"))
-    why = ("nothing was served yet" if heldout is not None and compared is None else
-           "not compared (no held-out images given)" if compared is None else
-           f"the served version {compared['served_version']} could not be scored ({compared['error']})"
-           if "error" in compared else
-           f"{compared['metric']} {compared['candidate'][compared['metric']]:.4f} on {compared['on']}, "
-           f"against the served version {compared['served_version']}'s "
-           f"{compared['served'][compared['metric']]:.4f}")
+    why = (
+        "nothing was served yet"
+        if heldout is not None and compared is None
+        else "not compared (no held-out images given)"
+        if compared is None
+        else f"the served version {compared['served_version']} could not be scored ({compared['error']})"
+        if "error" in compared
+        else f"{compared['metric']} {compared['candidate'][compared['metric']]:.4f} on {compared['on']}, "
+        f"against the served version {compared['served_version']}'s "
+        f"{compared['served'][compared['metric']]:.4f}"
+    )
     return {"pushed": True, "destination": final, "version": version, "compared": compared, "why": why}

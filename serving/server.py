@@ -19,6 +19,7 @@ Concurrent embedding requests are batched. Errors are gRPC status codes with a m
 INVALID_ARGUMENT (bad input, unknown signature, k out of range), NOT_FOUND (model, version,
 item id), UNAVAILABLE (nothing loaded yet), RESOURCE_EXHAUSTED (message too large).
 """
+
 from __future__ import annotations
 
 import io
@@ -28,9 +29,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
 
 import grpc
 import numpy as np
@@ -40,13 +41,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from PIL import Image
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_management_pb2,
-                                     model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
-from tensorflow_serving.apis import status_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    status_pb2,
+)
 from tensorflow_serving.config import model_server_config_pb2
 
-from collabfeat.config import ServingConfig
 from collabfeat import images as images_lib
+from collabfeat.config import ServingConfig
 from collabfeat.images import MAX_IMAGE_PIXELS
 from collabfeat.serving import index as scann_index
 from collabfeat.serving import tensors
@@ -54,7 +61,7 @@ from collabfeat.serving.push import EXTRA, versions_on_disk
 
 log = logging.getLogger("collabfeat.serving")
 SIGNATURES = ("serving_default", "similar", "similar_by_id")
-IMAGE_FORMATS = set(images_lib.FORMATS)      # what tf.io.decode_image reads
+IMAGE_FORMATS = set(images_lib.FORMATS)  # what tf.io.decode_image reads
 SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 
 
@@ -80,7 +87,7 @@ class Batcher:
     def __init__(self, fn: Callable[[np.ndarray], np.ndarray], batch_size: int, wait_s: float = 0.0):
         self.fn, self.batch_size, self.wait_s = fn, batch_size, wait_s
         self.lock = threading.Lock()
-        self.pending: List["_Call"] = []
+        self.pending: list[_Call] = []
         self.leading = False
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -112,7 +119,7 @@ class Batcher:
                     batch.append(self.pending.pop(0))
                     rows += len(batch[-1].x)
             self._run(batch)
-        finally:   # the oldest waiting call leads next, or nobody leads
+        finally:  # the oldest waiting call leads next, or nobody leads
             with self.lock:
                 if self.pending:
                     self.pending[0].lead = True
@@ -120,13 +127,13 @@ class Batcher:
                 else:
                     self.leading = False
 
-    def _run(self, batch: List["_Call"]):
+    def _run(self, batch: list[_Call]):
         if len(batch) > 1:
             try:
                 out = self.fn(np.concatenate([c.x for c in batch]))
                 start = 0
                 for c in batch:
-                    c.answer(result=out[start:start + len(c.x)])
+                    c.answer(result=out[start : start + len(c.x)])
                     start += len(c.x)
                 return
             except Exception:  # find the culprit: run each call on its own
@@ -157,9 +164,9 @@ class Version:
     number: int
     path: str
     cfg: ServingConfig
-    signature_defs: Dict[str, meta_graph_pb2.SignatureDef] = field(default_factory=dict)
+    signature_defs: dict[str, meta_graph_pb2.SignatureDef] = field(default_factory=dict)
 
-    def load(self) -> "Version":
+    def load(self) -> Version:
         self.model = tf.saved_model.load(self.path)
         self._embed_fn = self.model.signatures["serving_default"]
         sm = saved_model_pb2.SavedModel()
@@ -172,10 +179,10 @@ class Version:
         self.item_ids = np.array([i.encode("utf-8") for i in self.index["item_ids"]], dtype=object)  # as answered
         self.row = {item: i for i, item in enumerate(self.index["item_ids"])}
         with open(os.path.join(self.path, EXTRA, "config.json")) as f:
-            self.run_cfg = json.load(f)      # the configuration of the run that pushed this version
+            self.run_cfg = json.load(f)  # the configuration of the run that pushed this version
         self.max_k = min(self.run_cfg["serving"]["max_k"], len(self.item_ids))
         self.batcher = Batcher(self._embed, self.cfg.batch_size, self.cfg.batch_wait_ms / 1000)
-        self._embed(np.array([_tiny_png()], dtype=object))   # warm up the graph before serving
+        self._embed(np.array([_tiny_png()], dtype=object))  # warm up the graph before serving
         return self
 
     def _embed(self, images: np.ndarray) -> np.ndarray:
@@ -195,33 +202,37 @@ class Version:
             raise invalid(f"k must be in [1, {self.max_k}] for model {self.name} version {self.number}, not {k}")
         return k
 
-    def search(self, queries: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The n nearest catalogue rows and their scores."""
         idx, scores = scann_index.search(self.index, queries, n)
         return np.asarray(idx), np.asarray(scores, np.float32)
 
-    def similar(self, images: np.ndarray, k: int) -> Dict[str, np.ndarray]:
+    def similar(self, images: np.ndarray, k: int) -> dict[str, np.ndarray]:
         k = self.check_k(k)
         idx, scores = self.search(self.embed(images), k)
         return {"ids": self.item_ids[idx], "scores": scores}
 
-    def similar_by_id(self, ids: np.ndarray, k: int) -> Dict[str, np.ndarray]:
+    def similar_by_id(self, ids: np.ndarray, k: int) -> dict[str, np.ndarray]:
         k = self.check_k(k)
         rows = []
         for item in ids:
             text = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
             row = self.row.get(text)
             if row is None:
-                raise RequestError(grpc.StatusCode.NOT_FOUND,
-                                   f"item {text!r} is not in the catalogue of {self.name} version {self.number}")
+                raise RequestError(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"item {text!r} is not in the catalogue of {self.name} version {self.number}",
+                )
             rows.append(row)
         width = min(k, len(self.item_ids) - 1)
         idx, scores = self.search(self.index["embeddings"][rows], width + 1)
-        drop = idx == np.asarray(rows)[:, None]      # the item itself, or the last neighbour where the
-        drop[~drop.any(axis=1), -1] = True           # search did not return it
+        drop = idx == np.asarray(rows)[:, None]  # the item itself, or the last neighbour where the
+        drop[~drop.any(axis=1), -1] = True  # search did not return it
         keep = ~drop
-        return {"ids": self.item_ids[idx[keep].reshape(len(rows), width)],
-                "scores": scores[keep].reshape(len(rows), width)}
+        return {
+            "ids": self.item_ids[idx[keep].reshape(len(rows), width)],
+            "scores": scores[keep].reshape(len(rows), width),
+        }
 
 
 def _tiny_png() -> bytes:
@@ -244,7 +255,7 @@ def check_images(images: np.ndarray) -> None:
             raise invalid(f"images[{i}] has {w}x{h} pixels, more than {MAX_IMAGE_PIXELS}")
 
 
-def first_undecodable(images: np.ndarray) -> Optional[int]:
+def first_undecodable(images: np.ndarray) -> int | None:
     for i, data in enumerate(images):
         try:
             tf.io.decode_image(data, channels=3, expand_animations=False)
@@ -280,7 +291,7 @@ def single_model_config(name: str, base_path: str) -> model_server_config_pb2.Mo
     return cfg
 
 
-def wanted_versions(model_cfg, on_disk: List[int]) -> List[int]:
+def wanted_versions(model_cfg, on_disk: list[int]) -> list[int]:
     """TF Serving's version policy: latest N (default 1), all, or specific versions."""
     policy = model_cfg.model_version_policy
     choice = policy.WhichOneof("policy_choice")
@@ -297,12 +308,12 @@ class Registry:
         self.cfg = cfg
         self.lock = threading.Lock()
         self.poll_lock = threading.Lock()
-        self.models: Dict[str, Dict[int, Version]] = {}
-        self.states: Dict[str, Dict[int, Tuple[int, str]]] = {}
-        self.failed: Dict[str, float] = {}
+        self.models: dict[str, dict[int, Version]] = {}
+        self.states: dict[str, dict[int, tuple[int, str]]] = {}
+        self.failed: dict[str, float] = {}
         self.set_config(server_cfg)
         self.stopping = threading.Event()
-        self.listeners: List[Callable[[], None]] = []
+        self.listeners: list[Callable[[], None]] = []
 
     def set_config(self, server_cfg):
         if server_cfg.WhichOneof("config") != "model_config_list":
@@ -337,7 +348,7 @@ class Registry:
                         log.error("cannot load %s version %d: %s", name, v, e)
                 for v in list(loaded):
                     if v not in wanted:
-                        loaded.pop(v)   # requests holding it finish with it
+                        loaded.pop(v)  # requests holding it finish with it
                         self._state(name, v, get_model_status_pb2.ModelVersionStatus.END, "")
                         log.info("unloaded %s version %d", name, v)
                 with self.lock:
@@ -353,18 +364,21 @@ class Registry:
         with self.lock:
             self.states.setdefault(name, {})[version] = (state, error)
 
-    def get(self, name: str, version: Optional[int]) -> Version:
+    def get(self, name: str, version: int | None) -> Version:
         with self.lock:
             if name not in self.config:
-                raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} is not served (models: {sorted(self.config)})")
+                raise RequestError(
+                    grpc.StatusCode.NOT_FOUND, f"model {name!r} is not served (models: {sorted(self.config)})"
+                )
             versions = self.models.get(name, {})
             if not versions:
                 raise RequestError(grpc.StatusCode.UNAVAILABLE, f"model {name!r} has no version loaded yet")
             if version is None:
                 return versions[max(versions)]
             if version not in versions:
-                raise RequestError(grpc.StatusCode.NOT_FOUND,
-                                   f"model {name!r} has no version {version} (loaded: {sorted(versions)})")
+                raise RequestError(
+                    grpc.StatusCode.NOT_FOUND, f"model {name!r} has no version {version} (loaded: {sorted(versions)})"
+                )
             return versions[version]
 
     def any_available(self) -> bool:
@@ -428,13 +442,17 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             if unknown:
                 raise invalid(f"signature {sig!r} has no input(s) {sorted(unknown)} (inputs: {sorted(EXPECTED[sig])})")
             if sig == "serving_default":
-                outputs = {"embedding": version.embed(_input(request.inputs, "images", [types_pb2.DT_STRING], 1, self.cfg))}
+                outputs = {
+                    "embedding": version.embed(_input(request.inputs, "images", [types_pb2.DT_STRING], 1, self.cfg))
+                }
             else:
                 k = int(_input(request.inputs, "k", INT_TYPES, 0, self.cfg))
                 if sig == "similar":
                     outputs = version.similar(_input(request.inputs, "images", [types_pb2.DT_STRING], 1, self.cfg), k)
                 else:
-                    outputs = version.similar_by_id(_input(request.inputs, "ids", [types_pb2.DT_STRING], 1, self.cfg), k)
+                    outputs = version.similar_by_id(
+                        _input(request.inputs, "ids", [types_pb2.DT_STRING], 1, self.cfg), k
+                    )
             wanted = list(request.output_filter) or list(outputs)
             missing = [o for o in wanted if o not in outputs]
             if missing:
@@ -502,7 +520,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             self.registry.poll()
         except RequestError as e:
             return model_management_pb2.ReloadConfigResponse(
-                status=status_pb2.StatusProto(error_code=3, error_message=e.message))
+                status=status_pb2.StatusProto(error_code=3, error_message=e.message)
+            )
         return model_management_pb2.ReloadConfigResponse(status=status_pb2.StatusProto(error_code=0))
 
 
@@ -510,8 +529,10 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 def grpc_server(cfg: ServingConfig) -> grpc.Server:
     """The gRPC server every service here runs in (also the benchmark's no-op floor)."""
     limit = cfg.max_message_mb << 20
-    return grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.workers), options=[
-        ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)])
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=cfg.workers),
+        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+    )
 
 
 class Server:
@@ -519,7 +540,9 @@ class Server:
         self.cfg = cfg
         self.registry = Registry(server_cfg, cfg)
         self.grpc = grpc_server(cfg)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.registry, cfg), self.grpc)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionService(self.registry, cfg), self.grpc
+        )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.registry), self.grpc)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
@@ -535,8 +558,11 @@ class Server:
             raise OSError(f"cannot bind {address}")
 
     def _update_health(self):
-        status = (health_pb2.HealthCheckResponse.SERVING if self.registry.any_available()
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self.registry.any_available()
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for service in ("",) + SERVICES:
             self.health.set(service, status)
 
@@ -555,8 +581,11 @@ class Server:
 def serve(server_cfg, cfg: ServingConfig) -> None:
     """Runs until SIGINT or SIGTERM, then lets requests in flight finish."""
     server = Server(server_cfg, cfg).start()
-    print(f"collabfeat serving on {cfg.host}:{server.port} ({'TLS' if cfg.tls_cert else 'plaintext'}); "
-          f"models: {', '.join(server.registry.config)}", flush=True)
+    print(
+        f"collabfeat serving on {cfg.host}:{server.port} ({'TLS' if cfg.tls_cert else 'plaintext'}); "
+        f"models: {', '.join(server.registry.config)}",
+        flush=True,
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

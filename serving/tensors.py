@@ -8,6 +8,7 @@ every encoding a client may send (tensor_content, or the typed *_val fields, whe
 than elements repeat the last one, as TF's C++ Tensor::FromProto does), and fails with
 `ValueError` naming what is wrong. Dtypes other than these go through TF's own functions.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,13 +36,14 @@ def to_proto(value) -> tensor_pb2.TensorProto:
         values = arr.ravel().tolist()
         try:
             proto.string_val.extend(values)
-        except TypeError:      # str (or other) elements: UTF-8 text
+        except TypeError:  # str (or other) elements: UTF-8 text
             del proto.string_val[:]
             proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode("utf-8") for v in values)
         return proto
     dtype = arr.dtype.newbyteorder("<")
     if dtype.str not in ENUM:
         import tensorflow as tf
+
         return tf.make_tensor_proto(arr)
     proto.dtype = ENUM[dtype.str]
     proto.tensor_content = np.ascontiguousarray(arr, dtype=dtype).tobytes()
@@ -61,13 +63,16 @@ def from_proto(proto: tensor_pb2.TensorProto) -> np.ndarray:
         return _fill(list(proto.string_val), n, shape, object, b"")
     if proto.dtype not in NUMERIC:
         import tensorflow as tf
+
         return tf.make_ndarray(proto)
     dtype, field = NUMERIC[proto.dtype]
     content = proto.tensor_content
     if content:
         if len(content) != n * dtype.itemsize:
-            raise ValueError(f"tensor_content has {len(content)} bytes; shape {shape} of "
-                             f"{types_pb2.DataType.Name(proto.dtype)} needs {n * dtype.itemsize}")
+            raise ValueError(
+                f"tensor_content has {len(content)} bytes; shape {shape} of "
+                f"{types_pb2.DataType.Name(proto.dtype)} needs {n * dtype.itemsize}"
+            )
         return np.frombuffer(content, dtype=dtype).reshape(shape).copy()
     return _fill(getattr(proto, field), n, shape, dtype, 0)
 
@@ -77,6 +82,6 @@ def _fill(values, n: int, shape, dtype, zero) -> np.ndarray:
     if len(values) > n:
         raise ValueError(f"{len(values)} values for shape {shape} ({n} elements)")
     out = np.empty(n, dtype=dtype)
-    out[:len(values)] = values
-    out[len(values):] = values[-1] if len(values) else zero
+    out[: len(values)] = values
+    out[len(values) :] = values[-1] if len(values) else zero
     return out.reshape(shape)

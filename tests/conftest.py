@@ -9,14 +9,21 @@ worker at a time, so a module's fixture (the end-to-end run) is made once.
 - The longest files are handed out first, so the workers finish together rather than one waiting
   for the last long file; the order is measured (`--durations`), not needed for correctness.
 """
+
 import os
 import shutil
 import tempfile
 
 import pytest
 
-LONGEST_FIRST = ["test_runtime.py", "test_end_to_end.py", "test_failure.py", "test_explorer.py",
-                 "test_transform.py", "test_examplegen.py"]
+LONGEST_FIRST = [
+    "test_runtime.py",
+    "test_end_to_end.py",
+    "test_failure.py",
+    "test_explorer.py",
+    "test_transform.py",
+    "test_examplegen.py",
+]
 
 
 def pytest_configure(config):
@@ -24,7 +31,7 @@ def pytest_configure(config):
     if worker:
         config._collabfeat_tmp = tempfile.mkdtemp(prefix=f"collabfeat-tests-{worker}-")
         os.environ["TMPDIR"] = config._collabfeat_tmp
-        tempfile.tempdir = None          # tempfile reads TMPDIR again
+        tempfile.tempdir = None  # tempfile reads TMPDIR again
 
 
 def pytest_unconfigure(config):
@@ -33,14 +40,23 @@ def pytest_unconfigure(config):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-SLOW_FILES = {"test_runtime.py", "test_end_to_end.py", "test_failure.py", "test_explorer.py", "test_kubeflow.py"}
+SLOW_FILES = {
+    "test_runtime.py",
+    "test_end_to_end.py",
+    "test_failure.py",
+    "test_explorer.py",
+    "test_kubeflow.py",
+    "test_serving.py",
+}
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
         if item.path.name in SLOW_FILES:
             item.add_marker(pytest.mark.slow)
+
     def rank(item):
         name = item.path.name
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
-    items.sort(key=rank)      # stable: each file's tests keep their order
+
+    items.sort(key=rank)  # stable: each file's tests keep their order

@@ -1,4 +1,5 @@
 """A script in a fresh interpreter (nothing of this process's imports or memory), for the peak-memory tests."""
+
 import subprocess
 import sys
 

@@ -1,7 +1,7 @@
 """A real pushed version made without the pipeline (fast)."""
+
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 
@@ -23,9 +23,15 @@ def catalogue(n=300):
 
 
 def small_config(push_dir: str) -> config_lib.Config:
-    return config_lib.load(overrides=[
-        "cnn.image_size=28", "cnn.widths=[8,16]", "cnn.embedding_dim=16", f"serving.push_dir={push_dir}",
-        "serving.max_k=50"])
+    return config_lib.load(
+        overrides=[
+            "cnn.image_size=28",
+            "cnn.widths=[8,16]",
+            "cnn.embedding_dim=16",
+            f"serving.push_dir={push_dir}",
+            "serving.max_k=50",
+        ]
+    )
 
 
 def push_version(push_dir: str, seed: int = 3, n: int = 300, map_sample: int = 20000) -> str:

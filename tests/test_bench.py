@@ -1,19 +1,24 @@
 """The benchmarks: ANN curve arithmetic and its sweep on a small real set; the serving load loop and report."""
+
 import pytest
 
 from bench import ann
 
 
 def test_frontier_keeps_the_points_nothing_beats_and_interpolates_between_them():
-    pts = [{"recall": r, "q/s": q, "knob": str(i)} for i, (r, q) in
-           enumerate([(0.5, 1000), (0.8, 600), (0.7, 500), (0.9, 400), (0.95, 100), (0.93, 50), (1.0, 10)])]
+    pts = [
+        {"recall": r, "q/s": q, "knob": str(i)}
+        for i, (r, q) in enumerate(
+            [(0.5, 1000), (0.8, 600), (0.7, 500), (0.9, 400), (0.95, 100), (0.93, 50), (1.0, 10)]
+        )
+    ]
     front = ann.frontier(pts)
     assert [(p["recall"], p["q/s"]) for p in front] == [(0.5, 1000), (0.8, 600), (0.9, 400), (0.95, 100), (1.0, 10)]
-    assert ann.qps_at(front, 0.9) == 400                             # on a point
-    assert ann.qps_at(front, 0.85) == pytest.approx(500)             # half way from (0.8, 600) to (0.9, 400)
+    assert ann.qps_at(front, 0.9) == 400  # on a point
+    assert ann.qps_at(front, 0.85) == pytest.approx(500)  # half way from (0.8, 600) to (0.9, 400)
     assert ann.qps_at(front, 0.99) == pytest.approx(100 + 0.8 * (10 - 100))
-    assert ann.qps_at(front, 0.3) == 1000                            # below every point: the fastest above
-    assert ann.qps_at(front[:3], 0.95) is None                       # never reached
+    assert ann.qps_at(front, 0.3) == 1000  # below every point: the fastest above
+    assert ann.qps_at(front[:3], 0.95) is None  # never reached
 
 
 def test_every_method_sweeps_its_knob_to_a_curve_on_a_small_set():
@@ -25,7 +30,7 @@ def test_every_method_sweeps_its_knob_to_a_curve_on_a_small_set():
         assert methods[exact]["best recall"] >= 0.999, exact
     tree = next(m for m in results if m["method"].startswith("scann tree"))
     assert len(tree["points"]) > 20 and tree["best recall"] >= 0.99
-    assert min(p["recall"] for p in tree["points"]) < 0.9                # the sweep starts cheap
+    assert min(p["recall"] for p in tree["points"]) < 0.9  # the sweep starts cheap
     for m in results:
         f = m["frontier"]
         assert all(a["recall"] < b["recall"] and a["q/s"] > b["q/s"] for a, b in zip(f, f[1:])), m["method"]
@@ -33,23 +38,38 @@ def test_every_method_sweeps_its_knob_to_a_curve_on_a_small_set():
 
 def test_serving_report_takes_medians_and_names_every_missed_target(monkeypatch, tmp_path):
     from bench import common, serving
+
     monkeypatch.setattr(common, "RESULTS", str(tmp_path))
 
     def runs(*qps, p99=10.0):
-        return [{"requests": 100, "failures": 0, "first failure": "", "p50 ms": 1.0, "p99 ms": p99, "q/s": q} for q in qps]
+        return [
+            {"requests": 100, "failures": 0, "first failure": "", "p50 ms": 1.0, "p99 ms": p99, "q/s": q} for q in qps
+        ]
 
-    plan = {"version": "/x/1", "signatures": ["serving_default", "similar_by_id"], "concurrency": [4],
-            "seconds": 1, "repeats": 3}
-    out = {"no-op": {"no-op@4": runs(900, 1000, 5000)},                    # median 1000
-           "in-process": {"serving_default@4": runs(100, 1000, 1000), "similar_by_id@4": runs(1, 1, 1)},
-           "grpc": {"serving_default@4": runs(850, 800, 10, p99=25.0), "similar_by_id@4": runs(650, 690, 700)},
-           "swap": {"requests": 50, "failures": 1, "first failure": "UNAVAILABLE: x", "seconds": 1.0,
-                    "versions": {"1": 50}}}
+    plan = {
+        "version": "/x/1",
+        "signatures": ["serving_default", "similar_by_id"],
+        "concurrency": [4],
+        "seconds": 1,
+        "repeats": 3,
+    }
+    out = {
+        "no-op": {"no-op@4": runs(900, 1000, 5000)},  # median 1000
+        "in-process": {"serving_default@4": runs(100, 1000, 1000), "similar_by_id@4": runs(1, 1, 1)},
+        "grpc": {"serving_default@4": runs(850, 800, 10, p99=25.0), "similar_by_id@4": runs(650, 690, 700)},
+        "swap": {
+            "requests": 50,
+            "failures": 1,
+            "first failure": "UNAVAILABLE: x",
+            "seconds": 1.0,
+            "versions": {"1": 50},
+        },
+    }
     result = serving.report(out, plan, [])
     rows = {r["signature"]: r for r in result["rows"]}
-    assert rows["serving_default"]["q/s ratio"] == pytest.approx(0.8)         # 800 / 1000: met
-    assert rows["serving_default"]["p99 ratio"] == pytest.approx(2.5)         # 25 / 10: missed
-    assert rows["similar_by_id"]["vs no-op q/s"] == pytest.approx(0.69)       # 690 / 1000: missed
+    assert rows["serving_default"]["q/s ratio"] == pytest.approx(0.8)  # 800 / 1000: met
+    assert rows["serving_default"]["p99 ratio"] == pytest.approx(2.5)  # 25 / 10: missed
+    assert rows["similar_by_id"]["vs no-op q/s"] == pytest.approx(0.69)  # 690 / 1000: missed
     assert len(result["misses"]) == 3
     assert "p99 2.50x" in result["misses"][0] and "0.69x the no-op floor" in result["misses"][1]
     assert "hot swap: 1 failed" in result["misses"][2]
@@ -63,7 +83,7 @@ def test_serving_load_counts_answers_and_failures():
             raise RuntimeError("every fourth")
 
     r = serving.load(call, concurrency=2, seconds=0.3)
-    assert r["requests"] > 10 and 0 < r["failures"] < r["requests"]      # thread 1 fails every other call
+    assert r["requests"] > 10 and 0 < r["failures"] < r["requests"]  # thread 1 fails every other call
     assert "every fourth" in r["first failure"] and r["q/s"] == pytest.approx(r["requests"] / r["seconds"])
 
 
@@ -71,14 +91,36 @@ def test_scale_compares_the_engines_per_component_at_the_same_size():
     from bench import scale
 
     def run(engine, rate, until="mf", multiple=4):
-        return {"until": until, "multiple": multiple, "engine": engine, "components": [
-            {"component": "LogTransform", "state": "complete", "n": 1000, "n/s": rate, "peak_rss_mb": 10},
-            {"component": "MFTrainer", "state": "failed", "n": 500, "n/s": None, "peak_rss_mb": 5}]}
-    rows = scale.engine_ratios([run("direct", 200.0), run("portable", 150.0), run("direct", 9.0, until="push"),
-                                run("direct", 1.0, multiple=16)])
-    assert rows == [{"size": "x4", "component": "LogTransform", "n": 1000, "n/s direct": 200.0,
-                     "n/s portable": 150.0, "portable / direct": 0.75, "peak_rss_mb direct": 10,
-                     "peak_rss_mb portable": 10}]
+        return {
+            "until": until,
+            "multiple": multiple,
+            "engine": engine,
+            "components": [
+                {"component": "LogTransform", "state": "complete", "n": 1000, "n/s": rate, "peak_rss_mb": 10},
+                {"component": "MFTrainer", "state": "failed", "n": 500, "n/s": None, "peak_rss_mb": 5},
+            ],
+        }
+
+    rows = scale.engine_ratios(
+        [
+            run("direct", 200.0),
+            run("portable", 150.0),
+            run("direct", 9.0, until="push"),
+            run("direct", 1.0, multiple=16),
+        ]
+    )
+    assert rows == [
+        {
+            "size": "x4",
+            "component": "LogTransform",
+            "n": 1000,
+            "n/s direct": 200.0,
+            "n/s portable": 150.0,
+            "portable / direct": 0.75,
+            "peak_rss_mb direct": 10,
+            "peak_rss_mb portable": 10,
+        }
+    ]
 
 
 def test_quality_over_seeds_takes_means_and_ranges_and_checks_margins_against_the_range():
@@ -87,10 +129,16 @@ def test_quality_over_seeds_takes_means_and_ranges_and_checks_margins_against_th
     from bench.quality import over_seeds
 
     def run(collab, random, pixels):
-        table = {"regression": {"precision@10": collab}, "random": {"precision@10": random},
-                 "pixels": {"precision@10": pixels}}
-        return {"metric": "precision@10", "served": "regression",
-                "facets": {"transfer": {"table": table, "chance": 0.1}}}
+        table = {
+            "regression": {"precision@10": collab},
+            "random": {"precision@10": random},
+            "pixels": {"precision@10": pixels},
+        }
+        return {
+            "metric": "precision@10",
+            "served": "regression",
+            "facets": {"transfer": {"table": table, "chance": 0.1}},
+        }
 
     s = over_seeds([run(0.30, 0.20, 0.29), run(0.34, 0.22, 0.27), run(0.32, 0.21, 0.31)])
     cell = s["facets"]["transfer"]["table"]["served"]

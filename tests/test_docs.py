@@ -1,4 +1,5 @@
 """The docs: results.md is what the committed results give, and every file a doc cites exists."""
+
 import glob
 import os
 import re
@@ -6,8 +7,10 @@ import re
 from bench import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CITED = re.compile(r"(?<![\w/.-])((?:bench|docs|env|kubeflow|pipeline|serving|trainer|transform|collabfeat|tests|\.ci)"
-                   r"/[\w./-]*\w\.(?:json|md|py|sh|yaml|html|png|txt|in|lock))\b")
+CITED = re.compile(
+    r"(?<![\w/.-])((?:bench|docs|env|kubeflow|pipeline|serving|trainer|transform|collabfeat|tests|\.ci)"
+    r"/[\w./-]*\w\.(?:json|md|py|sh|yaml|html|png|txt|in|lock))\b"
+)
 
 
 def test_results_md_is_generated_from_the_committed_results():

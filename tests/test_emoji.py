@@ -1,4 +1,5 @@
 """The default catalogue (the same emoji by several vendors) and the transfer set's labels."""
+
 import csv
 import dataclasses
 import hashlib
@@ -11,7 +12,7 @@ from PIL import Image
 
 from collabfeat import emoji
 from collabfeat.config import SimulatorConfig
-from collabfeat.simulate import OPENCLIPART_DIR, transfer_files, transfer_set, simulate
+from collabfeat.simulate import OPENCLIPART_DIR, simulate, transfer_files, transfer_set
 
 SMALL = SimulatorConfig(n_users=300, n_transfer_images=0, bad_image_count=2)
 
@@ -53,13 +54,13 @@ def test_style_is_the_vendor_crossed_with_category_and_the_split_is_by_emoji(dat
         by_code = {}
         for r in table:
             vendor = r["item_id"].split("-", 1)[0]
-            assert int(r["style"]) == vendors.index(vendor)        # style = vendor
+            assert int(r["style"]) == vendors.index(vendor)  # style = vendor
             by_code.setdefault(code(r), set()).add(vendor)
-        assert all(v == set(vendors) for v in by_code.values())      # every vendor's drawing of each emoji
+        assert all(v == set(vendors) for v in by_code.values())  # every vendor's drawing of each emoji
         cells = Counter((r["label"], r["style"]) for r in table)
-        for label in {r["label"] for r in table}:                    # crossed exactly
+        for label in {r["label"] for r in table}:  # crossed exactly
             assert len({cells[label, str(s)] for s in range(len(vendors))}) == 1
-    assert not {code(r) for r in catalogue} & {code(r) for r in held}    # split by identity
+    assert not {code(r) for r in catalogue} & {code(r) for r in held}  # split by identity
     assert {code(r) for r in unseen} == {code(r) for r in held}
     assert {r["style"] for r in unseen} == {str(len(vendors))}
     assert all(r["item_id"].startswith(SMALL.unseen_vendor + "-") for r in unseen)
@@ -92,8 +93,8 @@ def test_transfer_files_drop_links_duplicates_and_images_with_two_labels(tmp_pat
     for i in range(45):
         _png(root / "animals" / f"a{i}.png", (i, 0, 0))
         _png(root / "food" / "sub" / f"f{i}.png", (0, i + 1, 0))
-    _png(root / "animals" / "copy.png", (3, 0, 0))                  # the same image twice in one category
-    _png(root / "food" / "both.png", (200, 200, 200))               # one image in two categories
+    _png(root / "animals" / "copy.png", (3, 0, 0))  # the same image twice in one category
+    _png(root / "food" / "both.png", (200, 200, 200))  # one image in two categories
     _png(root / "animals" / "both.png", (200, 200, 200))
     os.symlink(root / "food" / "sub" / "f1.png", root / "animals" / "link.png")
     found, dropped = transfer_files(str(root))
@@ -108,7 +109,7 @@ def test_transfer_files_drop_links_duplicates_and_images_with_two_labels(tmp_pat
 def test_the_transfer_sample_holds_no_image_twice():
     """On the real package: no symlink, no two files with the same content, so no image with two labels."""
     paths, labels, names, dropped = transfer_set(2000, np.random.default_rng(8))
-    assert dropped["symlinks"] > 1000                   # the package links 1,221 names to other files
+    assert dropped["symlinks"] > 1000  # the package links 1,221 names to other files
     assert not [p for p in paths if os.path.islink(p)]
     digests = {}
     for p, label in zip(paths, labels):

@@ -1,4 +1,5 @@
 """The whole pipeline on a tiny configuration of the default data, and the pushed artefacts."""
+
 import dataclasses
 import json
 import os
@@ -14,11 +15,21 @@ from collabfeat.pipeline.report import format_report
 from collabfeat.trainer.evaluate import overall
 
 TINY = [
-    "simulator.n_users=600", "simulator.n_items=500", "simulator.n_eval_images=200",
-    "simulator.mean_views_per_user=25", "cnn.image_size=16", "cnn.widths=[8,16]", "cnn.embedding_dim=16",
-    "cnn.epochs=2", "cnn.clusters=6", "eval.baseline_epochs=1", "mf.epochs=10", "mf.dim=16",
-    "simulator.n_transfer_images=150", "eval.imagenet_size=32",
-    "eval.bless_margin=-1",   # a 2-epoch CNN is not meant to be good: push it anyway, check the plumbing
+    "simulator.n_users=600",
+    "simulator.n_items=500",
+    "simulator.n_eval_images=200",
+    "simulator.mean_views_per_user=25",
+    "cnn.image_size=16",
+    "cnn.widths=[8,16]",
+    "cnn.embedding_dim=16",
+    "cnn.epochs=2",
+    "cnn.clusters=6",
+    "eval.baseline_epochs=1",
+    "mf.epochs=10",
+    "mf.dim=16",
+    "simulator.n_transfer_images=150",
+    "eval.imagenet_size=32",
+    "eval.bless_margin=-1",  # a 2-epoch CNN is not meant to be good: push it anyway, check the plumbing
     # the opt-in feature sets too (pseudo-classes, rotation), for their plumbing; not imagenet_regression (slow)
     "eval.baselines=[pseudo_class,supervised,style_supervised,imagenet,rotation,random,pixels]",
 ]
@@ -30,9 +41,18 @@ def run(tmp_path_factory):
     # ALS from row buckets on disk, LogTransform in several hash buckets of users, and CNN epochs
     # bounded below the catalogue's size: the large-data paths.
     # Beam in-process: every Beam stage runs on multi-processing workers in tests/test_failure.py.
-    cfg = config_lib.load(overrides=TINY + ["mf.bucket_pairs=4000", "transform.bucket_rows=4000", "cnn.epoch_images=300",
-                                            "runner.direct_running_mode=in_memory", "runner.direct_num_workers=1",
-                                            f"runner.output_dir={out}", f"serving.push_dir={out}/models"])
+    cfg = config_lib.load(
+        overrides=TINY
+        + [
+            "mf.bucket_pairs=4000",
+            "transform.bucket_rows=4000",
+            "cnn.epoch_images=300",
+            "runner.direct_running_mode=in_memory",
+            "runner.direct_num_workers=1",
+            f"runner.output_dir={out}",
+            f"serving.push_dir={out}/models",
+        ]
+    )
     lines = []
     temp = tempfile.gettempdir()
     before = set(os.listdir(temp))
@@ -42,8 +62,12 @@ def run(tmp_path_factory):
 
 
 def _size(path):
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files
-               if not os.path.islink(os.path.join(d, f)))
+    return sum(
+        os.path.getsize(os.path.join(d, f))
+        for d, _, files in os.walk(path)
+        for f in files
+        if not os.path.islink(os.path.join(d, f))
+    )
 
 
 def test_the_run_leaves_nothing_of_size_in_the_temp_dir(run):
@@ -56,16 +80,16 @@ def test_report_accounts_for_everything(run):
     cfg, report, *_ = run
     sheet = report["datasheet"]
     logs = report["logs"]
-    assert logs["rows_total"] == sheet["rows"]            # every log row is used or has a reason
+    assert logs["rows_total"] == sheet["rows"]  # every log row is used or has a reason
     assert logs["rows"]["used"] > 0.8 * sheet["rows"]
     assert logs["rows"]["unknown_item"] >= 1 and logs["rows"]["missing_user"] >= 1
     cat = report["images"]["catalogue"]["counts"]
-    assert sum(cat.values()) == sheet["images"]["catalogue"]         # every drawing of the catalogue's emoji
+    assert sum(cat.values()) == sheet["images"]["catalogue"]  # every drawing of the catalogue's emoji
     assert cfg.simulator.n_items - 3 <= sheet["images"]["catalogue"] <= cfg.simulator.n_items
     assert cat["used"] == sheet["images"]["catalogue"] - cfg.simulator.bad_image_count
     agree = report["mf"]["agreement@10"]
-    assert agree["style"]["value"] > 1.5 * agree["style"]["chance"]          # behaviour follows style ...
-    assert agree["category"]["value"] > agree["category"]["chance"]          # ... and category, less sharply
+    assert agree["style"]["value"] > 1.5 * agree["style"]["chance"]  # behaviour follows style ...
+    assert agree["category"]["value"] > agree["category"]["chance"]  # ... and category, less sharply
     assert report["mf"]["als_buckets"]["users"] > 1 and report["mf"]["als_buckets"]["items"] > 1
     assert logs["buckets"] > 1 and logs["buckets"] == -(-sheet["rows"] // cfg.transform.bucket_rows)
     assert report["mf"]["recall@20"] > report["mf"]["recall@20_popularity"]
@@ -75,18 +99,31 @@ def test_report_accounts_for_everything(run):
     assert report["cnn"]["with_factor"] > cfg.cnn.epoch_images
     # Every component of this run, timed and measured by the supervisor (pipeline/supervise.py).
     comps = report["components"]
-    assert {"LogsExampleGen", "ImageImport", "LogTransform", "Transform", "MFTrainer", "CNNTrainer",
-            "Evaluator", "Indexer", "Pusher"} <= set(comps)
+    assert {
+        "LogsExampleGen",
+        "ImageImport",
+        "LogTransform",
+        "Transform",
+        "MFTrainer",
+        "CNNTrainer",
+        "Evaluator",
+        "Indexer",
+        "Pusher",
+    } <= set(comps)
     # Each feature set compared was made by a node of its own, and scored from its model.
     kinds = ["pseudo_class", "supervised", "style_supervised", "imagenet", "rotation", "random", "pixels"]
     assert {f"Features_{k}" for k in kinds} <= set(comps)
     assert set(report["features"]) == set(kinds) and all(f["trained"] for f in report["features"].values())
     assert len(report["features"]["supervised"]["losses"]) == cfg.eval.baseline_epochs
-    assert report["features"]["style_supervised"]["images"] == cat["used"]       # every image has a style
+    assert report["features"]["style_supervised"]["images"] == cat["used"]  # every image has a style
     assert report["features"]["imagenet"]["losses"] == []
-    assert report["evaluation"]["models"] == {name: os.path.join(report["artifacts"][
-        "CNNTrainer" if name == "regression" else f"Features_{name}"]["model"][0], "Format-Serving")
-        for name in ["regression"] + kinds}
+    assert report["evaluation"]["models"] == {
+        name: os.path.join(
+            report["artifacts"]["CNNTrainer" if name == "regression" else f"Features_{name}"]["model"][0],
+            "Format-Serving",
+        )
+        for name in ["regression"] + kinds
+    }
     assert set(report["index"]["feature_sets"]) == {"regression", *kinds}
     assert all(c["state"] == "complete" and c["seconds"] >= 0 for c in comps.values())
     assert all(comps[c]["seconds"] > 0 for c in ("LogTransform", "MFTrainer", "CNNTrainer", "Evaluator"))
@@ -118,11 +155,19 @@ def test_report_accounts_for_everything(run):
     assert ev["candidates"] == pytest.approx(mean)
     served = ev["served"]
     assert {c["target"] for c in ev["targets"]} == {
-        f"style: {served} >= supervised + 0.05", f"style: {served} >= imagenet + 0.05",
-        f"style: {served} >= random + 0.10", f"style: {served} >= pixels + 0.10",
-        f"unseen_style: {served} >= imagenet", f"unseen_style: {served} >= random", f"unseen_style: {served} >= pixels",
-        f"category: {served} >= 0.8 x imagenet", f"category: {served} >= random + 0.05",
-        f"category: {served} >= pixels + 0.05", f"transfer: {served} >= random", f"transfer: {served} >= pixels"}
+        f"style: {served} >= supervised + 0.05",
+        f"style: {served} >= imagenet + 0.05",
+        f"style: {served} >= random + 0.10",
+        f"style: {served} >= pixels + 0.10",
+        f"unseen_style: {served} >= imagenet",
+        f"unseen_style: {served} >= random",
+        f"unseen_style: {served} >= pixels",
+        f"category: {served} >= 0.8 x imagenet",
+        f"category: {served} >= random + 0.05",
+        f"category: {served} >= pixels + 0.05",
+        f"transfer: {served} >= random",
+        f"transfer: {served} >= pixels",
+    }
     assert report["index"]["served"] == served
     for c in ev["targets"]:
         assert c["met"] == (dict(c["values"])[c["target"].split()[1]] >= c["needed"] - 1e-4), c
@@ -130,7 +175,8 @@ def test_report_accounts_for_everything(run):
     mean = {name: np.mean([f[facet]["table"][name][m] for facet in f]) for name in (ev["served"], "random", "pixels")}
     assert ev["margins"] == pytest.approx({b: mean[ev["served"]] - mean[b] for b in ("random", "pixels")})
     assert ev["bless_on"] == "the mean over " + ", ".join(
-        f"{name} ({f[name]['images']} images)" for name in ("style", "unseen_style", "category", "transfer"))
+        f"{name} ({f[name]['images']} images)" for name in ("style", "unseen_style", "category", "transfer")
+    )
     assert report["index"]["recall@10"] >= 0.95
     assert report["index"]["settings"]["why"]
     text = format_report(report)
@@ -146,12 +192,21 @@ def test_console_names_each_component_as_it_starts_and_ends_in_order(run):
     cfg, report, lines, _ = run
     assert all(line.startswith("[collabfeat] ") and "\r" not in line for line in lines)
     events = [tuple(line.split()[3:5]) for line in lines]
-    order = ["ImageImport", "LogsExampleGen", "LogTransform", "Transform", "MFTrainer", "CNNTrainer",
-             "Evaluator", "Indexer", "Pusher"]
+    order = [
+        "ImageImport",
+        "LogsExampleGen",
+        "LogTransform",
+        "Transform",
+        "MFTrainer",
+        "CNNTrainer",
+        "Evaluator",
+        "Indexer",
+        "Pusher",
+    ]
     for name in order:
         assert events.count((name, "running")) == 1 and events.count((name, "complete")) == 1, (name, lines)
         assert events.index((name, "running")) < events.index((name, "complete"))
-    ends = [events.index((name, "complete")) for name in order[2:]]       # LogTransform onwards: a chain
+    ends = [events.index((name, "complete")) for name in order[2:]]  # LogTransform onwards: a chain
     assert ends == sorted(ends)
     assert events.index(("LogTransform", "complete")) < events.index(("Transform", "running"))
     said = {line.split()[3]: line for line in lines if " complete after " in line}
@@ -160,8 +215,10 @@ def test_console_names_each_component_as_it_starts_and_ends_in_order(run):
     assert f"recall@10 {report['index']['recall@10']:.3f}" in said["Indexer"]
     assert f"version {report['push']['version']}" in said["Pusher"]
     # The steps' progress was reported to the supervisor (drawn as bars on a terminal only).
-    tasks = {json.loads(line)["task"] for line in open(os.path.join(cfg.runner.output_dir, cfg.runner.pipeline_name,
-                                                                    "progress.jsonl"))}
+    tasks = {
+        json.loads(line)["task"]
+        for line in open(os.path.join(cfg.runner.output_dir, cfg.runner.pipeline_name, "progress.jsonl"))
+    }
     assert {"MF ALS sweeps", "CNN regression", "baseline supervised", "embedding the catalogue"} <= tasks
 
 
@@ -171,13 +228,16 @@ def test_html_report_draws_every_chart_in_a_real_browser(run, tmp_path):
     retrieves (every thumbnail decoded); every chart has drawn, nothing failed; a copy is in the
     pushed version for the explorer."""
     from playwright.sync_api import sync_playwright
+
     cfg, report, *_ = run
     path = report["html"]
     assert open(os.path.join(report["push"]["destination"], "assets.extra", "report.html")).read() == open(path).read()
     shots = str(tmp_path)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
+        browser = pw.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
+        )
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         errors, requests = [], []
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -185,24 +245,33 @@ def test_html_report_draws_every_chart_in_a_real_browser(run, tmp_path):
         page.goto("file://" + path)
         charts = page.locator(".js-plotly-plot")
         titles = page.locator("section h2").all_inner_texts()
-        assert {"Components", "Rows and images used, and dropped by reason", "Matrix factorisation", "CNN training",
-                "Similarity against rank, for fixed catalogue items"} <= set(titles), titles
+        assert {
+            "Components",
+            "Rows and images used, and dropped by reason",
+            "Matrix factorisation",
+            "CNN training",
+            "Similarity against rank, for fixed catalogue items",
+        } <= set(titles), titles
         assert any(t.startswith("Behaviour logs: feature statistics") for t in titles)
         assert any(t.startswith("Retrieval") for t in titles)
         assert titles[0].startswith("Quality: precision@") and titles[1] == "What each feature set retrieves"
         ev = report["evaluation"]
         cells = page.locator("table.quality tr")
-        assert cells.count() == 2 + len(ev["table"])                   # header, chance, one row a feature set
+        assert cells.count() == 2 + len(ev["table"])  # header, chance, one row a feature set
         assert page.locator("li.met, li.missed").count() == len(ev["targets"])
         thumbs = page.locator(".query img")
         per_query = 1 + len(ev["table"]) * 8
         assert thumbs.count() == len(ev["facets"]) * 3 * per_query
-        assert page.evaluate("[...document.querySelectorAll('.query img')].every(i => i.complete && i.naturalWidth > 0)")
-        charts_needed = len(titles) - 3                                 # every section has a chart but these three
+        assert page.evaluate(
+            "[...document.querySelectorAll('.query img')].every(i => i.complete && i.naturalWidth > 0)"
+        )
+        charts_needed = len(titles) - 3  # every section has a chart but these three
         assert charts.count() == charts_needed
-        drawn = ".main-svg .trace, .main-svg .hm"       # plotly's traces; a heatmap (the sweep's) is an .hm image
-        page.wait_for_function(f"[...document.querySelectorAll('.js-plotly-plot')].every(d => d.querySelector('{drawn}'))")
-        for i in range(charts.count()):                                 # every chart drew its traces
+        drawn = ".main-svg .trace, .main-svg .hm"  # plotly's traces; a heatmap (the sweep's) is an .hm image
+        page.wait_for_function(
+            f"[...document.querySelectorAll('.js-plotly-plot')].every(d => d.querySelector('{drawn}'))"
+        )
+        for i in range(charts.count()):  # every chart drew its traces
             assert charts.nth(i).locator(drawn).count() >= 1, i
         assert "recall@20" in page.locator("pre").inner_text()
         page.screenshot(path=os.path.join(shots, "report.png"), full_page=True)
@@ -230,7 +299,7 @@ def test_pushed_version_serves_consistent_answers(run):
     blobs = tf.constant([open(os.path.join(image_dir, f"{i}.png"), "rb").read() for i in names])
     got = model.signatures["serving_default"](images=blobs)["embedding"].numpy()
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(got, emb[:5], atol=1e-5)   # one preprocessing: the Indexer's and the served one
+    np.testing.assert_allclose(got, emb[:5], atol=1e-5)  # one preprocessing: the Indexer's and the served one
     # `similar` agrees with exact search over the pushed embeddings; k is clamped.
     res = model.signatures["similar"](images=blobs, k=tf.constant(7))
     scores = got @ emb.T
@@ -242,6 +311,7 @@ def test_pushed_version_serves_consistent_answers(run):
 
     # The ScaNN index of the same version answers like exact search.
     from collabfeat.serving import index
+
     idx = index.load(extra)
     nn, _ = idx["searcher"].search_batched(emb[:20], final_num_neighbors=1)
     assert [idx["item_ids"][n[0]] for n in nn] == ids[:20]
@@ -250,6 +320,7 @@ def test_pushed_version_serves_consistent_answers(run):
 def test_key_figures_are_artifact_properties_in_mlmd(run):
     from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
+
     cfg, report, *_ = run
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = os.path.join(cfg.runner.output_dir, cfg.runner.pipeline_name, "metadata.sqlite")
@@ -258,8 +329,10 @@ def test_key_figures_are_artifact_properties_in_mlmd(run):
 
     def prop(component, output):
         return props[report["artifacts"][component][output][0]]
-    def same(value):      # MLMD keeps 6 significant digits of a float property
+
+    def same(value):  # MLMD keeps 6 significant digits of a float property
         return pytest.approx(value, abs=1e-6)
+
     assert prop("MFTrainer", "model")["recall@20"].double_value == same(report["mf"]["recall@20"])
     ev, metric = report["evaluation"], report["evaluation"]["metric"]
     figures = prop("Evaluator", "evaluation")
@@ -282,13 +355,16 @@ def test_the_kubeflow_spec_executed_here_pushes_what_the_local_run_pushed(run, t
     from collabfeat.kubeflow.runner import compile_pipeline
     from collabfeat.pipeline import engine
     from tests.test_kubeflow import components
+
     cfg, report, *_ = run
-    job, pool = engine.spare_ports(2)     # not the defaults: another test's run may hold them
+    job, pool = engine.spare_ports(2)  # not the defaults: another test's run may hold them
     cfg = dataclasses.replace(
-        cfg, data=dataclasses.replace(cfg.data, **report["data"]),
-        eval=dataclasses.replace(cfg.eval, baselines=["pseudo_class", "random", "pixels"]),   # 3 feature tasks
+        cfg,
+        data=dataclasses.replace(cfg.data, **report["data"]),
+        eval=dataclasses.replace(cfg.eval, baselines=["pseudo_class", "random", "pixels"]),  # 3 feature tasks
         runner=dataclasses.replace(cfg.runner, engine="portable", portable_job_port=job, portable_pool_port=pool),
-        serving=dataclasses.replace(cfg.serving, push_dir=str(tmp_path / "models")))
+        serving=dataclasses.replace(cfg.serving, push_dir=str(tmp_path / "models")),
+    )
     cfg = local.local_config(cfg, str(tmp_path / "root"))
     spec = compile_pipeline(cfg, str(tmp_path / "pipeline.json"))
     assert f"--job_endpoint=localhost:{job}" in open(spec).read()
@@ -296,7 +372,7 @@ def test_the_kubeflow_spec_executed_here_pushes_what_the_local_run_pushed(run, t
     done = local.execute(cfg, spec, cfg.runner.kubeflow_pipeline_root, cfg.runner.container_repo_dir, lines.append)
     assert set(done) == components(cfg)
     assert sum(" complete after " in line for line in lines) == len(done), lines
-    assert engine.jobs_completed(cfg.runner.kubeflow_pipeline_root) >= 5     # every Beam stage went there
+    assert engine.jobs_completed(cfg.runner.kubeflow_pipeline_root) >= 5  # every Beam stage went there
 
     [version] = os.listdir(tmp_path / "models" / "collabfeat")
     theirs = tf.saved_model.load(str(tmp_path / "models" / "collabfeat" / version))
@@ -318,6 +394,7 @@ def test_the_code_hash_covers_the_packages_only_so_a_run_in_the_checkout_keeps_t
     code hash (a parameter of every collabfeat component) must not see them: it hashes the
     packages' folders only, and the output root is none of them."""
     from collabfeat.pipeline import pipeline
+
     repo = os.path.realpath(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     tops = [os.path.join(repo, d) + os.sep for d in ("collabfeat", "pipeline", "trainer", "transform", "serving")]
     files = [path for _, path in pipeline.code_files()]
@@ -339,10 +416,11 @@ def test_a_rerun_reuses_what_is_unchanged_and_reruns_from_a_changed_setting(run)
     same = dataclasses.replace(cfg, serving=dataclasses.replace(cfg.serving, port=cfg.serving.port + 1))
     again = supervise.run(same, "push", log, echo=lines.append)
     assert {name: c["state"] for name, c in again["components"].items()} == {
-        name: "cached" for name in first["components"]}, lines
+        name: "cached" for name in first["components"]
+    }, lines
     assert sum(" cached (inputs, settings and code unchanged" in line for line in lines) == len(first["components"])
     for key in ("images", "logs", "mf", "cnn", "evaluation", "index", "push"):
-        assert again[key] == first[key], key           # the same artifacts: no new version pushed
+        assert again[key] == first[key], key  # the same artifacts: no new version pushed
     lines = []
     more = dataclasses.replace(cfg, cnn=dataclasses.replace(cfg.cnn, epochs=cfg.cnn.epochs + 1))
     changed = supervise.run(more, "cnn", log, echo=lines.append)
@@ -357,9 +435,14 @@ def test_a_rerun_reuses_what_is_unchanged_and_reruns_from_a_changed_setting(run)
     changed = supervise.run(longer, "evaluate", log, echo=lines.append)
     states = {name: c["state"] for name, c in changed["components"].items()}
     assert {n for n, s in states.items() if s == "complete"} == {
-        "Features_supervised", "Features_style_supervised", "Features_rotation", "Evaluator"}, lines
+        "Features_supervised",
+        "Features_style_supervised",
+        "Features_rotation",
+        "Evaluator",
+    }, lines
     assert {"Features_pseudo_class", "Features_imagenet", "Features_random", "Features_pixels", "CNNTrainer"} <= {
-        n for n, s in states.items() if s == "cached"}
+        n for n, s in states.items() if s == "cached"
+    }
     assert len(changed["features"]["rotation"]["losses"]) == cfg.eval.baseline_epochs + 1
     assert changed["evaluation"]["table"]["pixels"] == first["evaluation"]["table"]["pixels"]
     # The push guard in the pipeline: a push must now beat the served version (the first run's, the

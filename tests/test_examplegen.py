@@ -1,4 +1,5 @@
 """The streaming ExampleGen writes what TFX's own CsvExampleGen writes, without holding the rows."""
+
 import collections
 import glob
 import json
@@ -20,25 +21,33 @@ from tests import fresh
 ARGS = pipeline.beam_args(config_lib.load(overrides=["runner.direct_running_mode=in_memory"]))
 # Quoted commas, a quoted line break, empty cells, a column that looks integral until a decimal
 # appears late, and one that is integral throughout: TFX types columns over all rows.
-TRICKY = "\n".join([
-    "user_id,item_id,event,timestamp,score",
-    "u1,i1,view,1,1",
-    'u2,"i,2",appreciate,2,',
-    'u3,"two\nlines",view,3,4',
-    ",i4,view,,3",
-    "u5,i5,view,5,2.5",
-    "u6,i6,,6,7",
-]) + "\n"
+TRICKY = (
+    "\n".join(
+        [
+            "user_id,item_id,event,timestamp,score",
+            "u1,i1,view,1,1",
+            'u2,"i,2",appreciate,2,',
+            'u3,"two\nlines",view,3,4',
+            ",i4,view,,3",
+            "u5,i5,view,5,2.5",
+            "u6,i6,,6,7",
+        ]
+    )
+    + "\n"
+)
 
 
 def run(executor_cls, input_base, out, pattern="*"):
     inp, outc = pipeline._single_split(pattern)
     examples = standard_artifacts.Examples()
     examples.uri = str(out)
-    props = {"input_base": str(input_base), "input_config": proto_utils.proto_to_json(inp),
-             "output_config": proto_utils.proto_to_json(outc),
-             "output_data_format": example_gen_pb2.FORMAT_TF_EXAMPLE,
-             "output_file_format": example_gen_pb2.FORMAT_TFRECORDS_GZIP}
+    props = {
+        "input_base": str(input_base),
+        "input_config": proto_utils.proto_to_json(inp),
+        "output_config": proto_utils.proto_to_json(outc),
+        "output_data_format": example_gen_pb2.FORMAT_TF_EXAMPLE,
+        "output_file_format": example_gen_pb2.FORMAT_TFRECORDS_GZIP,
+    }
     ctx = BaseBeamExecutor.Context(beam_pipeline_args=ARGS)
     executor_cls(ctx).Do({}, {"examples": [examples]}, props)
     return examples
@@ -49,8 +58,14 @@ def records(examples):
     out = collections.Counter()
     for r in tf.data.TFRecordDataset(files, compression_type="GZIP"):
         features = tf.train.Example.FromString(r.numpy()).features.feature
-        out[tuple(sorted((k, v.WhichOneof("kind"), tuple(getattr(v, v.WhichOneof("kind")).value))
-                         for k, v in features.items()))] += 1
+        out[
+            tuple(
+                sorted(
+                    (k, v.WhichOneof("kind"), tuple(getattr(v, v.WhichOneof("kind")).value))
+                    for k, v in features.items()
+                )
+            )
+        ] += 1
     return out
 
 
@@ -58,8 +73,9 @@ def test_same_records_and_properties_as_tfx_csv_example_gen(tmp_path, monkeypatc
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "a.csv").write_text(TRICKY)
-    (logs / "b.csv").write_text("user_id,item_id,event,timestamp,score\n" + "".join(
-        f"u{i},i{i % 7},view,{i},{i % 5}\n" for i in range(9, 300)))     # no quotes: read in byte ranges
+    (logs / "b.csv").write_text(
+        "user_id,item_id,event,timestamp,score\n" + "".join(f"u{i},i{i % 7},view,{i},{i % 5}\n" for i in range(9, 300))
+    )  # no quotes: read in byte ranges
     monkeypatch.setattr(examplegen, "RANGE_BYTES", 1000)
     ours = run(examplegen.CsvExecutor, logs, tmp_path / "ours")
     theirs = run(tfx_csv.Executor, logs, tmp_path / "theirs")
@@ -67,8 +83,13 @@ def test_same_records_and_properties_as_tfx_csv_example_gen(tmp_path, monkeypatc
     assert got == records(theirs)
     assert sum(got.values()) == 6 + 291
     kinds = {k: kind for row in got for k, kind, _ in row}
-    assert kinds == {"user_id": "bytes_list", "item_id": "bytes_list", "event": "bytes_list",
-                     "timestamp": "int64_list", "score": "float_list"}
+    assert kinds == {
+        "user_id": "bytes_list",
+        "item_id": "bytes_list",
+        "event": "bytes_list",
+        "timestamp": "int64_list",
+        "score": "float_list",
+    }
     assert any(("item_id", "bytes_list", (b"two\nlines",)) in row for row in got)
     assert ours.split_names == theirs.split_names == '["all"]'
     for read in (examples_utils.get_payload_format, examples_utils.get_file_format):
@@ -78,7 +99,7 @@ def test_same_records_and_properties_as_tfx_csv_example_gen(tmp_path, monkeypatc
 @pytest.mark.parametrize("range_bytes", [1, 2, 3, 7, 16, 1000])
 def test_byte_ranges_yield_every_record_once(tmp_path, monkeypatch, range_bytes):
     monkeypatch.setattr(examplegen, "RANGE_BYTES", range_bytes)
-    lines = ["h1,h2\n", "a,1\n", "\n", "bcdefgh,22\n", "é,3\r\n", "x,4"]   # no newline at the end
+    lines = ["h1,h2\n", "a,1\n", "\n", "bcdefgh,22\n", "é,3\r\n", "x,4"]  # no newline at the end
     path = tmp_path / "plain.csv"
     path.write_bytes("".join(lines).encode())
     ranges = list(examplegen._ranges(str(path)))
@@ -111,7 +132,11 @@ class _Lossy(beam.DoFn):
 
     def process(self, example):
         import os
-        if example.features.feature["user_id"].bytes_list.value == [b"u1"] and len(os.listdir(self.flags)) < self.losses:
+
+        if (
+            example.features.feature["user_id"].bytes_list.value == [b"u1"]
+            and len(os.listdir(self.flags)) < self.losses
+        ):
             open(os.path.join(self.flags, str(len(os.listdir(self.flags)))), "w").close()
             return
         yield example.SerializeToString()
@@ -128,8 +153,9 @@ def test_records_the_runner_loses_are_written_again_once_then_refused(tmp_path, 
         written = records(run(examplegen.CsvExecutor, logs, tmp_path / "out"))
         assert sum(written.values()) == 30 and len(list(flags.iterdir())) == 1
     else:
-        with pytest.raises(RuntimeError, match="split all: 30 rows read, 29 records written. Beam's runner "
-                                               "lost records, twice"):
+        with pytest.raises(
+            RuntimeError, match="split all: 30 rows read, 29 records written. Beam's runner lost records, twice"
+        ):
             run(examplegen.CsvExecutor, logs, tmp_path / "out")
 
 
@@ -145,20 +171,26 @@ print(tracemalloc.get_traced_memory()[1])
 """
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_the_rows(tmp_path, executor="examplegen.CsvExecutor"):
     """Peak Python memory (tracemalloc, in a fresh interpreter: Beam's in-memory runner runs the
     workers in it) at 4,000 and 32,000 rows. Measured 2026-11-23: ours 14.31 and 14.31 MB; TFX's
     CsvExampleGen (executor="tfx_csv.Executor") 14.1 and 24.8 MB, as its reshuffle and its
     type-inference side input hold every row."""
     import os
+
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     peaks = []
     for n in (4_000, 32_000):
         logs = tmp_path / f"logs{n}"
         logs.mkdir()
-        (logs / "logs.csv").write_text("user_id,item_id,event,timestamp\n" + "".join(
-            f"user{i % 997},item{i % 5003},{'view' if i % 7 else 'appreciate'},{1_600_000_000 + i}\n"
-            for i in range(n)))
+        (logs / "logs.csv").write_text(
+            "user_id,item_id,event,timestamp\n"
+            + "".join(
+                f"user{i % 997},item{i % 5003},{'view' if i % 7 else 'appreciate'},{1_600_000_000 + i}\n"
+                for i in range(n)
+            )
+        )
         code = PEAK.format(repo=repo, executor=executor, logs=str(logs), out=str(tmp_path / f"out{n}"))
         peaks.append(fresh.last_number(code))
     assert peaks[1] < 1.2 * peaks[0], json.dumps(peaks)

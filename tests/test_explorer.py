@@ -1,5 +1,6 @@
 """The explorer page in a real headless Chromium (Debian's), driven by Playwright, against the
 real explorer server over a real pushed version. Screenshots land under pytest's temporary directory."""
+
 import http.client
 import io
 import json
@@ -9,7 +10,6 @@ import sys
 import urllib.error
 import urllib.request
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -23,7 +23,7 @@ REPORT = "<!doctype html><title>collabfeat run report</title><p>the run that pus
 
 def start_explorer(tmp, n=300, map_sample=20000, report=True):
     version = push_version(str(tmp / "models"), n=n, map_sample=map_sample)
-    if report:       # what the supervisor copies into the version it pushed (pipeline/supervise.write_html)
+    if report:  # what the supervisor copies into the version it pushed (pipeline/supervise.write_html)
         with open(os.path.join(version, "assets.extra", "report.html"), "w") as f:
             f.write(REPORT)
     # The pushed run config names the item table the thumbnails come from: write it.
@@ -31,15 +31,18 @@ def start_explorer(tmp, n=300, map_sample=20000, report=True):
     (tmp / "img").mkdir()
     with open(tmp / "items.csv", "w") as f:
         f.write("item_id,image,label,style\n")
-        for j, (i, b, l) in enumerate(zip(ids, blobs, labels)):
+        for j, (i, b, label) in enumerate(zip(ids, blobs, labels)):
             (tmp / "img" / f"{i}.png").write_bytes(b)
-            f.write(f"{i},{i}.png,{l},{j % 3}\n")      # a second facet: style j mod 3
+            f.write(f"{i},{i}.png,{label},{j % 3}\n")  # a second facet: style j mod 3
     cfg_path = os.path.join(version, "assets.extra", "config.json")
     cfg = json.load(open(cfg_path))
     cfg["data"].update(items=str(tmp / "items.csv"), image_dir=str(tmp / "img"))
     json.dump(cfg, open(cfg_path, "w"))
-    proc = subprocess.Popen([sys.executable, "-m", "collabfeat", "explore", "--model-base-path",
-                             os.path.dirname(version), "--port", "0"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "collabfeat", "explore", "--model-base-path", os.path.dirname(version), "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline()
     assert "explorer on" in line, line
     return proc, {"url": line.split()[3], "ids": ids, "labels": labels, "tmp": tmp}
@@ -55,9 +58,18 @@ def explorer(tmp_path_factory):
 
 def open_page(pw, url, width, height):
     """Debian's Chromium on the explorer's page, once it says it is ready: (browser, page, page errors)."""
-    browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
-        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"])
+    browser = pw.chromium.launch(
+        executable_path=CHROMIUM,
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-quic",
+        ],
+    )
     page = browser.new_page(viewport={"width": width, "height": height})
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -73,7 +85,9 @@ def get(url):
 
 def status_of(url, data=None):
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=data, method="POST" if data else "GET"), timeout=30) as r:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, data=data, method="POST" if data else "GET"), timeout=30
+        ) as r:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
@@ -83,9 +97,17 @@ def test_image_serving_is_safe(explorer):
     u = explorer["url"]
     code, ctype, body = get(f"{u}img/t00003?size=40")
     assert code == 200 and ctype == "image/png" and Image.open(io.BytesIO(body)).size == (40, 40)
-    assert Image.open(io.BytesIO(get(f"{u}img/t00003?size=100000")[2])).size == (256, 256)   # bounded
-    for bad in ("img/..%2F..%2F..%2Fetc%2Fpasswd", "img/../../etc/passwd", "img/%2Fetc%2Fpasswd", "img/nope",
-                "static/..%2Fexplorer.py", "static/explorer.py", "../serving/explorer.py", "img/t00003/extra"):
+    assert Image.open(io.BytesIO(get(f"{u}img/t00003?size=100000")[2])).size == (256, 256)  # bounded
+    for bad in (
+        "img/..%2F..%2F..%2Fetc%2Fpasswd",
+        "img/../../etc/passwd",
+        "img/%2Fetc%2Fpasswd",
+        "img/nope",
+        "static/..%2Fexplorer.py",
+        "static/explorer.py",
+        "../serving/explorer.py",
+        "img/t00003/extra",
+    ):
         assert status_of(u + bad) == 404, bad
     assert status_of(f"{u}api/upload", data=b"not an image") == 400
     # An oversized upload is refused from its declared length, before its body is read.
@@ -115,13 +137,16 @@ def shots(tmp_path_factory):
 
 def test_browse_query_brush_upload_compare_and_switch(explorer, shots):
     from playwright.sync_api import sync_playwright
+
     u = explorer["url"]
     with sync_playwright() as pw:
         browser, page, errors = open_page(pw, u, 1500, 1100)
         thumbs = page.locator("#grid img.thumb")
-        assert thumbs.count() == 48                                   # one page, not the catalogue
+        assert thumbs.count() == 48  # one page, not the catalogue
         assert page.locator("#report").is_visible() and page.locator("#report").get_attribute("href") == "/report"
-        page.wait_for_function("[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)")
+        page.wait_for_function(
+            "[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)"
+        )
         page.screenshot(path=os.path.join(shots, "1-browse.png"))
 
         # Click a thumbnail: a row with the server's neighbours and a curve.
@@ -165,7 +190,9 @@ def test_browse_query_brush_upload_compare_and_switch(explorer, shots):
         page.wait_for_function(f"window.explorerState.marked && window.explorerState.marked.id === '{hovered_id}'")
         marked = page.evaluate("window.explorerState.marked")
         for q, pos in zip(page.evaluate("window.explorerState.queries.map(q => q.spec)"), marked["positions"]):
-            check = json.loads(get(f"{u}api/position?item={marked['id']}&set={q['set']}&source={q['source']}&key={q['key']}")[2])
+            check = json.loads(
+                get(f"{u}api/position?item={marked['id']}&set={q['set']}&source={q['source']}&key={q['key']}")[2]
+            )
             assert check == pos
         assert page.evaluate(curves) == 3
         marks = page.evaluate("document.getElementById('summary').data.filter(t => t.mode !== 'lines')")
@@ -185,7 +212,7 @@ def test_browse_query_brush_upload_compare_and_switch(explorer, shots):
         page.screenshot(path=os.path.join(shots, "7-map.png"))
         # Colour the map by each facet: the points' colours are that facet's values, item by item.
         assert page.eval_on_selector_all("#facet option", "os => os.map(o => o.value)") == ["category", "style"]
-        expect = {i: (int(l), j % 3) for j, (i, l) in enumerate(zip(explorer["ids"], explorer["labels"]))}
+        expect = {i: (int(label), j % 3) for j, (i, label) in enumerate(zip(explorer["ids"], explorer["labels"]))}
         ids = page.evaluate("document.getElementById('map').data[1].text")
         colours = page.evaluate("document.getElementById('map').data[1].marker.color")
         assert colours == [expect[i][0] for i in ids]
@@ -201,7 +228,9 @@ def test_a_large_catalogue_stays_light_in_the_browser(tmp_path, shots):
     """24,000 items: the map sends a bounded sample of points over a density layer of all of them,
     the grid pages are one page each (also far into the catalogue), and both draw in a real browser."""
     from playwright.sync_api import sync_playwright
+
     from collabfeat.serving.explorer import MAP_POINTS
+
     n = 24000
     proc, info = start_explorer(tmp_path, n=n, map_sample=3000, report=False)
     try:
@@ -211,17 +240,21 @@ def test_a_large_catalogue_stays_light_in_the_browser(tmp_path, shots):
         m = json.loads(body)
         assert m["total"] == n and len(m["ids"]) == len(m["x"]) == MAP_POINTS < n
         assert len(set(m["ids"])) == MAP_POINTS and set(m["ids"]) <= set(info["ids"])
-        assert sum(map(sum, m["density"]["z"])) == n                      # every item in the density
+        assert sum(map(sum, m["density"]["z"])) == n  # every item in the density
         assert len(body) < 1_000_000
         last = json.loads(get(f"{u}api/items?page=499&size=48")[2])
         assert last["pages"] == 500 and len(last["items"]) == 48
         with sync_playwright() as pw:
             browser, page, errors = open_page(pw, u, 1300, 900)
             assert page.locator("#grid img.thumb").count() == 48
-            page.wait_for_function("[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)")
+            page.wait_for_function(
+                "[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)"
+            )
             page.click("#tab-map")
             page.wait_for_selector("#map .heatmaplayer image, #map canvas")
-            page.wait_for_function("document.getElementById('map').data && document.getElementById('map').data.length === 2")
+            page.wait_for_function(
+                "document.getElementById('map').data && document.getElementById('map').data.length === 2"
+            )
             assert page.evaluate("document.getElementById('map').data[1].x.length") == MAP_POINTS
             page.screenshot(path=os.path.join(shots, "8-map-24k.png"))
             browser.close()

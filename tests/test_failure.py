@@ -2,6 +2,7 @@
 as the kernel's out-of-memory killer would) ends with one line naming the component, the cause and
 the log; the report of the components that finished is still written, and the next run resumes
 where the last one ended. One test, two runs: the second resumes the first."""
+
 import json
 import os
 import re
@@ -51,7 +52,7 @@ def test_a_stopped_run_and_a_killed_component_are_named_and_the_next_run_resumes
     try:
         _wait_for(cli, "LogsExampleGen running", deadline)
         tree = []
-        while time.time() < deadline:    # until Beam's workers are up
+        while time.time() < deadline:  # until Beam's workers are up
             tree = psutil.Process(cli.pid).children(recursive=True)
             if any("sdk_worker_main" in " ".join(_cmdline(p)) for p in tree):
                 break
@@ -69,8 +70,9 @@ def test_a_stopped_run_and_a_killed_component_are_named_and_the_next_run_resumes
     stopped = report["failed"]["component"]
     assert report["components"][stopped]["state"] == "running"
     assert report["components"]["ImageImport"]["state"] == "complete"
-    assert err.strip().splitlines()[-1] == (f"collabfeat: {stopped} stopped: SIGTERM: the run was asked to stop, "
-                                            f"and its processes were ended; log: {log}")
+    assert err.strip().splitlines()[-1] == (
+        f"collabfeat: {stopped} stopped: SIGTERM: the run was asked to stop, and its processes were ended; log: {log}"
+    )
 
     # 2. The same command again resumes: what had finished comes from TFX's cache. SIGKILL to the
     #    pipeline's process (as the out-of-memory killer would) while LogTransform's Beam workers run:
@@ -78,7 +80,7 @@ def test_a_stopped_run_and_a_killed_component_are_named_and_the_next_run_resumes
     cli = _start(tmp_path)
     try:
         said = _wait_for(cli, "LogTransform running", time.time() + 400)
-        [pipeline] = psutil.Process(cli.pid).children()   # the supervised pipeline process
+        [pipeline] = psutil.Process(cli.pid).children()  # the supervised pipeline process
         workers = _beam_workers(pipeline, time.time() + 120)
         pipeline.send_signal(signal.SIGKILL)
         out, err = cli.communicate(timeout=120)
@@ -89,9 +91,15 @@ def test_a_stopped_run_and_a_killed_component_are_named_and_the_next_run_resumes
     assert alive == [], f"the killed pipeline's workers still run: {[_cmdline(p) for p in alive]}"
     assert cli.returncode == 1
     last = err.strip().splitlines()[-1]
-    assert re.fullmatch(re.escape("collabfeat: LogTransform failed: killed by signal 9 (SIGKILL: the kernel's "
-                                  "out-of-memory killer sends this when memory runs out)")
-                        + r"( \(peak memory \d+\.\d GB\))?" + re.escape(f"; log: {log}"), last), last
+    assert re.fullmatch(
+        re.escape(
+            "collabfeat: LogTransform failed: killed by signal 9 (SIGKILL: the kernel's "
+            "out-of-memory killer sends this when memory runs out)"
+        )
+        + r"( \(peak memory \d+\.\d GB\))?"
+        + re.escape(f"; log: {log}"),
+        last,
+    ), last
     assert os.path.exists(log)
     # The report of what finished: written, printed, and not mixed with the earlier run.
     report = _report(tmp_path)

@@ -4,6 +4,7 @@ Two independent checks of the conversion: a forward pass written here in numpy s
 state dict (PyTorch's NCHW layout and conventions, no Keras), and the ImageNet classes the
 converted network gives real photos (scikit-image's sample photos: a cat, an espresso, a rocket,
 a moped)."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,6 +19,7 @@ def weights():
 
 def photo(name: str, size: int) -> np.ndarray:
     from skimage import data
+
     pixels = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
     im = Image.fromarray(pixels).convert("RGB")
     w, h = im.size
@@ -27,6 +29,7 @@ def photo(name: str, size: int) -> np.ndarray:
 
 
 # --- the reference: PyTorch semantics in numpy (x: [C, H, W]) ---------------------------------
+
 
 def conv(x, w, stride=1, groups=1):
     """torch.nn.functional.conv2d with padding k // 2 (the reference's padding)."""
@@ -38,10 +41,10 @@ def conv(x, w, stride=1, groups=1):
     out = np.zeros((o, h, wd), np.float64)
     for dy in range(k):
         for dx in range(k):
-            patch = x[:, dy:dy + stride * h:stride, dx:dx + stride * wd:stride]    # [C, h, wd]
+            patch = x[:, dy : dy + stride * h : stride, dx : dx + stride * wd : stride]  # [C, h, wd]
             if groups == 1:
                 out += np.einsum("oc,chw->ohw", w[:, :, dy, dx], patch)
-            else:                                                             # depthwise
+            else:  # depthwise
                 out += w[:, 0, dy, dx][:, None, None] * patch
     return out
 
@@ -76,7 +79,7 @@ def test_the_state_dict_is_efficientnet_lite0(weights):
     assert weights["_fc.weight"].shape == (1000, 1280)
     assert sum(v.size for k, v in weights.items() if not k.endswith("num_batches_tracked")) > 4.6e6
     assert len([k for k in weights if k.endswith("_depthwise_conv.weight")]) == len(imagenet.blocks()) == 16
-    for i, (k, _, _, _, c_out) in enumerate(imagenet.blocks()):   # kernel sizes and widths match the stages
+    for i, (k, _, _, _, c_out) in enumerate(imagenet.blocks()):  # kernel sizes and widths match the stages
         assert weights[f"_blocks.{i}._depthwise_conv.weight"].shape[2:] == (k, k)
         assert weights[f"_blocks.{i}._project_conv.weight"].shape[0] == c_out
 
@@ -94,10 +97,12 @@ def test_the_keras_network_computes_what_the_state_dict_defines(weights):
 
 def test_real_photos_get_their_imagenet_classes(weights):
     net = imagenet.efficientnet_lite0(224, weights, classes=True)
-    photos = {"chelsea": {281, 282, 283, 284, 285},    # tabby, tiger cat, Persian, Siamese, Egyptian cat
-              "coffee": {967, 968},                     # espresso, cup
-              "rocket": {657, 812},                     # missile, space shuttle
-              "motorcycle": {665, 670}}            # moped, motor scooter
+    photos = {
+        "chelsea": {281, 282, 283, 284, 285},  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+        "coffee": {967, 968},  # espresso, cup
+        "rocket": {657, 812},  # missile, space shuttle
+        "motorcycle": {665, 670},
+    }  # moped, motor scooter
     _, logits = net.predict_on_batch(np.stack([photo(name, 224) for name in photos]))
     for (name, classes), row in zip(photos.items(), logits):
         top = np.argsort(-row)[:2]
@@ -106,14 +111,16 @@ def test_real_photos_get_their_imagenet_classes(weights):
     assert len({int(np.argmax(r)) for r in logits}) == len(photos)
 
 
+@pytest.mark.slow
 def test_the_feature_backbone_takes_the_pipelines_images_and_saves_as_a_feature_model(weights, tmp_path):
     from collabfeat import images as images_lib
     from collabfeat.serving import export
+
     net = imagenet.backbone(32, 64, weights)
     x = np.stack([photo("chelsea", 32), photo("rocket", 32)])
     a = net.predict_on_batch(x)
-    assert a.shape == (2, 1280) and (a >= 0).all()              # ReLU6 features, pooled
-    export.save_features(net, 32, str(tmp_path / "imagenet"))    # as Features_imagenet saves it
+    assert a.shape == (2, 1280) and (a >= 0).all()  # ReLU6 features, pooled
+    export.save_features(net, 32, str(tmp_path / "imagenet"))  # as Features_imagenet saves it
     b = export.embed(str(tmp_path / "imagenet"), [[images_lib.encode_png(p.astype(np.uint8)) for p in x]])
     np.testing.assert_allclose(b, a / np.linalg.norm(a, axis=1, keepdims=True), atol=1e-5)
 

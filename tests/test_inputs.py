@@ -1,4 +1,5 @@
 """Bad input gets a reason naming the record, is counted, and never stops the run."""
+
 import glob
 import io
 import json
@@ -22,24 +23,29 @@ def items(tmp_path):
     d = tmp_path / "img"
     d.mkdir()
     write_image(d / "a.png", (28, 28), mode="L")
-    write_image(d / "b.jpg", (640, 480), fmt="JPEG")           # any size, RGB
-    write_image(tmp_path / "abs.png", (50, 20))                 # absolute path
-    (d / "bad.png").write_bytes(b"GIF89a not really")           # corrupt
+    write_image(d / "b.jpg", (640, 480), fmt="JPEG")  # any size, RGB
+    write_image(tmp_path / "abs.png", (50, 20))  # absolute path
+    (d / "bad.png").write_bytes(b"GIF89a not really")  # corrupt
     table = tmp_path / "items.csv"
-    table.write_text("\n".join([
-        "item_id,image,label",
-        "a,a.png,1",
-        "b,b.jpg,",
-        f"c,{tmp_path / 'abs.png'},2",
-        f"u,file://{tmp_path / 'abs.png'},2",
-        "d,missing.png,3",
-        "e,bad.png,3",
-        "a,b.jpg,1",                      # duplicate id
-        ",a.png,1",                       # no id
-        "f,a.png,seven",                  # bad label
-        "g,a.png",                        # too few fields
-        "",
-    ]) + "\n")
+    table.write_text(
+        "\n".join(
+            [
+                "item_id,image,label",
+                "a,a.png,1",
+                "b,b.jpg,",
+                f"c,{tmp_path / 'abs.png'},2",
+                f"u,file://{tmp_path / 'abs.png'},2",
+                "d,missing.png,3",
+                "e,bad.png,3",
+                "a,b.jpg,1",  # duplicate id
+                ",a.png,1",  # no id
+                "f,a.png,seven",  # bad label
+                "g,a.png",  # too few fields
+                "",
+            ]
+        )
+        + "\n"
+    )
     return str(table), str(d)
 
 
@@ -47,8 +53,11 @@ def run_import(table, image_dir, tmp_path, size=32):
     out = str(tmp_path / "out")
     with beam.Pipeline() as p:
         res = p | ImportItems(table, image_dir, size)
-        _ = res["records"] | beam.Map(lambda r: json.dumps({"item_id": r["item_id"], "label": r["label"],
-                                                              "png": r["image"].hex()})) | beam.io.WriteToText(out)
+        _ = (
+            res["records"]
+            | beam.Map(lambda r: json.dumps({"item_id": r["item_id"], "label": r["label"], "png": r["image"].hex()}))
+            | beam.io.WriteToText(out)
+        )
         _ = res["outcomes"] | outcomes.WriteOutcomes(out + "-outcomes.json")
     recs = [json.loads(line) for path in glob.glob(out + "-0*") for line in open(path)]
     return {r["item_id"]: r for r in recs}, outcomes.read(out + "-outcomes.json")
@@ -58,8 +67,15 @@ def test_item_table_rows_are_all_accounted_for(items, tmp_path):
     table, image_dir = items
     recs, result = run_import(table, image_dir, tmp_path)
     assert set(recs) == {"a", "b", "c", "u"}
-    assert result["counts"] == {"used": 4, "missing_image": 1, "corrupt_image": 1, "duplicate_item": 1,
-                                "missing_id": 1, "bad_label": 1, "bad_row": 1}
+    assert result["counts"] == {
+        "used": 4,
+        "missing_image": 1,
+        "corrupt_image": 1,
+        "duplicate_item": 1,
+        "missing_id": 1,
+        "bad_label": 1,
+        "bad_row": 1,
+    }
     assert recs["b"]["label"] == -1 and recs["a"]["label"] == 1
     # Every image is decoded to RGB at the configured size, whatever it was.
     for r in recs.values():
@@ -122,25 +138,33 @@ def test_one_preprocessing_for_training_and_serving(tmp_path):
     upscaled, palette, grey, RGBA, grey+alpha, GIF, BMP and JPEG. The pixels are also checked
     against PIL's own decoding and resizing, an independent implementation."""
     import tensorflow as tf
+
     from collabfeat.catalogue import load_record
     from collabfeat.serving import export
     from collabfeat.trainer import cnn
 
     yy, xx = np.mgrid[0:90, 0:140]
     smooth = np.stack([xx * 255 // 139, yy * 255 // 89, (xx + yy) * 255 // 228], -1).astype(np.uint8)
-    photo = Image.fromarray(smooth)                          # 140 x 90: not square
+    photo = Image.fromarray(smooth)  # 140 x 90: not square
     rgba = photo.copy()
     rgba.putalpha(Image.fromarray((xx * 255 // 139).astype(np.uint8)))
-    kinds = {"rgb.png": (photo, "PNG"), "rgb.jpg": (photo, "JPEG"), "palette.png": (photo.convert("P"), "PNG"),
-             "grey.png": (photo.convert("L"), "PNG"), "rgba.png": (rgba, "PNG"),
-             "grey-alpha.png": (rgba.convert("LA"), "PNG"), "anim.gif": (photo.convert("P"), "GIF"),
-             "bitmap.bmp": (photo, "BMP"), "tiny.png": (photo.resize((10, 7)), "PNG")}
+    kinds = {
+        "rgb.png": (photo, "PNG"),
+        "rgb.jpg": (photo, "JPEG"),
+        "palette.png": (photo.convert("P"), "PNG"),
+        "grey.png": (photo.convert("L"), "PNG"),
+        "rgba.png": (rgba, "PNG"),
+        "grey-alpha.png": (rgba.convert("LA"), "PNG"),
+        "anim.gif": (photo.convert("P"), "GIF"),
+        "bitmap.bmp": (photo, "BMP"),
+        "tiny.png": (photo.resize((10, 7)), "PNG"),
+    }
     for name, (im, fmt) in kinds.items():
         im.save(tmp_path / name, format=fmt)
     size = 32
     cfg = config_lib.load(overrides=[f"cnn.image_size={size}", "cnn.widths=[8,16]", "cnn.embedding_dim=16"])
     net = cnn.random_init(cfg.cnn)
-    export.save_features(net, size, str(tmp_path / "features"))           # as the trainers save a feature model
+    export.save_features(net, size, str(tmp_path / "features"))  # as the trainers save a feature model
     export.export(str(tmp_path / "features"), np.eye(2, 16, dtype=np.float32), ["a", "b"], 2, str(tmp_path / "version"))
     serve = tf.saved_model.load(str(tmp_path / "version")).signatures["serving_default"]
     for name in kinds:
@@ -152,7 +176,7 @@ def test_one_preprocessing_for_training_and_serving(tmp_path):
         trained = cnn.embed(net, stored[None])
         served = serve(images=tf.constant([data]))["embedding"].numpy()
         np.testing.assert_allclose(served, trained, atol=1e-5, err_msg=name)
-        with Image.open(io.BytesIO(data)) as im:     # alpha composited on white, as pixels() does
+        with Image.open(io.BytesIO(data)) as im:  # alpha composited on white, as pixels() does
             white = Image.new("RGBA", im.size, (255, 255, 255, 255))
             flat = Image.alpha_composite(white, im.convert("RGBA")).convert("RGB")
             pil = np.asarray(flat.resize((size, size), Image.BILINEAR), dtype=np.float64)
@@ -179,16 +203,18 @@ def test_transparent_pixels_are_composited_so_the_colour_hidden_under_them_never
     embedding; a transparent pixel becomes data.background (white by default), an opaque one keeps
     its colour, a half-transparent one is the mix."""
     import tensorflow as tf
+
     from collabfeat.serving import export
     from collabfeat.trainer import cnn
+
     rng = np.random.default_rng(0)
     h = w = 16
     alpha = np.zeros((h, w), np.uint8)
-    alpha[:, 8:] = 255                 # right half opaque, left half transparent
-    alpha[0, 8] = 128                  # one half-transparent pixel
+    alpha[:, 8:] = 255  # right half opaque, left half transparent
+    alpha[0, 8] = 128  # one half-transparent pixel
     visible = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
 
-    def rgba():                        # the same visible pixels over random hidden ones
+    def rgba():  # the same visible pixels over random hidden ones
         px = np.where(alpha[..., None] > 0, visible, rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         return _png(Image.fromarray(np.dstack([px, alpha]), "RGBA"))
 
@@ -196,7 +222,7 @@ def test_transparent_pixels_are_composited_so_the_colour_hidden_under_them_never
         g = np.where(alpha > 0, visible[..., 0], rng.integers(0, 256, (h, w), dtype=np.uint8))
         return _png(Image.fromarray(np.dstack([g, alpha]), "LA"))
 
-    def palette():                     # index 0 is transparent, and its colour is random
+    def palette():  # index 0 is transparent, and its colour is random
         idx = np.where(alpha[..., None] > 0, 1 + (visible[..., :1] % 3), 0)[..., 0].astype(np.uint8)
         im = Image.fromarray(idx, "P")
         im.putpalette(list(rng.integers(0, 256, 3)) + [10, 20, 30, 200, 100, 50, 0, 255, 0] + [0] * 756)
@@ -209,16 +235,16 @@ def test_transparent_pixels_are_composited_so_the_colour_hidden_under_them_never
     serve = tf.saved_model.load(str(tmp_path / "features")).signatures["serving_default"]
     for name, make in (("rgba", rgba), ("grey+alpha", grey_alpha), ("palette", palette)):
         first, second = make(), make()
-        assert first != second, name                               # the hidden colours differ ...
+        assert first != second, name  # the hidden colours differ ...
         a, b = images.decode(first, h), images.decode(second, h)
-        np.testing.assert_array_equal(a, b, err_msg=name)          # ... and never show
-        assert (a[:, :8] == 255).all(), name                       # transparent: white
+        np.testing.assert_array_equal(a, b, err_msg=name)  # ... and never show
+        assert (a[:, :8] == 255).all(), name  # transparent: white
         emb = serve(images=tf.constant([first, second]))["embedding"].numpy()
         np.testing.assert_array_equal(emb[0], emb[1], err_msg=name)
     px = images.decode(rgba(), h)
-    np.testing.assert_array_equal(px[1:, 8:], visible[1:, 8:])     # opaque: its own colour
+    np.testing.assert_array_equal(px[1:, 8:], visible[1:, 8:])  # opaque: its own colour
     np.testing.assert_allclose(px[0, 8], np.round(visible[0, 8].astype(float) * 128 / 255 + 255 * 127 / 255), atol=1)
-    assert (images.decode(rgba(), h, (0, 0, 0))[:, :8] == 0).all()   # another background
+    assert (images.decode(rgba(), h, (0, 0, 0))[:, :8] == 0).all()  # another background
 
 
 def test_the_background_is_a_setting_that_reaches_the_import():

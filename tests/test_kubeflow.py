@@ -1,4 +1,5 @@
 """The same pipeline compiles for Kubeflow Pipelines (KubeflowV2DagRunner)."""
+
 import json
 import os
 
@@ -8,8 +9,21 @@ from collabfeat import config as config_lib
 from collabfeat.kubeflow.runner import DEFAULT_DATA, compile_pipeline
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-COMPONENTS = {"LogsExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "ImageImport", "LogTransform",
-              "InteractionsSchema", "Transform", "MFTrainer", "CNNTrainer", "Evaluator", "Indexer", "Pusher"}
+COMPONENTS = {
+    "LogsExampleGen",
+    "StatisticsGen",
+    "SchemaGen",
+    "ExampleValidator",
+    "ImageImport",
+    "LogTransform",
+    "InteractionsSchema",
+    "Transform",
+    "MFTrainer",
+    "CNNTrainer",
+    "Evaluator",
+    "Indexer",
+    "Pusher",
+}
 
 
 def components(cfg):
@@ -24,14 +38,20 @@ def test_compiles_with_image_components_and_beam_args(tmp_path):
     pipeline_spec = spec.get("pipelineSpec", spec)
     tasks = pipeline_spec["root"]["dag"]["tasks"]
     assert set(tasks) == components(cfg)
-    assert set(config_lib.compared_features(cfg)) == {"supervised", "style_supervised", "imagenet", "imagenet_regression",
-                                                      "random", "pixels"}
+    assert set(config_lib.compared_features(cfg)) == {
+        "supervised",
+        "style_supervised",
+        "imagenet",
+        "imagenet_regression",
+        "random",
+        "pixels",
+    }
     executors = pipeline_spec["deploymentSpec"]["executors"]
     images = {e["container"]["image"] for e in executors.values()}
     assert images == {cfg.runner.container_image}
     text = json.dumps(spec)
     assert "--runner=DataflowRunner" in text and "--temp_location=gs://YOUR-BUCKET/collabfeat/tmp" in text
-    assert "/app/transform/interactions_schema.pbtxt" in text      # read inside the image
+    assert "/app/transform/interactions_schema.pbtxt" in text  # read inside the image
     assert "gs://YOUR-BUCKET/collabfeat/data/items.csv" in text
     root = spec.get("runtimeConfig", {}).get("gcsOutputDirectory") or text
     assert "gs://YOUR-BUCKET/collabfeat/root" in root
@@ -89,33 +109,51 @@ json.dump({"artifacts": {key: {"artifacts": [{"metadata": {"span": 7}}]}}}, open
 
 def _spec(tmp_path, words):
     import sys
+
     kind = {"artifactType": {"instanceSchema": "title: tfx.Examples\ntype: object\n"}}
     tasks, components, executors = {}, {}, {}
     for name, (word, reads) in words.items():
-        tasks[name] = {"componentRef": {"name": name}, "dependentTasks": reads, "inputs": {
-            "parameters": {"word": {"runtimeValue": {"constantValue": {"stringValue": word}}}},
-            "artifacts": {f"in_{r}": {"taskOutputArtifact": {"producerTask": r, "outputArtifactKey": "out"}}
-                          for r in reads}}}
+        tasks[name] = {
+            "componentRef": {"name": name},
+            "dependentTasks": reads,
+            "inputs": {
+                "parameters": {"word": {"runtimeValue": {"constantValue": {"stringValue": word}}}},
+                "artifacts": {
+                    f"in_{r}": {"taskOutputArtifact": {"producerTask": r, "outputArtifactKey": "out"}} for r in reads
+                },
+            },
+        }
         components[name] = {"executorLabel": f"{name}_executor", "outputDefinitions": {"artifacts": {"out": kind}}}
         container = {"image": "unused", "command": [sys.executable, "-c", TASK], "args": ["{{$}}"]}
         if name == "a":
             container["lifecycle"] = {"preCacheCheck": {"command": [sys.executable, "-c", DRIVER], "args": ["{{$}}"]}}
         executors[f"{name}_executor"] = {"container": container}
     path = tmp_path / "spec.json"
-    path.write_text(json.dumps({"pipelineSpec": {"root": {"dag": {"tasks": tasks}}, "components": components,
-                                                 "deploymentSpec": {"executors": executors}}}))
+    path.write_text(
+        json.dumps(
+            {
+                "pipelineSpec": {
+                    "root": {"dag": {"tasks": tasks}},
+                    "components": components,
+                    "deploymentSpec": {"executors": executors},
+                }
+            }
+        )
+    )
     return str(path)
 
 
 def test_a_spec_runs_in_dependency_order_and_passes_artifacts_with_their_metadata(tmp_path):
     import pytest
+
     from collabfeat.kubeflow import local
+
     spec = _spec(tmp_path, {"c": ("gamma", ["a", "b"]), "b": ("beta", ["a"]), "a": ("alpha", [])})
     lines = []
     done = local.execute_spec(spec, str(tmp_path / "root"), str(tmp_path), lines.append)
     assert [line.split()[1] for line in lines if line.endswith("running")] == ["a", "b", "c"]
     [c] = done["c"]["out"]["artifacts"]
-    a_meta = '{"span": 7, "words": 1}'             # the driver's metadata, then the executor's
+    a_meta = '{"span": 7, "words": 1}'  # the driver's metadata, then the executor's
     b = f'alpha@{a_meta}+beta@{{"words": 2}}'
     assert open(os.path.join(c["uri"], "data")).read() == f"alpha@{a_meta}+{b}+gamma"
     assert c["metadata"] == {"words": 3}

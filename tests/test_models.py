@@ -1,4 +1,5 @@
 """MF, CNN and the retrieval metrics on small data with planted structure."""
+
 import json
 import os
 
@@ -7,7 +8,6 @@ import pytest
 import tensorflow as tf
 
 from collabfeat import images as images_lib
-
 from collabfeat.config import CNNConfig, MFConfig
 from collabfeat.trainer import cnn, mf
 from collabfeat.trainer.evaluate import retrieval_metrics
@@ -47,18 +47,23 @@ def _normal_equations(x, y, pairs, conf, reg):
     p = np.zeros((len(x), len(y)))
     c[pairs[:, 0], pairs[:, 1]] = conf
     p[pairs[:, 0], pairs[:, 1]] = 1.0
-    return np.stack([np.linalg.solve(y.T @ (c[u, :, None] * y) + reg * np.eye(y.shape[1]), y.T @ (c[u] * p[u]))
-                     for u in range(len(x))])
+    return np.stack(
+        [
+            np.linalg.solve(y.T @ (c[u, :, None] * y) + reg * np.eye(y.shape[1]), y.T @ (c[u] * p[u]))
+            for u in range(len(x))
+        ]
+    )
 
 
 def _als(pairs, rating, n_users, n_items, cfg, bucket_pairs=0, directory=""):
     import tensorflow as tf
+
     model = mf.MatrixFactorization(n_users, n_items, cfg)
     model.users(tf.zeros([1], tf.int64)), model.items(tf.zeros([1], tf.int64))
     by_user = mf.PairBuckets(np.bincount(pairs[:, 0], minlength=n_users), bucket_pairs, directory and f"{directory}/u")
     by_item = mf.PairBuckets(np.bincount(pairs[:, 1], minlength=n_items), bucket_pairs, directory and f"{directory}/i")
     conf = mf.confidence(rating, cfg)
-    for part in np.array_split(np.random.default_rng(0).permutation(len(pairs)), 3):   # any order, in parts
+    for part in np.array_split(np.random.default_rng(0).permutation(len(pairs)), 3):  # any order, in parts
         by_user.add(pairs[part, 0], pairs[part, 1], conf[part])
         by_item.add(pairs[part, 1], pairs[part, 0], conf[part])
     return model, mf.WeightedALS(model, by_user, by_item, cfg)
@@ -77,6 +82,7 @@ def test_als_half_sweep_solves_the_normal_equations(chunk_pairs, bucket_pairs, t
     with more pairs than that are blocks of their own), and from buckets of 30 pairs on disk. Users
     27-29 have no pairs."""
     import tensorflow as tf
+
     n_users, n_items, dim = 30, 20, 4
     pairs, rating = _small_matrix()
     for side in "ui":
@@ -87,7 +93,7 @@ def test_als_half_sweep_solves_the_normal_equations(chunk_pairs, bucket_pairs, t
     expected = _normal_equations(x.numpy(), y.numpy().astype(np.float64), pairs, 1 + cfg.alpha * rating, cfg.l2)
     als._half(x, y, als.user_side, tf.constant(cfg.l2), tf.constant(cfg.cg_steps))
     np.testing.assert_allclose(x.numpy(), expected, atol=2e-4)
-    if bucket_pairs:   # buckets of consecutive rows with at most 30 pairs, rows with more alone
+    if bucket_pairs:  # buckets of consecutive rows with at most 30 pairs, rows with more alone
         b, ends = als.user_side.bounds, np.concatenate([[0], np.cumsum(np.bincount(pairs[:, 0], minlength=30))])
         sizes = ends[b[1:]] - ends[b[:-1]]
         assert len(b) > 3 and b[0] == 0 and b[-1] == 30 and all((sizes <= 30) | (np.diff(b) == 1))
@@ -96,7 +102,7 @@ def test_als_half_sweep_solves_the_normal_equations(chunk_pairs, bucket_pairs, t
     xv, yv = x.numpy().astype(np.float64), y.numpy().astype(np.float64)
     c, p = np.ones((n_users, n_items)), np.zeros((n_users, n_items))
     c[pairs[:, 0], pairs[:, 1]], p[pairs[:, 0], pairs[:, 1]] = 1 + cfg.alpha * rating, 1.0
-    dense = ((c * (p - xv @ yv.T) ** 2).sum() + cfg.l2 * ((xv ** 2).sum() + (yv ** 2).sum())) / len(pairs)
+    dense = ((c * (p - xv @ yv.T) ** 2).sum() + cfg.l2 * ((xv**2).sum() + (yv**2).sum())) / len(pairs)
     assert als.objective() == pytest.approx(dense, rel=1e-4)
 
 
@@ -150,6 +156,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
 """
 
 
+@pytest.mark.slow
 def test_als_memory_does_not_grow_with_the_pairs():
     """What one ALS sweep adds to the process's memory (peak RSS over the RSS before it, in a fresh
     interpreter) at 400,000 and 3,200,000 train pairs in row buckets of 2^17 pairs, with the same
@@ -161,7 +168,7 @@ def test_als_memory_does_not_grow_with_the_pairs():
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     grown = []
     for n in (400_000, 3_200_000):
-        grown.append(fresh.last_number(ALS_PEAK.format(repo=repo, n=n)) / 2 ** 20)
+        grown.append(fresh.last_number(ALS_PEAK.format(repo=repo, n=n)) / 2**20)
     assert grown[1] < grown[0] + 60, grown
 
 
@@ -169,6 +176,7 @@ def test_als_on_movielens_beats_popularity():
     """Real interactions (MovieLens from Debian's r-cran-dslabs): ALS's recall@20 on held-out
     ratings is well above popularity's, and its objective falls every sweep."""
     from collabfeat import movielens
+
     u, i, w, n_users, n_items, genres = movielens.interactions()
     assert (len(u), n_users, n_items) == (100004, 671, 9066)
     held = np.random.default_rng(0).random(len(u)) < 0.1
@@ -180,9 +188,12 @@ def test_als_on_movielens_beats_popularity():
 
 
 def test_recall_at_k_against_a_hand_computation():
-    f = mf.Factors(users=np.array([[1.0, 0.0], [0.0, 1.0]]),
-                   items=np.array([[3.0, 0.0], [2.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), losses=[])
-    train = np.array([[0, 0]])                 # user 0 saw item 0: excluded from its ranking
+    f = mf.Factors(
+        users=np.array([[1.0, 0.0], [0.0, 1.0]]),
+        items=np.array([[3.0, 0.0], [2.0, 0.0], [1.0, 0.0], [0.0, 1.0]]),
+        losses=[],
+    )
+    train = np.array([[0, 0]])  # user 0 saw item 0: excluded from its ranking
     held = np.array([[0, 2], [0, 3], [1, 3]])  # user 0's top-1 is item 1: 0 hits; top-2 {1, 2}: 1 hit
     assert mf.recall_at_k(f, train, held, 1) == pytest.approx((0 / 1 + 1 / 1) / 2)
     assert mf.recall_at_k(f, train, held, 2) == pytest.approx((1 / 2 + 1 / 1) / 2)
@@ -196,9 +207,9 @@ def stripes(n=96, size=16, seed=0):
     for j in range(n):
         p = rng.integers(2, size - 4)
         if kind[j]:
-            x[j, :, p:p + 3] = 250
+            x[j, :, p : p + 3] = 250
         else:
-            x[j, p:p + 3, :] = 250
+            x[j, p : p + 3, :] = 250
     return x, kind
 
 
@@ -207,7 +218,7 @@ def test_cnn_regression_learns_and_embeds_normalised():
     targets = np.where(kind[:, None] == 1, [[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]]).astype(np.float32)
     cfg = CNNConfig(image_size=16, widths=[8, 16], embedding_dim=12, epochs=10, batch_size=16, augment=False)
     net, losses = cnn.train_regression(cnn.pairs(x, targets), cfg)
-    assert losses[-1] < losses[0] - 0.2      # cosine loss runs from about 0 towards -1
+    assert losses[-1] < losses[0] - 0.2  # cosine loss runs from about 0 towards -1
     emb = cnn.embed(net, x)
     assert emb.shape == (len(x), 12)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
@@ -218,6 +229,7 @@ def test_an_epoch_is_bounded_by_epoch_images_and_streams_over_all_images(monkeyp
     """A catalogue larger than cnn.epoch_images: each epoch takes ceil(epoch_images / batch) steps
     from one stream over the data repeated, so later epochs see the images earlier ones did not."""
     import tensorflow as tf
+
     x, kind = stripes(n=40)
     seen, steps = [], []
 
@@ -229,18 +241,31 @@ def test_an_epoch_is_bounded_by_epoch_images_and_streams_over_all_images(monkeyp
             steps[-1] += 1
 
     fit = tf.keras.Model.fit
-    monkeypatch.setattr(tf.keras.Model, "fit",
-                        lambda self, *a, **k: fit(self, *a, **{**k, "callbacks": k.get("callbacks", []) + [Count()]}))
+    monkeypatch.setattr(
+        tf.keras.Model,
+        "fit",
+        lambda self, *a, **k: fit(self, *a, **{**k, "callbacks": k.get("callbacks", []) + [Count()]}),
+    )
     ids = tf.data.Dataset.range(40).map(lambda i: (tf.gather(x, i), i))
-    cfg = CNNConfig(image_size=16, widths=[4], embedding_dim=4, epochs=4, batch_size=4, augment=False,
-                    epoch_images=10, shuffle_buffer=8)
-    net, losses = cnn.train_classifier(ids.map(lambda img, i: (img, i % 2)), 2, cfg)   # size known: 40
-    assert steps == [3, 3, 3, 3] and len(losses) == 4         # ceil(10 / 4) steps, 4 epochs
+    cfg = CNNConfig(
+        image_size=16,
+        widths=[4],
+        embedding_dim=4,
+        epochs=4,
+        batch_size=4,
+        augment=False,
+        epoch_images=10,
+        shuffle_buffer=8,
+    )
+    net, losses = cnn.train_classifier(ids.map(lambda img, i: (img, i % 2)), 2, cfg)  # size known: 40
+    assert steps == [3, 3, 3, 3] and len(losses) == 4  # ceil(10 / 4) steps, 4 epochs
     # Without a known size (a filtered stream), an epoch is the whole stream: 40 / 4 steps.
     steps.clear()
-    cnn.train_classifier(ids.filter(lambda img, i: True).map(lambda img, i: (img, i % 2)), 2,
-                         CNNConfig(**{**cfg.__dict__, "epochs": 2}))
+    cnn.train_classifier(
+        ids.filter(lambda img, i: True).map(lambda img, i: (img, i % 2)), 2, CNNConfig(**{**cfg.__dict__, "epochs": 2})
+    )
     assert steps == [10, 10]
+
     # The epochs continue one stream: 4 epochs x 12 images reach all 40 (restarting every epoch,
     # a shuffle buffer of 8 would keep drawing from the first 20 or so).
     def record(i):
@@ -251,6 +276,7 @@ def test_an_epoch_is_bounded_by_epoch_images_and_streams_over_all_images(monkeyp
         label = tf.py_function(record, [i], tf.int64)
         label.set_shape([])
         return img, label
+
     cnn.train_classifier(ids.map(tracked).apply(tf.data.experimental.assert_cardinality(40)), 2, cfg)
     assert set(seen) == set(range(40))
 
@@ -282,11 +308,18 @@ def test_retrieval_metrics_against_a_hand_computation():
 
 def test_the_blessing_measure_is_the_mean_over_the_facets_or_one_of_them():
     from collabfeat.trainer.evaluate import describe, overall
-    tables = {"category": {"regression": {"p": 0.5, "mAP": 0.2}, "random": {"p": 0.52, "mAP": 0.3}, "pixels": {"p": 0.6, "mAP": 0.3}},
-              "style": {"regression": {"p": 0.9, "mAP": 0.8}, "random": {"p": 0.7, "mAP": 0.5}},
-              "transfer": {"regression": {"p": 0.2, "mAP": 0.1}, "random": {"p": 0.3, "mAP": 0.1}}}
+
+    tables = {
+        "category": {
+            "regression": {"p": 0.5, "mAP": 0.2},
+            "random": {"p": 0.52, "mAP": 0.3},
+            "pixels": {"p": 0.6, "mAP": 0.3},
+        },
+        "style": {"regression": {"p": 0.9, "mAP": 0.8}, "random": {"p": 0.7, "mAP": 0.5}},
+        "transfer": {"regression": {"p": 0.2, "mAP": 0.1}, "random": {"p": 0.3, "mAP": 0.1}},
+    }
     mean = overall(tables)
-    assert set(mean) == {"random", "regression"}          # pixels is not on every facet
+    assert set(mean) == {"random", "regression"}  # pixels is not on every facet
     assert mean["regression"] == pytest.approx({"p": 1.6 / 3, "mAP": 1.1 / 3})
     assert mean["random"] == pytest.approx({"p": 1.52 / 3, "mAP": 0.9 / 3})
     assert overall(tables, "style") is tables["style"]
@@ -298,21 +331,31 @@ def test_the_blessing_measure_is_the_mean_over_the_facets_or_one_of_them():
 
 def test_the_served_features_are_the_best_collaborative_ones_or_the_named_ones():
     from collabfeat.trainer.evaluate import choose
-    table = {"regression": {"p": 0.60}, "imagenet_regression": {"p": 0.64}, "supervised": {"p": 0.9},
-             "random": {"p": 0.5}}
-    assert choose(table, "p", "best", "regression") == "imagenet_regression"     # never a baseline, however good
+
+    table = {
+        "regression": {"p": 0.60},
+        "imagenet_regression": {"p": 0.64},
+        "supervised": {"p": 0.9},
+        "random": {"p": 0.5},
+    }
+    assert choose(table, "p", "best", "regression") == "imagenet_regression"  # never a baseline, however good
     assert choose({**table, "imagenet_regression": {"p": 0.60}}, "p", "best", "regression") == "regression"  # a tie
-    assert choose({k: v for k, v in table.items() if k != "imagenet_regression"}, "p", "best", "regression") == "regression"
+    assert (
+        choose({k: v for k, v in table.items() if k != "imagenet_regression"}, "p", "best", "regression")
+        == "regression"
+    )
     assert choose(table, "p", "regression", "regression") == "regression"
     with pytest.raises(ValueError, match="eval.serve is 'pseudo_class'.*'imagenet_regression'"):
         choose(table, "p", "pseudo_class", "regression")
 
 
+@pytest.mark.slow
 def test_fine_tuning_settles_the_head_on_the_frozen_network_then_trains_all_and_distillation_holds_it():
     """finetune_regression on a small "pretrained" network: the warm-up changes only the new
     layers; the fine-tuning then moves the pretrained ones too; with a heavy distillation weight,
     the pooled features stay closer to the frozen teacher's than without it."""
     from collabfeat.config import FinetuneConfig
+
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (128, 16, 16, 3), dtype=np.uint8)
     y = rng.normal(size=(128, 6)).astype(np.float32)
@@ -320,8 +363,8 @@ def test_fine_tuning_settles_the_head_on_the_frozen_network_then_trains_all_and_
 
     def build():
         tf.keras.utils.set_random_seed(1)
-        pre = cnn.pooled(cnn.backbone(cfg))            # the "pretrained" network: image -> pooled features,
-        cnn.recalibrate(pre, tf.data.Dataset.from_tensor_slices(x), 32)   # its statistics those of these images
+        pre = cnn.pooled(cnn.backbone(cfg))  # the "pretrained" network: image -> pooled features,
+        cnn.recalibrate(pre, tf.data.Dataset.from_tensor_slices(x), 32)  # its statistics those of these images
         inputs = tf.keras.Input((16, 16, 3))
         net = tf.keras.Model(inputs, tf.keras.layers.Dense(8, name=cnn.EMBEDDING)(pre(inputs)))
         return net, pre
@@ -335,44 +378,61 @@ def test_fine_tuning_settles_the_head_on_the_frozen_network_then_trains_all_and_
             t = build()[1]
             t.set_weights(before)
         net, losses = cnn.finetune_regression(cnn.pairs(x, y), cfg, tune, net, pre, t)
-        if t is not None:         # the teacher stays frozen
+        if t is not None:  # the teacher stays frozen
             assert all(np.array_equal(a, b) for a, b in zip(t.get_weights(), before))
-        moved = max(float(np.abs(a - b).max()) for a, b in zip(pre.get_weights(), before)
-                    if a.shape == b.shape and a.dtype.kind == "f" and a.ndim > 1)   # kernels, not BN statistics
+        moved = max(
+            float(np.abs(a - b).max())
+            for a, b in zip(pre.get_weights(), before)
+            if a.shape == b.shape and a.dtype.kind == "f" and a.ndim > 1
+        )  # kernels, not BN statistics
         assert not np.array_equal(net.get_layer(cnn.EMBEDDING).get_weights()[0], head)
         frozen = build()[1]
         frozen.set_weights(before)
-        agree = np.mean(np.sum(cnn.unit(cnn.pooled(net).predict(x, verbose=0)) * cnn.unit(frozen.predict(x, verbose=0)), 1))
+        agree = np.mean(
+            np.sum(cnn.unit(cnn.pooled(net).predict(x, verbose=0)) * cnn.unit(frozen.predict(x, verbose=0)), 1)
+        )
         return losses, moved, agree
 
     losses, moved, _ = train(FinetuneConfig(warmup_epochs=2, epochs=0, head_learning_rate=1e-2))
     assert len(losses) == 2 and moved == 0.0
     losses, moved, free = train(FinetuneConfig(warmup_epochs=1, epochs=4, learning_rate=1e-2, head_learning_rate=1e-2))
     assert len(losses) == 5 and moved > 1e-3
-    _, _, held = train(FinetuneConfig(warmup_epochs=1, epochs=4, learning_rate=1e-2, head_learning_rate=1e-2,
-                                      distill=50.0), teacher=True)
+    _, _, held = train(
+        FinetuneConfig(warmup_epochs=1, epochs=4, learning_rate=1e-2, head_learning_rate=1e-2, distill=50.0),
+        teacher=True,
+    )
     assert held > free + 0.01, (held, free)
 
 
 def test_blessing_needs_a_margin_over_random_and_pixels():
     from collabfeat.trainer.evaluate import bless
+
     table = {"regression": {"p": 0.75}, "random": {"p": 0.70}, "pixels": {"p": 0.72}, "supervised": {"p": 0.9}}
-    assert bless(table, "regression", "p", 0.02) == (True, {"random": pytest.approx(0.05), "pixels": pytest.approx(0.03)})
+    assert bless(table, "regression", "p", 0.02) == (
+        True,
+        {"random": pytest.approx(0.05), "pixels": pytest.approx(0.03)},
+    )
     assert bless(table, "regression", "p", 0.04)[0] is False
     assert bless({k: v for k, v in table.items() if k != "pixels"}, "regression", "p", 0.0)[0] is False
 
 
 def test_scann_index_loads_from_a_copy_after_the_original_is_gone(tmp_path):
     import shutil
+
     from collabfeat.config import IndexConfig
     from collabfeat.serving import index
+
     rng = np.random.default_rng(0)
-    for n in (300, 2500):                       # brute force, and tree + AH
-        centres = rng.normal(size=(20, 16))       # clustered, like real embeddings
+    for n in (300, 2500):  # brute force, and tree + AH
+        centres = rng.normal(size=(20, 16))  # clustered, like real embeddings
         emb = cnn.unit((centres[rng.integers(20, size=n)] + 0.5 * rng.normal(size=(n, 16))).astype(np.float32))
         src, dst = tmp_path / f"src{n}", tmp_path / f"dst{n}"
-        index.save(*index.build(emb, IndexConfig(kind="auto" if n < 2000 else "tree_ah")),
-                   [f"i{j}" for j in range(n)], emb, str(src))
+        index.save(
+            *index.build(emb, IndexConfig(kind="auto" if n < 2000 else "tree_ah")),
+            [f"i{j}" for j in range(n)],
+            emb,
+            str(src),
+        )
         before, _ = index.search(index.load(str(src)), emb[:50], 10)
         shutil.copytree(src, dst)
         shutil.rmtree(src)
@@ -385,12 +445,14 @@ def test_scann_index_loads_from_a_copy_after_the_original_is_gone(tmp_path):
         assert recall >= 0.9, (n, recall)
 
 
+@pytest.mark.slow
 def test_index_search_settings_are_tuned_to_the_required_recall(tmp_path):
     """A tree over 20k clustered vectors: the tuned knobs reach index.min_recall on queries they were
     not tuned on, a higher requirement searches more, settings given in the config are kept, and the
     saved index is searched with the chosen settings."""
     from collabfeat.config import IndexConfig
     from collabfeat.serving import index
+
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(200, 32))
     emb = cnn.unit((centres[rng.integers(200, size=20000)] + 0.7 * rng.normal(size=(20000, 32))).astype(np.float32))
@@ -421,17 +483,20 @@ def test_index_search_settings_are_tuned_to_the_required_recall(tmp_path):
 
 def test_chunked_top_k_equals_the_exact_answer_for_any_chunk_size():
     from collabfeat import topk
+
     rng = np.random.default_rng(0)
     db, queries = rng.normal(size=(500, 8)).astype(np.float32), rng.normal(size=(70, 8)).astype(np.float32)
     scores = queries @ db.T
     exact = np.argsort(-scores, axis=1, kind="stable")[:, :7]
-    for budget in (1, 499, 500 * 3 + 1, 1 << 25):      # one query per chunk ... all at once
+    for budget in (1, 499, 500 * 3 + 1, 1 << 25):  # one query per chunk ... all at once
         rows, best = topk.top_k(queries, db, 7, budget=budget)
         assert (rows == exact).all(), budget
         np.testing.assert_allclose(best, np.take_along_axis(scores, exact, axis=1), rtol=1e-6)
+
     # A mask hides entries of each chunk: here every query's first exact answer.
     def hide(chunk, block):
         block[np.arange(chunk.stop - chunk.start), exact[chunk, 0]] = -np.inf
+
     rows, _ = topk.top_k(queries, db, 6, mask=hide, budget=600)
     assert (rows == exact[:, 1:7]).all()
     assert [len(range(*s.indices(70))) for s in topk.row_chunks(70, 500, 600)] == [1] * 70
@@ -443,6 +508,7 @@ def test_sampled_chunked_metrics_match_the_full_computation():
     """The bounded forms agree with a direct all-against-all computation, and a sample of queries
     is a subset of the full per-query results."""
     from collabfeat import topk
+
     rng = np.random.default_rng(2)
     feats = cnn.unit(rng.normal(size=(300, 6)))
     labels = rng.integers(4, size=300)
@@ -461,11 +527,13 @@ def test_sampled_chunked_metrics_match_the_full_computation():
     top10 = order[:, :10]
     assert mf.neighbour_agreement(feats, labels, 10) == pytest.approx((labels[top10] == labels[:, None]).mean())
     assert mf.neighbour_agreement(feats, labels, 10, max_queries=50, seed=4) == pytest.approx(
-        (labels[top10[q]] == labels[q][:, None]).mean())
+        (labels[top10[q]] == labels[q][:, None]).mean()
+    )
 
 
 def test_feature_sets_stream_to_a_valid_npy(tmp_path):
     from collabfeat.serving import index
+
     rng = np.random.default_rng(0)
     parts = [rng.normal(size=(n, 5)).astype(np.float32) for n in (3, 0, 7, 1)]
     index.write_feature_set(str(tmp_path), "x", iter(parts))
@@ -479,6 +547,7 @@ def test_als_runs_unchanged_inside_a_distribution_strategy():
     sweeps update them: the same factors as without a strategy. (One replica: the sweep itself
     is not sharded across workers.)"""
     import tensorflow as tf
+
     pairs, rating = _small_matrix(seed=7)
     cfg = MFConfig(dim=4, epochs=3)
     plain = mf.train(pairs[:, 0], pairs[:, 1], rating, 30, 20, cfg)
@@ -491,28 +560,40 @@ def test_als_runs_unchanged_inside_a_distribution_strategy():
 def _catalogue_artifact(path, labels):
     """An images Examples artifact with a catalogue split of Fashion-MNIST photos, as ImageImport writes it."""
     from tfx.types import standard_artifacts
+
     from tests.serving_fixtures import catalogue
+
     ids, blobs, _ = catalogue(len(labels))
     os.makedirs(path / "Split-catalogue")
     with tf.io.TFRecordWriter(str(path / "Split-catalogue" / "data.gz"), "GZIP") as w:
         for i, b, label in zip(ids, blobs, labels):
-            w.write(tf.train.Example(features=tf.train.Features(feature={
-                "item_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[i.encode()])),
-                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b])),
-                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))})).SerializeToString())
+            w.write(
+                tf.train.Example(
+                    features=tf.train.Features(
+                        feature={
+                            "item_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[i.encode()])),
+                            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b])),
+                            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+                        }
+                    )
+                ).SerializeToString()
+            )
     images = standard_artifacts.Examples()
     images.uri, images.split_names = str(path), '["catalogue"]'
     return images, blobs
 
 
+@pytest.mark.slow
 def test_a_feature_trainer_makes_a_feature_model_or_says_why_not(tmp_path):
     """FeatureTrainer's function on a catalogue without labels: raw pixels become a feature model
     whose signature gives the pixels' features; a supervised model cannot be trained, and says why;
     a collaborative one without the MF model is refused by name."""
     from tfx.types import standard_artifacts
+
     from collabfeat import config as config_lib
     from collabfeat.pipeline import components as c
     from collabfeat.serving import export
+
     train = c.FeatureTrainer.EXECUTOR_SPEC.executor_class._FUNCTION
     images, blobs = _catalogue_artifact(tmp_path / "images", [-1] * 40)
 
@@ -520,26 +601,48 @@ def test_a_feature_trainer_makes_a_feature_model_or_says_why_not(tmp_path):
         model = standard_artifacts.Model()
         model.uri = str(tmp_path / kind)
         os.makedirs(model.uri)
-        cfg = config_lib.load(overrides=["cnn.image_size=28", "cnn.widths=[8]", "cnn.embedding_dim=8",
-                                         "eval.baseline_epochs=1", "finetune.size=32", "finetune.epochs=1", "finetune.warmup_epochs=0"])
-        train(images=images, model=model, kind=kind, code="",
-              settings_json=config_lib.settings_for(cfg, config_lib.feature_node(kind)), **inputs)
+        cfg = config_lib.load(
+            overrides=[
+                "cnn.image_size=28",
+                "cnn.widths=[8]",
+                "cnn.embedding_dim=8",
+                "eval.baseline_epochs=1",
+                "finetune.size=32",
+                "finetune.epochs=1",
+                "finetune.warmup_epochs=0",
+            ]
+        )
+        train(
+            images=images,
+            model=model,
+            kind=kind,
+            code="",
+            settings_json=config_lib.settings_for(cfg, config_lib.feature_node(kind)),
+            **inputs,
+        )
         return model, json.load(open(os.path.join(model.uri, "report.json")))
 
-    with pytest.MonkeyPatch.context() as patch:      # a kind that trains nothing never reads the catalogue
+    with pytest.MonkeyPatch.context() as patch:  # a kind that trains nothing never reads the catalogue
         patch.setattr(c, "_TrainingSet", lambda *a, **k: pytest.fail("FeatureTrainer read the catalogue for pixels"))
         model, report = run("pixels")
     assert report == {"kind": "pixels", "trained": True, "losses": [], "images": 0}
     x = np.stack([images_lib.decode(b, 28) for b in blobs])
-    np.testing.assert_allclose(export.embed(export.model_dir(model.uri), [blobs[:7], blobs[7:]]), cnn.pixels(x), atol=1e-6)
+    np.testing.assert_allclose(
+        export.embed(export.model_dir(model.uri), [blobs[:7], blobs[7:]]), cnn.pixels(x), atol=1e-6
+    )
     assert c.feature_models(pixels=model, random=None) == {"pixels": export.model_dir(model.uri)}
 
     for kind, facet in (("supervised", "label"), ("style_supervised", "style")):
         model, report = run(kind)
-        assert report == {"kind": kind, "trained": False,
-                          "why": f"the catalogue has 0 images with a {facet}: a classifier needs at least 2"}
+        assert report == {
+            "kind": kind,
+            "trained": False,
+            "why": f"the catalogue has 0 images with a {facet}: a classifier needs at least 2",
+        }
         assert not os.path.exists(export.model_dir(model.uri)) and c.feature_models(**{kind: model}) == {}
-    with pytest.raises(ValueError, match="'pseudo_class' is trained on the item factors: give FeatureTrainer an mf_model"):
+    with pytest.raises(
+        ValueError, match="'pseudo_class' is trained on the item factors: give FeatureTrainer an mf_model"
+    ):
         run("pseudo_class")
 
     # Collaborative regression from the ImageNet weights, on item factors with a planted direction.
@@ -548,13 +651,16 @@ def test_a_feature_trainer_makes_a_feature_model_or_says_why_not(tmp_path):
     os.makedirs(mf_model.uri)
     ids = [f"t{i:05d}" for i in range(40)]
     targets = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
-    mf.save(mf.Factors(np.zeros((1, 8), np.float32), targets, []), ["u"], ids, os.path.join(mf_model.uri, "factors.npz"))
+    mf.save(
+        mf.Factors(np.zeros((1, 8), np.float32), targets, []), ["u"], ids, os.path.join(mf_model.uri, "factors.npz")
+    )
     model, report = run("imagenet_regression", mf_model=mf_model)
     assert report["trained"] and len(report["losses"]) == 1 and report["images"] == 40
     # its features: EfficientNet-Lite0's pooled 1280 (cnn.retrieval "pooled"), not the 8-d projection
     assert export.embed(export.model_dir(model.uri), [blobs]).shape == (40, 1280)
 
 
+@pytest.mark.slow
 def test_the_same_seed_and_data_train_the_same_cnn_twice():
     """cnn.deterministic (the default): two trainings from one seed on the same data (with
     augmentation, shuffling and several epochs) give identical weights and features; another seed
@@ -577,11 +683,14 @@ def test_the_same_seed_and_data_train_the_same_cnn_twice():
 
 def test_training_reads_a_small_catalogue_in_item_id_order_whatever_order_it_was_written_in():
     from collabfeat.pipeline.components import in_id_order
+
     ids = np.array([b"b", b"c", b"a", b"d"], dtype=object)
     x = np.arange(4 * 2 * 2 * 3, dtype=np.uint8).reshape(4, 2, 2, 3)
     v = np.array([1, 2, 0, 3])
     for order in ([0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]):
-        got = list(in_id_order(tf.data.Dataset.from_tensor_slices((ids[order], x[order], v[order]))).as_numpy_iterator())
+        got = list(
+            in_id_order(tf.data.Dataset.from_tensor_slices((ids[order], x[order], v[order]))).as_numpy_iterator()
+        )
         assert [g[0] for g in got] == [b"a", b"b", b"c", b"d"]
         assert [int(g[2]) for g in got] == [0, 1, 2, 3]
         np.testing.assert_array_equal(np.stack([g[1] for g in got]), x[[2, 0, 1, 3]])

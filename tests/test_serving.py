@@ -1,4 +1,5 @@
 """The real server process, queried with the official tensorflow_serving.apis client."""
+
 import json
 import os
 import shutil
@@ -71,7 +72,10 @@ def test_metadata_status_and_health(served):
     assert status.version == int(os.path.basename(served["version"]))
     health = health_pb2_grpc.HealthStub(client.channel)
     for service in ("", "tensorflow.serving.PredictionService"):
-        assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(service=service)).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
 
 
 def raw(client, signature, inputs, model="collabfeat", version=None, label=""):
@@ -90,31 +94,134 @@ def raw(client, signature, inputs, model="collabfeat", version=None, label=""):
 def _short_k():
     """A DT_INT32 scalar whose tensor_content holds 2 bytes, not 4."""
     from tensorflow.core.framework import tensor_pb2, types_pb2
+
     return tensor_pb2.TensorProto(dtype=types_pb2.DT_INT32, tensor_content=b"\x01\x00")
 
 
 BAD = [
-    ("malformed tensor", "similar", {"images": "GOOD", "k": _short_k()}, {}, grpc.StatusCode.INVALID_ARGUMENT,
-     "input 'k' is not a valid tensor: tensor_content has 2 bytes"),
-    ("non-image", "similar", {"images": np.array([b"not an image"], object), "k": np.int32(3)},
-     {}, grpc.StatusCode.INVALID_ARGUMENT, "images[0] is not an image"),
-    ("empty tensor", "serving_default", {"images": np.array([], object)}, {}, grpc.StatusCode.INVALID_ARGUMENT, "empty"),
-    ("wrong dtype", "serving_default", {"images": np.zeros((1, 28, 28, 3), np.float32)}, {},
-     grpc.StatusCode.INVALID_ARGUMENT, "must be DT_STRING"),
-    ("scalar images", "serving_default", {"images": np.array(b"x", object)}, {}, grpc.StatusCode.INVALID_ARGUMENT, "rank 1"),
+    (
+        "malformed tensor",
+        "similar",
+        {"images": "GOOD", "k": _short_k()},
+        {},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'k' is not a valid tensor: tensor_content has 2 bytes",
+    ),
+    (
+        "non-image",
+        "similar",
+        {"images": np.array([b"not an image"], object), "k": np.int32(3)},
+        {},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "images[0] is not an image",
+    ),
+    (
+        "empty tensor",
+        "serving_default",
+        {"images": np.array([], object)},
+        {},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "empty",
+    ),
+    (
+        "wrong dtype",
+        "serving_default",
+        {"images": np.zeros((1, 28, 28, 3), np.float32)},
+        {},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "must be DT_STRING",
+    ),
+    (
+        "scalar images",
+        "serving_default",
+        {"images": np.array(b"x", object)},
+        {},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "rank 1",
+    ),
     ("missing input", "similar", {"images": "GOOD"}, {}, grpc.StatusCode.INVALID_ARGUMENT, "missing input 'k'"),
-    ("extra input", "serving_default", {"images": "GOOD", "zoom": np.int32(2)}, {}, grpc.StatusCode.INVALID_ARGUMENT, "zoom"),
-    ("unknown signature", "classify", {"images": "GOOD"}, {}, grpc.StatusCode.INVALID_ARGUMENT, "signature 'classify' not found"),
+    (
+        "extra input",
+        "serving_default",
+        {"images": "GOOD", "zoom": np.int32(2)},
+        {},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "zoom",
+    ),
+    (
+        "unknown signature",
+        "classify",
+        {"images": "GOOD"},
+        {},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "signature 'classify' not found",
+    ),
     ("unknown model", "serving_default", {"images": "GOOD"}, {"model": "nope"}, grpc.StatusCode.NOT_FOUND, "'nope'"),
-    ("unknown version", "serving_default", {"images": "GOOD"}, {"version": 7}, grpc.StatusCode.NOT_FOUND, "no version 7"),
-    ("version label", "serving_default", {"images": "GOOD"}, {"label": "stable"}, grpc.StatusCode.INVALID_ARGUMENT, "labels"),
-    ("k = 0", "similar", {"images": "GOOD", "k": np.int32(0)}, {}, grpc.StatusCode.INVALID_ARGUMENT, "k must be in [1, 50]"),
-    ("k < 0", "similar_by_id", {"ids": np.array([b"t00001"], object), "k": np.int64(-2)}, {}, grpc.StatusCode.INVALID_ARGUMENT, "k must be"),
-    ("k too large", "similar", {"images": "GOOD", "k": np.int32(51)}, {}, grpc.StatusCode.INVALID_ARGUMENT, "k must be in [1, 50]"),
-    ("k not an int", "similar", {"images": "GOOD", "k": np.float32(3)}, {}, grpc.StatusCode.INVALID_ARGUMENT, "DT_INT32 or DT_INT64"),
-    ("unknown item", "similar_by_id", {"ids": np.array([b"nope"], object), "k": np.int32(3)}, {}, grpc.StatusCode.NOT_FOUND, "'nope'"),
+    (
+        "unknown version",
+        "serving_default",
+        {"images": "GOOD"},
+        {"version": 7},
+        grpc.StatusCode.NOT_FOUND,
+        "no version 7",
+    ),
+    (
+        "version label",
+        "serving_default",
+        {"images": "GOOD"},
+        {"label": "stable"},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "labels",
+    ),
+    (
+        "k = 0",
+        "similar",
+        {"images": "GOOD", "k": np.int32(0)},
+        {},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "k must be in [1, 50]",
+    ),
+    (
+        "k < 0",
+        "similar_by_id",
+        {"ids": np.array([b"t00001"], object), "k": np.int64(-2)},
+        {},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "k must be",
+    ),
+    (
+        "k too large",
+        "similar",
+        {"images": "GOOD", "k": np.int32(51)},
+        {},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "k must be in [1, 50]",
+    ),
+    (
+        "k not an int",
+        "similar",
+        {"images": "GOOD", "k": np.float32(3)},
+        {},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "DT_INT32 or DT_INT64",
+    ),
+    (
+        "unknown item",
+        "similar_by_id",
+        {"ids": np.array([b"nope"], object), "k": np.int32(3)},
+        {},
+        grpc.StatusCode.NOT_FOUND,
+        "'nope'",
+    ),
     ("truncated png", "serving_default", {"images": "TRUNCATED"}, {}, grpc.StatusCode.INVALID_ARGUMENT, "images[1]"),
-    ("unsupported format", "serving_default", {"images": "TIFF"}, {}, grpc.StatusCode.INVALID_ARGUMENT, "TIFF is not supported"),
+    (
+        "unsupported format",
+        "serving_default",
+        {"images": "TIFF"},
+        {},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "TIFF is not supported",
+    ),
     ("too many images", "serving_default", {"images": "MANY"}, {}, grpc.StatusCode.INVALID_ARGUMENT, "more than 256"),
     ("oversized message", "serving_default", {"images": "HUGE"}, {}, grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
 ]
@@ -122,7 +229,9 @@ BAD = [
 
 def _materialise(value, good):
     import io
+
     from PIL import Image
+
     if isinstance(value, str):
         if value == "GOOD":
             return np.array([good], object)
@@ -157,14 +266,34 @@ def test_cli_query(served):
     path = os.path.join(os.path.dirname(served["version"]), "..", "q.png")
     with open(path, "wb") as f:
         f.write(blobs[1])
-    out = subprocess.run([sys.executable, "-m", "collabfeat", "query", path, "--k", "3", "--id", "t00000",
-                          "--server", served["server"].address], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "collabfeat",
+            "query",
+            path,
+            "--k",
+            "3",
+            "--id",
+            "t00000",
+            "--server",
+            served["server"].address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(lines) == 2 and all(len(line["neighbours"]) == 3 for line in lines)
-    assert lines[0]["neighbours"][0]["item_id"] == "t00001"      # the image itself is in the catalogue
-    bad = subprocess.run([sys.executable, "-m", "collabfeat", "query", "--id", "nope", "--server",
-                          served["server"].address], capture_output=True, text=True, timeout=120)
+    assert lines[0]["neighbours"][0]["item_id"] == "t00001"  # the image itself is in the catalogue
+    bad = subprocess.run(
+        [sys.executable, "-m", "collabfeat", "query", "--id", "nope", "--server", served["server"].address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 1 and "NOT_FOUND" in bad.stderr
 
 
@@ -182,8 +311,10 @@ def test_no_model_then_hot_load_and_swap_under_load(tmp_path):
         assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.NOT_SERVING
 
         first = int(os.path.basename(push_version(str(tmp_path / "models"), seed=3)))
-        wait_for(lambda: health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING,
-                 what="the first version to load")
+        wait_for(
+            lambda: health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING,
+            what="the first version to load",
+        )
         assert client.similar(blobs, 3)["_version"] == first
 
         # Hammer the server from 4 threads while a second version is pushed and swapped in.
@@ -225,7 +356,7 @@ def test_batcher_batches_concurrent_calls_and_isolates_a_bad_one():
 
     def fn(x):
         sizes.append(len(x))
-        gate.wait(5)                      # the first batch runs until every other call has queued
+        gate.wait(5)  # the first batch runs until every other call has queued
         if (x < 0).any():
             raise ValueError("negative")
         return x * 2
@@ -260,11 +391,32 @@ def test_batcher_batches_concurrent_calls_and_isolates_a_bad_one():
 
 def test_tls(tmp_path):
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     version = push_version(str(tmp_path / "models"))
-    server = ServerProcess(os.path.dirname(version), "--set", f"serving.tls_cert={cert}", "--set", f"serving.tls_key={key}")
+    server = ServerProcess(
+        os.path.dirname(version), "--set", f"serving.tls_cert={cert}", "--set", f"serving.tls_key={key}"
+    )
     try:
         _, blobs, _ = catalogue(1)
         secure = Client(server.address, tls_ca=str(cert))
@@ -293,6 +445,7 @@ def test_pushed_savedmodel_has_stock_ops_and_documented_signatures(tmp_path):
     # Every op of the graph and its functions is one stock TensorFlow registers.
     from tensorflow.core.protobuf import saved_model_pb2
     from tensorflow.python.framework import op_def_registry
+
     sm = saved_model_pb2.SavedModel()
     sm.ParseFromString(open(os.path.join(version, "saved_model.pb"), "rb").read())
     graph = sm.meta_graphs[0].graph_def
@@ -313,18 +466,20 @@ def test_a_worse_model_is_not_pushed_and_the_served_version_stays(tmp_path):
     from tests.serving_fixtures import small_config
 
     push_dir = str(tmp_path / "models")
-    first = push_version(push_dir, seed=3)              # a random-init CNN: far above chance here
+    first = push_version(push_dir, seed=3)  # a random-init CNN: far above chance here
     model_dir = os.path.dirname(first)
     cfg = small_config(push_dir)
     cfg.cnn.seed = 3
     _, blobs, labels = catalogue(400)
-    held_out = {"category": (blobs[300:], labels[300:])}   # not the 300 catalogue images
+    held_out = {"category": (blobs[300:], labels[300:])}  # not the 300 catalogue images
     server = ServerProcess(model_dir)
     client = Client(server.address)
     try:
-        wait_for(lambda: _served_version(client, blobs[:1]) == int(os.path.basename(first)),
-                 what="the first version to be served")
-        worse = cnn.random_init(cfg.cnn)                 # the same CNN, its last layer wiped
+        wait_for(
+            lambda: _served_version(client, blobs[:1]) == int(os.path.basename(first)),
+            what="the first version to be served",
+        )
+        worse = cnn.random_init(cfg.cnn)  # the same CNN, its last layer wiped
         for w in worse.layers[-1].weights:
             w.assign(tf.zeros_like(w))
         refused = push.push(export.Embedder(worse, 28), os.path.join(first, push.EXTRA), cfg, held_out)
@@ -335,7 +490,7 @@ def test_a_worse_model_is_not_pushed_and_the_served_version_stays(tmp_path):
         assert f"below the served version {c['served_version']}" in refused["why"]
         assert push.versions_on_disk(model_dir) == [c["served_version"]]
         assert [n for n in os.listdir(model_dir) if n.startswith(".")] == []
-        time.sleep(1.0)                                  # three of the server's polls
+        time.sleep(1.0)  # three of the server's polls
         assert _served_version(client, blobs[:1]) == c["served_version"]
         assert [s.version for s in client.status()] == [c["served_version"]]
 
@@ -387,13 +542,14 @@ def test_a_version_holds_the_index_files_as_links_on_one_filesystem_else_as_copi
 
     def no_link(a, b):
         raise OSError(18, "Invalid cross-device link")
+
     monkeypatch.setattr(os, "link", no_link)
     copied = os.path.join(push.push(net, src, cfg)["destination"], push.EXTRA)
     for f in files:
         assert not os.path.samefile(os.path.join(src, f), os.path.join(copied, f)), f
         assert open(os.path.join(src, f), "rb").read() == open(os.path.join(copied, f), "rb").read(), f
 
-    shutil.rmtree(src)          # the versions do not depend on the artifact's directory
+    shutil.rmtree(src)  # the versions do not depend on the artifact's directory
     for extra in (linked, copied):
         idx = index.load(extra)
         nn, _ = idx["searcher"].search_batched(emb[:10], final_num_neighbors=1)

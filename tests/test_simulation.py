@@ -1,4 +1,5 @@
 """The simulator's logs carry the planted structure, and MF recovers it."""
+
 import csv
 import dataclasses
 import filecmp
@@ -28,8 +29,9 @@ def weighted_pairs(out, catalogue):
     counts = {}
     with open(os.path.join(out, "logs", "logs.csv")) as f:
         for row in csv.DictReader(f):
-            status, v = validate_row({"user": row["user_id"], "item": row["item_id"], "event": row["event"]},
-                                     weights, catalogue)
+            status, v = validate_row(
+                {"user": row["user_id"], "item": row["item_id"], "event": row["event"]}, weights, catalogue
+            )
             if status == "ok":
                 counts.setdefault(v[:2], {}).setdefault(v[2], 0)
                 counts[v[:2]][v[2]] += 1
@@ -48,7 +50,7 @@ def test_simulator_is_deterministic_and_heavy_tailed(data, tmp_path):
             if row["event"] == "view" and row["user_id"]:
                 views[row["user_id"]] = views.get(row["user_id"], 0) + 1
     v = np.sort(np.array(list(views.values())))[::-1]
-    assert v[: len(v) // 10].sum() > 0.25 * v.sum()       # the most active tenth make over a quarter of views
+    assert v[: len(v) // 10].sum() > 0.25 * v.sum()  # the most active tenth make over a quarter of views
     assert sheet["planted_bad_rows"] > 0 and len(sheet["planted_bad_images"]) == SMALL.bad_image_count
     assert json.load(open(os.path.join(out, "datasheet.json")))["rows"] == sheet["rows"]
 
@@ -70,7 +72,7 @@ def test_datasheet_counts_what_the_log_file_holds(data):
     planted = [r for r in rows if r["event"] == "like" or not r["user_id"] or r["item_id"].startswith("missing")]
     assert len(planted) == sheet["planted_bad_rows"]
     planted_ids = {id(r) for r in planted}
-    assert sum(r["event"] == "own" and id(r) not in planted_ids for r in rows) == SMALL.n_items   # one owner each
+    assert sum(r["event"] == "own" and id(r) not in planted_ids for r in rows) == SMALL.n_items  # one owner each
 
 
 def read_items(out, name="items.csv"):
@@ -83,7 +85,9 @@ def test_styles_are_independent_of_categories_and_rendered_into_the_pixels(data)
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+
     from collabfeat import images
+
     out, sheet = data
     rows = read_items(out)
     cat = np.array([int(r["label"]) for r in rows])
@@ -93,12 +97,11 @@ def test_styles_are_independent_of_categories_and_rendered_into_the_pixels(data)
     np.add.at(table, (cat, style), 1)
     expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
     chi2 = ((table - expected) ** 2 / expected).sum()
-    assert chi2 < 120, chi2            # 63 degrees of freedom: p ~ 1e-5 at 120
+    assert chi2 < 120, chi2  # 63 degrees of freedom: p ~ 1e-5 at 120
     # rendered: the garment keeps its photo's shape (the grey photo's non-black pixels) ...
     train_x, _ = images.fashion_mnist("train")
     keep = [i for i, r in enumerate(rows) if r["item_id"] not in sheet["planted_bad_images"]]
-    pix = np.stack([np.asarray(Image.open(os.path.join(out, "images", rows[i]["image"])).convert("RGB"))
-                    for i in keep])
+    pix = np.stack([np.asarray(Image.open(os.path.join(out, "images", rows[i]["image"])).convert("RGB")) for i in keep])
     originals = train_x[[int(rows[i]["item_id"][1:]) for i in keep]]
     assert ((pix.max(axis=3) > 0) == (originals > 0)).mean() > 0.97
     # ... and the style is in the pixels: a linear model on translation-invariant features (the
@@ -142,14 +145,16 @@ def test_users_follow_their_style_taste_with_its_weight(data, tmp_path):
 
 def test_the_transfer_set_is_labelled_clip_art_from_openclipart(tmp_path):
     from collabfeat.simulate import OPENCLIPART_DIR
+
     out = str(tmp_path / "t")
     sheet = simulate(dataclasses.replace(SMALL, n_users=50, n_items=100, n_transfer_images=90), out, "fashion")
     rows = read_items(out, "transfer_items.csv")
     assert len(rows) == sheet["transfer"]["images"] >= 80
     labels = np.array([int(r["label"]) for r in rows])
-    assert len(np.unique(labels)) == len(sheet["transfer"]["categories"]) >= 10      # spread over categories
+    assert len(np.unique(labels)) == len(sheet["transfer"]["categories"]) >= 10  # spread over categories
     assert os.path.isdir(OPENCLIPART_DIR)
     from PIL import Image
+
     im = Image.open(os.path.join(out, "images", rows[0]["image"]))
     assert im.size == (64, 64) and im.mode == "RGB"
 
@@ -162,8 +167,14 @@ def test_mf_recovers_the_planted_styles(data):
     items = {t: i for i, t in enumerate(sorted({t for _, t in pairs}))}
     arr = np.array([(users[u], items[t], w) for (u, t), w in pairs.items()])
     labels = np.array([style[t] for t in sorted(items)])
-    f = mf.train(arr[:, 0].astype(int), arr[:, 1].astype(int), arr[:, 2] / arr[:, 2].max(),
-                 len(users), len(items), MFConfig(epochs=10))
+    f = mf.train(
+        arr[:, 0].astype(int),
+        arr[:, 1].astype(int),
+        arr[:, 2] / arr[:, 2].max(),
+        len(users),
+        len(items),
+        MFConfig(epochs=10),
+    )
     chance = ((np.bincount(labels) / len(labels)) ** 2).sum()
     agreement = mf.neighbour_agreement(f.items, labels, 10)
     assert agreement > 3 * chance, (agreement, chance)

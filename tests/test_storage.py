@@ -1,6 +1,7 @@
 """Artifact I/O on a filesystem other than local disk: TensorFlow's in-process ram://, which goes
 through tf.io.gfile exactly as gs:// or hdfs:// do. A pipeline root or a push_dir on a bucket needs
 every report, factor table, index, feature model and pushed version written and read this way."""
+
 import os
 import uuid
 
@@ -50,7 +51,7 @@ def test_index_map_and_feature_sets(root):
     where = f"{root}/Indexer/index/7"
     index.save(searcher, settings, ids, emb, where)
     index.write_map(emb, where)
-    index.write_feature_set(where, "pixels", (emb[i:i + 64] * 2 for i in range(0, 300, 64)))
+    index.write_feature_set(where, "pixels", (emb[i : i + 64] * 2 for i in range(0, 300, 64)))
     loaded = index.load(where)
     assert loaded["item_ids"] == ids
     np.testing.assert_array_equal(loaded["embeddings"], emb)
@@ -65,6 +66,7 @@ def test_index_map_and_feature_sets(root):
 
 def test_a_feature_model_and_a_pushed_version(root, tmp_path):
     import tensorflow as tf
+
     cfg = serving_fixtures.small_config(f"{root}/models")
     net = cnn.random_init(cfg.cnn)
     model = export.model_dir(f"{root}/CNNTrainer/model/3")

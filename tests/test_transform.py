@@ -1,4 +1,5 @@
 """The Beam log transform on small pipelines with answers computed by hand."""
+
 import dataclasses
 import glob
 import json
@@ -24,10 +25,15 @@ def run_once(rows, cfg, catalogue=None):
         with beam.Pipeline() as p:
             out = p | beam.Create(rows) | aggregate.AggregateLogs(cfg, work, len(rows), catalogue)
             for name in ("train", "eval", "outcomes", "summary"):
-                _ = (out[name] | f"Json{name}" >> beam.Map(json.dumps)
-                     | f"Write{name}" >> beam.io.WriteToText(os.path.join(tmp, name)))
-        got = {name: [json.loads(line) for path in glob.glob(os.path.join(tmp, name + "-*"))
-                      for line in open(path)] for name in ("train", "eval", "outcomes", "summary")}
+                _ = (
+                    out[name]
+                    | f"Json{name}" >> beam.Map(json.dumps)
+                    | f"Write{name}" >> beam.io.WriteToText(os.path.join(tmp, name))
+                )
+        got = {
+            name: [json.loads(line) for path in glob.glob(os.path.join(tmp, name + "-*")) for line in open(path)]
+            for name in ("train", "eval", "outcomes", "summary")
+        }
     [got["summary"]] = got["summary"]
     for name in ("train", "eval", "outcomes"):
         got[name] = [tuple(x) for x in got[name]]
@@ -65,24 +71,34 @@ def counts(outcomes):
 
 
 def test_weights_and_log_scaling():
-    cfg = TransformConfig(min_user_items=1, min_item_users=1, max_user_quantile=1, max_item_quantile=1,
-                          eval_fraction=0, event_weights={"view": 1, "appreciate": 4, "own": 0})
+    cfg = TransformConfig(
+        min_user_items=1,
+        min_item_users=1,
+        max_user_quantile=1,
+        max_item_quantile=1,
+        eval_fraction=0,
+        event_weights={"view": 1, "appreciate": 4, "own": 0},
+    )
     rows = [r("a", "x"), r("a", "x"), r("a", "x", "appreciate"), r("a", "y", "own"), r("b", "y")]
     got = run(rows, cfg)
     pairs = {(u, i): (w, n) for u, i, w, n in got["train"]}
     assert pairs[("a", "x")][0] == pytest.approx(math.log1p(2 * 1 + 4)) and pairs[("a", "x")][1] == 3
     assert pairs[("b", "y")][0] == pytest.approx(math.log1p(1))
-    assert ("a", "y") not in pairs            # only an "own" event, weight 0
+    assert ("a", "y") not in pairs  # only an "own" event, weight 0
     assert counts(got["outcomes"]) == {"used": 4, "zero_weight": 1}
 
 
 def test_validation_reasons_and_every_row_counted():
-    cfg = TransformConfig(min_user_items=1, min_item_users=1, max_user_quantile=1, max_item_quantile=1,
-                          eval_fraction=0)
+    cfg = TransformConfig(min_user_items=1, min_item_users=1, max_user_quantile=1, max_item_quantile=1, eval_fraction=0)
     rows = [r("a", "x"), r("", "x"), r("a", None), r("a", "x", "like"), r("a", "zz"), r(7, 9.0)]
     got = run(rows, cfg, catalogue={"x", "9"})
-    assert counts(got["outcomes"]) == {"used": 2, "missing_user": 1, "missing_item": 1,
-                                       "unknown_event": 1, "unknown_item": 1}
+    assert counts(got["outcomes"]) == {
+        "used": 2,
+        "missing_user": 1,
+        "missing_item": 1,
+        "unknown_event": 1,
+        "unknown_item": 1,
+    }
     assert sorted((u, i) for u, i, _, _ in got["train"]) == [("7", "9"), ("a", "x")]
     details = [d for reason, _, d in got["outcomes"] if reason == "unknown_event" and d]
     assert "like" in details[0]
@@ -90,19 +106,25 @@ def test_validation_reasons_and_every_row_counted():
 
 def test_popularity_filter_rounds_cascade():
     # u3 only reaches item k; after k is dropped as too rare (1 user), u3 falls under the minimum in round 2.
-    cfg = TransformConfig(min_user_items=2, min_item_users=2, max_user_quantile=1, max_item_quantile=1,
-                          eval_fraction=0, filter_rounds=2)
+    cfg = TransformConfig(
+        min_user_items=2, min_item_users=2, max_user_quantile=1, max_item_quantile=1, eval_fraction=0, filter_rounds=2
+    )
     rows = [r(u, i) for u in ("u1", "u2") for i in ("i1", "i2")] + [r("u3", "i1"), r("u3", "k")]
     got = run(rows, cfg)
-    assert sorted((u, i) for u, i, _, _ in got["train"]) == [
-        ("u1", "i1"), ("u1", "i2"), ("u2", "i1"), ("u2", "i2")]
+    assert sorted((u, i) for u, i, _, _ in got["train"]) == [("u1", "i1"), ("u1", "i2"), ("u2", "i1"), ("u2", "i2")]
     assert counts(got["outcomes"]) == {"used": 4, "item_too_rare": 1, "user_too_rare": 1}
 
 
 def test_most_popular_items_and_most_active_users_removed():
     # 10 users; item "hit" seen by all, the rest by 2 each. The 0.8 quantile drops "hit".
-    cfg = TransformConfig(min_user_items=1, min_item_users=1, max_user_quantile=1.0, max_item_quantile=0.8,
-                          eval_fraction=0, filter_rounds=1)
+    cfg = TransformConfig(
+        min_user_items=1,
+        min_item_users=1,
+        max_user_quantile=1.0,
+        max_item_quantile=0.8,
+        eval_fraction=0,
+        filter_rounds=1,
+    )
     rows = [r(f"u{u}", "hit") for u in range(10)] + [r(f"u{u}", f"i{u // 2}") for u in range(10)]
     got = run(rows, cfg)
     assert all(i != "hit" for _, i, _, _ in got["train"])
@@ -116,12 +138,17 @@ def test_histogram_quantile_equals_numpy_on_the_expanded_values():
     for n in (1, 2, 7, 1000):
         values = rng.zipf(1.8, size=n).clip(max=10_000)
         for q in (0.0, 0.1, 0.5, 0.9, 0.999, 1.0):
-            assert aggregate.histogram_quantile(Counter(values.tolist()), q) == pytest.approx(np.quantile(values, q)), (n, q)
+            assert aggregate.histogram_quantile(Counter(values.tolist()), q) == pytest.approx(np.quantile(values, q)), (
+                n,
+                q,
+            )
 
 
+@pytest.mark.slow
 def test_split_is_seeded_and_near_the_fraction():
-    cfg = TransformConfig(min_user_items=1, min_item_users=1, max_user_quantile=1, max_item_quantile=1,
-                          eval_fraction=0.25)
+    cfg = TransformConfig(
+        min_user_items=1, min_item_users=1, max_user_quantile=1, max_item_quantile=1, eval_fraction=0.25
+    )
     rows = [r(f"u{u}", f"i{i}") for u in range(40) for i in range(10)]
     a, b = run_once(rows, cfg), run_once(rows, cfg)
     assert sorted(a["eval"]) == sorted(b["eval"])
@@ -153,8 +180,17 @@ def reference(rows, cfg, catalogue=None):
         kept = []
         for p in pairs:
             u, i = users[p[0]], items[p[1]]
-            reason = ("user_too_rare" if u < cfg.min_user_items else "user_too_active" if u > u_hi else
-                      "item_too_rare" if i < cfg.min_item_users else "item_too_popular" if i > i_hi else None)
+            reason = (
+                "user_too_rare"
+                if u < cfg.min_user_items
+                else "user_too_active"
+                if u > u_hi
+                else "item_too_rare"
+                if i < cfg.min_item_users
+                else "item_too_popular"
+                if i > i_hi
+                else None
+            )
             if reason:
                 outcomes[reason] += p[3]
             else:
@@ -162,18 +198,30 @@ def reference(rows, cfg, catalogue=None):
         pairs = kept
     outcomes["used"] = sum(p[3] for p in pairs)
     held = [p for p in pairs if aggregate.in_eval_split(p[0], p[1], cfg.eval_fraction, cfg.split_seed)]
-    return {"train": sorted(set(pairs) - set(held)), "eval": sorted(held),
-            "counts": {k: v for k, v in outcomes.items() if v},
-            "summary": {"pairs": {"train": len(pairs) - len(held), "eval": len(held)},
-                        "users": len({p[0] for p in pairs}), "items": len({p[1] for p in pairs})}}
+    return {
+        "train": sorted(set(pairs) - set(held)),
+        "eval": sorted(held),
+        "counts": {k: v for k, v in outcomes.items() if v},
+        "summary": {
+            "pairs": {"train": len(pairs) - len(held), "eval": len(held)},
+            "users": len({p[0] for p in pairs}),
+            "items": len({p[1] for p in pairs}),
+        },
+    }
 
 
 def test_bucketed_transform_equals_a_plain_python_computation():
     """Skewed random logs, 3 filter rounds with both popularity cuts active, a catalogue and bad rows:
     one bucket and several give exactly what the all-in-memory computation gives."""
     rng = np.random.default_rng(3)
-    cfg = TransformConfig(min_user_items=3, min_item_users=3, max_user_quantile=0.97, max_item_quantile=0.95,
-                          eval_fraction=0.2, filter_rounds=3)
+    cfg = TransformConfig(
+        min_user_items=3,
+        min_item_users=3,
+        max_user_quantile=0.97,
+        max_item_quantile=0.95,
+        eval_fraction=0.2,
+        filter_rounds=3,
+    )
     users = rng.zipf(1.6, 4000) % 300
     items = rng.zipf(1.4, 4000) % 150
     evts = rng.choice(["view", "view", "view", "appreciate", "comment", "own", "like"], 4000)
@@ -181,8 +229,15 @@ def test_bucketed_transform_equals_a_plain_python_computation():
     catalogue = {f"i{i}" for i in range(140)}
     got, want = run(rows, cfg, catalogue), reference(rows, cfg, catalogue)
     assert counts(got["outcomes"]) == want["counts"]
-    assert {"user_too_rare", "user_too_active", "item_too_rare", "item_too_popular", "zero_weight",
-            "unknown_item", "unknown_event"} <= set(want["counts"])
+    assert {
+        "user_too_rare",
+        "user_too_active",
+        "item_too_rare",
+        "item_too_popular",
+        "zero_weight",
+        "unknown_item",
+        "unknown_event",
+    } <= set(want["counts"])
     for name in ("train", "eval"):
         g = sorted(got[name])
         assert [p[:2] + p[3:] for p in g] == [p[:2] + p[3:] for p in want[name]]
@@ -213,6 +268,7 @@ print(tracemalloc.get_traced_memory()[1])
 """
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_the_pairs(tmp_path):
     """Peak Python memory (tracemalloc, a fresh interpreter; Beam's in-memory runner runs its workers
     and holds its shuffles there) at 10,000 and 80,000 rows, every one its own pair, in buckets of

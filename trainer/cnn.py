@@ -8,14 +8,13 @@ One backbone for every feature set so that the comparison is fair:
   random        the untrained backbone
 The feature is the L2-normalised output of the layer named "embedding".
 """
-from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.framework import config as tf_config   # op determinism's switch back and state: not public
 from sklearn.cluster import KMeans
+from tensorflow.python.framework import config as tf_config  # op determinism's switch back and state: not public
 
 from collabfeat import progress
 from collabfeat.config import CNNConfig, FinetuneConfig
@@ -42,7 +41,7 @@ def backbone(cfg: CNNConfig) -> tf.keras.Model:
     return tf.keras.Model(inputs, x, name="backbone")
 
 
-def with_head(net: tf.keras.Model, units: int, activation: Optional[str]) -> tf.keras.Model:
+def with_head(net: tf.keras.Model, units: int, activation: str | None) -> tf.keras.Model:
     x = tf.keras.layers.ReLU()(net.output)
     out = tf.keras.layers.Dense(units, activation=activation, name="head")(x)
     return tf.keras.Model(net.input, out)
@@ -62,8 +61,12 @@ def seeded(cfg: CNNConfig) -> None:
 def _augment(cfg: CNNConfig):
     if not cfg.augment:
         return None
-    return tf.keras.Sequential([tf.keras.layers.RandomFlip("horizontal", seed=cfg.seed),
-                                tf.keras.layers.RandomTranslation(0.1, 0.1, seed=cfg.seed)])
+    return tf.keras.Sequential(
+        [
+            tf.keras.layers.RandomFlip("horizontal", seed=cfg.seed),
+            tf.keras.layers.RandomTranslation(0.1, 0.1, seed=cfg.seed),
+        ]
+    )
 
 
 def pairs(images: np.ndarray, targets: np.ndarray) -> tf.data.Dataset:
@@ -71,7 +74,7 @@ def pairs(images: np.ndarray, targets: np.ndarray) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices((images, targets))
 
 
-def _stream(data: tf.data.Dataset, cfg: CNNConfig, rotate: bool = False) -> Tuple[tf.data.Dataset, Optional[int]]:
+def _stream(data: tf.data.Dataset, cfg: CNNConfig, rotate: bool = False) -> tuple[tf.data.Dataset, int | None]:
     """data: unbatched (uint8 image [S, S, 3], target) pairs -> shuffled, augmented float batches,
     and the steps of an epoch (None: one pass). If the data says how many pairs it holds (its
     cardinality) and they are more than cfg.epoch_images, an epoch is that many pairs of the data
@@ -86,22 +89,23 @@ def _stream(data: tf.data.Dataset, cfg: CNNConfig, rotate: bool = False) -> Tupl
     if aug is not None:
         data = data.map(lambda x, y: (aug(x, training=True), y))
     if rotate:  # the pretext task: the target is the number of quarter turns
+
         def turn(x, _):
             k = tf.random.uniform([tf.shape(x)[0]], 0, 4, dtype=tf.int32, seed=cfg.seed)
-            return tf.map_fn(lambda a: tf.image.rot90(a[0], a[1]), (x, k),
-                             fn_output_signature=tf.float32), k
+            return tf.map_fn(lambda a: tf.image.rot90(a[0], a[1]), (x, k), fn_output_signature=tf.float32), k
+
         data = data.map(turn)
     return data.prefetch(2), steps
 
 
-def _fit(model, data: tf.data.Dataset, loss, cfg: CNNConfig, epochs: int, rotate: bool = False,
-         task: str = "CNN training") -> List[float]:
+def _fit(
+    model, data: tf.data.Dataset, loss, cfg: CNNConfig, epochs: int, rotate: bool = False, task: str = "CNN training"
+) -> list[float]:
     """Trains `model` on unbatched (image, target) pairs (_stream) with Adam at cfg.learning_rate,
     then recalibrates its batch normalisation on the unaugmented images."""
     stream, steps = _stream(data, cfg, rotate)
     model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate), loss=loss)
-    hist = model.fit(stream, epochs=epochs, steps_per_epoch=steps, verbose=0,
-                     callbacks=[progress.keras_callback(task)])
+    hist = model.fit(stream, epochs=epochs, steps_per_epoch=steps, verbose=0, callbacks=[progress.keras_callback(task)])
     recalibrate(model, data.map(lambda x, y: x).shuffle(cfg.shuffle_buffer, seed=cfg.seed), cfg.batch_size)
     return [float(x) for x in hist.history["loss"]]
 
@@ -109,8 +113,9 @@ def _fit(model, data: tf.data.Dataset, loss, cfg: CNNConfig, epochs: int, rotate
 RECALIBRATION_BATCHES = 16
 
 
-def recalibrate(model: tf.keras.Model, images: tf.data.Dataset, batch_size: int,
-                batches: int = RECALIBRATION_BATCHES) -> None:
+def recalibrate(
+    model: tf.keras.Model, images: tf.data.Dataset, batch_size: int, batches: int = RECALIBRATION_BATCHES
+) -> None:
     """Sets every batch normalisation's moving statistics to the average of its batch statistics
     over `batches` batches of (shuffled) training images as they are served (not augmented), with the
     trained weights. During training the moving averages trail weights that keep changing and see
@@ -123,7 +128,7 @@ def recalibrate(model: tf.keras.Model, images: tf.data.Dataset, batch_size: int,
     try:
         for i, x in enumerate(images.take(batches * batch_size).batch(batch_size)):
             for m in layers:
-                m.momentum = i / (i + 1)           # a running mean over the batches so far
+                m.momentum = i / (i + 1)  # a running mean over the batches so far
             model(tf.cast(x, tf.float32), training=True)
     finally:
         for m, momentum in zip(layers, kept):
@@ -134,9 +139,13 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def train_regression(data: tf.data.Dataset, cfg: CNNConfig, epochs: Optional[int] = None,
-                     task: str = "CNN regression", net: Optional[tf.keras.Model] = None
-                     ) -> Tuple[tf.keras.Model, List[float]]:
+def train_regression(
+    data: tf.data.Dataset,
+    cfg: CNNConfig,
+    epochs: int | None = None,
+    task: str = "CNN regression",
+    net: tf.keras.Model | None = None,
+) -> tuple[tf.keras.Model, list[float]]:
     """data: (image, item factor) pairs; the factors are L2-normalised here. `net`: a backbone to
     start from (for example ImageNet weights, collabfeat/imagenet.py), else a fresh one."""
     seeded(cfg)
@@ -171,7 +180,7 @@ class _Finetune(tf.keras.Model):
     def setup(self, head, head_optimizer, teacher=None, distill: float = 0.0):
         self.head_ids = {id(v) for v in head}
         if teacher is not None:
-            teacher.trainable = False          # frozen: the student moves towards it, never it towards the student
+            teacher.trainable = False  # frozen: the student moves towards it, never it towards the student
         self.head_optimizer, self.teacher, self.distill = head_optimizer, teacher, distill
 
     def train_step(self, data):
@@ -193,9 +202,15 @@ class _Finetune(tf.keras.Model):
         return {"loss": loss, "total": total}
 
 
-def finetune_regression(data: tf.data.Dataset, cfg: CNNConfig, tune: FinetuneConfig, net: tf.keras.Model,
-                        pretrained: tf.keras.Model, teacher: Optional[tf.keras.Model] = None,
-                        task: str = "CNN fine-tuning") -> Tuple[tf.keras.Model, List[float]]:
+def finetune_regression(
+    data: tf.data.Dataset,
+    cfg: CNNConfig,
+    tune: FinetuneConfig,
+    net: tf.keras.Model,
+    pretrained: tf.keras.Model,
+    teacher: tf.keras.Model | None = None,
+    task: str = "CNN fine-tuning",
+) -> tuple[tf.keras.Model, list[float]]:
     """Collaborative regression from pretrained weights. net: image -> embedding, built on
     `pretrained` (the network whose weights are kept; the layers outside it are new); data:
     (image, item factor) pairs. The new layers first settle on the frozen network
@@ -208,18 +223,24 @@ def finetune_regression(data: tf.data.Dataset, cfg: CNNConfig, tune: FinetuneCon
     new = [v for v in model.trainable_variables if not any(v is w for w in pretrained.trainable_variables)]
     data = data.map(lambda x, y: (x, tf.math.l2_normalize(tf.cast(y, tf.float32), -1)))
     stream, steps = _stream(data, cfg)
-    losses: List[float] = []
+    losses: list[float] = []
 
     def rate(lr):
         return tf.keras.optimizers.AdamW(lr, weight_decay=tune.weight_decay)
+
     for frozen, epochs in ((True, tune.warmup_epochs), (False, tune.epochs)):
         if not epochs:
             continue
         pretrained.trainable = not frozen
         model.setup(new, rate(tune.head_learning_rate), None if frozen else teacher, tune.distill)
         model.compile(optimizer=rate(tune.learning_rate))
-        hist = model.fit(stream, epochs=epochs, steps_per_epoch=steps, verbose=0,
-                         callbacks=[progress.keras_callback(f"{task}: {'head' if frozen else 'all layers'}")])
+        hist = model.fit(
+            stream,
+            epochs=epochs,
+            steps_per_epoch=steps,
+            verbose=0,
+            callbacks=[progress.keras_callback(f"{task}: {'head' if frozen else 'all layers'}")],
+        )
         losses += [float(v) for v in hist.history["loss"]]
     pretrained.trainable = True
     recalibrate(net, data.map(lambda x, y: x).shuffle(cfg.shuffle_buffer, seed=cfg.seed), cfg.batch_size)
@@ -231,9 +252,15 @@ def pseudo_classes(factors: np.ndarray, k: int, seed: int) -> np.ndarray:
     return KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(unit(factors)).astype(np.int32)
 
 
-def train_classifier(data: tf.data.Dataset, n_classes: int, cfg: CNNConfig,
-                     epochs: Optional[int] = None, rotate: bool = False, task: str = "CNN classifier",
-                     net: Optional[tf.keras.Model] = None):
+def train_classifier(
+    data: tf.data.Dataset,
+    n_classes: int,
+    cfg: CNNConfig,
+    epochs: int | None = None,
+    rotate: bool = False,
+    task: str = "CNN classifier",
+    net: tf.keras.Model | None = None,
+):
     """data: (image, class id) pairs. `net`: a backbone to start from (for example ImageNet
     weights, collabfeat/imagenet.py), else a fresh one."""
     seeded(cfg)
@@ -245,8 +272,7 @@ def train_classifier(data: tf.data.Dataset, n_classes: int, cfg: CNNConfig,
     return net, losses
 
 
-def train_rotation(images: tf.data.Dataset, cfg: CNNConfig, epochs: Optional[int] = None,
-                   task: str = "CNN rotation"):
+def train_rotation(images: tf.data.Dataset, cfg: CNNConfig, epochs: int | None = None, task: str = "CNN rotation"):
     """images: a dataset of images (the targets are made by rotating them)."""
     return train_classifier(images.map(lambda x: (x, 0)), 4, cfg, epochs, rotate=True, task=task)
 
@@ -259,8 +285,9 @@ def random_init(cfg: CNNConfig) -> tf.keras.Model:
 def pixels_net(image_size: int) -> tf.keras.Model:
     """The raw-pixels feature set as a net: the image scaled to [0, 1] and flattened (pixels())."""
     inputs = tf.keras.Input((image_size, image_size, 3), name="image")
-    return tf.keras.Model(inputs, tf.keras.layers.Flatten()(tf.keras.layers.Rescaling(1.0 / 255)(inputs)),
-                          name="pixels")
+    return tf.keras.Model(
+        inputs, tf.keras.layers.Flatten()(tf.keras.layers.Rescaling(1.0 / 255)(inputs)), name="pixels"
+    )
 
 
 def batches(images, batch: int):
@@ -269,10 +296,10 @@ def batches(images, batch: int):
         yield from images.batch(batch).prefetch(2).as_numpy_iterator()
     else:
         for start in range(0, len(images), batch):
-            yield images[start:start + batch]
+            yield images[start : start + batch]
 
 
-def embed(net: tf.keras.Model, images, batch: int = 512, task: str = "", size: Optional[int] = None) -> np.ndarray:
+def embed(net: tf.keras.Model, images, batch: int = 512, task: str = "", size: int | None = None) -> np.ndarray:
     """L2-normalised features of uint8 images (an array [n, S, S, 3] or a dataset of images),
     computed batch by batch: memory holds the features, not the images. With a `task` name, the
     batches are reported as its progress (out of `size` images, if the dataset's size is known)."""

@@ -4,9 +4,10 @@ Every image (or every image of a query subset) queries all the others (leave-one
 is relevant when it has the query's label. Features must be L2-normalised: similarity is the dot
 product.
 """
+
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -14,14 +15,14 @@ from collabfeat import topk
 from collabfeat.features import COLLABORATIVE
 
 
-def query_rows(n: int, candidates: Optional[np.ndarray], max_queries: int, seed: int) -> np.ndarray:
+def query_rows(n: int, candidates: np.ndarray | None, max_queries: int, seed: int) -> np.ndarray:
     """The rows that query: all n (or the `candidates`: a boolean mask), a seeded sample of
     `max_queries` of them beyond that."""
     rows = np.arange(n) if candidates is None else np.flatnonzero(candidates)
     return rows[topk.sample(len(rows), max_queries, seed)]
 
 
-def chance(labels: np.ndarray, candidates: Optional[np.ndarray] = None) -> float:
+def chance(labels: np.ndarray, candidates: np.ndarray | None = None) -> float:
     """precision@k of a random ranking: for each query, the share of the other images that have its label."""
     labels = np.asarray(labels)
     counts = np.bincount(labels)
@@ -29,8 +30,14 @@ def chance(labels: np.ndarray, candidates: Optional[np.ndarray] = None) -> float
     return float(((counts[q] - 1) / max(len(labels) - 1, 1)).mean()) if len(q) else 0.0
 
 
-def retrieval_metrics(features: np.ndarray, labels: np.ndarray, k: int,
-                      max_queries: int = 0, seed: int = 0, candidates: Optional[np.ndarray] = None) -> Dict[str, float]:
+def retrieval_metrics(
+    features: np.ndarray,
+    labels: np.ndarray,
+    k: int,
+    max_queries: int = 0,
+    seed: int = 0,
+    candidates: np.ndarray | None = None,
+) -> dict[str, float]:
     """Every image (or each of `candidates`, a boolean mask; a seeded sample of `max_queries` of
     them beyond that) ranks all the others; computed in chunks of queries so that memory stays
     bounded (collabfeat/topk.py)."""
@@ -47,7 +54,7 @@ def retrieval_metrics(features: np.ndarray, labels: np.ndarray, k: int,
         q = queries[rows]
         sims = features[q] @ features.T
         sims[np.arange(len(q)), q] = -np.inf
-        order = np.argsort(-sims, axis=1, kind="stable")[:, : n - 1]   # the query itself sorts last
+        order = np.argsort(-sims, axis=1, kind="stable")[:, : n - 1]  # the query itself sorts last
         relevant = labels[order] == labels[q][:, None]
         precision.append(relevant[:, :k].mean(axis=1))
         hits = np.cumsum(relevant, axis=1)
@@ -62,26 +69,31 @@ BLESSING_BASELINES = ("random", "pixels")
 # The claims checked on every collaborative row, per facet: (other feature set, how it must
 # compare). ("plus", m): the row's precision must reach the other's + m; ("times", f): f x the other's.
 TARGETS = {
-    "style": [("imagenet", "plus", 0.05), ("supervised", "plus", 0.05), ("random", "plus", 0.10),
-              ("pixels", "plus", 0.10)],
+    "style": [
+        ("imagenet", "plus", 0.05),
+        ("supervised", "plus", 0.05),
+        ("random", "plus", 0.10),
+        ("pixels", "plus", 0.10),
+    ],
     "unseen_style": [("imagenet", "plus", 0.0), ("random", "plus", 0.0), ("pixels", "plus", 0.0)],
     "category": [("random", "plus", 0.05), ("pixels", "plus", 0.05), ("imagenet", "times", 0.8)],
     "transfer": [("random", "plus", 0.0), ("pixels", "plus", 0.0)],
 }
 
 
-FACETS = tuple(TARGETS)      # the reports' columns, in this order
+FACETS = tuple(TARGETS)  # the reports' columns, in this order
 
 
-def in_order(facets: Dict[str, Dict]) -> Dict[str, Dict]:
+def in_order(facets: dict[str, dict]) -> dict[str, dict]:
     """The facets in FACETS' order (reports are stored with sorted keys), any others after them."""
     return {name: facets[name] for name in sorted(facets, key=lambda f: (FACETS + (f,)).index(f))}
 
 
-def targets(facets: Dict[str, Dict], metric: str, rows: Sequence[str] = COLLABORATIVE) -> List[Dict]:
+def targets(facets: dict[str, dict], metric: str, rows: Sequence[str] = COLLABORATIVE) -> list[dict]:
     """The paper's claim as checks on the facet tables ({facet: {"table": {features: metrics}}}),
-    for each of `rows` (the Evaluator: the served features) that is there (TARGETS): on style it beats ImageNet and category-supervised
-    features by 0.05 and random-init and pixels by 0.10; on an unseen style it is at least level
+    for each of `rows` (the Evaluator: the served features) that is there (TARGETS): on style it
+    beats ImageNet and category-supervised features by 0.05 and random-init and pixels by 0.10; on
+    an unseen style it is at least level
     with ImageNet, random-init and pixels; on category it beats random-init and pixels by 0.05 and
     reaches 0.8 x ImageNet; on the transfer categories it is at least level with random-init and
     pixels. -> [{"target", "met", "values": [[row, value], ...], "needed"}]; a check whose rows
@@ -97,14 +109,25 @@ def targets(facets: Dict[str, Dict], metric: str, rows: Sequence[str] = COLLABOR
                     continue
                 mine, theirs = t[row][metric], t[other][metric]
                 needed = theirs + by if how == "plus" else by * theirs
-                name = (f"{facet}: {row} >= {other} + {by:.2f}" if how == "plus" and by else
-                        f"{facet}: {row} >= {other}" if how == "plus" else f"{facet}: {row} >= {by} x {other}")
-                out.append({"target": name, "met": bool(mine >= needed - 1e-12), "needed": round(needed, 4),
-                            "values": [[row, round(mine, 4)], [other, round(theirs, 4)]]})
+                name = (
+                    f"{facet}: {row} >= {other} + {by:.2f}"
+                    if how == "plus" and by
+                    else f"{facet}: {row} >= {other}"
+                    if how == "plus"
+                    else f"{facet}: {row} >= {by} x {other}"
+                )
+                out.append(
+                    {
+                        "target": name,
+                        "met": bool(mine >= needed - 1e-12),
+                        "needed": round(needed, 4),
+                        "values": [[row, round(mine, 4)], [other, round(theirs, 4)]],
+                    }
+                )
     return out
 
 
-def overall(tables: Dict[str, Dict[str, Dict[str, float]]], on: str = "mean") -> Dict[str, Dict[str, float]]:
+def overall(tables: dict[str, dict[str, dict[str, float]]], on: str = "mean") -> dict[str, dict[str, float]]:
     """The measure a model is blessed and pushed on (eval.bless_on), from the facets' tables
     ({facet: {features: metrics}}): one facet's table, or "mean": each metric averaged over the
     facets, for the feature sets that every facet has."""
@@ -113,11 +136,13 @@ def overall(tables: Dict[str, Dict[str, Dict[str, float]]], on: str = "mean") ->
             raise ValueError(f"eval.bless_on is {on!r}, but the evaluation has the facets {sorted(tables)} (or 'mean')")
         return tables[on]
     names = set.intersection(*(set(t) for t in tables.values())) if tables else set()
-    return {n: {m: float(np.mean([t[n][m] for t in tables.values()])) for m in next(iter(tables.values()))[n]}
-            for n in sorted(names)}
+    return {
+        n: {m: float(np.mean([t[n][m] for t in tables.values()])) for m in next(iter(tables.values()))[n]}
+        for n in sorted(names)
+    }
 
 
-def choose(table: Dict[str, Dict[str, float]], metric: str, serve: str, trained: str) -> str:
+def choose(table: dict[str, dict[str, float]], metric: str, serve: str, trained: str) -> str:
     """The collaborative feature set to serve (eval.serve): the one named, or with "best" the
     collaborative row of `table` (overall()) with the highest `metric`; `trained` (the CNNTrainer's,
     always there) wins ties and is served when no other collaborative row is in the table."""
@@ -129,14 +154,14 @@ def choose(table: Dict[str, Dict[str, float]], metric: str, serve: str, trained:
     return max(rows, key=lambda r: (table[r][metric], r == trained))
 
 
-def describe(images: Dict[str, int], on: str = "mean") -> str:
+def describe(images: dict[str, int], on: str = "mean") -> str:
     """What overall() measured on: 'category, 2000 images' or 'the mean over category (2000 images), ...'."""
     if on != "mean":
         return f"{on}, {images[on]} images"
     return "the mean over " + ", ".join(f"{f} ({n} images)" for f, n in images.items())
 
 
-def bless(table: Dict[str, Dict[str, float]], served: str, metric: str, margin: float):
+def bless(table: dict[str, dict[str, float]], served: str, metric: str, margin: float):
     """-> (blessed, margins): the served features must beat each of random-init and pixels on
     `metric` by at least `margin`. A missing baseline cannot be beaten: not blessed."""
     margins = {b: table[served][metric] - table[b][metric] for b in BLESSING_BASELINES if b in table}

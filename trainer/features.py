@@ -6,9 +6,11 @@ losses, and how many images it was trained on.
 (image, item factor) pairs, pseudo_classes(k, seed), labelled_images() (image, label of its facet),
 images(), and the counts size, labelled and n_classes.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Dict, List, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -19,7 +21,7 @@ from collabfeat.trainer import cnn
 
 class Made(NamedTuple):
     net: tf.keras.Model
-    losses: List[float]
+    losses: list[float]
     images: int
 
 
@@ -33,8 +35,9 @@ def _regression(data, cfg, task):
 
 
 def _pseudo_class(data, cfg, task):
-    net, losses = cnn.train_classifier(data.pseudo_classes(cfg.cnn.clusters, cfg.cnn.seed), cfg.cnn.clusters,
-                                       cfg.cnn, task=f"{task} pseudo-classes")
+    net, losses = cnn.train_classifier(
+        data.pseudo_classes(cfg.cnn.clusters, cfg.cnn.seed), cfg.cnn.clusters, cfg.cnn, task=f"{task} pseudo-classes"
+    )
     return Made(cnn.retrieval(net, cfg.cnn.retrieval), losses, data.size)
 
 
@@ -42,19 +45,25 @@ def _imagenet_regression(data, cfg, task):
     tune, size = cfg.finetune, cfg.cnn.image_size
     net = imagenet.regression_backbone(size, tune.size, cfg.cnn.embedding_dim)
     teacher = imagenet.backbone(size, tune.size) if tune.distill else None
-    net, losses = cnn.finetune_regression(data.factors(), cfg.cnn, tune, net, net.get_layer(imagenet.NETWORK),
-                                          teacher, task=f"{task} imagenet_regression")
+    net, losses = cnn.finetune_regression(
+        data.factors(), cfg.cnn, tune, net, net.get_layer(imagenet.NETWORK), teacher, task=f"{task} imagenet_regression"
+    )
     return Made(cnn.retrieval(net, cfg.cnn.retrieval), losses, data.size)
 
 
 def _supervised(facet: str, name: str):
     """A classifier of the catalogue's `facet` column (label: the category; style)."""
+
     def make(data, cfg, task):
         if data.labelled < 2:
-            raise NotTrainable(f"the catalogue has {data.labelled} images with a {facet}: a classifier needs at least 2")
-        net, losses = cnn.train_classifier(data.labelled_images(), data.n_classes, cfg.cnn, cfg.eval.baseline_epochs,
-                                           task=f"{task} {name}")
+            raise NotTrainable(
+                f"the catalogue has {data.labelled} images with a {facet}: a classifier needs at least 2"
+            )
+        net, losses = cnn.train_classifier(
+            data.labelled_images(), data.n_classes, cfg.cnn, cfg.eval.baseline_epochs, task=f"{task} {name}"
+        )
         return Made(net, losses, data.labelled)
+
     return make
 
 
@@ -63,7 +72,7 @@ def _rotation(data, cfg, task):
     return Made(net, losses, data.size)
 
 
-MAKE: Dict[str, Callable] = {
+MAKE: dict[str, Callable] = {
     "regression": _regression,
     "pseudo_class": _pseudo_class,
     "imagenet_regression": _imagenet_regression,
@@ -72,7 +81,9 @@ MAKE: Dict[str, Callable] = {
     "imagenet": lambda data, cfg, task: Made(imagenet.backbone(cfg.cnn.image_size, cfg.eval.imagenet_size), [], 0),
     "rotation": _rotation,
     "random": lambda data, cfg, task: Made(cnn.random_init(cfg.cnn), [], 0),
-    "pixels": lambda data, cfg, task: Made(cnn.pixels_net(cfg.cnn.image_size), [], 0),   # L2-normalised like every feature
+    "pixels": lambda data, cfg, task: Made(
+        cnn.pixels_net(cfg.cnn.image_size), [], 0
+    ),  # L2-normalised like every feature
 }
 assert set(MAKE) == set(REGISTRY), "every registered feature set is made here, and only those"
 

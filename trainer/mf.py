@@ -14,18 +14,17 @@ observed pairs, p_ij = 0 with confidence 1 everywhere else. Two solvers:
 objective="softmax" (solver adam) is TFRS's retrieval task: in-batch sampled softmax, weighted by
 V_ij, with the logQ correction for item popularity.
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, List
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from collabfeat import progress, topk
-
 from collabfeat.config import MFConfig
 
 
@@ -34,16 +33,15 @@ class MatrixFactorization(tfrs.Model):
         super().__init__()
         self.cfg, self.n_items = cfg, n_items
         init = tf.keras.initializers.RandomNormal(stddev=0.1, seed=cfg.seed)
-        self.users = tf.keras.layers.Embedding(n_users, cfg.dim, embeddings_initializer=init,
-                                               name="user_factors")
-        self.items = tf.keras.layers.Embedding(n_items, cfg.dim, embeddings_initializer=init,
-                                               name="item_factors")
+        self.users = tf.keras.layers.Embedding(n_users, cfg.dim, embeddings_initializer=init, name="user_factors")
+        self.items = tf.keras.layers.Embedding(n_items, cfg.dim, embeddings_initializer=init, name="item_factors")
         if cfg.objective == "softmax":
             self.task = tfrs.tasks.Retrieval()
             self.log_q = tf.constant(np.log(np.maximum(item_probability, 1e-12)), tf.float32)
         else:
-            self.task = tfrs.tasks.Ranking(loss=tf.keras.losses.MeanSquaredError(
-                reduction=tf.keras.losses.Reduction.SUM))
+            self.task = tfrs.tasks.Ranking(
+                loss=tf.keras.losses.MeanSquaredError(reduction=tf.keras.losses.Reduction.SUM)
+            )
 
     def compute_loss(self, features, training=False):
         u = self.users(features["user_idx"])
@@ -51,19 +49,25 @@ class MatrixFactorization(tfrs.Model):
         # lambda (|x_j|^2 + |y_i|^2) for the factors this batch touches, per observed pair.
         penalty = self.cfg.l2 * tf.reduce_mean(tf.reduce_sum(u * u + i * i, axis=1))
         if self.cfg.objective == "softmax":
-            return penalty + self.task(u, i, sample_weight=features["rating"],
-                             candidate_sampling_probability=tf.exp(tf.gather(self.log_q, features["item_idx"])),
-                             compute_metrics=False)
+            return penalty + self.task(
+                u,
+                i,
+                sample_weight=features["rating"],
+                candidate_sampling_probability=tf.exp(tf.gather(self.log_q, features["item_idx"])),
+                compute_metrics=False,
+            )
         batch = tf.shape(u)[0]
         neg = tf.random.uniform([batch, self.cfg.negatives], 0, self.n_items, dtype=tf.int64)
         pos_score = tf.reduce_sum(u * i, axis=1, keepdims=True)
         neg_score = tf.einsum("bd,bnd->bn", u, self.items(neg))
         labels = tf.concat([features["rating"][:, None], tf.zeros_like(neg_score)], axis=1)
-        weights = tf.concat([tf.ones_like(pos_score),
-                             tf.fill(tf.shape(neg_score), self.cfg.negative_weight)], axis=1)
-        loss = self.task(labels=tf.reshape(labels, [-1, 1]), predictions=tf.reshape(
-            tf.concat([pos_score, neg_score], axis=1), [-1, 1]),
-            sample_weight=tf.reshape(weights, [-1, 1]), compute_metrics=False)
+        weights = tf.concat([tf.ones_like(pos_score), tf.fill(tf.shape(neg_score), self.cfg.negative_weight)], axis=1)
+        loss = self.task(
+            labels=tf.reshape(labels, [-1, 1]),
+            predictions=tf.reshape(tf.concat([pos_score, neg_score], axis=1), [-1, 1]),
+            sample_weight=tf.reshape(weights, [-1, 1]),
+            compute_metrics=False,
+        )
         return penalty + loss / tf.cast(batch, tf.float32)
 
 
@@ -91,7 +95,7 @@ class PairBuckets:
         bucket_pairs pairs (a row with more is a bucket of its own); 0: one bucket, in memory."""
         counts = np.asarray(row_counts, np.int64)
         self.n_rows, self.directory = len(counts), directory
-        ends = np.concatenate([[0], np.cumsum(counts)])        # ends[r]: pairs of the rows before r
+        ends = np.concatenate([[0], np.cumsum(counts)])  # ends[r]: pairs of the rows before r
         self.pairs = int(ends[-1])
         self.bounds = row_ranges(ends, bucket_pairs) if bucket_pairs else np.array([0, self.n_rows])
         if len(self.bounds) > 2 and not directory:
@@ -110,7 +114,7 @@ class PairBuckets:
         cuts = np.searchsorted(which[order], np.arange(len(self.parts) + 1))
         for k in np.flatnonzero(np.diff(cuts)):
             with open(os.path.join(self.directory, f"bucket-{k}.bin"), "ab") as f:
-                records[order[cuts[k]:cuts[k + 1]]].tofile(f)
+                records[order[cuts[k] : cuts[k + 1]]].tofile(f)
 
     def _sort(self, records: np.ndarray, lo: int, hi: int):
         records = records[np.lexsort((records["col"], records["row"]))]
@@ -156,8 +160,7 @@ class WeightedALS:
     block of its own, its pairs summed `chunk_pairs` at a time), so every intermediate is bounded by
     `chunk_pairs` and the factor tables."""
 
-    def __init__(self, model: "MatrixFactorization", user_side: PairBuckets, item_side: PairBuckets,
-                 cfg: MFConfig):
+    def __init__(self, model: MatrixFactorization, user_side: PairBuckets, item_side: PairBuckets, cfg: MFConfig):
         self.model, self.cfg, self.user_side, self.item_side = model, cfg, user_side, item_side
 
     def _blocks(self, indptr):
@@ -170,8 +173,17 @@ class WeightedALS:
         for lo, hi, rows, cols, conf, indptr in side.buckets():
             if hi == lo:
                 continue
-            new[lo:hi] = _solve(x[lo:hi], y, tf.constant(rows), tf.constant(cols), tf.constant(conf),
-                                *self._blocks(indptr), reg, steps, tf.constant(self.cfg.chunk_pairs)).numpy()
+            new[lo:hi] = _solve(
+                x[lo:hi],
+                y,
+                tf.constant(rows),
+                tf.constant(cols),
+                tf.constant(conf),
+                *self._blocks(indptr),
+                reg,
+                steps,
+                tf.constant(self.cfg.chunk_pairs),
+            ).numpy()
         x.assign(new)
 
     def sweep(self) -> float:
@@ -188,17 +200,25 @@ class WeightedALS:
         observed, pairs = 0.0, 0
         chunk = tf.constant(self.cfg.chunk_pairs)
         for lo, hi, rows, cols, conf, indptr in self.user_side.buckets():
-            observed += float(_observed_loss(x[lo:hi], y, tf.constant(rows), tf.constant(cols), tf.constant(conf),
-                                             chunk))
+            observed += float(
+                _observed_loss(x[lo:hi], y, tf.constant(rows), tf.constant(cols), tf.constant(conf), chunk)
+            )
             pairs += len(rows)
         everywhere = tf.reduce_sum(tf.matmul(x, x, transpose_a=True) * tf.matmul(y, y, transpose_a=True))
         penalty = self.cfg.l2 * (tf.reduce_sum(x * x) + tf.reduce_sum(y * y))
         return (observed + float(everywhere) + float(penalty)) / max(pairs, 1)
 
 
-_SIDE = [tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.float32),
-         tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32),
-         tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.float32)]
+_SIDE = [
+    tf.TensorSpec([None, None], tf.float32),
+    tf.TensorSpec([None, None], tf.float32),
+    tf.TensorSpec([None], tf.int32),
+    tf.TensorSpec([None], tf.int32),
+    tf.TensorSpec([None], tf.float32),
+    tf.TensorSpec([None], tf.int32),
+    tf.TensorSpec([None], tf.int32),
+    tf.TensorSpec([], tf.float32),
+]
 
 
 @tf.function(input_signature=_SIDE + [tf.TensorSpec([], tf.int32)] * 2)
@@ -213,7 +233,7 @@ def _solve(x, y, rows, cols, conf, row_starts, pair_starts, reg, cg_steps, chunk
         r0, r1 = row_starts[b], row_starts[b + 1]
         p0, p1 = pair_starts[b], pair_starts[b + 1]
 
-        first = tf.gather(y, cols[p0:tf.minimum(p0 + chunk, p1)])   # every block but a heavy row's: all of it
+        first = tf.gather(y, cols[p0 : tf.minimum(p0 + chunk, p1)])  # every block but a heavy row's: all of it
 
         def observed(p, target):
             # per row: sum_j (c_j - 1)(y_j.p) y_j  - target * sum_j c_j y_j, over the block's pairs
@@ -221,17 +241,17 @@ def _solve(x, y, rows, cols, conf, row_starts, pair_starts, reg, cg_steps, chunk
             # so no intermediate exceeds [chunk, d]
             out = tf.zeros([r1 - r0, d])
             for q0 in tf.range(p0, p1, chunk):
-                tf.autograph.experimental.set_loop_options(parallel_iterations=1)   # one chunk live at a time
+                tf.autograph.experimental.set_loop_options(parallel_iterations=1)  # one chunk live at a time
                 q1 = tf.minimum(q0 + chunk, p1)
                 yg = tf.cond(q0 == p0, lambda: first, lambda: tf.gather(y, cols[q0:q1]))
                 local, c = rows[q0:q1] - r0, conf[q0:q1]
                 s = (c - 1.0) * tf.reduce_sum(yg * tf.gather(p, local), axis=1) - target * c
-                part = tf.math.segment_sum(s[:, None] * yg, local)        # rows are sorted
+                part = tf.math.segment_sum(s[:, None] * yg, local)  # rows are sorted
                 out += tf.pad(part, [[0, r1 - r0 - tf.shape(part)[0]], [0, 0]])
             return out
 
         xb = x[r0:r1]
-        res = -(tf.matmul(xb, yty) + observed(xb, 1.0))    # b - A x
+        res = -(tf.matmul(xb, yty) + observed(xb, 1.0))  # b - A x
         p, rs = res, tf.reduce_sum(res * res, axis=1, keepdims=True)
         for _ in tf.range(cg_steps):
             ap = tf.matmul(p, yty) + observed(p, 0.0)
@@ -262,15 +282,17 @@ def _observed_loss(x, y, rows, cols, conf, chunk):
 
 @dataclass
 class Factors:
-    users: np.ndarray        # [n_users, dim]
-    items: np.ndarray        # [n_items, dim]
-    losses: List[float]
+    users: np.ndarray  # [n_users, dim]
+    items: np.ndarray  # [n_items, dim]
+    losses: list[float]
 
 
-def fit(data: tf.data.Dataset, n_users: int, n_items: int, item_counts: np.ndarray, cfg: MFConfig,
-        callback=None) -> Factors:
-    """SGD (objective softmax, or mse with solver adam): fits the factors on a stream of batches {"user_idx", "item_idx", "rating"}
-    (0-based indices), re-read every epoch; item_counts [n_items]: training pairs per item (logQ)."""
+def fit(
+    data: tf.data.Dataset, n_users: int, n_items: int, item_counts: np.ndarray, cfg: MFConfig, callback=None
+) -> Factors:
+    """SGD (objective softmax, or mse with solver adam): fits the factors on a stream of batches
+    {"user_idx", "item_idx", "rating"} (0-based indices), re-read every epoch; item_counts [n_items]:
+    training pairs per item (logQ)."""
     counts = np.asarray(item_counts, np.float64)
     if counts.sum() == 0:
         raise ValueError("no interactions to factorise (all rows were filtered out?)")
@@ -292,17 +314,28 @@ def uses_als(cfg: MFConfig) -> bool:
     return cfg.objective == "mse" and cfg.solver == "als"
 
 
-def train(user_idx: np.ndarray, item_idx: np.ndarray, rating: np.ndarray,
-          n_users: int, n_items: int, cfg: MFConfig, callback=None) -> Factors:
+def train(
+    user_idx: np.ndarray,
+    item_idx: np.ndarray,
+    rating: np.ndarray,
+    n_users: int,
+    n_items: int,
+    cfg: MFConfig,
+    callback=None,
+) -> Factors:
     """Fits the factors on triples held in memory (0-based indices). solver="als" needs them so
     (24 bytes per pair); SGD streams them through fit(). callback(sweep, factors) is
     called after every ALS sweep or SGD epoch (the benchmark's trade-off curves)."""
     if len(user_idx) == 0:
         raise ValueError("no interactions to factorise (all rows were filtered out?)")
     if not uses_als(cfg):
-        data = tf.data.Dataset.from_tensor_slices({
-            "user_idx": user_idx.astype(np.int64), "item_idx": item_idx.astype(np.int64),
-            "rating": rating.astype(np.float32)})
+        data = tf.data.Dataset.from_tensor_slices(
+            {
+                "user_idx": user_idx.astype(np.int64),
+                "item_idx": item_idx.astype(np.int64),
+                "rating": rating.astype(np.float32),
+            }
+        )
         data = data.shuffle(len(user_idx), seed=cfg.seed, reshuffle_each_iteration=True).batch(cfg.batch_size)
         return fit(data, n_users, n_items, np.bincount(item_idx, minlength=n_items), cfg, callback)
     user_side = PairBuckets(np.bincount(user_idx, minlength=n_users))
@@ -324,7 +357,7 @@ def fit_als(user_side: PairBuckets, item_side: PairBuckets, cfg: MFConfig, callb
         raise ValueError("no interactions to factorise (all rows were filtered out?)")
     tf.keras.utils.set_random_seed(cfg.seed)
     model = MatrixFactorization(user_side.n_rows, item_side.n_rows, cfg)
-    model.users(tf.zeros([1], tf.int64)), model.items(tf.zeros([1], tf.int64))   # build the tables
+    model.users(tf.zeros([1], tf.int64)), model.items(tf.zeros([1], tf.int64))  # build the tables
     als = WeightedALS(model, user_side, item_side, cfg)
     losses = []
     for sweep in range(cfg.epochs):
@@ -354,7 +387,7 @@ def recall_at_k(factors: Factors, train_pairs: np.ndarray, eval_pairs: np.ndarra
     users = np.unique(eval_pairs[:, 0])
     train_pairs = train_pairs[np.isin(train_pairs[:, 0], users)]
 
-    def pairs_by_row(pairs):   # -> row of users, items sorted by that row, and each row's offsets
+    def pairs_by_row(pairs):  # -> row of users, items sorted by that row, and each row's offsets
         rows = np.searchsorted(users, pairs[:, 0])
         order = np.argsort(rows, kind="stable")
         return pairs[order, 1], np.searchsorted(rows[order], np.arange(len(users) + 1))
@@ -364,18 +397,19 @@ def recall_at_k(factors: Factors, train_pairs: np.ndarray, eval_pairs: np.ndarra
 
     def hide_seen(rows, scores):
         for r in range(rows.start, rows.stop):
-            scores[r - rows.start, seen_items[seen_at[r]:seen_at[r + 1]]] = -np.inf
+            scores[r - rows.start, seen_items[seen_at[r] : seen_at[r + 1]]] = -np.inf
 
     top, _ = topk.top_k(factors.users[users], factors.items, k, mask=hide_seen)
     recalls = []
     for r in range(len(users)):
-        held = np.unique(held_items[held_at[r]:held_at[r + 1]])
+        held = np.unique(held_items[held_at[r] : held_at[r + 1]])
         recalls.append(np.isin(top[r], held).sum() / min(k, len(held)))
     return float(np.mean(recalls))
 
 
-def neighbour_agreement(vectors: np.ndarray, labels: np.ndarray, k: int = 10,
-                        max_queries: int = 0, seed: int = 0) -> float:
+def neighbour_agreement(
+    vectors: np.ndarray, labels: np.ndarray, k: int = 10, max_queries: int = 0, seed: int = 0
+) -> float:
     """Share of each vector's k nearest neighbours (cosine, itself excluded) that have its label,
     over all vectors or a seeded sample of `max_queries` of them (chunked, bounded memory)."""
     v = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
@@ -388,25 +422,33 @@ def neighbour_agreement(vectors: np.ndarray, labels: np.ndarray, k: int = 10,
     return float((labels[top] == labels[queries][:, None]).mean())
 
 
-def save(factors: Factors, user_ids: List[str], item_ids: List[str], path: str) -> None:
+def save(factors: Factors, user_ids: list[str], item_ids: list[str], path: str) -> None:
     """An .npz file at `path` (a local path or a URI)."""
     import io
+
     from collabfeat import storage
-    arrays = dict(users=factors.users, items=factors.items,
-                  user_ids=np.array(user_ids, dtype=object), item_ids=np.array(item_ids, dtype=object))
+
+    arrays = dict(
+        users=factors.users,
+        items=factors.items,
+        user_ids=np.array(user_ids, dtype=object),
+        item_ids=np.array(item_ids, dtype=object),
+    )
     if storage.is_local(path):
         np.savez(path, **arrays)
         return
-    buf = io.BytesIO()          # zip wants to seek; a URI's file may not
+    buf = io.BytesIO()  # zip wants to seek; a URI's file may not
     np.savez(buf, **arrays)
     with storage.open(path, "wb") as f:
         f.write(buf.getvalue())
 
 
-def load(path: str) -> Dict[str, np.ndarray]:
+def load(path: str) -> dict[str, np.ndarray]:
     """{"users", "items", "user_ids", "item_ids"} as saved by save()."""
     import io
+
     from collabfeat import storage
+
     if storage.is_local(path):
         source = path
     else:

@@ -19,6 +19,7 @@ What crosses a shuffle is small: file names, per-bucket degree histograms, per-i
 and the outcome counts. A worker holds one bucket at a time: about `bucket_rows` rows' pairs
 (transform.bucket_rows): AggregateLogs(rows=...) makes rows / bucket_rows buckets.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -28,7 +29,8 @@ import pickle
 import uuid
 import zlib
 from collections import Counter
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -38,9 +40,18 @@ from apache_beam.transforms.window import GlobalWindows
 
 from collabfeat.outcomes import EXAMPLES, USED
 
-REASONS = ("missing_user", "missing_item", "unknown_event", "unknown_item", "zero_weight",
-           "user_too_rare", "user_too_active", "item_too_rare", "item_too_popular")
-CHUNK = 8192                 # records per pickled chunk in a bucket file
+REASONS = (
+    "missing_user",
+    "missing_item",
+    "unknown_event",
+    "unknown_item",
+    "zero_weight",
+    "user_too_rare",
+    "user_too_active",
+    "item_too_rare",
+    "item_too_popular",
+)
+CHUNK = 8192  # records per pickled chunk in a bucket file
 
 
 def _text(value: Any) -> str:
@@ -53,8 +64,7 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
-def validate_row(row: Dict[str, Any], event_weights: Dict[str, float],
-                 catalogue: Optional[set]) -> Tuple[str, Any]:
+def validate_row(row: dict[str, Any], event_weights: dict[str, float], catalogue: set | None) -> tuple[str, Any]:
     """-> ("ok", (user, item, event)) or (reason, None)."""
     user, item, event = _text(row.get("user")), _text(row.get("item")), _text(row.get("event")).lower()
     if not user:
@@ -68,13 +78,13 @@ def validate_row(row: Dict[str, Any], event_weights: Dict[str, float],
     return "ok", (user, item, event)
 
 
-def pair_weight(event_counts: Dict[str, int], event_weights: Dict[str, float]) -> float:
+def pair_weight(event_counts: dict[str, int], event_weights: dict[str, float]) -> float:
     return math.log1p(sum(event_weights[e] * n for e, n in sorted(event_counts.items())))
 
 
 def in_eval_split(user: str, item: str, fraction: float, seed: int) -> bool:
     digest = hashlib.sha256(f"{seed}\x1f{user}\x1f{item}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0 ** 64 < fraction
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < fraction
 
 
 def bucket_of(user: str, buckets: int) -> int:
@@ -87,21 +97,22 @@ def bucket_count(rows: int, cfg) -> int:
     return max(1, math.ceil(rows / cfg.bucket_rows))
 
 
-def histogram_quantile(histogram: Dict[int, int], q: float) -> float:
+def histogram_quantile(histogram: dict[int, int], q: float) -> float:
     """np.quantile(values, q) (linear interpolation) of the values a {value: count} histogram
     describes, without expanding them: memory grows with the distinct values, not with their count."""
     values = np.array(sorted(histogram), dtype=np.float64)
-    ends = np.cumsum([histogram[v] for v in sorted(histogram)])   # last position (exclusive) of each value
+    ends = np.cumsum([histogram[v] for v in sorted(histogram)])  # last position (exclusive) of each value
     h = (ends[-1] - 1) * q
     lo = int(math.floor(h))
 
     def at(pos):
         return values[np.searchsorted(ends, pos, side="right")]
+
     below = at(lo)
     return float(below + (h - lo) * (at(min(lo + 1, ends[-1] - 1)) - below))
 
 
-def degree_limits(histogram: Dict[int, int], minimum: int, max_quantile: float) -> Tuple[int, float]:
+def degree_limits(histogram: dict[int, int], minimum: int, max_quantile: float) -> tuple[int, float]:
     """Keep degrees in [minimum, upper]; upper is the max_quantile of the degrees, given as a
     {degree: number of users (or items) with it} histogram."""
     if not histogram or max_quantile >= 1.0:
@@ -111,10 +122,11 @@ def degree_limits(histogram: Dict[int, int], minimum: int, max_quantile: float) 
 
 # --- bucket files: pickled chunks of tuples, through Beam's filesystems (local, gs://, ...) ------
 
-def _dump(path: str, records: List[tuple]) -> None:
+
+def _dump(path: str, records: list[tuple]) -> None:
     with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         for start in range(0, len(records), CHUNK):
-            pickle.dump(records[start:start + CHUNK], f, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump(records[start : start + CHUNK], f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _load(path: str) -> Iterator[tuple]:
@@ -134,11 +146,12 @@ class _Spill(beam.DoFn):
 
     def __init__(self, directory: str, buckets: int, hold: int):
         self.directory, self.buckets = directory, buckets
-        self.chunk = max(64, hold // buckets)      # rows held per bucket before they are written
+        self.chunk = max(64, hold // buckets)  # rows held per bucket before they are written
 
     def setup(self):
         """A bundle keeps a file open per bucket: let the worker open that many, and some."""
         import resource
+
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         want = self.buckets + 256
         if soft != resource.RLIM_INFINITY and soft < want:
@@ -146,8 +159,8 @@ class _Spill(beam.DoFn):
             resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
 
     def start_bundle(self):
-        self.buffers: Dict[int, list] = {}
-        self.files: Dict[int, tuple] = {}
+        self.buffers: dict[int, list] = {}
+        self.files: dict[int, tuple] = {}
         self.tag = uuid.uuid4().hex
 
     def process(self, kv):
@@ -180,9 +193,9 @@ class _Tally:
 
     def __init__(self):
         self.rows: Counter = Counter()
-        self.details: Dict[str, List[str]] = {}
+        self.details: dict[str, list[str]] = {}
 
-    def add(self, reason: str, rows: int, detail: Optional[str] = None) -> None:
+    def add(self, reason: str, rows: int, detail: str | None = None) -> None:
         self.rows[reason] += rows
         if detail is not None:
             kept = self.details.setdefault(reason, [])
@@ -208,7 +221,7 @@ class _Validate(beam.DoFn):
     (a log with many bad rows sends a few tuples per bundle, not one per row, to the outcomes'
     Flatten, which the DirectRunner holds in memory)."""
 
-    def __init__(self, event_weights: Dict[str, float], buckets: int):
+    def __init__(self, event_weights: dict[str, float], buckets: int):
         self.weights, self.buckets = dict(event_weights), buckets
 
     def start_bundle(self):
@@ -227,7 +240,7 @@ class _Validate(beam.DoFn):
             yield beam.pvalue.TaggedOutput("rejected", GlobalWindows.windowed_value(t))
 
 
-def _stats(pairs: List[tuple]) -> Iterator[Any]:
+def _stats(pairs: list[tuple]) -> Iterator[Any]:
     """What the next filter round's limits need from a bucket: its users' degree histogram (a
     bucket holds all of its users' pairs) and each item's number of users in it."""
     degrees = Counter(p[0] for p in pairs)
@@ -240,14 +253,14 @@ class _Aggregate(beam.DoFn):
     """(bucket, [row files]) -> the bucket's weighted pairs (user, item, weight, rows) in a file,
     (bucket, that path), zero-weight outcomes and the first round's statistics."""
 
-    def __init__(self, directory: str, event_weights: Dict[str, float]):
+    def __init__(self, directory: str, event_weights: dict[str, float]):
         self.directory, self.weights = directory, dict(event_weights)
 
     def process(self, kv):
         bucket, paths = kv
         events = sorted(self.weights)
         index = {e: k for k, e in enumerate(events)}
-        counts: Dict[Tuple[str, str], List[int]] = {}
+        counts: dict[tuple[str, str], list[int]] = {}
         for path in paths:
             for user, item, event in _load(path):
                 c = counts.get((user, item))
@@ -306,8 +319,9 @@ class _FilterRound(beam.DoFn):
             split[name] += 1
             yield beam.pvalue.TaggedOutput(name, p)
         yield beam.pvalue.TaggedOutput("outcomes", (USED, sum(p[3] for p in kept), None))
-        yield beam.pvalue.TaggedOutput("counts", {"train": split["train"], "eval": split["eval"],
-                                                  "users": len({p[0] for p in kept})})
+        yield beam.pvalue.TaggedOutput(
+            "counts", {"train": split["train"], "eval": split["eval"], "users": len({p[0] for p in kept})}
+        )
         for item in {p[1] for p in kept}:
             yield beam.pvalue.TaggedOutput("items", item)
 
@@ -332,13 +346,19 @@ class _SumDicts(beam.CombineFn):
 
 def _limits(stats, tag: str, cfg):
     """A round's statistics -> (user limits, {item: reason} for the items it drops), as side inputs."""
-    user_limits = (stats.user_histogram | f"{tag}UserHistogram" >> beam.CombineGlobally(_SumDicts())
-                   | f"{tag}UserLimits" >> beam.Map(degree_limits, cfg.min_user_items, cfg.max_user_quantile))
+    user_limits = (
+        stats.user_histogram
+        | f"{tag}UserHistogram" >> beam.CombineGlobally(_SumDicts())
+        | f"{tag}UserLimits" >> beam.Map(degree_limits, cfg.min_user_items, cfg.max_user_quantile)
+    )
     item_degree = stats.item_users | f"{tag}ItemDegree" >> beam.CombinePerKey(sum)
-    item_limits = (item_degree | f"{tag}ItemValues" >> beam.Map(lambda kd: (kd[1], 1))
-                   | f"{tag}ItemHistogram" >> beam.CombinePerKey(sum)
-                   | f"{tag}ItemHistogramDict" >> beam.combiners.ToDict()
-                   | f"{tag}ItemLimits" >> beam.Map(degree_limits, cfg.min_item_users, cfg.max_item_quantile))
+    item_limits = (
+        item_degree
+        | f"{tag}ItemValues" >> beam.Map(lambda kd: (kd[1], 1))
+        | f"{tag}ItemHistogram" >> beam.CombinePerKey(sum)
+        | f"{tag}ItemHistogramDict" >> beam.combiners.ToDict()
+        | f"{tag}ItemLimits" >> beam.Map(degree_limits, cfg.min_item_users, cfg.max_item_quantile)
+    )
 
     def dropped(kd, lim):
         (item, deg), (lo, hi) = kd, lim
@@ -346,6 +366,7 @@ def _limits(stats, tag: str, cfg):
             yield item, "item_too_rare"
         elif deg > hi:
             yield item, "item_too_popular"
+
     item_reasons = item_degree | f"{tag}ItemDrop" >> beam.FlatMap(dropped, lim=beam.pvalue.AsSingleton(item_limits))
     return beam.pvalue.AsSingleton(user_limits), beam.pvalue.AsDict(item_reasons)
 
@@ -380,30 +401,50 @@ class AggregateLogs(beam.PTransform):
         validate = _Validate(weights, buckets)
         validate = beam.ParDo(validate, known) if known is not None else beam.ParDo(validate)
         parsed = rows | "Validate" >> validate.with_outputs("rejected", main="ok")
-        files = (parsed.ok | "Spill" >> beam.ParDo(_Spill(self.work_dir, buckets, self.hold))
-                 | "FilesByBucket" >> beam.GroupByKey())
+        files = (
+            parsed.ok
+            | "Spill" >> beam.ParDo(_Spill(self.work_dir, buckets, self.hold))
+            | "FilesByBucket" >> beam.GroupByKey()
+        )
         stats = files | "Aggregate" >> beam.ParDo(_Aggregate(self.work_dir, weights)).with_outputs(
-            "outcomes", "user_histogram", "item_users", main="pairs")
+            "outcomes", "user_histogram", "item_users", main="pairs"
+        )
         losses = [parsed.rejected, stats.outcomes]
         rounds = max(1, cfg.filter_rounds)
         for r in range(rounds):
             last = r == rounds - 1
             user_limits, item_reasons = _limits(stats, f"Round{r}", cfg)
-            tags = ("outcomes", "train", "eval", "counts", "items") if last else (
-                "outcomes", "user_histogram", "item_users")
+            tags = (
+                ("outcomes", "train", "eval", "counts", "items")
+                if last
+                else ("outcomes", "user_histogram", "item_users")
+            )
             stats = stats.pairs | f"Round{r}Filter" >> beam.ParDo(
-                _FilterRound(self.work_dir, r, last, cfg.eval_fraction, cfg.split_seed),
-                user_limits, item_reasons).with_outputs(*tags, main="pairs")
+                _FilterRound(self.work_dir, r, last, cfg.eval_fraction, cfg.split_seed), user_limits, item_reasons
+            ).with_outputs(*tags, main="pairs")
             losses.append(stats.outcomes)
         outcomes = losses | "AllOutcomes" >> beam.Flatten()
-        return {"train": stats.train, "eval": stats.eval, "outcomes": outcomes,
-                "summary": _summary(stats.counts, stats["items"])}
+        return {
+            "train": stats.train,
+            "eval": stats.eval,
+            "outcomes": outcomes,
+            "summary": _summary(stats.counts, stats["items"]),
+        }
 
 
 def _summary(counts, items):
     """Pairs per split and distinct users and items, counted by Beam (not by the driver)."""
     n_items = items | "ItemsDistinct" >> beam.Distinct() | "CountItems" >> beam.combiners.Count.Globally()
-    return (counts | "SumCounts" >> beam.CombineGlobally(_SumDicts())
-            | "Summary" >> beam.Map(lambda c, i: {"pairs": {"train": c.get("train", 0), "eval": c.get("eval", 0)},
-                                                   "users": c.get("users", 0), "items": i},
-                                    i=beam.pvalue.AsSingleton(n_items)))
+    return (
+        counts
+        | "SumCounts" >> beam.CombineGlobally(_SumDicts())
+        | "Summary"
+        >> beam.Map(
+            lambda c, i: {
+                "pairs": {"train": c.get("train", 0), "eval": c.get("eval", 0)},
+                "users": c.get("users", 0),
+                "items": i,
+            },
+            i=beam.pvalue.AsSingleton(n_items),
+        )
+    )

@@ -6,6 +6,7 @@ Builds the id vocabularies (full pass over the train split) and scales the weigh
   weight              V_ij as given by the log transform
   rating              V_ij / max(V) over the train split, in (0, 1]
 """
+
 import tensorflow as tf
 import tensorflow_transform as tft
 
@@ -16,8 +17,7 @@ ITEM_VOCAB = "item_id"
 def _dense(x, default):
     """A [batch] dense tensor from a [batch, 1] dense, sparse or ragged feature."""
     if isinstance(x, tf.SparseTensor):
-        x = tf.sparse.to_dense(
-            tf.SparseTensor(x.indices, x.values, [x.dense_shape[0], 1]), default_value=default)
+        x = tf.sparse.to_dense(tf.SparseTensor(x.indices, x.values, [x.dense_shape[0], 1]), default_value=default)
     elif isinstance(x, tf.RaggedTensor):
         x = x.to_tensor(default_value=default, shape=[None, 1])
     return tf.reshape(x, [-1])
