@@ -1,4 +1,4 @@
-"""All configuration in one place: typed dataclasses with defaults.
+"""All configuration in one place: typed dataclasses with defaults, validated by pydantic.
 
 Override from a YAML file (`--config FILE`) and/or dotted CLI settings
 (`--set mf.dim=64 --set cnn.epochs=3`). A run is fully described by one document
@@ -13,16 +13,31 @@ import dataclasses
 import json
 import os
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from types import SimpleNamespace
-from typing import Any
+from typing import Annotated, Any
 
+import pydantic
+import pydantic_core
 import yaml
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from collabfeat.emoji import VENDORS
 from collabfeat.features import COLLABORATIVE, FEATURE_SETS, REGISTRY
 
 
-@dataclass
+def _split_commas(value: Any) -> Any:
+    """A list setting given as one string on the command line: "a,b" -> ["a", "b"]."""
+    return [v for v in value.split(",") if v] if isinstance(value, str) else value
+
+
+Strs = Annotated[list[str], pydantic.BeforeValidator(_split_commas)]
+Ints = Annotated[list[int], pydantic.BeforeValidator(_split_commas)]
+# Unknown settings are errors; a number given for a text setting is its text (`--set serving.model_name=7`).
+SECTION = pydantic.ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+
+
+@pydantic_dataclass(config=SECTION)
 class SimulatorConfig:
     """The behaviour-log generator for the embedded default data (see collabfeat/simulate.py)."""
 
@@ -36,7 +51,7 @@ class SimulatorConfig:
     popularity_exponent: float = 1.0  # Zipf exponent of item popularity within a style
     taste_concentration: float = 0.3  # Dirichlet concentration of users' tastes (over styles, over categories)
     n_styles: int = 8  # fashion: rendered styles (a print in a colourway), drawn independently of category
-    vendors: list[str] = field(default_factory=lambda: ["google", "twitter", "fluent"])  # emoji: the
+    vendors: Strs = field(default_factory=lambda: ["google", "twitter", "fluent"])  # emoji: the
     # catalogue's drawing styles (collabfeat/emoji.py VENDORS)
     unseen_vendor: str = "openmoji"  # emoji: a style left out of the catalogue and all training (the unseen-style
     # facet); empty: none
@@ -51,13 +66,13 @@ class SimulatorConfig:
     bad_image_count: int = 5  # planted corrupt / missing image files
 
 
-@dataclass
+@pydantic_dataclass(config=SECTION)
 class DataConfig:
     """Where the input lives. Empty paths mean: generate the embedded default data."""
 
     source: str = "emoji"  # the default data's images: "emoji" (the same emoji drawn by several vendors,
     # collabfeat/emoji.py) or "fashion" (Fashion-MNIST in rendered prints)
-    background: list[int] = field(default_factory=lambda: [255, 255, 255])  # RGB that transparent pixels
+    background: Ints = field(default_factory=lambda: [255, 255, 255])  # RGB that transparent pixels
     # are composited on, in the one preprocessing (collabfeat/images.py pixels)
     logs: str = ""  # CSV / Parquet / TFRecord file (or directory) of behaviour logs
     logs_format: str = ""  # csv | parquet | tfrecord; empty: from the extension (directory: csv)
@@ -73,7 +88,7 @@ class DataConfig:
     time_column: str = "timestamp"
 
 
-@dataclass
+@pydantic_dataclass(config=SECTION)
 class TransformConfig:
     """The Beam log transform: weights, log scaling, popularity filtering, splits."""
 
@@ -91,7 +106,7 @@ class TransformConfig:
     # filters one bucket's pairs at a time (bounds memory)
 
 
-@dataclass
+@pydantic_dataclass(config=SECTION)
 class MFConfig:
     """Matrix factorisation with TensorFlow Recommenders."""
 
@@ -119,12 +134,12 @@ class MFConfig:
     agreement_items: int = 20000
 
 
-@dataclass
+@pydantic_dataclass(config=SECTION)
 class CNNConfig:
     """The Keras CNN that maps an image to the collaborative feature space."""
 
     image_size: int = 64  # images are decoded to RGB and resized to image_size^2 (the emoji's own size)
-    widths: list[int] = field(default_factory=lambda: [32, 64, 128])
+    widths: Ints = field(default_factory=lambda: [32, 64, 128])
     embedding_dim: int = 64
     mode: str = "regression"  # the served model's mode: "regression" or "pseudo_class"
     regression_loss: str = "cosine"  # or "l2"
@@ -144,12 +159,12 @@ class CNNConfig:
     # stream over all of them: training cost is bounded by the catalogue
 
 
-@dataclass
+@pydantic_dataclass(config=SECTION)
 class EvalConfig:
     """Retrieval evaluation against baselines on held-out labelled images."""
 
     k: int = 10
-    baselines: list[str] = field(
+    baselines: Strs = field(
         default_factory=lambda: [
             "supervised",
             "style_supervised",
@@ -179,7 +194,7 @@ class EvalConfig:
     # each is ranked against all held-out images, in bounded chunks
 
 
-@dataclass
+@pydantic_dataclass(config=SECTION)
 class FinetuneConfig:
     """Collaborative regression from EfficientNet-Lite0's ImageNet weights (imagenet_regression,
     trainer/cnn.py finetune_regression): the new head settles on the frozen network first, then
@@ -200,14 +215,14 @@ class FinetuneConfig:
     # 0.465), for 18% more time (finetune.json)
 
 
-@dataclass
+@pydantic_dataclass(config=SECTION)
 class IndexConfig:
     """ScaNN index over the catalogue's embeddings."""
 
     num_neighbors: int = 10
     kind: str = "auto"  # "auto" (by size and measured speed), "brute_force" or "tree_ah"
     leaves: int = 0  # tree leaves; 0: about sqrt(n)
-    leaves_to_search: int = 0  # 0: tuned, the fewest that reach min_recall (serving/index.py)
+    leaves_to_search: int = 0  # 0: tuned, the fewest that reach min_recall (serving/build/index.py)
     reorder: int = 0  # candidates re-scored exactly; 0: tuned with leaves_to_search
     min_recall: float = 0.95  # recall@num_neighbors against exact search the index must reach
     recall_queries: int = 1000  # seeded sample of catalogue items that measure recall against exact search
@@ -215,7 +230,7 @@ class IndexConfig:
     # at the mean of their nearest sampled neighbours
 
 
-@dataclass
+@pydantic_dataclass(config=SECTION)
 class ServingConfig:
     """Pushing, and the gRPC server (serving/server.py)."""
 
@@ -235,7 +250,7 @@ class ServingConfig:
     tls_key: str = ""
 
 
-@dataclass
+@pydantic_dataclass(config=SECTION)
 class RunnerConfig:
     pipeline_name: str = "collabfeat"
     output_dir: str = "runs"  # pipeline root, metadata and the generated default data
@@ -249,7 +264,7 @@ class RunnerConfig:
     # any process's port-0 server or outgoing connection can take it while the pool starts.
     portable_pool_port: int = 8098
     cache: bool = True  # reuse a component's earlier outputs when its inputs, settings and code are unchanged
-    beam_args: list[str] = field(default_factory=list)  # extra Beam args (e.g. a cluster runner)
+    beam_args: Strs = field(default_factory=list)  # extra Beam args (e.g. a cluster runner)
     # Kubeflow (kubeflow/runner.py): the pipeline image, where the repository sits in it, and the
     # pipeline root every component reads and writes (a bucket or a shared volume).
     container_image: str = "collabfeat/pipeline:latest"
@@ -257,7 +272,7 @@ class RunnerConfig:
     kubeflow_pipeline_root: str = "gs://YOUR-BUCKET/collabfeat"
 
 
-@dataclass
+@pydantic_dataclass(config=SECTION)
 class Config:
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -309,8 +324,6 @@ class Config:
         if len(self.data.background) != 3 or not all(0 <= c <= 255 for c in self.data.background):
             problems.append(f"data.background must be three values in 0..255 (RGB), not {self.data.background}")
         if self.data.source == "emoji":
-            from collabfeat.emoji import VENDORS
-
             sim = self.simulator
             unknown = [v for v in sim.vendors + [sim.unseen_vendor] if v and v not in VENDORS]
             if unknown:
@@ -349,53 +362,33 @@ class Config:
         return self
 
 
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    """Converts a YAML/CLI value to the declared field type, naming the field on failure."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
-        return _fill(typing.cast(Any, tp)(), value, where)
+def _problem(error: pydantic_core.ErrorDetails, root: type) -> str:
+    """One of pydantic's validation errors, named by its setting as the rest of this module names them."""
+    loc = [str(part) for part in error["loc"]]
+    where = ".".join(loc)
+    if error["type"] == "unexpected_keyword_argument":
+        section: Any = root
+        for part in loc[:-1]:
+            section = typing.get_type_hints(section)[part]
+        return f"{where}: unknown setting (known: {', '.join(sorted(f.name for f in dataclasses.fields(section)))})"
+    if error["type"] == "dataclass_type":
+        return f"{where}: expected a mapping, got {error['input']!r}"
+    return f"{where}: cannot use {error['input']!r}: {error['msg']}"
+
+
+def _make(cls: type, values: dict[str, Any], where: str = "") -> Any:
+    """A config dataclass from plain values (YAML, --set, JSON), every error naming its setting."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where or 'the configuration'}: expected a mapping, got {values!r}")
     try:
-        if origin is list:
-            (inner,) = typing.get_args(tp)
-            if isinstance(value, str):
-                value = [v for v in value.split(",") if v]
-            return [_coerce(inner, v, f"{where}[]") for v in value]
-        if origin is dict:
-            _, inner = typing.get_args(tp)
-            if not isinstance(value, dict):
-                raise ValueError("expected a mapping")
-            return {str(k): _coerce(inner, v, f"{where}.{k}") for k, v in value.items()}
-        if tp is bool:
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError("expected true or false")
-            return bool(value)
-        if tp in (int, float, str):
-            if tp is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError("expected an integer")
-            return tp(value)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: cannot use {value!r}: {e}") from None
-    return value
-
-
-def _fill(obj: Any, values: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(type(obj))
-    for key, value in values.items():
-        if key not in hints:
-            known = ", ".join(sorted(hints))
-            raise ValueError(f"{where + '.' if where else ''}{key}: unknown setting (known: {known})")
-        setattr(obj, key, _coerce(hints[key], value, f"{where + '.' if where else ''}{key}"))
-    return obj
+        return cls(**values)
+    except pydantic.ValidationError as e:
+        prefix = f"{where}." if where else ""
+        raise ValueError("\n".join(prefix + _problem(err, cls) for err in e.errors())) from None
 
 
 def from_dict(values: dict[str, Any]) -> Config:
-    return _fill(Config(), values or {}, "")
+    return _make(Config, values or {})
 
 
 def feature_node(kind: str) -> str:
@@ -494,7 +487,7 @@ def settings(text: str) -> Settings:
     hints = typing.get_type_hints(Config)
     out = Settings()
     for section, values in json.loads(text).items():
-        whole = _fill(hints[section](), values, section)
+        whole = _make(hints[section], values, section)
         names = {f.name for f in dataclasses.fields(whole)}
         setattr(
             out,
