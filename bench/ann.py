@@ -23,6 +23,7 @@ import argparse
 import math
 import os
 import re
+import sys
 import time
 from collections.abc import Callable
 
@@ -31,8 +32,8 @@ import numpy as np
 from bench.common import RESULTS, save, step, table
 from collabfeat import config as config_lib
 from collabfeat import topk
-from collabfeat.serving import index as scann_index
-from collabfeat.serving import push
+from serving import store
+from serving.build import index as scann_index
 
 K = 10
 RECALLS = (0.90, 0.95, 0.99)
@@ -50,10 +51,10 @@ def synthetic(n: int, d: int = 64, clusters: int = 1000, seed: int = 0):
 def newest_catalogue(cfg):
     """The newest pushed version's catalogue embeddings (.npy path), or None before any push."""
     try:
-        version = push.newest_version(os.path.join(cfg.serving.push_dir, cfg.serving.model_name))
+        version = store.newest_version(os.path.join(cfg.serving.push_dir, cfg.serving.model_name))
     except FileNotFoundError:
         return None
-    return os.path.join(version, push.EXTRA, "embeddings.npy")
+    return os.path.join(version, store.EXTRA, "embeddings.npy")
 
 
 def _point(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray, exact: np.ndarray, knob: str) -> dict:
@@ -71,7 +72,7 @@ def _geometric(top: int, steps: int = 12) -> list[int]:
 
 
 def curves(name: str, db: np.ndarray, queries: np.ndarray) -> list[dict]:
-    import faiss
+    import faiss  # lazy: an optional benchmark dependency
 
     faiss.omp_set_num_threads(1)  # searches run on one thread, like ScaNN's search_batched
     n, d = db.shape
@@ -172,9 +173,9 @@ def qps_at(front: list[dict], recall: float) -> float | None:
 
 def plot(results: list[dict], stem: str) -> list[str]:
     """The curves, one panel per data set: an HTML file and, if Chromium is there, a PNG."""
-    import plotly.graph_objects as go
-    from plotly.colors import qualitative
-    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go  # lazy: plotly, only to draw
+    from plotly.colors import qualitative  # lazy: plotly, only to draw
+    from plotly.subplots import make_subplots  # lazy: plotly, only to draw
 
     sets = list(dict.fromkeys(m["data"] for m in results))
     fig = make_subplots(rows=1, cols=len(sets), subplot_titles=sets)
@@ -205,7 +206,7 @@ def plot(results: list[dict], stem: str) -> list[str]:
     fig.write_html(html, include_plotlyjs=True)
     out = [html]
     if os.path.exists(CHROMIUM):
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import sync_playwright  # lazy: the browser, only for screenshots
 
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
@@ -265,6 +266,4 @@ def target(results: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    import sys
-
     run(sys.argv[1:])

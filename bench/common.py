@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import time
@@ -27,10 +28,9 @@ def default_interactions(cfg, item_ids: bool = False):
     """The default simulated logs weighted exactly as the Beam log transform weighs them
     (transform/aggregate.py), rows of unknown items dropped, without popularity filtering:
     (users, items, ratings, n_users, n_items), and with `item_ids` the id of each item index."""
-    import csv
 
-    from collabfeat.pipeline.data import prepare_data
-    from collabfeat.transform.aggregate import pair_weight, validate_row
+    from pipeline.data import prepare_data  # lazy: this benchmark's stack, imported when it runs
+    from transform.aggregate import pair_weight, validate_row  # lazy: this benchmark's stack, imported when it runs
 
     cfg = prepare_data(cfg)
     weights = cfg.transform.event_weights

@@ -26,8 +26,8 @@ def run(argv) -> None:
     ap.add_argument("--images", type=int, default=2048)
     ap.add_argument("--epochs", type=int, default=2)
     args = ap.parse_args(argv)
-    from collabfeat.config import CNNConfig
-    from collabfeat.trainer import cnn
+    from collabfeat.config import CNNConfig  # lazy: this benchmark's stack, imported when it runs
+    from trainer import cnn  # lazy: this benchmark's stack, imported when it runs
 
     rng = np.random.default_rng(0)
     base = CNNConfig()

@@ -37,12 +37,12 @@ def run(argv) -> None:
     ap.add_argument("--distill", type=float, default=1.0, help="the distill recipe's weight")
     ap.add_argument("--set", action="append", default=[], help="a config override, as for ./run run")
     args = ap.parse_args(argv)
-    from bench.common import default_interactions
-    from bench.gate import chances, read, scores
-    from collabfeat import config as config_lib
-    from collabfeat import imagenet
-    from collabfeat.pipeline.data import prepare_data
-    from collabfeat.trainer import cnn, mf
+    from bench.common import default_interactions  # lazy: this benchmark's stack, imported when it runs
+    from bench.gate import chances, read, scores  # lazy: this benchmark's stack, imported when it runs
+    from collabfeat import config as config_lib  # lazy: this benchmark's stack, imported when it runs
+    from collabfeat import imagenet  # lazy: this benchmark's stack, imported when it runs
+    from pipeline.data import prepare_data  # lazy: this benchmark's stack, imported when it runs
+    from trainer import cnn, mf  # lazy: this benchmark's stack, imported when it runs
 
     start, rows = time.time(), []
     with tempfile.TemporaryDirectory(prefix="collabfeat-finetune-") as out:

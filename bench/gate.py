@@ -32,7 +32,7 @@ CEILING = 0.9
 def read(out: str, table: str, size: int, background):
     """An item table's images through the one preprocessing: (uint8 images, styles, labels, item
     ids), without the images that cannot be read (the simulator plants a few)."""
-    from collabfeat import images
+    from collabfeat import images  # lazy: this benchmark's stack, imported when it runs
 
     with open(os.path.join(out, table)) as f:
         rows = [r for r in csv.DictReader(f)]
@@ -56,7 +56,7 @@ def unseen_queries(held_styles: np.ndarray, unseen_styles: np.ndarray) -> np.nda
 
 def chances(held, unseen=None) -> dict[str, float]:
     """Each facet's chance line, as the Evaluator draws it. held, unseen: (images, styles, labels)."""
-    from collabfeat.trainer.evaluate import chance
+    from trainer.evaluate import chance  # lazy: this benchmark's stack, imported when it runs
 
     out = {"style": chance(held[1]), "category": chance(held[2])}
     if unseen is not None:
@@ -67,8 +67,8 @@ def chances(held, unseen=None) -> dict[str, float]:
 def scores(model, held, unseen=None, k: int = 10) -> dict[str, float]:
     """precision@k of a net on the held-out images' style and category and, with the unseen
     vendor's images, on the unseen style: they query the pool of them and the held-out ones."""
-    from collabfeat.trainer import cnn
-    from collabfeat.trainer.evaluate import retrieval_metrics
+    from trainer import cnn  # lazy: this benchmark's stack, imported when it runs
+    from trainer.evaluate import retrieval_metrics  # lazy: this benchmark's stack, imported when it runs
 
     key = f"precision@{k}"
     feats = cnn.embed(model, held[0])
@@ -88,10 +88,10 @@ def run(argv) -> None:
     ap.add_argument("--vendors", default="", help="emoji: the catalogue's vendors (default: simulator.vendors)")
     ap.add_argument("--unseen", default=None, help="emoji: the unseen vendor (default: simulator.unseen_vendor)")
     args = ap.parse_args(argv)
-    from collabfeat import config as config_lib
-    from collabfeat import imagenet
-    from collabfeat.simulate import simulate
-    from collabfeat.trainer import cnn
+    from collabfeat import config as config_lib  # lazy: this benchmark's stack, imported when it runs
+    from collabfeat import imagenet  # lazy: this benchmark's stack, imported when it runs
+    from collabfeat.simulate import simulate  # lazy: this benchmark's stack, imported when it runs
+    from trainer import cnn  # lazy: this benchmark's stack, imported when it runs
 
     overrides = [f"data.source={args.source}", "simulator.n_transfer_images=0", "simulator.n_users=200"]
     if args.vendors:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from bench.common import default_interactions, save, step, table
 from collabfeat import config as config_lib
 from collabfeat import movielens
-from collabfeat.trainer import mf
+from trainer import mf
 
 ALS_ITERATIONS = 15  # implicit's default, and its settings from the first version of this benchmark
 ALS_SETTINGS = dict(regularization=0.05, alpha=10.0)
@@ -55,7 +55,7 @@ class Clock:
 
 
 def implicit_als(mat, dim, iterations, callback=None, clock=None):
-    import implicit
+    import implicit  # lazy: an optional benchmark dependency
 
     als = implicit.als.AlternatingLeastSquares(
         factors=dim, iterations=iterations, random_state=0, num_threads=os.cpu_count(), **ALS_SETTINGS

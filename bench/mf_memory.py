@@ -1,6 +1,6 @@
 """MFTrainer's memory and time against mf.bucket_pairs, on the Transform output of a finished run.
 
-MFTrainer's own function (pipeline/components.py) runs in a fresh interpreter per setting, on the
+The MFTrainer component (pipeline/components.py) runs in a fresh interpreter per setting, on the
 newest Transform artifacts under the run's pipeline root, with the run's mf settings but for
 bucket_pairs; the catalogue is left out (no style agreement). Reported: seconds, peak RSS, the
 buckets per side, and the train pairs and recall@k, which must not change with the buckets.
@@ -19,7 +19,7 @@ import sys
 import time
 
 from bench.common import save, step, table
-from collabfeat.pipeline.report import find_artifact, read_report
+from pipeline.report import find_artifact, read_report
 
 
 def newest(root: str, output: str) -> str:
@@ -33,9 +33,9 @@ def newest(root: str, output: str) -> str:
 
 def one(run_dir: str, bucket_pairs: int, out: str) -> dict:
     """In this process: MFTrainer's function with mf.bucket_pairs = bucket_pairs."""
-    from tfx.types import artifact_utils, standard_artifacts
+    from tfx.types import artifact_utils, standard_artifacts  # lazy: TFX's start-up, only for this benchmark
 
-    from collabfeat.pipeline import components
+    from pipeline import components  # lazy: this benchmark's stack, imported when it runs
 
     root = os.path.join(run_dir, "collabfeat", "root")
     with open(os.path.join(run_dir, "collabfeat", "config.json")) as f:

@@ -35,7 +35,7 @@ from bench.common import RESULTS, save, step
 
 def table(run: dict) -> str:
     """A recorded run's quality table as Markdown: feature sets as rows, facets as columns."""
-    from collabfeat.features import FEATURE_NAMES
+    from collabfeat.features import FEATURE_NAMES  # lazy: this benchmark's stack, imported when it runs
 
     facets = run["facets"]
     lines = [
@@ -74,7 +74,7 @@ def over_seeds(entries: list) -> dict:
     """The runs' tables as mean and range per cell, with a row "served" (each run's served
     features), and each target (evaluate.TARGETS) of the served row on the means: whether it
     holds, and whether its margin exceeds the range of both values over the runs."""
-    from collabfeat.trainer.evaluate import targets
+    from trainer.evaluate import targets  # lazy: this benchmark's stack, imported when it runs
 
     metric = entries[0]["metric"]
     facets: dict[str, dict[str, Any]] = {}
@@ -112,7 +112,7 @@ def over_seeds(entries: list) -> dict:
 
 def entry_of(report: dict) -> dict:
     """What quality.json keeps of a run's report."""
-    from collabfeat.trainer.evaluate import in_order
+    from trainer.evaluate import in_order  # lazy: this benchmark's stack, imported when it runs
 
     e = report["evaluation"]
     return {
@@ -138,7 +138,7 @@ def _setting(cfg, key: str) -> Any:
 
 def _seeds(n: int, overrides: list) -> None:
     """Runs n demos (the i-th with every seed moved by i) and records them and their summary."""
-    from collabfeat import config as config_lib
+    from collabfeat import config as config_lib  # lazy: this benchmark's stack, imported when it runs
 
     cfg = config_lib.load(overrides=overrides)
     entries = {}

@@ -38,8 +38,8 @@ def _cell(c: dict, metric: str) -> str:
 
 
 def quality(r: dict) -> list[str]:
-    from bench.quality import table as quality_table
-    from collabfeat.features import FEATURE_NAMES
+    from bench.quality import table as quality_table  # lazy: this benchmark's stack, imported when it runs
+    from collabfeat.features import FEATURE_NAMES  # lazy: this benchmark's stack, imported when it runs
 
     runs = r["runs"]
     out = [_what(r)]
@@ -123,7 +123,7 @@ def quality(r: dict) -> list[str]:
 
 
 def sweep(r: dict) -> list[str]:
-    from bench.sweep import markdown
+    from bench.sweep import markdown  # lazy: this benchmark's stack, imported when it runs
 
     return [_what(r), _when(r), f"{r['metric']}; a cell wins when {r['wins']}.", markdown(r)]
 

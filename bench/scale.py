@@ -54,8 +54,12 @@ def input_size(component: str, report: dict) -> int:
 
 
 def measure(multiple: int, until: str, work_root: str, engine: str = "direct") -> dict:
-    from collabfeat.pipeline.data import prepare_data
-    from collabfeat.pipeline.supervise import PipelineFailed, PipelineStopped, run
+    from pipeline.data import prepare_data  # lazy: this benchmark's stack, imported when it runs
+    from pipeline.supervise import (
+        PipelineFailed,
+        PipelineStopped,
+        run,
+    )  # lazy: this benchmark's stack, imported when it runs
 
     work = os.path.join(work_root, f"{until}-x{multiple}")
     shutil.rmtree(os.path.join(work, "collabfeat"), ignore_errors=True)  # the run, not the data

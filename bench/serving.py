@@ -1,6 +1,6 @@
 """The gRPC server against the same work done in-process, at concurrency 1, 4 and 16.
 
-Needs a pushed version (`./run demo`). One load process (the real `collabfeat.serving.client.Client`,
+Needs a pushed version (`./run demo`). One load process (the real `serving.client.Client`,
 one per thread) measures, one cell after the other, each for a fixed time and repeated (medians
 are reported, since this machine's speed drifts by 10-20% from minute to minute):
 
@@ -36,6 +36,7 @@ import numpy as np
 
 from bench.common import save, step, table
 from collabfeat import config as config_lib
+from serving import store
 
 SIGNATURES = ("serving_default", "similar", "similar_by_id")
 CONCURRENCY = (1, 4, 16)
@@ -45,7 +46,7 @@ TARGETS = {"q/s ratio": 0.8, "p99 ratio": 2.0, "by_id vs no-op": 0.7}
 
 def _queries(version_path: str, n: int = 32):
     """Catalogue items, and PNG images at the model's input size, as a client would send them."""
-    from collabfeat.images import encode_png
+    from collabfeat.images import encode_png  # lazy: this benchmark's stack, imported when it runs
 
     extra = os.path.join(version_path, "assets.extra")
     ids = [line.strip() for line in open(os.path.join(extra, "item_ids.txt")) if line.strip()][:n]
@@ -116,13 +117,11 @@ def load(
 # --- the load process ----------------------------------------------------------------------------
 def in_process_calls(version_path: str) -> dict:
     """The same work without gRPC: the SavedModel's embedding and the version's ScaNN index."""
-    import tensorflow as tf
-
-    from collabfeat.serving import index
+    import tensorflow as tf  # lazy: TensorFlow's start-up (seconds), only on this path
 
     ids, images = _queries(version_path)
     embed = tf.saved_model.load(version_path).signatures["serving_default"]
-    idx = index.load(os.path.join(version_path, "assets.extra"))
+    idx = store.load_index(os.path.join(version_path, "assets.extra"))
     row = {item: i for i, item in enumerate(idx["item_ids"])}
 
     def emb(j):
@@ -130,15 +129,15 @@ def in_process_calls(version_path: str) -> dict:
 
     return {
         "serving_default": lambda _, j: emb(j),
-        "similar": lambda _, j: index.search(idx, emb(j), K),
-        "similar_by_id": lambda _, j: index.search(idx, idx["embeddings"][[row[ids[j % len(ids)]]]], K + 1),
+        "similar": lambda _, j: store.search(idx, emb(j), K),
+        "similar_by_id": lambda _, j: store.search(idx, idx["embeddings"][[row[ids[j % len(ids)]]]], K + 1),
     }
 
 
 def client_main(plan: dict) -> None:
     """The load process: every cell of every repeat, then the hot swap. One JSON object on the
     last stdout line: {mode: {"sig@c": [result per repeat]}, "swap": ...}."""
-    from collabfeat.serving.client import Client
+    from serving.client import Client  # lazy: this benchmark's stack, imported when it runs
 
     ids, images = _queries(plan["version"])
     remote = {
@@ -167,7 +166,7 @@ def client_main(plan: dict) -> None:
 def swap_load(address: str, images) -> dict:
     """`similar` from SWAP_THREADS threads until a newer version has answered for 2 s (the parent
     pushes it when this process prints 'loaded'), at most 120 s. Counts the answers by version."""
-    from collabfeat.serving.client import Client
+    from serving.client import Client  # lazy: this benchmark's stack, imported when it runs
 
     seen, newer_at, stop, lock = {}, [], threading.Event(), threading.Lock()
 
@@ -212,10 +211,13 @@ def run_client(plan: dict, on_loaded=None) -> dict:
 # --- the no-op server ----------------------------------------------------------------------------
 def noop_main(overrides) -> None:
     """Predict answers a fixed small tensor without looking at the request: the gRPC floor."""
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import (
+        predict_pb2,
+        prediction_service_pb2_grpc,
+    )  # lazy: TensorFlow's start-up, only for this benchmark
 
-    from collabfeat.serving import tensors
-    from collabfeat.serving.server import grpc_server
+    from serving import tensors  # lazy: this benchmark's stack, imported when it runs
+    from serving.server import grpc_server  # lazy: this benchmark's stack, imported when it runs
 
     answer = predict_pb2.PredictResponse()
     answer.outputs["x"].CopyFrom(tensors.to_proto(np.zeros(4, np.float32)))
@@ -251,8 +253,8 @@ def _copy_version(src: str, base: str, number: int) -> str:
 
 
 def run(argv=None) -> dict:
-    from collabfeat.serving.local import ServerProcess
-    from collabfeat.serving.push import newest_version
+    from serving.local import ServerProcess  # lazy: this benchmark's stack, imported when it runs
+    from serving.store import newest_version  # lazy: this benchmark's stack, imported when it runs
 
     parser = argparse.ArgumentParser(prog="bench serving")
     parser.add_argument("--seconds", type=float, default=SECONDS, help="per cell and repeat")

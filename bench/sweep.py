@@ -16,6 +16,7 @@ Usage: ./run bench sweep [--style 0.25,1,2] [--category 0,0.5,1] [--epochs 12]
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import tempfile
@@ -61,18 +62,16 @@ def run(argv) -> None:
     ap.add_argument("--markdown", action="store_true", help="only print bench/results/sweep.json as the docs' table")
     args = ap.parse_args(argv)
     if args.markdown:
-        import json
-
-        from bench.common import RESULTS
+        from bench.common import RESULTS  # lazy: this benchmark's stack, imported when it runs
 
         with open(os.path.join(RESULTS, "sweep.json")) as f:
             print(markdown(json.load(f)))
         return
-    from bench.common import default_interactions
-    from bench.gate import chances, read, scores
-    from collabfeat import config as config_lib
-    from collabfeat.pipeline.data import prepare_data
-    from collabfeat.trainer import cnn, mf
+    from bench.common import default_interactions  # lazy: this benchmark's stack, imported when it runs
+    from bench.gate import chances, read, scores  # lazy: this benchmark's stack, imported when it runs
+    from collabfeat import config as config_lib  # lazy: this benchmark's stack, imported when it runs
+    from pipeline.data import prepare_data  # lazy: this benchmark's stack, imported when it runs
+    from trainer import cnn, mf  # lazy: this benchmark's stack, imported when it runs
 
     k, cells, fixed = 10, [], {}
     start = time.time()

@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 
-from collabfeat import examples, images
+from collabfeat import examples, images, outcomes
+from collabfeat.config import DataConfig
 from collabfeat.outcomes import USED
 
 REQUIRED = ("item_id", "image")
 FACETS = ("label", "style")  # optional integer columns: -1 where absent
+FACET_NAMES = {"label": "category", "style": "style"}  # the facets' names in the evaluation and the reports
 
 
 def header(path: str) -> list[str]:
@@ -136,7 +139,6 @@ def read_facets(uri: str, split: str) -> dict[str, np.ndarray]:
 
 def read_labels(uri: str, split: str, facet: str = "label") -> dict[str, int]:
     """item id -> its `facet` (FACETS; -1: none) of an images Examples split, without decoding any image."""
-    from collabfeat import examples
 
     out: dict[str, int] = {}
     for b in examples.batches(uri, split, {"item_id": tf.string, facet: (tf.int64, -1)}):
@@ -148,7 +150,6 @@ def read_labels(uri: str, split: str, facet: str = "label") -> dict[str, int]:
 
 def split_images(uri: str, split: str) -> list[bytes]:
     """The stored (PNG) bytes of a split's images, in file order (read_facets' order)."""
-    from collabfeat import examples
 
     return [x for b in examples.batches(uri, split, {"image": tf.string}) for x in b["image"]]
 
@@ -156,7 +157,6 @@ def split_images(uri: str, split: str) -> list[bytes]:
 def image_dataset(uri: str, split: str, size: int, facet: str = "label") -> tf.data.Dataset:
     """An images Examples split streamed from disk, in file order:
     (item id, uint8 RGB image [size, size, 3], its `facet`: label or style, -1 for none) per record."""
-    from collabfeat import examples
 
     spec = {
         "item_id": tf.io.FixedLenFeature([], tf.string),
@@ -170,3 +170,22 @@ def image_dataset(uri: str, split: str, size: int, facet: str = "label") -> tf.d
         return r["item_id"], image, r[facet]
 
     return examples.records(uri, split).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def import_images(p: beam.Pipeline, data: DataConfig, image_size: int, out_uri: str) -> dict[str, dict]:
+    """The ImageImport component's work: the item tables -> Examples under out_uri, split "catalogue"
+    (data.items) and, where given, "heldout" (eval_items), "transfer" (labelled images from another
+    source) and "unseen" (images in a style no catalogue image has). Runs `p`; returns split -> the
+    outcome of its records (collabfeat/outcomes.py), in split order."""
+    tables = {"catalogue": data.items}
+    for split, path in (("heldout", data.eval_items), ("transfer", data.transfer_items), ("unseen", data.unseen_items)):
+        if path:
+            tables[split] = path
+    with p:
+        for split, path in tables.items():
+            out = p | f"Import{split}" >> ImportItems(path, data.image_dir, image_size, data.background)
+            _ = out["records"] | f"Write{split}" >> examples.WriteSplit(out_uri, split)
+            _ = out["outcomes"] | f"Outcomes{split}" >> outcomes.WriteOutcomes(
+                os.path.join(out_uri, f"outcomes-{split}.json")
+            )
+    return {split: outcomes.read(os.path.join(out_uri, f"outcomes-{split}.json")) for split in tables}

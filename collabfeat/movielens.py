@@ -62,7 +62,7 @@ def read_dataset(name: str, data_dir: str = DATA_DIR):
 
 
 def _parse(serialised: bytes):
-    import rdata
+    import rdata  # lazy: only for the MovieLens data
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Unknown file type")  # bare serialisations, no RDS header

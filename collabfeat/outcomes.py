@@ -11,6 +11,8 @@ import json
 
 import apache_beam as beam
 
+from collabfeat import storage
+
 USED = "used"
 EXAMPLES = 5
 
@@ -47,6 +49,5 @@ class WriteOutcomes(beam.PTransform):
 
 
 def read(path: str) -> dict:
-    from collabfeat import storage
 
     return storage.read_json(path)

@@ -55,7 +55,7 @@ def iterate(items: Iterable, task: str, total: int | None = None, unit: str = "b
 
 def keras_callback(task: str):
     """A Keras callback that reports the batches of all epochs of a fit() as one task."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow's start-up (seconds), only on this path
 
     class Progress(tf.keras.callbacks.Callback):
         def on_train_begin(self, logs=None):

@@ -38,6 +38,7 @@ import sys
 from array import array
 
 import numpy as np
+from PIL import Image
 
 from collabfeat import emoji, images
 from collabfeat.config import SimulatorConfig
@@ -173,7 +174,6 @@ def transfer_set(n: int, rng, directory: str = "") -> tuple[list[str], np.ndarra
 
 def clip_art(path: str, size: int = TRANSFER_SIZE) -> np.ndarray:
     """A clip-art PNG -> RGB [size, size, 3]: composited on white, fitted into the square."""
-    from PIL import Image
 
     with Image.open(path) as im:
         im = im.convert("RGBA")

@@ -5,7 +5,9 @@ work in a local temporary directory that is copied to or from the URI (local_dir
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import glob as globbing
 import json
 import os
 import shutil
@@ -18,13 +20,12 @@ def is_local(path: str) -> bool:
 
 
 def _gfile():
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow's start-up (seconds), only on this path
 
     return tf.io.gfile
 
 
 def open(path: str, mode: str = "r"):  # noqa: A001 - the module's version of open()
-    import builtins
 
     return builtins.open(path, mode) if is_local(path) else _gfile().GFile(path, mode)
 
@@ -39,8 +40,6 @@ def isdir(path: str) -> bool:
 
 def glob(pattern: str) -> list[str]:
     if is_local(pattern):
-        import glob as globbing
-
         return sorted(globbing.glob(pattern))
     return sorted(_gfile().glob(pattern))
 
@@ -64,7 +63,7 @@ def rmtree(path: str) -> None:
     if is_local(path):
         shutil.rmtree(path, ignore_errors=True)
         return
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow's start-up (seconds), only on this path
 
     try:
         _gfile().rmtree(path)

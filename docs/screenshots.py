@@ -20,7 +20,7 @@ def main() -> None:
     ap.add_argument("--model-base-path", default="runs/models/collabfeat")
     ap.add_argument("--item", type=int, default=5, help="which thumbnail of the first page to query")
     args = ap.parse_args()
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import sync_playwright  # lazy: the browser, only for screenshots
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "collabfeat", "explore", "--model-base-path", args.model_base_path, "--port", "0"],

@@ -19,14 +19,18 @@ With runner.engine=portable the spec's Beam arguments send every Beam stage to a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent import futures
 
 from collabfeat import storage
+from pipeline import engine
+from pipeline.data import prepare_data
 
 
 class TaskFailed(RuntimeError):
@@ -168,7 +172,6 @@ def execute_spec(
     As on Kubeflow, a task starts as soon as the tasks it needs have completed, up to `parallel` at
     once (a task's container is one process, often a single busy core). Logs: ROOT/<task>/log.txt.
     Raises TaskFailed naming the task, its status and its log, once the tasks running then end."""
-    from concurrent import futures
 
     with open(spec_path) as f:
         spec = json.load(f)
@@ -221,9 +224,6 @@ def local_config(cfg, root: str):
     """cfg for executing its spec here: this checkout in place of the image's /app, the pipeline root
     ROOT on local disk, local data (the embedded default data generated, as `./run demo` does) and
     absolute paths."""
-    import dataclasses
-
-    from collabfeat.pipeline.data import prepare_data
 
     repo = os.environ.get("COLLABFEAT_REPO") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cfg = prepare_data(cfg)
@@ -237,7 +237,6 @@ def local_config(cfg, root: str):
 def execute(cfg, spec_path: str, root: str, cwd: str, echo: Callable[[str], None] = print) -> dict[str, dict]:
     """execute_spec(), with the Beam job service and worker pool running when the spec's Beam
     arguments point at them (runner.engine=portable)."""
-    from collabfeat.pipeline import engine
 
     with open(spec_path) as f:
         text = f.read()

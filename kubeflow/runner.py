@@ -13,7 +13,11 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from tfx import v1 as tfx
+
 from collabfeat.config import Config
+from pipeline import engine
+from pipeline.pipeline import create_pipeline
 
 # Generated into the image at build time by `collabfeat simulate` (kubeflow/Dockerfile).
 DEFAULT_DATA = "/data/default"
@@ -37,10 +41,6 @@ def cluster_config(cfg: Config) -> Config:
 
 
 def compile_pipeline(cfg: Config, output: str) -> str:
-    from tfx import v1 as tfx
-
-    from collabfeat.pipeline import engine
-    from collabfeat.pipeline.pipeline import create_pipeline
 
     cfg = cluster_config(cfg)
     schema = os.path.join(cfg.runner.container_repo_dir, "transform", "interactions_schema.pbtxt")

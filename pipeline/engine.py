@@ -22,7 +22,9 @@ ran: jobs_completed() counts them.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import random
 import re
 import signal
 import socket
@@ -97,7 +99,6 @@ def ephemeral_ports() -> range:
 
 def spare_ports(n: int, seed=None) -> list[int]:
     """n free loopback ports below the ephemeral range (for runs side by side: tests, benchmarks)."""
-    import random
 
     rng, low = random.Random(seed), 10000
     high = max(low + n, min(ephemeral_ports().start, 65536))
@@ -113,7 +114,6 @@ def _die_with_parent() -> None:
     """In the service's process before it starts: SIGTERM it when the pipeline's process dies, even
     by SIGKILL, so that no service outlives its run holding the ports (Linux's PR_SET_PDEATHSIG).
     Its workers end when their control stream to the job service breaks."""
-    import ctypes
 
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
@@ -181,7 +181,7 @@ def portable(cfg, run_dir: str) -> Iterator[list[str]]:
                     [
                         sys.executable,
                         "-m",
-                        "collabfeat.pipeline.job_service",
+                        "pipeline.job_service",
                         f"--port={job_port}",
                         f"--staging_dir={staging}",
                     ],

@@ -3,7 +3,7 @@ a job runs on as many SDK workers as its pipeline options ask (--direct_num_work
 own runs every job on one. The workers come from the EXTERNAL worker pool the job names, each in a
 process of its own (pipeline/engine.py).
 
-    python -m collabfeat.pipeline.job_service --port 8099 [--staging_dir DIR]
+    python -m pipeline.job_service --port 8099 [--staging_dir DIR]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Job(local_job_service.BeamJob):
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="collabfeat.pipeline.job_service")
+    p = argparse.ArgumentParser(prog="pipeline.job_service")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--staging_dir")
     args = p.parse_args(argv)

@@ -11,15 +11,18 @@ from google.protobuf import any_pb2, wrappers_pb2
 from tfx import v1 as tfx
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
+from tfx.dsl.io import fileio
+from tfx.orchestration.pipeline import RunOptions
 from tfx.proto import example_gen_pb2
 
 from collabfeat.config import Config, compared_features, feature_node, settings_for
 from collabfeat.features import COLLABORATIVE
-from collabfeat.pipeline import examplegen
+from pipeline import components as c
+from pipeline import examplegen
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 INTERACTIONS_SCHEMA = os.path.normpath(os.path.join(HERE, "..", "transform", "interactions_schema.pbtxt"))
-PREPROCESSING_FN = "collabfeat.transform.preprocessing.preprocessing_fn"
+PREPROCESSING_FN = "transform.preprocessing.preprocessing_fn"
 # The pipeline's stages, in order, and the nodes each ends with; a run `until` one of them is a TFX
 # partial run to the nodes of that stage and of the stages before it.
 UNTIL = {
@@ -42,7 +45,6 @@ def run_options(until: str = "push", with_catalogue: bool = True):
         raise ValueError("the CNN stages need the image catalogue (with_catalogue=True)")
     if UNTIL[until] is None:
         return None
-    from tfx.orchestration.pipeline import RunOptions
 
     nodes = [n for stage in STAGES[: STAGES.index(until) + 1] for n in UNTIL[stage]]
     return RunOptions(to_nodes=[n for n in nodes if with_catalogue or n != "ImageImport"])
@@ -59,26 +61,19 @@ def _single_split(pattern: str) -> tuple:
     )
 
 
-CODE_PACKAGES = (
-    "collabfeat",
-    "collabfeat.pipeline",
-    "collabfeat.trainer",
-    "collabfeat.transform",
-    "collabfeat.serving",
-)
+CODE_PACKAGES = ("collabfeat", "transform", "trainer", "serving", "pipeline")
 
 
 def code_files() -> list[tuple[str, str]]:
-    """(name, path) of collabfeat's code: the Python files and the interactions schema in each
-    package's own folder, named package/relative path. Only there: in a source checkout
-    `collabfeat` also resolves names in the repository's top folder, whose walk would take in the
-    run directory (`runs/`, where TFX writes schema.pbtxt files) and the tests, so a run would change
-    the code's hash for the next one."""
+    """(name, path) of the code the components run: the Python files and the interactions schema in each
+    package's folder (CODE_PACKAGES), named package/relative path. Never the repository's top folder,
+    whose walk would take in the run directory (`runs/`, where TFX writes schema.pbtxt files) and the
+    tests, so a run would change the code's hash for the next one."""
     out, seen = [], set()
     for package in CODE_PACKAGES:
         top = os.path.dirname(os.path.abspath(importlib.import_module(package).__file__))
         for d, dirs, files in os.walk(top):
-            dirs[:] = sorted(x for x in dirs if x not in ("__pycache__", "models", "static"))
+            dirs[:] = sorted(x for x in dirs if x not in ("__pycache__", "static"))
             for f in sorted(files):
                 path = os.path.realpath(os.path.join(d, f))
                 if f.endswith((".py", ".pbtxt")) and path not in seen:
@@ -111,7 +106,6 @@ def _files(path: str) -> Iterator[tuple[str, int, int]]:
                 st = os.stat(os.path.join(d, f))
                 yield os.path.join(d, f), st.st_size, st.st_mtime_ns
         return
-    from tfx.dsl.io import fileio
 
     if not fileio.exists(path):
         return
@@ -203,7 +197,6 @@ def create_pipeline(
     """fingerprint_inputs: hash the item tables and images now (local runs); a pipeline compiled
     for elsewhere (Kubeflow) cannot see them, and its ImageImport is keyed on their paths only.
     engine_args: Beam arguments of the running portable engine (pipeline/engine.py)."""
-    from collabfeat.pipeline import components as c
 
     code = code_fingerprint()
 

@@ -13,7 +13,7 @@ from ml_metadata.proto import metadata_store_pb2
 from collabfeat import storage
 from collabfeat.config import Config, feature_node
 from collabfeat.features import FEATURE_NAMES
-from collabfeat.trainer.evaluate import in_order
+from trainer.evaluate import in_order
 
 STATES = {0: "unknown", 1: "new", 2: "running", 3: "complete", 4: "failed", 5: "cached", 6: "canceled"}
 

@@ -11,6 +11,7 @@ loss by epoch; the retrieval table; and, for a few fixed catalogue items, the si
 
 from __future__ import annotations
 
+import base64
 import glob
 import html
 import itertools
@@ -19,9 +20,9 @@ import os
 
 import numpy as np
 
-from collabfeat import storage
+from collabfeat import storage, topk
 from collabfeat.features import FEATURE_NAMES
-from collabfeat.trainer.evaluate import in_order
+from trainer.evaluate import in_order
 
 QUERIES = 3  # fixed catalogue items (a seeded sample) whose similarity-against-rank is drawn
 RANKS = 50
@@ -32,8 +33,8 @@ def _uri(report: dict, component: str, output: str) -> str | None:
 
 
 def _figures(report: dict) -> list[tuple]:
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go  # lazy: plotly, only to draw
+    from plotly.subplots import make_subplots  # lazy: plotly, only to draw
 
     figs = []
     comps = report.get("components", {})
@@ -133,9 +134,9 @@ def _statistics(report: dict):
     paths = storage.glob(os.path.join(uri, "Split-*", "FeatureStats.pb")) if uri else []
     if not paths:
         return None
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-    from tensorflow_metadata.proto.v0 import statistics_pb2
+    import plotly.graph_objects as go  # lazy: plotly, only to draw
+    from plotly.subplots import make_subplots  # lazy: plotly, only to draw
+    from tensorflow_metadata.proto.v0 import statistics_pb2  # lazy: TensorFlow's start-up, only for the statistics
 
     stats = statistics_pb2.DatasetFeatureStatisticsList()
     with storage.open(paths[0], "rb") as f:
@@ -177,11 +178,9 @@ def _similarity_curves(report: dict):
 
 
 def _curves(report: dict, uri: str):
-    import plotly.graph_objects as go
-    from plotly.colors import qualitative
-    from plotly.subplots import make_subplots
-
-    from collabfeat import topk
+    import plotly.graph_objects as go  # lazy: plotly, only to draw
+    from plotly.colors import qualitative  # lazy: plotly, only to draw
+    from plotly.subplots import make_subplots  # lazy: plotly, only to draw
 
     served = np.load(os.path.join(uri, "embeddings.npy"), mmap_mode="r")
     with open(os.path.join(uri, "index.json")) as f:
@@ -272,11 +271,10 @@ def _gallery(report: dict) -> str:
     gallery = e.get("gallery")
     if not gallery or not uri:
         return ""
-    import base64
 
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow's start-up (seconds), only on this path
 
-    from collabfeat import examples
+    from collabfeat import examples  # lazy: collabfeat.examples imports TensorFlow, which the report's process need not
 
     wanted: dict[str, set] = {}
     for g in gallery.values():
@@ -324,10 +322,9 @@ def _sweep(path: str):
     """The taste-weight sweep (bench/results/sweep.json, `./run bench sweep`), if it has been run."""
     if not os.path.exists(path):
         return None
-    import json
 
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go  # lazy: plotly, only to draw
+    from plotly.subplots import make_subplots  # lazy: plotly, only to draw
 
     with open(path) as f:
         sweep = json.load(f)
@@ -380,7 +377,7 @@ SWEEP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def write(report: dict, text: str, path: str) -> str:
     """The report (and its text form) -> a self-contained HTML file at `path`: the quality table
     and its targets first, then the gallery, the sweep, the charts of what the run did, the text."""
-    from plotly.offline import get_plotlyjs
+    from plotly.offline import get_plotlyjs  # lazy: plotly, only to draw
 
     parts = [_quality(report), _gallery(report)]
     sweep = _sweep(SWEEP)

@@ -10,10 +10,10 @@ import time
 from tfx import v1 as tfx
 
 from collabfeat.config import Config
-from collabfeat.pipeline import engine
-from collabfeat.pipeline.data import paths, prepare_data
-from collabfeat.pipeline.pipeline import create_pipeline, run_options
-from collabfeat.pipeline.report import collect, executions
+from pipeline import engine
+from pipeline.data import paths, prepare_data
+from pipeline.pipeline import create_pipeline, run_options
+from pipeline.report import collect, executions
 
 
 def run_local(cfg: Config, until: str = "push") -> dict:

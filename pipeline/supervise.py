@@ -5,7 +5,7 @@ sampled). When the child dies, one line names the component and the cause (an ex
 or the signal that killed it: SIGKILL is what the kernel's out-of-memory killer sends), the report
 of the components that finished is still written, and the log's path is given.
 
-    python -m collabfeat.pipeline.supervise CONFIG_JSON UNTIL REPORT_JSON     (the child's side)
+    python -m pipeline.supervise CONFIG_JSON UNTIL REPORT_JSON     (the child's side)
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from collabfeat import progress, storage
 from collabfeat.config import Config
-from collabfeat.pipeline import report_html
-from collabfeat.pipeline.data import paths, prepare_data
-from collabfeat.pipeline.report import collect, executions, format_report, key_figure
+from pipeline import report_html
+from pipeline.data import paths, prepare_data
+from pipeline.report import collect, executions, format_report, key_figure
 
 
 class PipelineFailed(RuntimeError):
@@ -248,7 +248,6 @@ class Console:
             self.say(f"[collabfeat] warning: {message}")
         if not self.bars_on:
             return
-        from tqdm import tqdm
 
         for task, u in updates.items():
             bar = self.bars.get(task)
@@ -270,7 +269,7 @@ class Console:
 
 def write_html(report: dict, path: str) -> str:
     """The HTML run report (pipeline/report_html.py); a copy goes into the version this run pushed, for the explorer."""
-    from collabfeat.serving.push import EXTRA  # here: serving.push imports TensorFlow, which the supervisor never needs
+    from serving.store import EXTRA  # lazy: serving.store imports TensorFlow, which the supervisor never needs
 
     report_html.write(report, format_report(report), path)
     push = report.get("push") or {}
@@ -313,7 +312,7 @@ def run(cfg, until: str, log_path: str, echo=print, bars: bool = False) -> dict:
     stopped: list[int] = []
     with open(log_path, "a") as log:
         child = subprocess.Popen(
-            [sys.executable, "-m", "collabfeat.pipeline.supervise", config_path, until, report_path, failure_path],
+            [sys.executable, "-m", "pipeline.supervise", config_path, until, report_path, failure_path],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -372,7 +371,7 @@ def run(cfg, until: str, log_path: str, echo=print, bars: bool = False) -> dict:
 
 
 def _child(config_path: str, until: str, report_path: str, failure_path: str) -> int:
-    from collabfeat.pipeline.run import run_local  # here: only the child imports TFX
+    from pipeline.run import run_local  # lazy: only the child imports TFX
 
     with open(config_path) as f:
         cfg = Config.from_json(f.read())

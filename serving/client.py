@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import grpc
@@ -14,7 +15,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from collabfeat.serving import tensors
+from serving import tensors
 
 
 def channel(target: str, tls_ca: str = "", max_message_mb: int = 16) -> grpc.Channel:
@@ -22,7 +23,6 @@ def channel(target: str, tls_ca: str = "", max_message_mb: int = 16) -> grpc.Cha
         ("grpc.max_send_message_length", max_message_mb << 20),
         ("grpc.max_receive_message_length", max_message_mb << 20),
     ]
-    import os
 
     if os.environ.get("COLLABFEAT_EXP_LOCAL_POOL"):
         options.append(("grpc.use_local_subchannel_pool", 1))

@@ -28,9 +28,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import cachetools
 import numpy as np
 
+from collabfeat import feature_model, topk
 from collabfeat import images as images_lib
 from collabfeat.config import ServingConfig
-from collabfeat.serving.push import EXTRA, newest_version
+from serving import store
+from serving.registry import Version
+from serving.store import EXTRA, newest_version
 
 log = logging.getLogger("collabfeat.explorer")
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -44,7 +47,7 @@ FACETS = {"label": "category", "style": "style"}  # item table columns the map c
 
 
 def _static_files() -> dict[str, str]:
-    import plotly
+    import plotly  # lazy: plotly, only to draw
 
     files = {name: os.path.join(STATIC, name) for name in ("explorer.html", "explorer.js", "explorer.css")}
     files["plotly.min.js"] = os.path.join(os.path.dirname(plotly.__file__), "package_data", "plotly.min.js")
@@ -76,7 +79,6 @@ class Catalogue:
     """A pushed version seen through its feature sets."""
 
     def __init__(self, version_path: str, cfg: ServingConfig):
-        from collabfeat.serving.server import Version
 
         self.version = Version(
             os.path.basename(os.path.dirname(version_path)), int(os.path.basename(version_path)), version_path, cfg
@@ -129,7 +131,6 @@ class Catalogue:
     def _map_view(self) -> dict:
         """What the map draws, computed once: a seeded sample of at most MAP_POINTS items as points,
         and every item as a density grid, so the page stays light for any catalogue size."""
-        from collabfeat import topk
 
         x, y = np.asarray(self.map["x"], np.float32), np.asarray(self.map["y"], np.float32)
         rows = topk.sample(len(x), MAP_POINTS, 0)
@@ -165,7 +166,6 @@ class Catalogue:
     def embed_upload(self, feature_set: str, data: bytes) -> np.ndarray:
         """An uploaded image's features: through the served version, or through the feature set's
         own model (serving_default, the same preprocessing), loaded once."""
-        from collabfeat.serving import export
 
         if feature_set == self.served:
             return self.version.embed(np.array([data], dtype=object))[0]
@@ -176,8 +176,8 @@ class Catalogue:
                     raise LookupError(
                         f"feature set {feature_set!r} has no model in this version to embed an upload with"
                     )
-                entry["net"] = export.load(entry["model"])
-        return export.embed(entry["net"], [[data]])[0]
+                entry["net"] = feature_model.load_model(entry["model"])
+        return feature_model.embed(entry["net"], [[data]])[0]
 
     def query_vector(self, feature_set: str, source: str, key: str) -> np.ndarray:
         if feature_set not in self.sets:
@@ -195,9 +195,7 @@ class Catalogue:
         vec = self.query_vector(feature_set, source, key)
         sims = self.sets[feature_set]["embeddings"] @ vec
         if feature_set == self.served:  # the neighbours come from the served ScaNN index
-            from collabfeat.serving import index
-
-            rows, scores = index.search(self.version.index, vec[None], min(STRIP + 1, len(self.ids)))
+            rows, scores = store.search(self.version.index, vec[None], min(STRIP + 1, len(self.ids)))
             rows, scores = np.asarray(rows[0]), np.asarray(scores[0])
         else:
             rows = np.argsort(-sims, kind="stable")[: STRIP + 1]

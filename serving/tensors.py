@@ -42,7 +42,7 @@ def to_proto(value) -> tensor_pb2.TensorProto:
         return proto
     dtype = arr.dtype.newbyteorder("<")
     if dtype.str not in ENUM:
-        import tensorflow as tf
+        import tensorflow as tf  # lazy: TensorFlow's start-up (seconds), only on this path
 
         return tf.make_tensor_proto(arr)
     proto.dtype = ENUM[dtype.str]
@@ -62,7 +62,7 @@ def from_proto(proto: tensor_pb2.TensorProto) -> np.ndarray:
             raise ValueError("a DT_STRING tensor cannot use tensor_content")
         return _fill(list(proto.string_val), n, shape, object, b"")
     if proto.dtype not in NUMERIC:
-        import tensorflow as tf
+        import tensorflow as tf  # lazy: TensorFlow's start-up (seconds), only on this path
 
         return tf.make_ndarray(proto)
     dtype, field = NUMERIC[proto.dtype]

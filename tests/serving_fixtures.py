@@ -8,8 +8,10 @@ import time
 import numpy as np
 
 from collabfeat import config as config_lib
+from collabfeat import feature_model
 from collabfeat import images as images_lib
-from collabfeat.serving.local import ServerProcess  # noqa: F401  (re-exported for the tests)
+from serving import store
+from serving.local import ServerProcess  # noqa: F401  (re-exported for the tests)
 
 
 def catalogue(n=300):
@@ -36,8 +38,8 @@ def small_config(push_dir: str) -> config_lib.Config:
 
 def push_version(push_dir: str, seed: int = 3, n: int = 300, map_sample: int = 20000) -> str:
     """Pushes a random-init CNN's version over n catalogue photos; returns the version path."""
-    from collabfeat.serving import export, index, push
-    from collabfeat.trainer import cnn
+    from serving.build import index, push
+    from trainer import cnn
 
     cfg = small_config(push_dir)
     cfg.cnn.seed = seed
@@ -46,15 +48,15 @@ def push_version(push_dir: str, seed: int = 3, n: int = 300, map_sample: int = 2
     net = cnn.random_init(cfg.cnn)
     emb = cnn.embed(net, pixels)
     with tempfile.TemporaryDirectory() as tmp:
-        index.save(*index.build(emb, cfg.index), ids, emb, tmp)
+        store.save_index(*index.build(emb, cfg.index), ids, emb, tmp)
         index.write_map(emb, tmp, sample=map_sample)
         # Two more feature sets for the explorer's switch, with their models: another random CNN, and raw pixels.
         other = cfg.cnn.__class__(**{**cfg.cnn.__dict__, "seed": seed + 100})
         with tempfile.TemporaryDirectory() as models:
             for name, other_net in (("random", cnn.random_init(other)), ("pixels", cnn.pixels_net(cfg.cnn.image_size))):
-                export.save_features(other_net, cfg.cnn.image_size, f"{models}/{name}")
-                index.write_feature_set(tmp, name, cnn.embed(other_net, pixels), f"{models}/{name}")
-        return push.push(export.Embedder(net, cfg.cnn.image_size), tmp, cfg)["destination"]
+                feature_model.save_features(other_net, cfg.cnn.image_size, f"{models}/{name}")
+                store.write_feature_set(tmp, name, cnn.embed(other_net, pixels), f"{models}/{name}")
+        return push.push(feature_model.Embedder(net, cfg.cnn.image_size), tmp, cfg)["destination"]
 
 
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):

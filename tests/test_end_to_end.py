@@ -10,9 +10,10 @@ import pytest
 import tensorflow as tf
 
 from collabfeat import config as config_lib
-from collabfeat.pipeline import supervise
-from collabfeat.pipeline.report import format_report
-from collabfeat.trainer.evaluate import overall
+from pipeline import supervise
+from pipeline.report import format_report
+from serving import store
+from trainer.evaluate import overall
 
 TINY = [
     "simulator.n_users=600",
@@ -310,9 +311,8 @@ def test_pushed_version_serves_consistent_answers(run):
     assert big["ids"].shape == (1, cfg.serving.max_k)
 
     # The ScaNN index of the same version answers like exact search.
-    from collabfeat.serving import index
 
-    idx = index.load(extra)
+    idx = store.load_index(extra)
     nn, _ = idx["searcher"].search_batched(emb[:20], final_num_neighbors=1)
     assert [idx["item_ids"][n[0]] for n in nn] == ids[:20]
 
@@ -351,9 +351,9 @@ def test_the_kubeflow_spec_executed_here_pushes_what_the_local_run_pushed(run, t
     root on local disk and the Beam stages on the portable engine: every task completes, the Beam
     jobs reach the job service, and the version pushed has the local run's signatures and answers
     `similar` as the local run's version does."""
-    from collabfeat.kubeflow import local
-    from collabfeat.kubeflow.runner import compile_pipeline
-    from collabfeat.pipeline import engine
+    from kubeflow import local
+    from kubeflow.runner import compile_pipeline
+    from pipeline import engine
     from tests.test_kubeflow import components
 
     cfg, report, *_ = run
@@ -393,7 +393,7 @@ def test_the_code_hash_covers_the_packages_only_so_a_run_in_the_checkout_keeps_t
     """The default run directory is runs/ in the checkout, where TFX writes schema.pbtxt files. The
     code hash (a parameter of every collabfeat component) must not see them: it hashes the
     packages' folders only, and the output root is none of them."""
-    from collabfeat.pipeline import pipeline
+    from pipeline import pipeline
 
     repo = os.path.realpath(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     tops = [os.path.join(repo, d) + os.sep for d in ("collabfeat", "pipeline", "trainer", "transform", "serving")]

@@ -15,7 +15,7 @@ from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
 from collabfeat import config as config_lib
-from collabfeat.pipeline import examplegen, pipeline
+from pipeline import examplegen, pipeline
 from tests import fresh
 
 ARGS = pipeline.beam_args(config_lib.load(overrides=["runner.direct_running_mode=in_memory"]))
@@ -163,7 +163,7 @@ PEAK = """
 import sys, tracemalloc
 sys.path.insert(0, {repo!r})
 from tests.test_examplegen import run
-from collabfeat.pipeline import examplegen
+from pipeline import examplegen
 from tfx.components.example_gen.csv_example_gen import executor as tfx_csv
 tracemalloc.start()
 run({executor}, {logs!r}, {out!r})

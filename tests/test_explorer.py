@@ -229,7 +229,7 @@ def test_a_large_catalogue_stays_light_in_the_browser(tmp_path, shots):
     the grid pages are one page each (also far into the catalogue), and both draw in a real browser."""
     from playwright.sync_api import sync_playwright
 
-    from collabfeat.serving.explorer import MAP_POINTS
+    from serving.explorer import MAP_POINTS
 
     n = 24000
     proc, info = start_explorer(tmp_path, n=n, map_sample=3000, report=False)

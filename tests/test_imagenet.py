@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from collabfeat import imagenet
+from collabfeat import feature_model, imagenet
 
 
 @pytest.fixture(scope="module")
@@ -114,14 +114,13 @@ def test_real_photos_get_their_imagenet_classes(weights):
 @pytest.mark.slow
 def test_the_feature_backbone_takes_the_pipelines_images_and_saves_as_a_feature_model(weights, tmp_path):
     from collabfeat import images as images_lib
-    from collabfeat.serving import export
 
     net = imagenet.backbone(32, 64, weights)
     x = np.stack([photo("chelsea", 32), photo("rocket", 32)])
     a = net.predict_on_batch(x)
     assert a.shape == (2, 1280) and (a >= 0).all()  # ReLU6 features, pooled
-    export.save_features(net, 32, str(tmp_path / "imagenet"))  # as Features_imagenet saves it
-    b = export.embed(str(tmp_path / "imagenet"), [[images_lib.encode_png(p.astype(np.uint8)) for p in x]])
+    feature_model.save_features(net, 32, str(tmp_path / "imagenet"))  # as Features_imagenet saves it
+    b = feature_model.embed(str(tmp_path / "imagenet"), [[images_lib.encode_png(p.astype(np.uint8)) for p in x]])
     np.testing.assert_allclose(b, a / np.linalg.norm(a, axis=1, keepdims=True), atol=1e-5)
 
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from collabfeat import config as config_lib
-from collabfeat import images, outcomes
+from collabfeat import feature_model, images, outcomes
 from collabfeat.catalogue import ImportItems, header
 
 
@@ -140,8 +140,8 @@ def test_one_preprocessing_for_training_and_serving(tmp_path):
     import tensorflow as tf
 
     from collabfeat.catalogue import load_record
-    from collabfeat.serving import export
-    from collabfeat.trainer import cnn
+    from serving.build import export
+    from trainer import cnn
 
     yy, xx = np.mgrid[0:90, 0:140]
     smooth = np.stack([xx * 255 // 139, yy * 255 // 89, (xx + yy) * 255 // 228], -1).astype(np.uint8)
@@ -164,7 +164,7 @@ def test_one_preprocessing_for_training_and_serving(tmp_path):
     size = 32
     cfg = config_lib.load(overrides=[f"cnn.image_size={size}", "cnn.widths=[8,16]", "cnn.embedding_dim=16"])
     net = cnn.random_init(cfg.cnn)
-    export.save_features(net, size, str(tmp_path / "features"))  # as the trainers save a feature model
+    feature_model.save_features(net, size, str(tmp_path / "features"))  # as the trainers save a feature model
     export.export(str(tmp_path / "features"), np.eye(2, 16, dtype=np.float32), ["a", "b"], 2, str(tmp_path / "version"))
     serve = tf.saved_model.load(str(tmp_path / "version")).signatures["serving_default"]
     for name in kinds:
@@ -204,8 +204,7 @@ def test_transparent_pixels_are_composited_so_the_colour_hidden_under_them_never
     its colour, a half-transparent one is the mix."""
     import tensorflow as tf
 
-    from collabfeat.serving import export
-    from collabfeat.trainer import cnn
+    from trainer import cnn
 
     rng = np.random.default_rng(0)
     h = w = 16
@@ -231,7 +230,7 @@ def test_transparent_pixels_are_composited_so_the_colour_hidden_under_them_never
         return buf.getvalue()
 
     cfg = config_lib.load(overrides=["cnn.image_size=16", "cnn.widths=[8]", "cnn.embedding_dim=8"])
-    export.save_features(cnn.random_init(cfg.cnn), h, str(tmp_path / "features"))
+    feature_model.save_features(cnn.random_init(cfg.cnn), h, str(tmp_path / "features"))
     serve = tf.saved_model.load(str(tmp_path / "features")).signatures["serving_default"]
     for name, make in (("rgba", rgba), ("grey+alpha", grey_alpha), ("palette", palette)):
         first, second = make(), make()

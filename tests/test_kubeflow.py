@@ -6,7 +6,7 @@ import os
 import yaml
 
 from collabfeat import config as config_lib
-from collabfeat.kubeflow.runner import DEFAULT_DATA, compile_pipeline
+from kubeflow.runner import DEFAULT_DATA, compile_pipeline
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 COMPONENTS = {
@@ -146,7 +146,7 @@ def _spec(tmp_path, words):
 def test_a_spec_runs_in_dependency_order_and_passes_artifacts_with_their_metadata(tmp_path):
     import pytest
 
-    from collabfeat.kubeflow import local
+    from kubeflow import local
 
     spec = _spec(tmp_path, {"c": ("gamma", ["a", "b"]), "b": ("beta", ["a"]), "a": ("alpha", [])})
     lines = []

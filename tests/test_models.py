@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from collabfeat import feature_model
 from collabfeat import images as images_lib
 from collabfeat.config import CNNConfig, MFConfig
-from collabfeat.trainer import cnn, mf
-from collabfeat.trainer.evaluate import retrieval_metrics
+from serving import store
 from tests import fresh
+from trainer import cnn, mf
+from trainer.evaluate import retrieval_metrics
 
 
 def planted(n_users=400, n_items=240, groups=4, per_user=12, seed=0):
@@ -128,7 +130,7 @@ import os, resource, sys, tempfile
 sys.path.insert(0, {repo!r})
 import numpy as np
 from collabfeat.config import MFConfig
-from collabfeat.trainer import mf
+from trainer import mf
 n, n_users, n_items, cfg = {n}, 50_000, 5_000, MFConfig(epochs=1, bucket_pairs=1 << 17)
 
 def part(k):    # a quarter of the pairs on item 0 (a popular item: one row with n / 4 pairs)
@@ -307,7 +309,7 @@ def test_retrieval_metrics_against_a_hand_computation():
 
 
 def test_the_blessing_measure_is_the_mean_over_the_facets_or_one_of_them():
-    from collabfeat.trainer.evaluate import describe, overall
+    from trainer.evaluate import describe, overall
 
     tables = {
         "category": {
@@ -330,7 +332,7 @@ def test_the_blessing_measure_is_the_mean_over_the_facets_or_one_of_them():
 
 
 def test_the_served_features_are_the_best_collaborative_ones_or_the_named_ones():
-    from collabfeat.trainer.evaluate import choose
+    from trainer.evaluate import choose
 
     table = {
         "regression": {"p": 0.60},
@@ -405,7 +407,7 @@ def test_fine_tuning_settles_the_head_on_the_frozen_network_then_trains_all_and_
 
 
 def test_blessing_needs_a_margin_over_random_and_pixels():
-    from collabfeat.trainer.evaluate import bless
+    from trainer.evaluate import bless
 
     table = {"regression": {"p": 0.75}, "random": {"p": 0.70}, "pixels": {"p": 0.72}, "supervised": {"p": 0.9}}
     assert bless(table, "regression", "p", 0.02) == (
@@ -420,23 +422,23 @@ def test_scann_index_loads_from_a_copy_after_the_original_is_gone(tmp_path):
     import shutil
 
     from collabfeat.config import IndexConfig
-    from collabfeat.serving import index
+    from serving.build import index
 
     rng = np.random.default_rng(0)
     for n in (300, 2500):  # brute force, and tree + AH
         centres = rng.normal(size=(20, 16))  # clustered, like real embeddings
         emb = cnn.unit((centres[rng.integers(20, size=n)] + 0.5 * rng.normal(size=(n, 16))).astype(np.float32))
         src, dst = tmp_path / f"src{n}", tmp_path / f"dst{n}"
-        index.save(
+        store.save_index(
             *index.build(emb, IndexConfig(kind="auto" if n < 2000 else "tree_ah")),
             [f"i{j}" for j in range(n)],
             emb,
             str(src),
         )
-        before, _ = index.search(index.load(str(src)), emb[:50], 10)
+        before, _ = store.search(store.load_index(str(src)), emb[:50], 10)
         shutil.copytree(src, dst)
         shutil.rmtree(src)
-        rows, _ = index.search(index.load(str(dst)), emb[:50], 10)
+        rows, _ = store.search(store.load_index(str(dst)), emb[:50], 10)
         np.testing.assert_array_equal(np.asarray(rows), np.asarray(before))
         # The tuned settings reach index.min_recall on the tuning queries; these 50 are others, and
         # which setting is fastest varies with the machine's load, so allow some slack here.
@@ -451,7 +453,7 @@ def test_index_search_settings_are_tuned_to_the_required_recall(tmp_path):
     not tuned on, a higher requirement searches more, settings given in the config are kept, and the
     saved index is searched with the chosen settings."""
     from collabfeat.config import IndexConfig
-    from collabfeat.serving import index
+    from serving.build import index
 
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(200, 32))
@@ -463,7 +465,7 @@ def test_index_search_settings_are_tuned_to_the_required_recall(tmp_path):
         searcher, settings = index.build(emb, IndexConfig(kind="tree_ah", min_recall=need), tune)
         assert settings["kind"] == "tree_ah" and settings["tuning_recall"] >= need + index.TUNING_MARGIN
         assert settings["why"] and len(settings["tried"]) > 1
-        rows, _ = index.search({"searcher": searcher, "meta": settings}, held, 10)
+        rows, _ = store.search({"searcher": searcher, "meta": settings}, held, 10)
         assert index.recall(rows, exact, 10) >= need - 0.01, (need, settings)
         chosen[need] = settings
     cost = lambda s: (s["leaves_to_search"], s["reorder"])
@@ -472,10 +474,10 @@ def test_index_search_settings_are_tuned_to_the_required_recall(tmp_path):
     _, fixed = index.build(emb, IndexConfig(kind="tree_ah", leaves_to_search=3, reorder=30), tune)
     assert (fixed["leaves_to_search"], fixed["reorder"], len(fixed["tried"])) == (3, 30, 1)
     # Saved and loaded: searched with the chosen settings.
-    index.save(searcher, settings, [str(i) for i in range(len(emb))], emb, str(tmp_path))
-    idx = index.load(str(tmp_path))
+    store.save_index(searcher, settings, [str(i) for i in range(len(emb))], emb, str(tmp_path))
+    idx = store.load_index(str(tmp_path))
     assert idx["meta"]["leaves_to_search"] == settings["leaves_to_search"]
-    assert (index.search(idx, held, 10)[0] == rows).all()
+    assert (store.search(idx, held, 10)[0] == rows).all()
     # Small catalogues are searched exactly.
     _, small = index.build(emb[:500], IndexConfig())
     assert small["kind"] == "brute_force" and small["tuning_recall"] == 1.0
@@ -532,11 +534,10 @@ def test_sampled_chunked_metrics_match_the_full_computation():
 
 
 def test_feature_sets_stream_to_a_valid_npy(tmp_path):
-    from collabfeat.serving import index
 
     rng = np.random.default_rng(0)
     parts = [rng.normal(size=(n, 5)).astype(np.float32) for n in (3, 0, 7, 1)]
-    index.write_feature_set(str(tmp_path), "x", iter(parts))
+    store.write_feature_set(str(tmp_path), "x", iter(parts))
     got = np.load(tmp_path / "features" / "x" / "embeddings.npy")
     np.testing.assert_array_equal(got, np.concatenate(parts))
     assert sorted(os.listdir(tmp_path / "features" / "x")) == ["embeddings.npy"]
@@ -591,8 +592,8 @@ def test_a_feature_trainer_makes_a_feature_model_or_says_why_not(tmp_path):
     from tfx.types import standard_artifacts
 
     from collabfeat import config as config_lib
-    from collabfeat.pipeline import components as c
-    from collabfeat.serving import export
+    from pipeline import components as c
+    from trainer import features
 
     train = c.FeatureTrainer.EXECUTOR_SPEC.executor_class._FUNCTION
     images, blobs = _catalogue_artifact(tmp_path / "images", [-1] * 40)
@@ -623,14 +624,21 @@ def test_a_feature_trainer_makes_a_feature_model_or_says_why_not(tmp_path):
         return model, json.load(open(os.path.join(model.uri, "report.json")))
 
     with pytest.MonkeyPatch.context() as patch:  # a kind that trains nothing never reads the catalogue
-        patch.setattr(c, "_TrainingSet", lambda *a, **k: pytest.fail("FeatureTrainer read the catalogue for pixels"))
+        patch.setattr(
+            features, "TrainingSet", lambda *a, **k: pytest.fail("FeatureTrainer read the catalogue for pixels")
+        )
         model, report = run("pixels")
     assert report == {"kind": "pixels", "trained": True, "losses": [], "images": 0}
     x = np.stack([images_lib.decode(b, 28) for b in blobs])
     np.testing.assert_allclose(
-        export.embed(export.model_dir(model.uri), [blobs[:7], blobs[7:]]), cnn.pixels(x), atol=1e-6
+        feature_model.embed(feature_model.model_dir(model.uri), [blobs[:7], blobs[7:]]), cnn.pixels(x), atol=1e-6
     )
-    assert c.feature_models(pixels=model, random=None) == {"pixels": export.model_dir(model.uri)}
+    cnn_model = standard_artifacts.Model()
+    cnn_model.uri = str(tmp_path / "cnn")
+    assert c.feature_models(cnn_model, "regression", pixels=model, random=None) == {
+        "regression": feature_model.model_dir(cnn_model.uri),
+        "pixels": feature_model.model_dir(model.uri),
+    }
 
     for kind, facet in (("supervised", "label"), ("style_supervised", "style")):
         model, report = run(kind)
@@ -639,7 +647,9 @@ def test_a_feature_trainer_makes_a_feature_model_or_says_why_not(tmp_path):
             "trained": False,
             "why": f"the catalogue has 0 images with a {facet}: a classifier needs at least 2",
         }
-        assert not os.path.exists(export.model_dir(model.uri)) and c.feature_models(**{kind: model}) == {}
+        assert not os.path.exists(feature_model.model_dir(model.uri)) and c.feature_models(
+            cnn_model, "regression", **{kind: model}
+        ) == {"regression": feature_model.model_dir(cnn_model.uri)}
     with pytest.raises(
         ValueError, match="'pseudo_class' is trained on the item factors: give FeatureTrainer an mf_model"
     ):
@@ -657,7 +667,7 @@ def test_a_feature_trainer_makes_a_feature_model_or_says_why_not(tmp_path):
     model, report = run("imagenet_regression", mf_model=mf_model)
     assert report["trained"] and len(report["losses"]) == 1 and report["images"] == 40
     # its features: EfficientNet-Lite0's pooled 1280 (cnn.retrieval "pooled"), not the 8-d projection
-    assert export.embed(export.model_dir(model.uri), [blobs]).shape == (40, 1280)
+    assert feature_model.embed(feature_model.model_dir(model.uri), [blobs]).shape == (40, 1280)
 
 
 @pytest.mark.slow
@@ -682,7 +692,7 @@ def test_the_same_seed_and_data_train_the_same_cnn_twice():
 
 
 def test_training_reads_a_small_catalogue_in_item_id_order_whatever_order_it_was_written_in():
-    from collabfeat.pipeline.components import in_id_order
+    from trainer.training_set import in_id_order
 
     ids = np.array([b"b", b"c", b"a", b"d"], dtype=object)
     x = np.arange(4 * 2 * 2 * 3, dtype=np.uint8).reshape(4, 2, 2, 3)

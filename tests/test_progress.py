@@ -5,7 +5,7 @@ import json
 import numpy as np
 
 from collabfeat import progress
-from collabfeat.pipeline.supervise import Console
+from pipeline.supervise import Console
 
 
 def test_updates_are_throttled_and_read_back_newest_first(tmp_path, monkeypatch):

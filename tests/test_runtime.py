@@ -11,7 +11,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from collabfeat import config as config_lib
 from collabfeat import examples
-from collabfeat.pipeline.report import find_artifact, read_report
+from pipeline.report import find_artifact, read_report
 
 
 def _probe(_):
@@ -85,8 +85,8 @@ def _smoke_run(tmp_path, overrides):
     import tensorflow_transform as tft
     from tfx import v1 as tfx
 
-    from collabfeat.pipeline import engine
-    from collabfeat.pipeline.pipeline import create_pipeline, run_options
+    from pipeline import engine
+    from pipeline.pipeline import create_pipeline, run_options
 
     logs = tmp_path / "logs"
     logs.mkdir(parents=True)
@@ -126,7 +126,7 @@ def test_smoke_pipeline_through_transform_on_the_portable_engine(tmp_path):
     processes: the path of Flink, Spark and Dataflow) give what was computed by hand (the
     DirectRunner runs these stages in every other pipeline test); the jobs did
     arrive at the job service, and ran on the pool's workers."""
-    from collabfeat.pipeline import engine
+    from pipeline import engine
 
     got = _smoke_run(tmp_path / "portable", ["runner.engine=portable", "runner.direct_num_workers=2"])
     jobs = engine.jobs_completed(str(tmp_path / "portable"))
@@ -164,7 +164,7 @@ def test_parquet_logs_and_a_catalogue_through_the_log_transform(tmp_path):
     from PIL import Image
     from tfx import v1 as tfx
 
-    from collabfeat.pipeline.pipeline import create_pipeline, run_options
+    from pipeline.pipeline import create_pipeline, run_options
 
     (tmp_path / "logs").mkdir()
     (tmp_path / "img").mkdir()
@@ -238,7 +238,7 @@ def test_the_portable_engine_waits_for_its_service_not_for_whatever_answers_on_t
     import subprocess
     import sys
 
-    from collabfeat.pipeline import engine
+    from pipeline import engine
 
     monkeypatch.setattr(engine, "START_SECONDS", 2)
     log = tmp_path / "pool.log"
@@ -273,7 +273,7 @@ def test_the_portable_engine_waits_for_its_service_not_for_whatever_answers_on_t
 
 
 def test_spare_ports_are_free_and_below_the_ephemeral_range():
-    from collabfeat.pipeline import engine
+    from pipeline import engine
 
     ports = engine.spare_ports(3)
     assert len(set(ports)) == 3

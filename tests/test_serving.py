@@ -15,8 +15,10 @@ import tensorflow as tf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import get_model_status_pb2, predict_pb2
 
+from collabfeat import feature_model
 from collabfeat import images as images_lib
-from collabfeat.serving.client import Client
+from serving import store
+from serving.client import Client
 from tests.serving_fixtures import ServerProcess, catalogue, push_version, wait_for
 
 
@@ -350,7 +352,7 @@ def test_no_model_then_hot_load_and_swap_under_load(tmp_path):
 
 def test_batcher_batches_concurrent_calls_and_isolates_a_bad_one():
     """Concurrent calls share batches; a lone call runs alone; a call that fails its batch fails alone."""
-    from collabfeat.serving.server import Batcher
+    from serving.batching import Batcher
 
     sizes, gate = [], threading.Event()
 
@@ -457,13 +459,13 @@ def test_pushed_savedmodel_has_stock_ops_and_documented_signatures(tmp_path):
 
 
 def test_a_worse_model_is_not_pushed_and_the_served_version_stays(tmp_path):
-    """The push guard (serving/push.py): a model that retrieves worse on held-out labelled images
+    """The push guard (serving/build/push.py): a model that retrieves worse on held-out labelled images
     than the version being served is not pushed, and the server keeps answering from the served
     version; one as good is pushed. The served version's score is checked against precision@10
     computed here from the in-process CNN."""
-    from collabfeat.serving import export, push
-    from collabfeat.trainer import cnn
+    from serving.build import push
     from tests.serving_fixtures import small_config
+    from trainer import cnn
 
     push_dir = str(tmp_path / "models")
     first = push_version(push_dir, seed=3)  # a random-init CNN: far above chance here
@@ -482,13 +484,13 @@ def test_a_worse_model_is_not_pushed_and_the_served_version_stays(tmp_path):
         worse = cnn.random_init(cfg.cnn)  # the same CNN, its last layer wiped
         for w in worse.layers[-1].weights:
             w.assign(tf.zeros_like(w))
-        refused = push.push(export.Embedder(worse, 28), os.path.join(first, push.EXTRA), cfg, held_out)
+        refused = push.push(feature_model.Embedder(worse, 28), os.path.join(first, store.EXTRA), cfg, held_out)
         c = refused["compared"]
         assert not refused["pushed"] and refused["destination"] is None
         assert c["served_version"] == int(os.path.basename(first)) and c["images"] == {"category": 100}
         assert c["candidate"]["precision@10"] < c["served"]["precision@10"]
         assert f"below the served version {c['served_version']}" in refused["why"]
-        assert push.versions_on_disk(model_dir) == [c["served_version"]]
+        assert store.versions_on_disk(model_dir) == [c["served_version"]]
         assert [n for n in os.listdir(model_dir) if n.startswith(".")] == []
         time.sleep(1.0)  # three of the server's polls
         assert _served_version(client, blobs[:1]) == c["served_version"]
@@ -505,7 +507,9 @@ def test_a_worse_model_is_not_pushed_and_the_served_version_stays(tmp_path):
         assert c["served"]["precision@10"] == pytest.approx(np.mean(hits), abs=0.01)
         assert c["served"]["precision@10"] > 0.3 > c["candidate"]["precision@10"]
 
-        same = push.push(export.Embedder(cnn.random_init(cfg.cnn), 28), os.path.join(first, push.EXTRA), cfg, held_out)
+        same = push.push(
+            feature_model.Embedder(cnn.random_init(cfg.cnn), 28), os.path.join(first, store.EXTRA), cfg, held_out
+        )
         assert same["pushed"] and same["compared"]["candidate"] == same["compared"]["served"]
         wait_for(lambda: _served_version(client, blobs[:1]) == same["version"], what="the equal version to be served")
     finally:
@@ -524,19 +528,19 @@ def test_a_version_holds_the_index_files_as_links_on_one_filesystem_else_as_copi
     """The Pusher puts the Indexer's files into the version as hard links (no bytes copied, none
     stored twice, the artifact never written again); where a link cannot be made (another
     filesystem: EXDEV) they are copied. Either way the version is whole and answers the same."""
-    from collabfeat.serving import export, index, push
-    from collabfeat.trainer import cnn
+    from serving.build import index, push
     from tests.serving_fixtures import small_config
+    from trainer import cnn
 
     cfg = small_config(str(tmp_path / "models"))
-    net = export.Embedder(cnn.random_init(cfg.cnn), cfg.cnn.image_size)
+    net = feature_model.Embedder(cnn.random_init(cfg.cnn), cfg.cnn.image_size)
     emb = np.random.default_rng(5).normal(size=(60, cfg.cnn.embedding_dim)).astype(np.float32)
     src = str(tmp_path / "index")
-    index.save(*index.build(emb, cfg.index), [f"i{n}" for n in range(60)], emb, src)
+    store.save_index(*index.build(emb, cfg.index), [f"i{n}" for n in range(60)], emb, src)
     files = sorted(os.path.relpath(os.path.join(d, f), src) for d, _, fs in os.walk(src) for f in fs)
     assert "embeddings.npy" in files and any(f.startswith("scann/") for f in files)
 
-    linked = os.path.join(push.push(net, src, cfg)["destination"], push.EXTRA)
+    linked = os.path.join(push.push(net, src, cfg)["destination"], store.EXTRA)
     for f in files:
         assert os.path.samefile(os.path.join(src, f), os.path.join(linked, f)), f
 
@@ -544,13 +548,13 @@ def test_a_version_holds_the_index_files_as_links_on_one_filesystem_else_as_copi
         raise OSError(18, "Invalid cross-device link")
 
     monkeypatch.setattr(os, "link", no_link)
-    copied = os.path.join(push.push(net, src, cfg)["destination"], push.EXTRA)
+    copied = os.path.join(push.push(net, src, cfg)["destination"], store.EXTRA)
     for f in files:
         assert not os.path.samefile(os.path.join(src, f), os.path.join(copied, f)), f
         assert open(os.path.join(src, f), "rb").read() == open(os.path.join(copied, f), "rb").read(), f
 
     shutil.rmtree(src)  # the versions do not depend on the artifact's directory
     for extra in (linked, copied):
-        idx = index.load(extra)
+        idx = store.load_index(extra)
         nn, _ = idx["searcher"].search_batched(emb[:10], final_num_neighbors=1)
         assert [idx["item_ids"][n[0]] for n in nn] == [f"i{n}" for n in range(10)]

@@ -12,8 +12,8 @@ import pytest
 
 from collabfeat.config import MFConfig, SimulatorConfig, TransformConfig
 from collabfeat.simulate import simulate
-from collabfeat.trainer import mf
-from collabfeat.transform.aggregate import pair_weight, validate_row
+from trainer import mf
+from transform.aggregate import pair_weight, validate_row
 
 SMALL = SimulatorConfig(n_users=2500, n_items=1500, n_eval_images=50, mean_views_per_user=30, n_transfer_images=0)
 

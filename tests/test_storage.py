@@ -8,13 +8,14 @@ import uuid
 import numpy as np
 import pytest
 
-from collabfeat import images, outcomes, storage
+from collabfeat import feature_model, images, outcomes, storage
 from collabfeat.config import IndexConfig
-from collabfeat.pipeline.components import write_report
-from collabfeat.pipeline.report import read_report
-from collabfeat.serving import export, index, push
-from collabfeat.trainer import cnn, mf
+from pipeline.components import write_report
+from pipeline.report import read_report
+from serving import store
+from serving.build import index, push
 from tests import serving_fixtures
+from trainer import cnn, mf
 
 
 @pytest.fixture
@@ -49,14 +50,14 @@ def test_index_map_and_feature_sets(root):
     ids = [f"i{n}" for n in range(300)]
     searcher, settings = index.build(emb, IndexConfig())
     where = f"{root}/Indexer/index/7"
-    index.save(searcher, settings, ids, emb, where)
+    store.save_index(searcher, settings, ids, emb, where)
     index.write_map(emb, where)
-    index.write_feature_set(where, "pixels", (emb[i : i + 64] * 2 for i in range(0, 300, 64)))
-    loaded = index.load(where)
+    store.write_feature_set(where, "pixels", (emb[i : i + 64] * 2 for i in range(0, 300, 64)))
+    loaded = store.load_index(where)
     assert loaded["item_ids"] == ids
     np.testing.assert_array_equal(loaded["embeddings"], emb)
-    want = index.search({"searcher": searcher, "meta": loaded["meta"]}, emb[:20], 10)
-    got = index.search(loaded, emb[:20], 10)
+    want = store.search({"searcher": searcher, "meta": loaded["meta"]}, emb[:20], 10)
+    got = store.search(loaded, emb[:20], 10)
     np.testing.assert_array_equal(got[0], want[0])
     assert storage.listdir(f"{where}/features") == ["pixels"]
     with storage.local_copy(f"{where}/features/pixels/embeddings.npy") as path:
@@ -69,19 +70,19 @@ def test_a_feature_model_and_a_pushed_version(root, tmp_path):
 
     cfg = serving_fixtures.small_config(f"{root}/models")
     net = cnn.random_init(cfg.cnn)
-    model = export.model_dir(f"{root}/CNNTrainer/model/3")
-    export.save_features(net, 28, model)
+    model = feature_model.model_dir(f"{root}/CNNTrainer/model/3")
+    feature_model.save_features(net, 28, model)
     _, blobs, _ = serving_fixtures.catalogue(4)
     x = np.stack([images.decode(b, 28) for b in blobs])
-    np.testing.assert_allclose(export.embed(model, [blobs]), cnn.embed(net, x), atol=1e-5)
+    np.testing.assert_allclose(feature_model.embed(model, [blobs]), cnn.embed(net, x), atol=1e-5)
     emb = np.random.default_rng(3).normal(size=(50, cfg.cnn.embedding_dim)).astype(np.float32)
     searcher, settings = index.build(emb, cfg.index)
-    index.save(searcher, settings, [f"i{n}" for n in range(50)], emb, f"{root}/Indexer/index/4")
+    store.save_index(searcher, settings, [f"i{n}" for n in range(50)], emb, f"{root}/Indexer/index/4")
     version = push.push(model, f"{root}/Indexer/index/4", cfg)["destination"]
     assert version.startswith(f"{root}/models/{cfg.serving.model_name}/")
-    assert push.versions_on_disk(os.path.dirname(version)) == [int(os.path.basename(version))]
-    assert storage.read_json(f"{version}/{push.EXTRA}/config.json")["serving"]["max_k"] == cfg.serving.max_k
-    assert index.load(f"{version}/{push.EXTRA}")["item_ids"][:2] == ["i0", "i1"]
+    assert store.versions_on_disk(os.path.dirname(version)) == [int(os.path.basename(version))]
+    assert storage.read_json(f"{version}/{store.EXTRA}/config.json")["serving"]["max_k"] == cfg.serving.max_k
+    assert store.load_index(f"{version}/{store.EXTRA}")["item_ids"][:2] == ["i0", "i1"]
     served = tf.saved_model.load(version).signatures["serving_default"]
     _, blobs, _ = serving_fixtures.catalogue(2)
     assert served(images=tf.constant(blobs))["embedding"].shape == (2, cfg.cnn.embedding_dim)

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
-from collabfeat.serving import tensors
+from serving import tensors
 
 VALUES = [
     np.float32(1.5),

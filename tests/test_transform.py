@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from collabfeat.config import TransformConfig
-from collabfeat.transform import aggregate
 from tests import fresh
+from transform import aggregate
 
 
 def run_once(rows, cfg, catalogue=None):
@@ -210,6 +210,7 @@ def reference(rows, cfg, catalogue=None):
     }
 
 
+@pytest.mark.slow
 def test_bucketed_transform_equals_a_plain_python_computation():
     """Skewed random logs, 3 filter rounds with both popularity cuts active, a catalogue and bad rows:
     one bucket and several give exactly what the all-in-memory computation gives."""
@@ -251,7 +252,7 @@ sys.path.insert(0, {repo!r})
 import apache_beam as beam, tensorflow as tf
 from collabfeat import examples
 from collabfeat.config import TransformConfig
-from collabfeat.transform import aggregate
+from transform import aggregate
 n, tmp = {n}, {tmp!r}
 with tf.io.TFRecordWriter(tmp + "/Split-all/logs.tfrecord") as w:
     for i in range(n):      # every row a pair of its own: nothing is combined away

@@ -11,8 +11,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from collabfeat import topk
+from collabfeat import examples, feature_model, topk
+from collabfeat.config import Config
 from collabfeat.features import COLLABORATIVE
+from trainer import heldout
+from trainer.heldout import Facet
 
 
 def query_rows(n: int, candidates: np.ndarray | None, max_queries: int, seed: int) -> np.ndarray:
@@ -167,3 +170,105 @@ def bless(table: dict[str, dict[str, float]], served: str, metric: str, margin: 
     margins = {b: table[served][metric] - table[b][metric] for b in BLESSING_BASELINES if b in table}
     blessed = len(margins) == len(BLESSING_BASELINES) and all(m >= margin for m in margins.values())
     return blessed, margins
+
+
+def score_facet(feats: dict[str, np.ndarray], facet: Facet, k: int, max_queries: int, seed: int) -> dict[str, float]:
+    """retrieval_metrics of one feature set on one facet, from its features per split."""
+
+    x = np.concatenate([feats[sp] for sp in facet.splits])
+    have = facet.values >= 0
+    return retrieval_metrics(
+        x[have], facet.values[have], k, max_queries, seed, None if facet.queries is None else facet.queries[have]
+    )
+
+
+GALLERY_QUERIES = 3  # the report's gallery: fixed queries per facet
+GALLERY_K = 8  # and the neighbours shown for each
+
+
+def neighbours(feats: dict[str, np.ndarray], facet: Facet, split_ids: dict[str, list], name: str, seed: int) -> dict:
+    """The report's gallery for one feature set on one facet: GALLERY_QUERIES fixed queries (a
+    seeded sample of the facet's query images, the same for every feature set) and each one's
+    GALLERY_K nearest other images, as (split, item id, relevant) triples."""
+
+    x = np.concatenate([feats[sp] for sp in facet.splits])
+    where = [(sp, i) for sp in facet.splits for i in split_ids[sp]]
+    have = np.flatnonzero(facet.values >= 0)
+    x, values = x[have], facet.values[have]
+    rows = query_rows(len(x), None if facet.queries is None else facet.queries[have], GALLERY_QUERIES, seed)
+    sims = x[rows] @ x.T
+    sims[np.arange(len(rows)), rows] = -np.inf
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :GALLERY_K]
+    out = {"queries": [list(where[have[r]]) for r in rows]}
+    out[name] = [[[*where[have[j]], bool(values[j] == values[r])] for j in t] for r, t in zip(rows, top)]
+    return out
+
+
+def evaluate(images_uri: str, split_names: list[str], models: dict[str, str], cfg: Config) -> dict:
+    """The Evaluator's work: retrieval precision@k and mAP of every feature model (name -> its path) on
+    each facet of the evaluation's images (trainer/heldout.py): the held-out images' category and
+    style, the unseen style and a transfer set from another source. Each model is scored through its
+    serving signature on the stored image bytes, exactly what it serves. Chooses the collaborative
+    features to serve (eval.serve), blesses them if, on eval.bless_on, they beat random-init and pixels
+    by eval.bless_margin, and checks the paper's claims (targets). Returns the report."""
+    split = heldout.evaluation_split(split_names)
+    facets = heldout.facets(images_uri, split_names)
+    if "category" not in facets:
+        raise ValueError(f"evaluation needs labelled images: split {split!r} has fewer than 2 with a label")
+    splits = sorted({sp for f in facets.values() for sp in f.splits})
+    n_min = min(int((f.values >= 0).sum()) for f in facets.values())
+    k, queries, seed = min(cfg.eval.k, n_min - 1), cfg.eval.max_queries, cfg.cnn.seed
+    key = f"precision@{k}"
+    trained = cfg.cnn.mode
+    tables: dict[str, dict] = {name: {} for name in facets}
+    split_ids = {sp: list(heldout.id_order(images_uri, sp)[0]) for sp in splits}
+    gallery: dict[str, dict] = {}
+    for name, path in models.items():
+        loaded = feature_model.load_model(path)
+        feats = {
+            sp: feature_model.embed(loaded, examples.image_batches(images_uri, sp), task=f"features {name}: {sp}")[
+                heldout.id_order(images_uri, sp)[1]
+            ]
+            for sp in splits
+        }
+        for facet, f in facets.items():
+            tables[facet][name] = score_facet(feats, f, k, queries, seed)
+            gallery.setdefault(facet, {}).update(neighbours(feats, f, split_ids, name, seed))
+    measure = overall(tables, cfg.eval.bless_on)
+    served = choose(measure, key, cfg.eval.serve, trained)
+    blessed, beats = bless(measure, served, key, cfg.eval.bless_margin)
+    facet_report: dict[str, dict] = {}
+    images: dict[str, int] = {}
+    for facet, f in facets.items():
+        have = f.values >= 0
+        v = f.values[have]
+        images[facet] = int(len(v))
+        facet_report[facet] = {
+            "split": "+".join(f.splits),
+            "images": images[facet],
+            "classes": int(len(np.unique(v))),
+            "queries": int(len(v) if f.queries is None else f.queries[have].sum()),
+            "chance": chance(v, None if f.queries is None else f.queries[have]),
+            "table": tables[facet],
+        }
+    n_test = images["category"]
+    return {
+        "split": split,
+        "images": n_test,
+        "served": served,
+        "serve": cfg.eval.serve,
+        "candidates": {n: measure[n][key] for n in measure if n in COLLABORATIVE or n == trained},
+        "queries": min(n_test, queries or n_test),
+        "queries_bound": queries,
+        "metric": key,
+        "table": tables["category"],
+        "margins": beats,
+        "blessed": blessed,
+        "bless_on": describe(images, cfg.eval.bless_on),
+        "bless_margin": cfg.eval.bless_margin,
+        "chance": facet_report["category"]["chance"],
+        "models": models,
+        "facets": facet_report,
+        "targets": targets(facet_report, key, [served]),
+        "gallery": gallery,
+    }

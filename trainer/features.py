@@ -2,7 +2,7 @@
 Keras net whose output is the feature (the pipeline exports it as a feature model), the training
 losses, and how many images it was trained on.
 
-`data` is the catalogue as training reads it (pipeline/components.py _TrainingSet): factors()
+`data` is the catalogue as training reads it (trainer/training_set.py TrainingSet): factors()
 (image, item factor) pairs, pseudo_classes(k, seed), labelled_images() (image, label of its facet),
 images(), and the counts size, labelled and n_classes.
 """
@@ -14,9 +14,11 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from collabfeat import imagenet
+from collabfeat import feature_model, imagenet, progress
+from collabfeat.config import Config
 from collabfeat.features import REGISTRY
-from collabfeat.trainer import cnn
+from trainer import cnn
+from trainer.training_set import TrainingSet
 
 
 class Made(NamedTuple):
@@ -93,3 +95,36 @@ def make(kind: str, data, cfg, task: str = "baseline") -> Made:
     if kind not in MAKE:
         raise ValueError(f"unknown feature set {kind!r}: one of {tuple(REGISTRY)}")
     return MAKE[kind](data, cfg, task)
+
+
+def train(
+    kind: str, images_uri: str, cfg: Config, out_dir: str, factors_path: str | None = None, task: str = ""
+) -> dict:
+    """The CNNTrainer's and the FeatureTrainers' work: feature set `kind` made from the catalogue (the
+    ImageImport's Examples under images_uri; with the MF model's factors at factors_path, for the sets
+    trained on them) and saved as a feature model at out_dir (collabfeat/feature_model.py). Returns the
+    report; a set the catalogue cannot train (a supervised one without labels) saves nothing and says
+    why: {"trained": False, "why": ...}."""
+    if kind not in REGISTRY:
+        raise ValueError(f"unknown feature set {kind!r}: one of {tuple(REGISTRY)}")
+    spec = REGISTRY[kind]
+    if spec.reads == "factors" and factors_path is None:
+        raise ValueError(f"feature set {kind!r} is trained on the item factors: give FeatureTrainer an mf_model")
+    # The sets that train nothing never read the catalogue (at 10^6 images a full pass each).
+    data = None
+    if spec.reads:
+        facet = "style" if spec.reads == "style" else "label"
+        data = TrainingSet(images_uri, cfg, factors_path if spec.reads == "factors" else None, facet)
+    try:
+        made = make(kind, data, cfg, task or "baseline")
+    except NotTrainable as why:
+        progress.warn(f"Features_{kind}: not trained: {why}")
+        return {"kind": kind, "trained": False, "why": str(why)}
+    feature_model.save_features(made.net, cfg.cnn.image_size, out_dir, cfg.data.background)
+    return {
+        "kind": kind,
+        "trained": True,
+        "losses": made.losses,
+        "images": made.images,
+        **(data.counts if data else {}),
+    }

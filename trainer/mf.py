@@ -17,15 +17,17 @@ V_ij, with the logQ correction for item popularity.
 
 from __future__ import annotations
 
+import io
 import os
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from collabfeat import progress, topk
-from collabfeat.config import MFConfig
+from collabfeat import catalogue, examples, progress, storage, topk
+from collabfeat.config import Config, MFConfig
 
 
 class MatrixFactorization(tfrs.Model):
@@ -424,9 +426,6 @@ def neighbour_agreement(
 
 def save(factors: Factors, user_ids: list[str], item_ids: list[str], path: str) -> None:
     """An .npz file at `path` (a local path or a URI)."""
-    import io
-
-    from collabfeat import storage
 
     arrays = dict(
         users=factors.users,
@@ -445,9 +444,6 @@ def save(factors: Factors, user_ids: list[str], item_ids: list[str], path: str) 
 
 def load(path: str) -> dict[str, np.ndarray]:
     """{"users", "items", "user_ids", "item_ids"} as saved by save()."""
-    import io
-
-    from collabfeat import storage
 
     if storage.is_local(path):
         source = path
@@ -456,3 +452,110 @@ def load(path: str) -> dict[str, np.ndarray]:
             source = io.BytesIO(f.read())
     with np.load(source, allow_pickle=True) as z:
         return {k: z[k] for k in z.files}
+
+
+PAIR_SPEC = {"user_idx": tf.int64, "item_idx": tf.int64, "rating": tf.float32}  # the Transform's output
+
+
+def train_on_examples(
+    transformed_uri: str,
+    user_ids: list[str],
+    item_ids: list[str],
+    cfg: Config,
+    out_path: str,
+    catalogue_uri: str | None = None,
+) -> dict:
+    """The MFTrainer component's work: the Transform's weighted pairs (Examples under transformed_uri, splits
+    "train" and "eval", indexed by the vocabularies user_ids and item_ids) -> user and item factors, saved
+    at out_path (save()). Weighted ALS (the default solver) holds up to mf.bucket_pairs train pairs in
+    memory (24 bytes each); more go to row-range bucket files on local disk. The SGD solvers stream the
+    pairs every epoch. Returns the report: sizes, losses, held-out recall@k against ranking by popularity
+    and, with a catalogue (Examples with a "catalogue" split), how often an item factor's 10 nearest
+    neighbours share its facet (category, style)."""
+    n_users, n_items = len(user_ids), len(item_ids)
+    # One streaming pass per split: item counts, and the pairs of a seeded sample of users for recall@k.
+    sampled = np.zeros(n_users + 1, bool)
+    sampled[topk.sample(n_users, cfg.mf.eval_users, cfg.mf.seed)] = True
+    counts, user_counts = np.zeros(n_items + 1, np.int64), np.zeros(n_users + 1, np.int64)
+    pairs, totals, cold = {}, {}, 0
+    for split in ("train", "eval"):
+        parts, totals[split] = [], 0
+        for b in examples.batches(transformed_uri, split, PAIR_SPEC):
+            u, i = b["user_idx"], b["item_idx"]
+            known = (u < n_users) & (i < n_items)  # eval pairs outside the train vocabularies are cold
+            totals[split] += int(known.sum())
+            cold += int((~known).sum())
+            if split == "train":
+                counts += np.bincount(i, minlength=n_items + 1)
+                user_counts += np.bincount(u, minlength=n_users + 1)
+            keep = known & sampled[u]
+            parts.append(np.c_[u[keep], i[keep]])
+        pairs[split] = np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
+    extra: dict = {}
+    if uses_als(cfg.mf):  # a second pass puts the train pairs in buckets of rows, both ways
+        with tempfile.TemporaryDirectory(prefix="collabfeat-als-") as tmp:
+            for side in ("users", "items"):
+                os.makedirs(os.path.join(tmp, side))
+            by_user = PairBuckets(user_counts, cfg.mf.bucket_pairs, os.path.join(tmp, "users"))
+            by_item = PairBuckets(counts, cfg.mf.bucket_pairs, os.path.join(tmp, "items"))
+            for b in examples.batches(transformed_uri, "train", PAIR_SPEC):
+                conf = confidence(b["rating"], cfg.mf)
+                by_user.add(b["user_idx"], b["item_idx"], conf)
+                by_item.add(b["item_idx"], b["user_idx"], conf)
+            factors = fit_als(by_user, by_item, cfg.mf)
+        extra = {
+            "als_buckets": {"users": len(by_user.parts), "items": len(by_item.parts)},
+            "als_bucket_pairs": cfg.mf.bucket_pairs,
+        }
+    else:
+        data = examples.dataset(
+            transformed_uri, "train", PAIR_SPEC, cfg.mf.batch_size, shuffle=cfg.mf.shuffle_buffer, seed=cfg.mf.seed
+        )
+        factors = fit(data, n_users + 1, n_items + 1, counts, cfg.mf)
+    factors = Factors(factors.users[:n_users], factors.items[:n_items], factors.losses)
+    k = cfg.mf.recall_k
+    report = {
+        "users": n_users,
+        "items": n_items,
+        "train_pairs": totals["train"],
+        "eval_pairs": totals["eval"],
+        "eval_pairs_cold": cold,
+        "losses": factors.losses,
+        "recall_users": int(len(np.unique(pairs["eval"][:, 0]))),
+        "recall_users_bound": cfg.mf.eval_users,
+        f"recall@{k}": recall_at_k(factors, pairs["train"], pairs["eval"], k),
+        f"recall@{k}_popularity": recall_at_k(
+            popularity_from_counts(counts[:n_items], n_users), pairs["train"], pairs["eval"], k
+        ),
+        **extra,
+    }
+    if report[f"recall@{k}"] <= report[f"recall@{k}_popularity"]:
+        progress.warn(
+            f"MFTrainer: the factors' held-out recall@{k} {report[f'recall@{k}']:.3f} does not beat "
+            f"ranking by popularity ({report[f'recall@{k}_popularity']:.3f})"
+        )
+    if catalogue_uri is not None:
+        agreement = facet_agreement(factors.items, item_ids, catalogue_uri, cfg.mf)
+        if agreement:
+            report["agreement@10"] = agreement
+    save(factors, user_ids, item_ids, out_path)
+    return report
+
+
+def facet_agreement(items: np.ndarray, item_ids: list[str], catalogue_uri: str, cfg: MFConfig) -> dict:
+    """facet name -> how often an item factor's 10 nearest neighbours share its value, with the chance
+    level, for each facet of the catalogue (catalogue.FACET_NAMES) that more than 10 items have."""
+    out = {}
+    ids = list(catalogue.read_labels(catalogue_uri, "catalogue"))
+    for facet, values in catalogue.read_facets(catalogue_uri, "catalogue").items():
+        of = dict(zip(ids, values.tolist()))
+        lab = np.array([of.get(i, -1) for i in item_ids])
+        have = lab >= 0
+        if have.sum() > 10:
+            lab = lab[have]
+            out[catalogue.FACET_NAMES[facet]] = {
+                "value": neighbour_agreement(items[have], lab, 10, cfg.agreement_items, cfg.seed),
+                "items": int(min(have.sum(), cfg.agreement_items or have.sum())),
+                "chance": float(((np.bincount(lab) / len(lab)) ** 2).sum()),
+            }
+    return out

@@ -1,1 +1,1 @@
-"""collabfeat.transform"""
+"""Behaviour logs -> weighted (user, item) pairs (aggregate.py) and the Transform's preprocessing."""

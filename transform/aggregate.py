@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import json
 import math
+import os
 import pickle
+import resource
 import uuid
 import zlib
 from collections import Counter
@@ -38,6 +41,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
+from collabfeat import examples, outcomes, storage
+from collabfeat.config import Config
 from collabfeat.outcomes import EXAMPLES, USED
 
 REASONS = (
@@ -150,7 +155,6 @@ class _Spill(beam.DoFn):
 
     def setup(self):
         """A bundle keeps a file open per bucket: let the worker open that many, and some."""
-        import resource
 
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         want = self.buckets + 256
@@ -448,3 +452,69 @@ def _summary(counts, items):
             i=beam.pvalue.AsSingleton(n_items),
         )
     )
+
+
+def transform_logs(
+    p: beam.Pipeline,
+    logs_uri: str,
+    split: str,
+    rows_in: int,
+    out_uri: str,
+    cfg: Config,
+    catalogue_uri: str | None = None,
+) -> dict:
+    """The LogTransform component's work: split `split` of the behaviour logs (Examples under logs_uri,
+    rows_in rows) -> splits "train" and "eval" of weighted (user, item) pairs under out_uri, in hash
+    buckets of users of about transform.bucket_rows log rows each, spilled under out_uri and removed
+    after. With a catalogue (Examples with a "catalogue" split), items it does not hold are rejected.
+    Runs `p` and returns the report: every row's outcome and the data's summary."""
+    cols = cfg.data
+    outcomes_path = os.path.join(out_uri, "outcomes.json")
+    summary_path = os.path.join(out_uri, "summary.json")
+    work_dir = os.path.join(out_uri, "_buckets")
+
+    def row(r):
+        return {"user": r.get(cols.user_column), "item": r.get(cols.item_column), "event": r.get(cols.event_column)}
+
+    def record(pair):
+        return {"user_id": pair[0], "item_id": pair[1], "weight": float(pair[2]), "events": pair[3]}
+
+    storage.makedirs(work_dir)
+    try:
+        with p:
+            known = None
+            if catalogue_uri is not None:
+                known = (
+                    p
+                    | "ReadCatalogue" >> examples.ReadSplit(catalogue_uri, "catalogue")
+                    | "ItemIds" >> beam.Map(lambda r: r["item_id"].decode())
+                )
+            out = (
+                p
+                | "ReadLogs" >> examples.ReadSplit(logs_uri, split)
+                | "Columns" >> beam.Map(row)
+                | "Aggregate" >> AggregateLogs(cfg.transform, work_dir, rows_in, known)
+            )
+            for name in ("train", "eval"):
+                _ = (
+                    out[name]
+                    | f"Record{name}" >> beam.Map(record)
+                    | f"Write{name}" >> examples.WriteSplit(out_uri, name)
+                )
+            _ = out["outcomes"] | "Outcomes" >> outcomes.WriteOutcomes(outcomes_path)
+            _ = (
+                out["summary"]
+                | "SummaryJson" >> beam.Map(json.dumps)
+                | "WriteSummary" >> beam.io.WriteToText(summary_path, shard_name_template="", num_shards=1)
+            )
+    finally:
+        storage.rmtree(work_dir)
+    rows = outcomes.read(outcomes_path)
+    return {
+        "rows": rows["counts"],
+        "rows_total": sum(rows["counts"].values()),
+        "rejected_examples": rows["examples"],
+        "buckets": bucket_count(rows_in, cfg.transform),
+        "bucket_rows": cfg.transform.bucket_rows,
+        **outcomes.read(summary_path),
+    }

@@ -1,6 +1,6 @@
 """Pushing a version for serving: <push_dir>/<model name>/<version>/
 
-  saved_model.pb, variables/        the serving SavedModel (serving/export.py)
+  saved_model.pb, variables/        the serving SavedModel (serving/build/export.py)
   assets.extra/scann/               the serialised ScaNN searcher
   assets.extra/item_ids.txt         row i of the index is this item id
   assets.extra/embeddings.npy       the catalogue's embeddings
@@ -21,18 +21,18 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 
 from collabfeat import config as config_lib
-from collabfeat import storage
-from collabfeat.serving import export
-from collabfeat.serving import index as scann_index
-
-EXTRA = "assets.extra"
+from collabfeat import feature_model, storage
+from collabfeat.catalogue import split_images
+from serving import store
+from serving.build import export
+from trainer import heldout as trainer_heldout
+from trainer.evaluate import describe, overall, retrieval_metrics
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -45,31 +45,9 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def versions_on_disk(model_dir: str) -> list[int]:
-    """Integer-named version directories holding a SavedModel (hidden temporary ones never match)."""
-    return [
-        int(n)
-        for n in storage.listdir(model_dir)
-        if n.isdigit() and storage.exists(os.path.join(model_dir, n, "saved_model.pb"))
-    ]
-
-
-def newest_version(model_dir: str) -> str:
-    """The path of the newest pushed version; FileNotFoundError when there is none."""
-    versions = versions_on_disk(model_dir)
-    if not versions:
-        raise FileNotFoundError(f"no pushed version under {model_dir}: run `./run demo` first")
-    return os.path.join(model_dir, str(max(versions)))
-
-
-def next_version(model_dir: str) -> int:
-    existing = [int(n) for n in storage.listdir(model_dir) if n.isdigit()]
-    return max([int(time.time())] + [v + 1 for v in existing])
-
-
 def embed_with(version: str, blobs: Sequence[bytes], batch: int = 256):
     """The L2-normalised embeddings a pushed version's (or a feature model's) serving_default gives for image bytes."""
-    return export.embed(version, export.in_batches(blobs, batch))
+    return feature_model.embed(version, feature_model.in_batches(blobs, batch))
 
 
 class Heldout(NamedTuple):
@@ -86,8 +64,6 @@ def compare(candidate: str, served: str, heldout: dict[str, Heldout], cfg) -> di
     Evaluator's measure (trainer/evaluate.py): heldout is facet -> Heldout (or a pair of image
     bytes and values), scored on eval.bless_on (the mean over the facets, or one of them). "better":
     the candidate's precision@k is at least the served version's plus eval.served_margin."""
-    from collabfeat.trainer.evaluate import describe, overall, retrieval_metrics
-
     heldout = {facet: Heldout(*h) for facet, h in heldout.items()}
     embedded = {}
 
@@ -137,7 +113,7 @@ def compare(candidate: str, served: str, heldout: dict[str, Heldout], cfg) -> di
 def push(features, index_dir: str, cfg, heldout: dict[str, tuple[Sequence[bytes], np.ndarray]] | None = None) -> dict:
     """-> {"pushed", "destination", "version", "compared", "why"}.
     features: the feature model to serve (its path: a Model artifact's Format-Serving directory, or
-    an export.Embedder), wrapped with the index's catalogue (export.export).
+    an feature_model.Embedder), wrapped with the index's catalogue (export.export).
     cfg: a Config, or the Pusher's settings (config.settings); recorded in the version.
     heldout: facet -> (image bytes, values) of held-out images (compare()); when given and a version
     is being served, the new version is pushed only if compare() finds it better.
@@ -148,15 +124,15 @@ def push(features, index_dir: str, cfg, heldout: dict[str, tuple[Sequence[bytes]
         push_dir = os.path.abspath(push_dir)
     model_dir = os.path.join(push_dir, cfg.serving.model_name)
     storage.makedirs(model_dir)
-    version = next_version(model_dir)
+    version = store.next_version(model_dir)
     final = os.path.join(model_dir, str(version))
     with storage.local_copy(index_dir) as index_local, tempfile.TemporaryDirectory(prefix="collabfeat-push-") as work:
         # A local version is made beside its final place and renamed into it (atomic).
         tmp = os.path.join(model_dir if storage.is_local(model_dir) else work, f".tmp-{version}")
         shutil.rmtree(tmp, ignore_errors=True)
-        idx = scann_index.load(index_local)
+        idx = store.load_index(index_local)
         export.export(features, idx["embeddings"], idx["item_ids"], cfg.serving.max_k, tmp)
-        extra = os.path.join(tmp, EXTRA)
+        extra = os.path.join(tmp, store.EXTRA)
         # The files a version writes itself are never taken from the index: a write to a hard link
         # would change the Indexer's artifact.
         shutil.copytree(
@@ -168,8 +144,8 @@ def push(features, index_dir: str, cfg, heldout: dict[str, tuple[Sequence[bytes]
         with open(os.path.join(extra, "config.json"), "w") as f:
             f.write(config_lib.as_json(cfg))
         compared = None
-        if heldout is not None and versions_on_disk(model_dir):
-            compared = compare(tmp, newest_version(model_dir), heldout, cfg)
+        if heldout is not None and store.versions_on_disk(model_dir):
+            compared = compare(tmp, store.newest_version(model_dir), heldout, cfg)
             if not compared["better"]:
                 shutil.rmtree(tmp)
                 c, s, m = compared["candidate"], compared["served"], compared["metric"]
@@ -200,3 +176,13 @@ def push(features, index_dir: str, cfg, heldout: dict[str, tuple[Sequence[bytes]
         f"{compared['served'][compared['metric']]:.4f}"
     )
     return {"pushed": True, "destination": final, "version": version, "compared": compared, "why": why}
+
+
+def heldout_images(images_uri: str, split_names: list[str]) -> dict[str, Heldout]:
+    """The Evaluator's facets and images (trainer/heldout.py), in its order, for compare()."""
+    facets = trainer_heldout.facets(images_uri, split_names)
+    blobs = {}
+    for sp in sorted({sp for f in facets.values() for sp in f.splits}):
+        stored = split_images(images_uri, sp)
+        blobs[sp] = [stored[i] for i in trainer_heldout.id_order(images_uri, sp)[1]]
+    return {name: Heldout(sum((blobs[sp] for sp in f.splits), []), f.values, f.queries) for name, f in facets.items()}

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
+import tempfile
 import time
 
 import numpy as np
 from scann.scann_ops.py import scann_ops_pybind
 
-from collabfeat import storage, topk
-from collabfeat.config import IndexConfig
+from collabfeat import examples, feature_model, progress, storage, topk
+from collabfeat.catalogue import read_labels
+from collabfeat.config import Config, IndexConfig
+from serving import store
 
 # Below this many items a tree gains nothing: search all of them, exactly scored. Up to
 # BRUTE_FORCE_UP_TO items brute force is timed against the tree and taken if it is faster.
@@ -146,7 +148,7 @@ def recall(found: np.ndarray, exact: np.ndarray, k: int) -> float:
 
 def recall_against_exact(searcher, db: np.ndarray, queries: np.ndarray, k: int, settings: dict) -> float:
     """Recall@k of the searcher searched with its settings, against exact search."""
-    approx, _ = search({"searcher": searcher, "meta": settings}, queries, k)
+    approx, _ = store.search({"searcher": searcher, "meta": settings}, queries, k)
     return recall(approx, exact_top_k(db, queries, k)[0], k)
 
 
@@ -154,65 +156,17 @@ def kind(n: int) -> str:
     return "brute_force" if n < BRUTE_FORCE_BELOW else "tree_ah"
 
 
-def search(idx: dict, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k rows and scores for each query, searched with the index's chosen settings
-    (at least k candidates are re-scored exactly)."""
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    meta = idx["meta"]
-    if meta["kind"] == "brute_force":
-        return idx["searcher"].search_batched(q, final_num_neighbors=k)
-    return idx["searcher"].search_batched(
-        q,
-        final_num_neighbors=k,
-        pre_reorder_num_neighbors=max(k, meta["reorder"]),
-        leaves_to_search=meta.get("leaves_to_search"),
-    )
-
-
-def save(
-    searcher, settings: dict, item_ids: list[str], embeddings: np.ndarray, directory: str, served: str = ""
-) -> None:
-    """The searcher, the settings it is searched with (`choose`), the embeddings, the item ids and
-    the name of the feature set they are (`served`: config.FEATURE_SETS).
-    `directory`: a local path or a URI (ScaNN writes local files: through a local copy)."""
-    with storage.local_dir(directory) as local:
-        os.makedirs(os.path.join(local, "scann"), exist_ok=True)
-        # Relative asset paths: the directory is copied into each pushed version and must load there.
-        searcher.serialize(os.path.join(local, "scann"), relative_path=True)
-        meta = {key: settings[key] for key in ("kind", "leaves", "leaves_to_search", "reorder") if key in settings}
-        with open(os.path.join(local, "index.json"), "w") as f:
-            json.dump({**meta, "items": len(item_ids), **({"served": served} if served else {})}, f)
-        np.save(os.path.join(local, "embeddings.npy"), embeddings.astype(np.float32))
-        with open(os.path.join(local, "item_ids.txt"), "w") as f:
-            f.write("\n".join(item_ids) + "\n")
-
-
-def load(directory: str) -> dict:
-    """What save() wrote (a local path or a URI)."""
-    with storage.local_copy(directory) as local:
-        with open(os.path.join(local, "item_ids.txt")) as f:
-            ids = [line.rstrip("\n") for line in f if line.strip()]
-        with open(os.path.join(local, "index.json")) as f:
-            meta = json.load(f)
-        return {
-            "searcher": scann_ops_pybind.load_searcher(os.path.join(local, "scann")),
-            "meta": meta,
-            "item_ids": ids,
-            "embeddings": np.load(os.path.join(local, "embeddings.npy")),
-        }
-
-
 def _umap():
     """umap, with every numba function of its own compiled once and kept in numba's on-disk cache.
     umap marks almost none of them cache=True, so each fresh process (every Indexer run) spent ~12 s
     compiling them on its first fit; from the cache that fit takes ~1 s (bench: 600 items x 32).
     env/run warms the cache when it builds the environment (warm_map_cache)."""
-    import umap
-    import umap.layouts
-    import umap.spectral
-    import umap.utils
-    from numba.core.caching import NullCache
-    from numba.core.registry import CPUDispatcher
+    import umap  # lazy: UMAP and numba compile on import, only for the map
+    import umap.layouts  # lazy: UMAP and numba compile on import, only for the map
+    import umap.spectral  # lazy: UMAP and numba compile on import, only for the map
+    import umap.utils  # lazy: UMAP and numba compile on import, only for the map
+    from numba.core.caching import NullCache  # lazy: UMAP and numba compile on import, only for the map
+    from numba.core.registry import CPUDispatcher  # lazy: UMAP and numba compile on import, only for the map
 
     for module in (umap.umap_, umap.layouts, umap.utils, umap.distances, umap.spectral):
         for f in vars(module).values():
@@ -223,7 +177,6 @@ def _umap():
 
 def warm_map_cache() -> None:
     """Compiles what write_map() runs into numba's cache (pynndescent's and umap's functions)."""
-    import tempfile
 
     with tempfile.TemporaryDirectory() as d:
         write_map(np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32), d)
@@ -260,32 +213,64 @@ def write_map(embeddings: np.ndarray, directory: str, seed: int = 0, sample: int
     )
 
 
-def write_feature_set(directory: str, name: str, embeddings, model: str = "") -> None:
-    """Another feature set's catalogue embeddings (and its feature model, a SavedModel directory,
-    to embed new images), for comparison. `embeddings`: an array, or an iterable of row batches
-    written one at a time (bounded memory)."""
-    with storage.local_dir(os.path.join(directory, "features", name)) as out:
-        write_npy(
-            os.path.join(out, "embeddings.npy"), [embeddings] if isinstance(embeddings, np.ndarray) else embeddings
+def build_index(images_uri: str, models: dict[str, str], served: str, out_uri: str, cfg: Config) -> dict:
+    """The Indexer's work: embeds the whole catalogue (split "catalogue" of the ImageImport's Examples
+    under images_uri) through the served feature model (models[served]) and builds a ScaNN index at
+    out_uri (serving/store.py's layout); measures its recall@k against exact search on one seeded sample
+    of the catalogue, after tuning its settings on another. Also writes a 2-D map of the catalogue and,
+    for the explorer, the catalogue's embeddings under every other feature model, with the model.
+    Returns the report (check_recall tells whether the index is good enough)."""
+    ids = list(read_labels(images_uri, "catalogue"))
+    batches = -(-len(ids) // examples.EMBED_BATCH)
+    emb = feature_model.embed(
+        models[served], examples.image_batches(images_uri, "catalogue"), task="embedding the catalogue", total=batches
+    )
+    if len(emb) != len(ids):
+        raise RuntimeError(f"the catalogue changed while it was read: {len(ids)} ids, {len(emb)} images")
+    measured = topk.sample(len(emb), cfg.index.recall_queries, 0)
+    rest = np.setdiff1d(np.arange(len(emb)), measured)
+    tuning = rest[topk.sample(len(rest), TUNING_QUERIES, 1)] if len(rest) else measured
+    start = time.time()
+    searcher, settings = build(emb, cfg.index, emb[tuning])
+    built = time.time() - start
+    if settings["kind"] == "brute_force" and len(emb) > BRUTE_FORCE_UP_TO:
+        progress.warn(f"Indexer: exact search over {len(emb)} items: {settings['why']}")
+    queries = emb[measured]
+    k = min(cfg.index.num_neighbors, len(emb))
+    recall = recall_against_exact(searcher, emb, queries, k, settings)
+    store.save_index(searcher, settings, ids, emb, out_uri, served)
+    write_map(emb, out_uri, sample=cfg.index.map_sample)
+    sets = [served]
+    for name, path in sorted((n, p) for n, p in models.items() if n != served):
+        # batch by batch: the rows go to disk as they come (raw pixels are 3,072 floats an image)
+        rows = feature_model.embed_batches(
+            path,
+            examples.image_batches(images_uri, "catalogue"),
+            task=f"embedding the catalogue: {name}",
+            total=batches,
         )
-        if model:
-            with storage.local_copy(model) as local:
-                shutil.copytree(local, os.path.join(out, "model"))
+        store.write_feature_set(out_uri, name, rows, path)
+        sets.append(name)
+    return {
+        "served": served,
+        "items": len(ids),
+        "dim": int(emb.shape[1]),
+        f"recall@{k}": recall,
+        "recall_queries": len(queries),
+        "map_sample": min(len(ids), cfg.index.map_sample),
+        "build_seconds": built,
+        "required_recall": cfg.index.min_recall,
+        "tuning_queries": len(tuning),
+        "settings": settings,
+        "feature_sets": sets,
+    }
 
 
-def write_npy(path: str, batches) -> None:
-    """Row batches [b, d] -> one float32 .npy file [sum b, d], streamed through disk: the rows go
-    to a side file first, then behind the header that their final count makes."""
-    from numpy.lib import format as npy
-
-    rows, dim = 0, 0
-    with open(path + ".rows", "w+b") as raw:
-        for b in batches:
-            b = np.ascontiguousarray(b, dtype="<f4")
-            rows, dim = rows + len(b), b.shape[1]
-            raw.write(b.tobytes())
-        raw.seek(0)
-        with open(path, "wb") as f:
-            npy.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (rows, dim)})
-            shutil.copyfileobj(raw, f, 16 << 20)
-    os.remove(path + ".rows")
+def check_recall(report: dict, cfg: IndexConfig) -> None:
+    """RuntimeError if build_index's index finds fewer of the exact neighbours than index.min_recall."""
+    [(name, recall)] = [(key, v) for key, v in report.items() if key.startswith("recall@")]
+    if recall < cfg.min_recall:
+        settings = {key: v for key, v in report["settings"].items() if "tried" not in key}
+        raise RuntimeError(
+            f"ScaNN {name} {recall:.3f} is below index.min_recall {cfg.min_recall}: with " + json.dumps(settings)
+        )
