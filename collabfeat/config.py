@@ -45,6 +45,8 @@ class SimulatorConfig:
     n_users: int = 8000
     n_items: int = 6000  # at most this many catalogue images (emoji: every drawing of the catalogue's
     # emoji, about 3,700; fashion: drawn from Fashion-MNIST's training split)
+    augment: bool = False  # grow the catalogue to n_items with seeded augmentations of its images (crop, flip,
+    # rotation), each keeping its source's category and style, when the source has fewer (Behance size)
     n_eval_images: int = 2000  # at most this many held-out labelled images, never seen by users
     mean_views_per_user: float = 30.0
     activity_sigma: float = 1.0  # lognormal spread of user activity (power-law-like tail)

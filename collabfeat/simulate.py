@@ -35,9 +35,11 @@ import hashlib
 import json
 import os
 import sys
-from array import array
+from typing import NamedTuple
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
 from PIL import Image
 
 from collabfeat import emoji, images
@@ -340,30 +342,15 @@ def simulate(cfg: SimulatorConfig, out: str, source: str = "emoji") -> dict:
         made = _fashion(cfg, out, rng)
     else:
         raise ValueError(f"data.source must be 'emoji' or 'fashion', not {source!r}")
-    item_ids, categories, styles = np.array(made["item_ids"]), made["categories"], made["styles"]
-    n_categories, n_styles = made["n_categories"], made["n_styles"]
-    n_items = len(item_ids)
-    transfer = {}
-    if cfg.n_transfer_images:
-        paths, labels, names, dropped = transfer_set(cfg.n_transfer_images, np.random.default_rng(cfg.seed + 1))
-        arts, skipped = [], []
-        for i, (p, label) in enumerate(zip(paths, labels)):
-            try:
-                arts.append((f"c{i:05d}", images.encode_png(clip_art(p)), label, -1))
-            except Exception as e:  # a few of openclipart's PNGs are huge (PIL's bomb guard) or broken
-                skipped.append(f"{os.path.relpath(p, OPENCLIPART_DIR)}: {type(e).__name__}")
-        _write_items(out, "transfer_items.csv", arts, style=False)
-        transfer = {
-            "source": "openclipart-png (Debian, public domain): top-level folders as categories",
-            "images": len(arts),
-            "skipped": skipped,
-            "categories": names,
-            "dropped": dropped,
-            "resolution": f"{TRANSFER_SIZE}x{TRANSFER_SIZE} RGB, composited on white",
-            "files": [os.path.relpath(p, OPENCLIPART_DIR) for p in paths[:5]] + ["..."],
-        }
+    item_ids, categories, styles = list(made["item_ids"]), made["categories"], made["styles"]
+    augmented: dict = {"items": 0}
+    if cfg.augment and cfg.n_items > len(item_ids):
+        augmented = _augment(cfg, out, item_ids, categories, styles)
+        item_ids, categories, styles = augmented.pop("item_ids"), augmented.pop("categories"), augmented.pop("styles")
+    transfer = _transfer(cfg, out) if cfg.n_transfer_images else {}
 
     # Planted bad images: some files deleted, some overwritten with garbage.
+    n_items = len(item_ids)
     bad = rng.choice(n_items, min(cfg.bad_image_count, n_items), replace=False)
     for j, b in enumerate(bad):
         path = os.path.join(out, "images", f"{item_ids[b]}.png")
@@ -373,99 +360,21 @@ def simulate(cfg: SimulatorConfig, out: str, source: str = "emoji") -> dict:
             with open(path, "wb") as f:
                 f.write(b"this is not an image")
 
-    # Behaviour.
-    cell_of = categories * n_styles + styles
-    by_cell = [np.flatnonzero(cell_of == c) for c in range(n_categories * n_styles)]
-    by_category = [np.flatnonzero(categories == c) for c in range(n_categories)]
-    pools = by_cell + by_category  # an empty cell falls back to its category
-    pop = [_zipf_weights(rng, len(ix), cfg.popularity_exponent) for ix in pools]
-    style_taste = rng.dirichlet(np.full(n_styles, cfg.taste_concentration), cfg.n_users)
-    category_taste = rng.dirichlet(np.full(n_categories, cfg.taste_concentration), cfg.n_users)
-    p_style, p_category = _tempered(style_taste, cfg.style_weight), _tempered(category_taste, cfg.category_weight)
-    mu = np.log(cfg.mean_views_per_user) - cfg.activity_sigma**2 / 2
-    activity = np.clip(np.round(rng.lognormal(mu, cfg.activity_sigma, cfg.n_users)), 1, n_items // 2).astype(int)
-
-    # Rows are kept as four compact columns (user, item, event, time), not Python tuples: 18M rows
-    # take about 300 MB. Negative items are planted unknown ids, user -1 is a planted empty user.
-    # Every random draw is the one `rng.choice(..., p=...)` would make (one uniform number,
-    # searched in the same normalised cumulative weights), so the data is the same as before.
-    users, items, events_, times_ = array("i"), array("i"), array("b"), array("q")
-
-    def add(user, item, event, t):
-        users.append(user)
-        items.append(item)
-        events_.append(event)
-        times_.append(t)
-
-    cdfs = []
-    for p in pop:
-        cdf = p.cumsum()
-        cdfs.append(cdf / cdf[-1] if len(cdf) else cdf)
-    rate_a, rate_c = cfg.appreciate_rate, cfg.comment_rate
-    for u in range(cfg.n_users):
-        n = activity[u]
-        times = np.sort(rng.integers(0, EVENT_PERIOD_S, n)) + EPOCH
-        noisy = rng.random(n) < cfg.noise
-        chosen = rng.choice(n_categories, n, p=p_category[u]) * n_styles + rng.choice(n_styles, n, p=p_style[u])
-        # affinity: the geometric mean of how strong the cell's style and category are in the user's tastes
-        strength = np.sqrt(np.outer(p_category[u] / p_category[u].max(), p_style[u] / p_style[u].max()).ravel())
-        for t, is_noise, c in zip(times.tolist(), noisy.tolist(), chosen.tolist()):
-            if is_noise:
-                item = int(rng.integers(n_items))
-                affinity = 0.2
-            else:
-                pool = c if len(by_cell[c]) else len(by_cell) + c // n_styles
-                item = int(pools[pool][int(cdfs[pool].searchsorted(rng.random(), side="right"))])
-                affinity = strength[c]
-            add(u, item, VIEW, t)
-            if rng.random() < rate_a * affinity:
-                add(u, item, APPRECIATE, t + 5)
-            if rng.random() < rate_c * affinity:
-                add(u, item, COMMENT, t + 30)
-    favourite = style_taste.argmax(axis=1)
-    for j in range(len(item_ids)):
-        fans = np.flatnonzero(favourite == styles[j])
-        owner = int(rng.choice(fans)) if len(fans) else int(rng.integers(cfg.n_users))
-        add(owner, j, OWN, EPOCH)
-
-    # Planted bad rows.
-    n_bad = int(round(cfg.bad_row_rate * len(users)))
-    for k in range(n_bad):
-        r = int(rng.integers(len(users)))
-        user, item, event, t = users[r], items[r], events_[r], times_[r]
-        kind = k % 3
-        if kind == 0:
-            add(user, -1 - k, event, t)  # unknown item: missing<k>
-        elif kind == 1:
-            add(user, item, LIKE, t)  # unknown event type
-        else:
-            add(-1, item, event, t)  # no user
-    order = rng.permutation(len(users))
-    with open(os.path.join(out, "logs", "logs.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["user_id", "item_id", "event", "timestamp"])
-        for i in order.tolist():
-            user, item = users[i], items[i]
-            w.writerow(
-                (
-                    f"u{user:06d}" if user >= 0 else "",
-                    item_ids[item] if item >= 0 else f"missing{-1 - item}",
-                    EVENTS[events_[i]],
-                    times_[i],
-                )
-            )
-
-    counts = np.bincount(np.frombuffer(events_, dtype=np.int8), minlength=len(EVENTS))
-    events = {e: int(counts[EVENTS.index(e)]) for e in ("view", "appreciate", "comment", "own")}
+    tastes = Tastes.draw(cfg, categories, styles, made["n_categories"], made["n_styles"], rng)
+    written = write_logs(cfg, tastes, item_ids, os.path.join(out, "logs", "logs.csv"))
+    events = {e: written["events"][e] for e in ("view", "appreciate", "comment", "own")}
     sheet = {
         **made["sheet"],
         "behaviour": "simulated by collabfeat.simulate",
         "parameters": {**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "source": source},
         "tastes": {"style_weight": cfg.style_weight, "category_weight": cfg.category_weight, "why": WHY_WEIGHTS},
+        "augmented": augmented,
         "transfer": transfer,
-        "rows": len(users),
+        "users": cfg.n_users,
+        "items": n_items,
+        "rows": written["rows"],
         "events": events,
-        "planted_bad_rows": n_bad,
+        "planted_bad_rows": written["bad_rows"],
         "planted_bad_images": [str(item_ids[b]) for b in bad],
         "density_views": events["view"] / (cfg.n_users * n_items),
         "density_appreciations": events["appreciate"] / (cfg.n_users * n_items),
@@ -473,3 +382,257 @@ def simulate(cfg: SimulatorConfig, out: str, source: str = "emoji") -> dict:
     with open(os.path.join(out, "datasheet.json"), "w") as f:
         json.dump(sheet, f, indent=1)
     return sheet
+
+
+def _transfer(cfg: SimulatorConfig, out: str) -> dict:
+    """transfer_items.csv: labelled clip art from openclipart-png, the transfer facet; its datasheet entry."""
+    paths, labels, names, dropped = transfer_set(cfg.n_transfer_images, np.random.default_rng(cfg.seed + 1))
+    arts, skipped = [], []
+    for i, (p, label) in enumerate(zip(paths, labels)):
+        try:
+            arts.append((f"c{i:05d}", images.encode_png(clip_art(p)), label, -1))
+        except Exception as e:  # a few of openclipart's PNGs are huge (PIL's bomb guard) or broken
+            skipped.append(f"{os.path.relpath(p, OPENCLIPART_DIR)}: {type(e).__name__}")
+    _write_items(out, "transfer_items.csv", arts, style=False)
+    return {
+        "source": "openclipart-png (Debian, public domain): top-level folders as categories",
+        "images": len(arts),
+        "skipped": skipped,
+        "categories": names,
+        "dropped": dropped,
+        "resolution": f"{TRANSFER_SIZE}x{TRANSFER_SIZE} RGB, composited on white",
+        "files": [os.path.relpath(p, OPENCLIPART_DIR) for p in paths[:5]] + ["..."],
+    }
+
+
+AUGMENTATION = "a random crop of 80-100% of the side, a horizontal flip half the time, a rotation of up to 12 degrees"
+
+
+def _augment(cfg: SimulatorConfig, out: str, item_ids: list[str], categories, styles) -> dict:
+    """The catalogue grown to cfg.n_items: item a<k>-<source id> is a seeded augmentation (AUGMENTATION) of
+    catalogue image k mod n, with its source's category and style, appended to items.csv with its image."""
+    n_source, n_new = len(item_ids), cfg.n_items - len(item_ids)
+    rng = np.random.default_rng([cfg.seed, 3])
+    source = np.arange(n_new) % n_source
+    scale, dx, dy, flip, angle = (
+        rng.uniform(0.8, 1.0, n_new),
+        rng.random(n_new),
+        rng.random(n_new),
+        rng.random(n_new) < 0.5,
+        rng.uniform(-12, 12, n_new),
+    )
+    originals = []
+    for item in item_ids:
+        with Image.open(os.path.join(out, "images", f"{item}.png")) as im:
+            originals.append(im.convert("RGBA"))
+    new_ids = [f"a{k}-{item_ids[j]}" for k, j in enumerate(source)]
+    with open(os.path.join(out, "items.csv"), "a", newline="") as f:
+        w = csv.writer(f)
+        for k, j in enumerate(source):
+            im = originals[j]
+            side = int(round(min(im.size) * scale[k]))
+            x0, y0 = int(dx[k] * (im.size[0] - side)), int(dy[k] * (im.size[1] - side))
+            new = im.crop((x0, y0, x0 + side, y0 + side)).resize(im.size, Image.Resampling.BILINEAR)
+            if flip[k]:
+                new = new.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            new = new.rotate(float(angle[k]), resample=Image.Resampling.BILINEAR)
+            new.save(os.path.join(out, "images", f"{new_ids[k]}.png"))
+            w.writerow([new_ids[k], f"{new_ids[k]}.png", int(categories[j]), int(styles[j])])
+    return {
+        "item_ids": item_ids + new_ids,
+        "categories": np.concatenate([categories, categories[source]]),
+        "styles": np.concatenate([styles, styles[source]]),
+        "items": n_new,
+        "from_catalogue_images": n_source,
+        "how": AUGMENTATION + ", seeded per item; each keeps its source image's category and style. "
+        "They are variations of the catalogue's own drawings, not new drawings: retrieval among them "
+        "is easier than among real distinct items.",
+    }
+
+
+class Tastes(NamedTuple):
+    """Everything the users' behaviour is drawn from: per user, the activity and the normalised cumulative
+    tastes over categories and styles (and the tastes' strongest values); per item pool (a (category,
+    style) cell, then each category for cells without items), its items and their Zipf popularity."""
+
+    activity: np.ndarray  # [users] views
+    category_cdf: np.ndarray  # [users, categories]
+    style_cdf: np.ndarray  # [users, styles]
+    p_category: np.ndarray  # [users, categories], tempered by category_weight
+    p_style: np.ndarray  # [users, styles], tempered by style_weight
+    favourite: np.ndarray  # [users] style of the user's strongest style taste
+    pools: list  # pool -> item indices
+    pool_cdfs: list  # pool -> normalised cumulative popularity of its items
+    n_styles: int
+    styles: np.ndarray  # [items]
+
+    @staticmethod
+    def draw(cfg: SimulatorConfig, categories, styles, n_categories: int, n_styles: int, rng) -> Tastes:
+        n_items = len(categories)
+        cell_of = np.asarray(categories) * n_styles + np.asarray(styles)
+        by_cell = [np.flatnonzero(cell_of == c) for c in range(n_categories * n_styles)]
+        by_category = [np.flatnonzero(np.asarray(categories) == c) for c in range(n_categories)]
+        pools = by_cell + by_category  # an empty cell falls back to its category
+        pool_cdfs = []
+        for ix in pools:
+            cdf = _zipf_weights(rng, len(ix), cfg.popularity_exponent).cumsum()
+            pool_cdfs.append(cdf / cdf[-1] if len(cdf) else cdf)
+        style_taste = rng.dirichlet(np.full(n_styles, cfg.taste_concentration), cfg.n_users)
+        category_taste = rng.dirichlet(np.full(n_categories, cfg.taste_concentration), cfg.n_users)
+        p_style = _tempered(style_taste, cfg.style_weight)
+        p_category = _tempered(category_taste, cfg.category_weight)
+        mu = np.log(cfg.mean_views_per_user) - cfg.activity_sigma**2 / 2
+        activity = np.clip(np.round(rng.lognormal(mu, cfg.activity_sigma, cfg.n_users)), 1, max(1, n_items // 2))
+        return Tastes(
+            activity.astype(np.int64),
+            _cdf(p_category),
+            _cdf(p_style),
+            p_category,
+            p_style,
+            style_taste.argmax(axis=1),
+            pools,
+            pool_cdfs,
+            n_styles,
+            np.asarray(styles),
+        )
+
+
+def _cdf(p: np.ndarray) -> np.ndarray:
+    c = p.cumsum(axis=1)
+    return c / c[:, -1:]
+
+
+def _pick(cdfs: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """For each row's normalised cumulative weights and uniform number, the index rng.choice(p=...) draws."""
+    return np.minimum((cdfs <= u[:, None]).sum(axis=1), cdfs.shape[1] - 1)
+
+
+BLOCK_USERS = 2048  # users whose behaviour is drawn together (fixed: the data never depends on memory settings)
+
+
+class Rows(NamedTuple):
+    user: np.ndarray  # -1: a planted row without a user
+    item: np.ndarray  # -1 - k: planted unknown item "missing<k>"
+    event: np.ndarray  # EVENTS index
+    time: np.ndarray
+
+
+def behaviour_block(cfg: SimulatorConfig, t: Tastes, block: int) -> Rows:
+    """The rows of users [block * BLOCK_USERS, ...): each user's views (a share `noise` of uniformly
+    random items, the others from a (category, style) cell drawn from their tastes, Zipf-popular
+    within it), with appreciations and comments likelier on their strong tastes; in random order.
+    Seeded by (seed, block): a block is the same whatever else is drawn."""
+    rng = np.random.default_rng([cfg.seed, 2, block])
+    users = np.arange(block * BLOCK_USERS, min((block + 1) * BLOCK_USERS, cfg.n_users))
+    who = np.repeat(users, t.activity[users])
+    n = len(who)
+    times = rng.integers(0, EVENT_PERIOD_S, n) + EPOCH
+    noisy = rng.random(n) < cfg.noise
+    category = _pick(t.category_cdf[who], rng.random(n))
+    style = _pick(t.style_cdf[who], rng.random(n))
+    cell = category * t.n_styles + style
+    n_cells = len(t.pools) - t.category_cdf.shape[1]
+    has_items = np.array([len(t.pools[c]) > 0 for c in range(n_cells)])
+    pool = np.where(has_items[cell], cell, n_cells + category)
+    u = rng.random(n)
+    item = np.empty(n, np.int64)
+    item[noisy] = rng.integers(len(t.styles), size=int(noisy.sum()))
+    chosen = np.flatnonzero(~noisy)
+    order = chosen[np.argsort(pool[chosen], kind="stable")]
+    edges = np.searchsorted(pool[order], np.arange(len(t.pools) + 1))
+    for p in range(len(t.pools)):
+        at = order[edges[p] : edges[p + 1]]
+        if len(at):
+            item[at] = t.pools[p][t.pool_cdfs[p].searchsorted(u[at], side="right")]
+    # affinity: the geometric mean of how strong the cell's style and category are in the user's tastes
+    affinity = np.sqrt(
+        t.p_category[who, category] / t.p_category[who].max(axis=1) * t.p_style[who, style] / t.p_style[who].max(axis=1)
+    )
+    affinity[noisy] = 0.2
+    appreciated = rng.random(n) < cfg.appreciate_rate * affinity
+    commented = rng.random(n) < cfg.comment_rate * affinity
+    rows = Rows(
+        np.concatenate([who, who[appreciated], who[commented]]),
+        np.concatenate([item, item[appreciated], item[commented]]),
+        np.concatenate(
+            [np.full(n, VIEW), np.full(int(appreciated.sum()), APPRECIATE), np.full(int(commented.sum()), COMMENT)]
+        ).astype(np.int8),
+        np.concatenate([times, times[appreciated] + 5, times[commented] + 30]),
+    )
+    order = rng.permutation(len(rows.user))
+    return Rows(*(column[order] for column in rows))
+
+
+def owners(cfg: SimulatorConfig, t: Tastes) -> Rows:
+    """One "own" row per item: its owner is a user whose favourite style is the item's (any user, if none)."""
+    rng = np.random.default_rng([cfg.seed, 4])
+    owner = rng.integers(cfg.n_users, size=len(t.styles))
+    for s in np.unique(t.styles):
+        fans = np.flatnonzero(t.favourite == s)
+        mine = np.flatnonzero(t.styles == s)
+        if len(fans):
+            owner[mine] = fans[rng.integers(len(fans), size=len(mine))]
+    return Rows(owner, np.arange(len(t.styles)), np.full(len(t.styles), OWN, np.int8), np.full(len(t.styles), EPOCH))
+
+
+def plant_bad_rows(cfg: SimulatorConfig, rows: Rows, first: int, seed: int) -> tuple[Rows, int]:
+    """Adds a share bad_row_rate of bad rows, copies of random rows made bad in turn: an unknown item
+    ("missing<k>", k counting from `first`), an unknown event, no user. -> (rows, how many)."""
+    n_bad = int(round(cfg.bad_row_rate * len(rows.user)))
+    if not n_bad:
+        return rows, 0
+    rng = np.random.default_rng([cfg.seed, 5, seed])
+    pick = rng.integers(len(rows.user), size=n_bad)
+    bad = Rows(*(column[pick].copy() for column in rows))
+    kind = (first + np.arange(n_bad)) % 3
+    bad.item[kind == 0] = -1 - (first + np.flatnonzero(kind == 0))
+    bad.event[kind == 1] = LIKE
+    bad.user[kind == 2] = -1
+    return Rows(*(np.concatenate([a, b]) for a, b in zip(rows, bad))), n_bad
+
+
+def write_logs(cfg: SimulatorConfig, t: Tastes, item_ids: list[str], path: str) -> dict:
+    """logs.csv (user_id,item_id,event,timestamp), block by block of BLOCK_USERS users and then the items'
+    owners, each with its planted bad rows: memory holds one block, whatever the number of rows."""
+    width = max(6, len(str(cfg.n_users - 1)))
+    user_names = pa.array([f"u{u:0{width}d}" for u in range(cfg.n_users)] + [""])
+    item_names, event_names = pa.array(item_ids), pa.array(EVENTS)
+    counts, rows, bad_rows = np.zeros(len(EVENTS), np.int64), 0, 0
+    blocks = -(-cfg.n_users // BLOCK_USERS)
+    with open(path, "wb") as f:
+        f.write(b"user_id,item_id,event,timestamp\n")
+        with pacsv.CSVWriter(
+            f, SCHEMA, write_options=pacsv.WriteOptions(include_header=False, quoting_style="none")
+        ) as writer:
+            for b in range(blocks + 1):
+                block = behaviour_block(cfg, t, b) if b < blocks else owners(cfg, t)
+                block, n_bad = plant_bad_rows(cfg, block, bad_rows, b)
+                missing = np.flatnonzero(block.item < 0)
+                names = pa.concat_arrays(
+                    [item_names, pa.array([f"missing{-1 - k}" for k in block.item[missing]], pa.string())]
+                )
+                index = block.item.copy()
+                index[missing] = len(item_ids) + np.arange(len(missing))
+                user = np.where(block.user < 0, cfg.n_users, block.user)
+                writer.write_batch(
+                    pa.RecordBatch.from_arrays(
+                        [
+                            pa.DictionaryArray.from_arrays(pa.array(user, pa.int32()), user_names).dictionary_decode(),
+                            pa.DictionaryArray.from_arrays(pa.array(index, pa.int32()), names).dictionary_decode(),
+                            pa.DictionaryArray.from_arrays(
+                                pa.array(block.event, pa.int8()), event_names
+                            ).dictionary_decode(),
+                            pa.array(block.time, pa.int64()),
+                        ],
+                        schema=SCHEMA,
+                    )
+                )
+                counts += np.bincount(block.event, minlength=len(EVENTS))
+                rows += len(block.user)
+                bad_rows += n_bad
+    return {"rows": rows, "bad_rows": bad_rows, "events": dict(zip(EVENTS, counts.tolist()))}
+
+
+SCHEMA = pa.schema(
+    [("user_id", pa.string()), ("item_id", pa.string()), ("event", pa.string()), ("timestamp", pa.int64())]
+)

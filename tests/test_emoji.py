@@ -125,3 +125,29 @@ def test_fashion_stays_a_selectable_source(tmp_path):
     sheet = simulate(dataclasses.replace(SMALL, n_items=200, n_eval_images=40), out, "fashion")
     assert "Fashion-MNIST" in sheet["source"] and not os.path.exists(os.path.join(out, "unseen_items.csv"))
     assert len(rows(out, "items.csv")) == 200
+
+
+def test_augmentation_grows_the_catalogue_with_variations_that_keep_category_and_style(tmp_path):
+    """simulator.augment: items beyond the source's images are seeded variations of catalogue images, each
+    with its source's category and style, its own image file, and a place in the logs like any item."""
+    out = str(tmp_path / "a")
+    cfg = dataclasses.replace(SMALL, n_items=240, n_eval_images=30, augment=True, bad_image_count=0)
+    base = dataclasses.replace(cfg, augment=False, n_items=10**6)
+    sheet = simulate(cfg, out, "fashion")
+    items = rows(out, "items.csv")
+    assert len(items) == sheet["items"] == 240 and sheet["augmented"]["items"] == 0  # fashion has enough
+    out = str(tmp_path / "e")
+    n_source = simulate(base, str(tmp_path / "s"), "emoji")["images"]["catalogue"]  # every emoji the source has
+    sheet = simulate(dataclasses.replace(cfg, n_items=n_source + 90), out, "emoji")
+    items = {r["item_id"]: r for r in rows(out, "items.csv")}
+    assert len(items) == sheet["items"] == n_source + 90 and sheet["augmented"]["items"] == 90
+    made = [i for i in items if i.startswith("a")]
+    assert len(made) == 90
+    for item in made:
+        src = items[item.split("-", 1)[1]]
+        assert (items[item]["label"], items[item]["style"]) == (src["label"], src["style"])
+        a = np.asarray(Image.open(os.path.join(out, "images", items[item]["image"])).convert("RGBA"), float)
+        b = np.asarray(Image.open(os.path.join(out, "images", src["image"])).convert("RGBA"), float)
+        assert a.shape == b.shape and not np.array_equal(a, b)  # a variation, not a copy
+    logged = {r["item_id"] for r in rows(out, os.path.join("logs", "logs.csv"))}
+    assert set(made) <= logged  # every made item has at least its owner's row
