@@ -73,13 +73,14 @@ def save_index(
         meta = {key: settings[key] for key in ("kind", "leaves", "leaves_to_search", "reorder") if key in settings}
         with open(os.path.join(local, "index.json"), "w") as f:
             json.dump({**meta, "items": len(item_ids), **({"served": served} if served else {})}, f)
-        np.save(os.path.join(local, "embeddings.npy"), embeddings.astype(np.float32))
+        np.save(os.path.join(local, "embeddings.npy"), np.asarray(embeddings, np.float32))
         with open(os.path.join(local, "item_ids.txt"), "w") as f:
             f.write("\n".join(item_ids) + "\n")
 
 
 def load_index(directory: str) -> dict:
-    """What save_index() wrote (a local path or a URI)."""
+    """What save_index() wrote (a local path or a URI). A local index's embeddings are memory-mapped: a
+    large catalogue's stay on disk, read by the pages a search touches."""
     with storage.local_copy(directory) as local:
         with open(os.path.join(local, "item_ids.txt")) as f:
             ids = [line.rstrip("\n") for line in f if line.strip()]
@@ -89,7 +90,9 @@ def load_index(directory: str) -> dict:
             "searcher": scann_ops_pybind.load_searcher(os.path.join(local, "scann")),
             "meta": meta,
             "item_ids": ids,
-            "embeddings": np.load(os.path.join(local, "embeddings.npy")),
+            "embeddings": np.load(
+                os.path.join(local, "embeddings.npy"), mmap_mode="r" if storage.is_local(directory) else None
+            ),
         }
 
 

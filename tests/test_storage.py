@@ -44,7 +44,7 @@ def test_factor_tables(root):
     assert list(got["item_ids"]) == list("wxyz")
 
 
-def test_index_map_and_feature_sets(root):
+def test_index_map_and_feature_sets(root, tmp_path):
     rng = np.random.default_rng(1)
     emb = rng.normal(size=(300, 16)).astype(np.float32)
     ids = [f"i{n}" for n in range(300)]
@@ -56,6 +56,10 @@ def test_index_map_and_feature_sets(root):
     loaded = store.load_index(where)
     assert loaded["item_ids"] == ids
     np.testing.assert_array_equal(loaded["embeddings"], emb)
+    assert not isinstance(loaded["embeddings"], np.memmap)  # read through a local copy, then gone
+    store.save_index(searcher, settings, ids, emb, str(tmp_path))
+    local = store.load_index(str(tmp_path))["embeddings"]
+    assert isinstance(local, np.memmap) and np.array_equal(local, emb)  # a local index's catalogue stays on disk
     want = store.search({"searcher": searcher, "meta": loaded["meta"]}, emb[:20], 10)
     got = store.search(loaded, emb[:20], 10)
     np.testing.assert_array_equal(got[0], want[0])

@@ -182,6 +182,9 @@ def warm_map_cache() -> None:
         write_map(np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32), d)
 
 
+MAP_CHUNK = 65536  # items placed on the map at a time
+
+
 def write_map(embeddings: np.ndarray, directory: str, seed: int = 0, sample: int = 20000) -> None:
     """A 2-D UMAP of the embeddings (cosine), and the items snapped to a grid: `grid` lists item
     rows in row-major grid order (rows by y, each row by x), so neighbours on the map sit side by side.
@@ -196,10 +199,12 @@ def write_map(embeddings: np.ndarray, directory: str, seed: int = 0, sample: int
             embeddings[fit]
         )
         rest = np.setdiff1d(np.arange(n), fit)
-        if len(rest):
-            near, sims = topk.top_k(embeddings[rest], embeddings[fit], 5)
+        sampled = np.asarray(embeddings[fit])
+        for start in range(0, len(rest), MAP_CHUNK):  # a chunk of the other items at a time
+            part = rest[start : start + MAP_CHUNK]
+            near, sims = topk.top_k(np.asarray(embeddings[part]), sampled, 5)
             w = np.maximum(sims, 0) + 1e-6
-            xy[rest] = (xy[fit][near] * w[:, :, None]).sum(axis=1) / w.sum(axis=1, keepdims=True)
+            xy[part] = (xy[fit][near] * w[:, :, None]).sum(axis=1) / w.sum(axis=1, keepdims=True)
     else:
         xy = np.c_[np.arange(n), np.zeros(n)].astype(np.float32)
     cols = int(math.ceil(math.sqrt(n)))
@@ -222,24 +227,37 @@ def build_index(images_uri: str, models: dict[str, str], served: str, out_uri: s
     Returns the report (check_recall tells whether the index is good enough)."""
     ids = list(read_labels(images_uri, "catalogue"))
     batches = -(-len(ids) // examples.EMBED_BATCH)
-    emb = feature_model.embed(
-        models[served], examples.image_batches(images_uri, "catalogue"), task="embedding the catalogue", total=batches
-    )
-    if len(emb) != len(ids):
-        raise RuntimeError(f"the catalogue changed while it was read: {len(ids)} ids, {len(emb)} images")
-    measured = topk.sample(len(emb), cfg.index.recall_queries, 0)
-    rest = np.setdiff1d(np.arange(len(emb)), measured)
-    tuning = rest[topk.sample(len(rest), TUNING_QUERIES, 1)] if len(rest) else measured
-    start = time.time()
-    searcher, settings = build(emb, cfg.index, emb[tuning])
-    built = time.time() - start
-    if settings["kind"] == "brute_force" and len(emb) > BRUTE_FORCE_UP_TO:
-        progress.warn(f"Indexer: exact search over {len(emb)} items: {settings['why']}")
-    queries = emb[measured]
-    k = min(cfg.index.num_neighbors, len(emb))
-    recall = recall_against_exact(searcher, emb, queries, k, settings)
-    store.save_index(searcher, settings, ids, emb, out_uri, served)
-    write_map(emb, out_uri, sample=cfg.index.map_sample)
+    with tempfile.TemporaryDirectory(prefix="collabfeat-index-") as tmp:
+        # The served embeddings go to disk as they come and are read back memory-mapped: at 10^6 items
+        # memory holds the ScaNN index, not a second copy of the catalogue.
+        store.write_npy(
+            os.path.join(tmp, "served.npy"),
+            feature_model.embed_batches(
+                models[served],
+                examples.image_batches(images_uri, "catalogue"),
+                task="embedding the catalogue",
+                total=batches,
+            ),
+        )
+        emb = np.load(os.path.join(tmp, "served.npy"), mmap_mode="r")
+        if len(emb) != len(ids):
+            raise RuntimeError(f"the catalogue changed while it was read: {len(ids)} ids, {len(emb)} images")
+        # Recall is reported on one seeded sample of the catalogue; the search settings are tuned on another.
+        measured = topk.sample(len(emb), cfg.index.recall_queries, 0)
+        rest = np.setdiff1d(np.arange(len(emb)), measured)
+        tuning = rest[topk.sample(len(rest), TUNING_QUERIES, 1)] if len(rest) else measured
+        start = time.time()
+        searcher, settings = build(emb, cfg.index, emb[tuning])
+        built = time.time() - start
+        if settings["kind"] == "brute_force" and len(emb) > BRUTE_FORCE_UP_TO:
+            progress.warn(f"Indexer: exact search over {len(emb)} items: {settings['why']}")
+        queries = np.asarray(emb[measured])
+        k = min(cfg.index.num_neighbors, len(emb))
+        recall = recall_against_exact(searcher, emb, queries, k, settings)
+        store.save_index(searcher, settings, ids, emb, out_uri, served)
+        write_map(emb, out_uri, sample=cfg.index.map_sample)
+        dim = int(emb.shape[1])
+        del emb  # the memory map, before its file goes
     sets = [served]
     for name, path in sorted((n, p) for n, p in models.items() if n != served):
         # batch by batch: the rows go to disk as they come (raw pixels are 3,072 floats an image)
@@ -254,7 +272,7 @@ def build_index(images_uri: str, models: dict[str, str], served: str, out_uri: s
     return {
         "served": served,
         "items": len(ids),
-        "dim": int(emb.shape[1]),
+        "dim": dim,
         f"recall@{k}": recall,
         "recall_queries": len(queries),
         "map_sample": min(len(ids), cfg.index.map_sample),
