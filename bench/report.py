@@ -183,7 +183,7 @@ def determinism(r: dict) -> list[str]:
 def scale(r: dict) -> list[str]:
     runs = [
         {
-            "multiple": x["multiple"],
+            "size": x.get("size") or f"x{x['multiple']}",
             "engine": x["engine"],
             "until": x["until"],
             "log rows": x["rows_in_logs"],
@@ -194,6 +194,28 @@ def scale(r: dict) -> list[str]:
         for x in r["runs"]
     ]
     out = [_when(r), f"Targets: {', '.join(f'{k} {v}' for k, v in r['targets'].items())}.", _md(runs, list(runs[0]))]
+    made = [
+        {"size": x.get("size"), "users": x["users"], "items": x["items"], **x["generation"]}
+        for x in r["runs"]
+        if "generation" in x
+    ]
+    if made:
+        out += [
+            "The data's generation (its own process):",
+            _md(made, ["size", "users", "items", "seconds", "peak_rss_mb"]),
+        ]
+    stages = [c for x in r["runs"] if x["until"] == "mf" for c in x["components"] if c["state"] == "complete"]
+    if stages:
+        out += [
+            "The behaviour path's stages (n: log rows, or pairs for Transform and MFTrainer):",
+            _md(stages, ["size", "component", "n", "seconds", "n/s", "peak_rss_mb"]),
+        ]
+    if made and r.get("exponents_all_sizes"):
+        growth = r["exponents_all_sizes"]
+        out += [
+            "Growth exponents (time ~ n^b) per component, between its two largest sizes:",
+            _md(growth, list(growth[0])),
+        ]
     if r.get("exponents"):
         cols = list(r["exponents"][0])
         out += [
@@ -211,6 +233,7 @@ RENDER: dict[str, Callable[[dict], list[str]]] = {
     "determinism": determinism,
     "scale": scale,
     "scale_behaviour_64": scale,
+    "scale_behance": scale,
 }
 TITLES = {
     "quality": "Quality: the demo's retrieval table",
@@ -220,6 +243,7 @@ TITLES = {
     "determinism": "Repeatability's cost",
     "scale": "Scale: the pipeline at multiples of the default data",
     "scale_behaviour_64": "Scale: the behaviour path at 64x",
+    "scale_behance": "Scale: the behaviour path at Behance size",
 }
 
 

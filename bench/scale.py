@@ -6,6 +6,12 @@ larger multiple. Each size runs through the same supervisor as `collabfeat demo`
 the whole process tree while it ran (Beam's workers included).
 
     ./run bench scale [--sizes 1,4,16] [--behaviour 64] [--portable 4] [--work DIR]
+    ./run bench scale --sizes '' --behaviour 16 --behance 0.1,1
+
+--behance runs the behaviour path without the image catalogue (runner.catalogue false) on the Behance-size
+simulated set (BEHANCE: 309,000 users, 423,000 items, about 10^8 log rows), or on a fraction of its users
+(items stay 423,000), and saves to bench/results/scale_behance.json; the data's generation (its seconds and
+the generating process's peak memory) is measured too.
 
 --portable runs the behaviour path at those multiples twice, one run after the other: on the
 DirectRunner (multi-processing) and on the portable engine (pipeline/engine.py: a Beam job service
@@ -23,6 +29,7 @@ import argparse
 import math
 import os
 import shutil
+import subprocess
 import sys
 import time
 
@@ -31,18 +38,48 @@ from collabfeat import config as config_lib
 
 BASE = config_lib.SimulatorConfig()
 MAX_ITEMS = 60000
-TARGETS = {"exponent": 1.15, "peak_rss_mb": 4096, "pipeline_seconds_at_16x": 3600}
+TARGETS = {
+    "exponent": 1.15,
+    "peak_rss_mb": 4096,
+    "pipeline_seconds_at_16x": 3600,
+    "behance_seconds": 7200,
+    "behance_peak_rss_mb": 8192,
+}
+# The paper's Behance set: 309K users x 423K items, about 40M appreciations and 200M views. Here about
+# 10^8 log rows: 282 views a user on average, with the appreciations and comments they bring.
+BEHANCE = {"n_users": 309_000, "n_items": 423_000, "mean_views_per_user": 282}
 LOG_READERS = ("LogsExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "LogTransform")
 PAIR_READERS = ("Transform", "MFTrainer")
 
 
-def settings(multiple: int, work: str) -> list[str]:
+def settings(multiple: int) -> list[str]:
     return [
         f"simulator.n_users={BASE.n_users * multiple}",
         f"simulator.n_items={min(BASE.n_items * multiple, MAX_ITEMS)}",
-        f"runner.output_dir={work}",
-        f"serving.push_dir={work}/models",
     ]
+
+
+def behance(fraction: float) -> list[str]:
+    """The Behance-size set, or a fraction of its users, for the behaviour path alone."""
+    return [
+        f"simulator.n_users={int(BEHANCE['n_users'] * fraction)}",
+        f"simulator.n_items={BEHANCE['n_items']}",
+        "simulator.augment=true",
+        f"simulator.mean_views_per_user={BEHANCE['mean_views_per_user']}",
+        "runner.catalogue=false",
+    ]
+
+
+def generate(cfg_overrides: list[str]) -> dict:
+    """The data made in a process of its own: its seconds and that process's peak memory."""
+    code = (
+        "import resource, sys, time; from collabfeat import config; from pipeline.data import prepare_data; "
+        "t = time.time(); prepare_data(config.load(overrides=sys.argv[1:])); "
+        "print(round(time.time() - t, 1), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *cfg_overrides], check=True, capture_output=True, text=True)
+    seconds, peak = out.stdout.split()[-2:]
+    return {"seconds": float(seconds), "peak_rss_mb": int(peak)}
 
 
 def input_size(component: str, report: dict) -> int:
@@ -53,7 +90,7 @@ def input_size(component: str, report: dict) -> int:
     return report["datasheet"]["images"]["catalogue"]
 
 
-def measure(multiple: int, until: str, work_root: str, engine: str = "direct") -> dict:
+def measure(size: str, overrides: list[str], until: str, work_root: str, engine: str = "direct") -> dict:
     from pipeline.data import prepare_data  # lazy: this benchmark's stack, imported when it runs
     from pipeline.supervise import (
         PipelineFailed,
@@ -61,13 +98,12 @@ def measure(multiple: int, until: str, work_root: str, engine: str = "direct") -
         run,
     )  # lazy: this benchmark's stack, imported when it runs
 
-    work = os.path.join(work_root, f"{until}-x{multiple}")
+    work = os.path.join(work_root, f"{until}-{size}")
     shutil.rmtree(os.path.join(work, "collabfeat"), ignore_errors=True)  # the run, not the data
-    cfg = config_lib.load(overrides=settings(multiple, work) + [f"runner.engine={engine}"])
-    start = time.time()
-    prepare_data(cfg)  # generated data is not the pipeline's cost
-    generated = time.time() - start
-    print(f"[scale] x{multiple} until {until}: data ready ({generated:.0f} s); running", flush=True)
+    overrides = overrides + [f"runner.output_dir={work}", f"serving.push_dir={work}/models", f"runner.engine={engine}"]
+    generated = generate(overrides)  # generated data is not the pipeline's cost
+    cfg = prepare_data(config_lib.load(overrides=overrides))  # made: only finds it
+    print(f"[scale] {size} until {until}: data ready ({generated['seconds']:.0f} s); running", flush=True)
     failed = None
     try:
         report = run(
@@ -86,7 +122,7 @@ def measure(multiple: int, until: str, work_root: str, engine: str = "direct") -
         n = input_size(name, report)
         rows.append(
             {
-                "size": f"x{multiple}",
+                "size": size,
                 "path": ("full" if until == "push" else "behaviour") + ("" if engine == "direct" else f" ({engine})"),
                 "component": name,
                 "state": c["state"],
@@ -97,10 +133,13 @@ def measure(multiple: int, until: str, work_root: str, engine: str = "direct") -
             }
         )
     return {
-        "multiple": multiple,
+        "size": size,
         "until": until,
         "engine": engine,
         "rows_in_logs": report.get("datasheet", {}).get("rows"),
+        "users": cfg.simulator.n_users,
+        "items": report.get("datasheet", {}).get("items"),
+        "generation": generated,
         "pipeline_seconds": report.get("seconds"),
         "peak_rss_mb": report.get("peak_rss_mb"),
         "failed": failed,
@@ -150,30 +189,47 @@ def run(argv=None) -> dict:
         help="multiples for the behaviour path on the DirectRunner and "
         "on the portable engine, side by side ('' for none)",
     )
+    p.add_argument("--behance", default="", help="fractions of the Behance-size set's users for the behaviour path")
     p.add_argument("--work", default=os.path.join("runs", "bench-scale"))
     args = p.parse_args(argv)
     plan = (
-        [(int(m), "push", "direct") for m in args.sizes.split(",") if m]
-        + [(int(m), "mf", "direct") for m in args.behaviour.split(",") if m]
-        + [(int(m), "mf", engine) for m in args.portable.split(",") if m for engine in ("direct", "portable")]
+        [(f"x{m}", settings(int(m)), "push", "direct") for m in args.sizes.split(",") if m]
+        + [(f"x{m}", settings(int(m)), "mf", "direct") for m in args.behaviour.split(",") if m]
+        + [
+            (f"x{m}", settings(int(m)), "mf", engine)
+            for m in args.portable.split(",")
+            if m
+            for engine in ("direct", "portable")
+        ]
+        + [
+            (f"behance{'' if float(f) == 1 else f'-{f}'}", behance(float(f)), "mf", "direct")
+            for f in args.behance.split(",")
+            if f
+        ]
     )
+    name = "scale_behance" if args.behance else "scale"
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GB",
         "targets": TARGETS,
         "runs": [],
     }
-    for multiple, until, engine in plan:
-        result["runs"].append(measure(multiple, until, os.path.abspath(args.work), engine))
-        save("scale", result)
+    for size, overrides, until, engine in plan:
+        result["runs"].append(measure(size, overrides, until, os.path.abspath(args.work), engine))
+        save(name, result)
         direct = [r for r in result["runs"] if r.get("engine", "direct") == "direct"]
         result["exponents"] = exponents([r for r in direct if r["until"] == "push"])
         result["exponents_all_sizes"] = exponents(direct)
         result["engines"] = engine_ratios(result["runs"])
-        save("scale", result)
+        save(name, result)
     print(report_text(result))
-    print("saved", save("scale", result))
+    print("saved", save(name, result))
     return result
+
+
+def size_of(run: dict) -> str:
+    """A run's size label (results saved before labels were kept have the multiple only)."""
+    return run.get("size") or f"x{run['multiple']}"
 
 
 def engine_ratios(runs: list[dict]) -> list[dict]:
@@ -184,10 +240,10 @@ def engine_ratios(runs: list[dict]) -> list[dict]:
         if r["until"] == "mf":
             for c in r["components"]:
                 if c["state"] == "complete" and c["n/s"]:
-                    by.setdefault((r["multiple"], c["component"]), {})[r.get("engine", "direct")] = c
+                    by.setdefault((size_of(r), c["component"]), {})[r.get("engine", "direct")] = c
     return [
         {
-            "size": f"x{m}",
+            "size": m,
             "component": name,
             "n": e["direct"]["n"],
             "n/s direct": e["direct"]["n/s"],
@@ -210,7 +266,7 @@ def report_text(result: dict) -> str:
     ]
     for r in result["runs"]:
         lines.append(
-            f"x{r['multiple']} ({r['until']}, {r.get('engine', 'direct')}): {r['rows_in_logs']} log rows, "
+            f"{size_of(r)} ({r['until']}, {r.get('engine', 'direct')}): {r['rows_in_logs']} log rows, "
             f"{r['pipeline_seconds']} s, "
             f"peak {r['peak_rss_mb']} MB" + (f", FAILED: {r['failed']}" if r["failed"] else "")
         )

@@ -266,6 +266,9 @@ class RunnerConfig:
     # any process's port-0 server or outgoing connection can take it while the pool starts.
     portable_pool_port: int = 8098
     cache: bool = True  # reuse a component's earlier outputs when its inputs, settings and code are unchanged
+    # false: the behaviour path alone (logs -> MF, `--until mf`), without importing the image catalogue;
+    # LogTransform then keeps items the catalogue may not have, and MF reports no facet agreement
+    catalogue: bool = True
     beam_args: Strs = field(default_factory=list)  # extra Beam args (e.g. a cluster runner)
     # Kubeflow (kubeflow/runner.py): the pipeline image, where the repository sits in it, and the
     # pipeline root every component reads and writes (a bucket or a shared volume).

@@ -41,8 +41,11 @@ def run_options(until: str = "push", with_catalogue: bool = True):
     nodes upstream of the stage's (and earlier stages') last nodes run; the others are skipped."""
     if until not in UNTIL:
         raise ValueError(f"until must be one of {STAGES}, not {until!r}")
-    if not with_catalogue and until in ("cnn", "evaluate"):
-        raise ValueError("the CNN stages need the image catalogue (with_catalogue=True)")
+    if not with_catalogue and until in ("cnn", "evaluate", "push"):
+        raise ValueError(
+            f"stage {until!r} needs the image catalogue: without it (runner.catalogue false) only the behaviour "
+            "path runs, until validate, transform or mf"
+        )
     if UNTIL[until] is None:
         return None
 

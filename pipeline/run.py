@@ -27,8 +27,15 @@ def run_local(cfg: Config, until: str = "push") -> dict:
     jobs_before = engine.jobs_completed(root)
     with engine.started(cfg, root) as engine_args:
         tfx.orchestration.LocalDagRunner().run(
-            create_pipeline(cfg, cfg.data.logs, os.path.join(root, "root"), metadata_path, engine_args=engine_args),
-            run_options=run_options(until),
+            create_pipeline(
+                cfg,
+                cfg.data.logs,
+                os.path.join(root, "root"),
+                metadata_path,
+                with_catalogue=cfg.runner.catalogue,
+                engine_args=engine_args,
+            ),
+            run_options=run_options(until, with_catalogue=cfg.runner.catalogue),
         )
     report = collect(cfg, executions(metadata_path, int(start * 1000) - 1))
     report["engine"] = {"name": cfg.runner.engine}

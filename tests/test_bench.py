@@ -149,3 +149,17 @@ def test_quality_over_seeds_takes_means_and_ranges_and_checks_margins_against_th
     assert by["transfer: served >= pixels"]["met"] and not by["transfer: served >= pixels"]["exceeds_range"]
     assert by["transfer: served >= pixels"]["margin"] == pytest.approx(0.03)
     assert (s["targets_met"], s["targets_beyond_range"]) == (2, 1)
+
+
+def test_the_behance_settings_are_a_valid_config_of_the_papers_size():
+    """bench scale --behance: the paper's 309K users x 423K items, about 10^8 rows, the behaviour path alone."""
+    from bench import scale
+    from collabfeat import config as config_lib
+
+    cfg = config_lib.load(overrides=scale.behance(1.0))
+    sim = cfg.simulator
+    assert sim.n_users >= 300_000 and sim.n_items >= 420_000 and sim.augment and not cfg.runner.catalogue
+    assert 0.85e8 <= sim.n_users * sim.mean_views_per_user <= 1e8  # with appreciations and comments: ~10^8 rows
+    tenth = config_lib.load(overrides=scale.behance(0.1)).simulator
+    assert tenth.n_users == sim.n_users // 10 and tenth.n_items == sim.n_items
+    assert scale.size_of({"multiple": 16}) == "x16" and scale.size_of({"size": "behance"}) == "behance"

@@ -278,3 +278,12 @@ def test_spare_ports_are_free_and_below_the_ephemeral_range():
     ports = engine.spare_ports(3)
     assert len(set(ports)) == 3
     assert all(10000 <= p < engine.ephemeral_ports().start and engine._port_is_free(p) for p in ports)
+
+
+def test_without_the_catalogue_only_the_behaviour_path_runs():
+    from pipeline.pipeline import run_options
+
+    assert run_options("mf", with_catalogue=False).to_nodes == ["ExampleValidator", "Transform", "MFTrainer"]
+    for stage in ("cnn", "evaluate", "push"):
+        with pytest.raises(ValueError, match=f"stage '{stage}' needs the image catalogue: without it .runner"):
+            run_options(stage, with_catalogue=False)
