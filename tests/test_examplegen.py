@@ -105,6 +105,7 @@ def test_byte_ranges_yield_every_record_once(tmp_path, monkeypatch, range_bytes)
     ranges = list(examplegen._ranges(str(path)))
     assert len(ranges) == -(-path.stat().st_size // range_bytes)
     assert [r for rg in ranges for r in examplegen._read_range(rg)] == lines[1:]
+    assert b"".join(examplegen._range_bytes(rg) for rg in ranges) == "".join(lines[1:]).encode()
     quoted = tmp_path / "quoted.csv"
     quoted.write_text('h1,h2\na,"x\ny"\n')
     assert list(examplegen._ranges(str(quoted))) == [(str(quoted), 0, -1)]
@@ -130,9 +131,10 @@ class _Lossy(beam.DoFn):
     def __init__(self, flags, losses):
         self.flags, self.losses = flags, losses
 
-    def process(self, example):
+    def process(self, record):
         import os
 
+        example = tf.train.Example.FromString(record) if isinstance(record, bytes) else record
         if (
             example.features.feature["user_id"].bytes_list.value == [b"u1"]
             and len(os.listdir(self.flags)) < self.losses
