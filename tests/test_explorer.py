@@ -10,6 +10,7 @@ import sys
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -262,3 +263,13 @@ def test_a_large_catalogue_stays_light_in_the_browser(tmp_path, shots):
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_the_best_rows_are_those_a_stable_sort_of_the_whole_catalogue_gives():
+    from serving.explorer import _best
+
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 1000):
+        for sims in (rng.normal(size=n).astype(np.float32), np.round(rng.normal(size=n), 1).astype(np.float32)):
+            for k in (1, 5, 13):
+                assert np.array_equal(_best(sims, k), np.argsort(-sims, kind="stable")[:k]), (n, k)
