@@ -17,6 +17,7 @@ from tfx.types import artifact_utils
 from collabfeat import catalogue as catalogue_lib
 from collabfeat import config as config_lib
 from collabfeat import examples, feature_model, progress, storage
+from collabfeat.features import REGISTRY
 from serving.build import index as index_lib
 from serving.build import push
 from trainer import evaluate, features, heldout, mf
@@ -169,6 +170,11 @@ def feature_models(model, trained: str, **others) -> dict[str, str]:
     }
 
 
+def given_models(arguments: dict) -> dict:
+    """A component's feature-model inputs (its arguments named as feature sets, collabfeat/features.py)."""
+    return {name: arguments[name] for name in REGISTRY if name in arguments}
+
+
 def served_features(blessing, models: dict[str, str], trained: str) -> str:
     """The feature set the Evaluator chose to serve (eval.serve), which must be one of `models`."""
     served = blessing.get_string_custom_property("served") or trained
@@ -203,19 +209,7 @@ def Evaluator(
     """Retrieval of every feature model on each facet, the served features chosen and blessed or not:
     trainer/evaluate.py evaluate. The blessing carries the choice ("served") to the Indexer and the Pusher."""
     cfg = config_lib.settings(settings_json)
-    models = feature_models(
-        model,
-        cfg.cnn.mode,
-        regression=regression,
-        pseudo_class=pseudo_class,
-        imagenet_regression=imagenet_regression,
-        supervised=supervised,
-        style_supervised=style_supervised,
-        imagenet=imagenet,
-        rotation=rotation,
-        random=random,
-        pixels=pixels,
-    )
+    models = feature_models(model, cfg.cnn.mode, **given_models(locals()))
     report = evaluate.evaluate(images.uri, artifact_utils.decode_split_names(images.split_names), models, cfg)
     write_report(evaluation.uri, report)
     key = report["metric"]
@@ -277,19 +271,7 @@ def Indexer(
     """The catalogue embedded by the served features (the Evaluator's choice), a ScaNN index of it, its
     map, and every other feature set's embeddings for the explorer: serving/build/index.py build_index."""
     cfg = config_lib.settings(settings_json)
-    models = feature_models(
-        model,
-        cfg.cnn.mode,
-        regression=regression,
-        pseudo_class=pseudo_class,
-        imagenet_regression=imagenet_regression,
-        supervised=supervised,
-        style_supervised=style_supervised,
-        imagenet=imagenet,
-        rotation=rotation,
-        random=random,
-        pixels=pixels,
-    )
+    models = feature_models(model, cfg.cnn.mode, **given_models(locals()))
     served = served_features(blessing, models, cfg.cnn.mode)
     report = index_lib.build_index(images.uri, models, served, index.uri, cfg)
     write_report(index.uri, report)
@@ -319,9 +301,7 @@ def Pusher(
         pushed_model.set_int_custom_property("pushed", 0)
         write_report(pushed_model.uri, {"pushed": False, "why": "the model was not blessed"})
         return
-    models = feature_models(
-        model, cfg.cnn.mode, regression=regression, pseudo_class=pseudo_class, imagenet_regression=imagenet_regression
-    )
+    models = feature_models(model, cfg.cnn.mode, **given_models(locals()))
     served = served_features(blessing, models, cfg.cnn.mode)
     split_names = artifact_utils.decode_split_names(images.split_names)
     result = push.push(models[served], index.uri, cfg, heldout=push.heldout_images(images.uri, split_names))

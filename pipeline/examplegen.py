@@ -128,22 +128,18 @@ def _read_range(r: tuple[str, int, int]) -> Iterator[str]:
     if end < 0:
         yield from csv_executor._ReadCsvRecordsFromTextFile().process(path)
         return
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        if start == 0:
-            pos = len(f.readline())  # the header
-        else:
-            f.seek(start - 1)
-            pos = start - 1 + len(f.readline())  # the rest of the line a previous range owns
-        while pos < end and (line := f.readline()):
-            pos += len(line)
-            yield line.decode("utf-8")
+    *lines, last = _range_bytes(r).split(b"\n")
+    for line in lines:
+        yield (line + b"\n").decode("utf-8")
+    if last:  # the file's last line, without a line break
+        yield last.decode("utf-8")
 
 
 ColumnType = csv_decoder.ColumnType
 
 
 def _range_bytes(r: tuple[str, int, int]) -> bytes:
-    """The bytes of the records that start in [start, end) of a file (_read_range's lines, in one read)."""
+    """The bytes of the records that start in [start, end) of a file, the header skipped, in one read."""
     path, start, end = r
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         if start == 0:
