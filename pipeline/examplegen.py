@@ -8,7 +8,9 @@ parsed rows, so the runner keeps all parsed rows between the two stages.
 
 These executors produce the same records, split and artifact properties, but
 * write each split straight to gzipped TFRecords (nothing downstream depends on record order:
-  LogTransform aggregates, Transform and MFTrainer shuffle what they read), and
+  LogTransform aggregates, Transform and MFTrainer shuffle what they read), a file per byte range
+  or bundle through TF's C++ writer, not Beam's per-record Python sink, and where the logs go to
+  one split, without TFX's partition (a hash of every record to pick its split), and
 * infer the CSV column types in a first pass over the files and convert in a second, each pass
   streaming, so the rows are parsed twice and never held, and
 * read a large CSV file in byte ranges spread over the workers where that is safe (TFX reads each
@@ -25,7 +27,8 @@ import functools
 import io
 import logging
 import pickle
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -33,8 +36,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import tensorflow as tf
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindows
 from tfx.components.example_gen import utils, write_split
 from tfx.components.example_gen.csv_example_gen import executor as csv_executor
 from tfx.components.example_gen.custom_executors import parquet_executor
@@ -47,13 +52,14 @@ from tfx.types import standard_component_specs as specs
 from tfx.utils import io_utils, proto_utils
 from tfx_bsl.coders import csv_decoder, example_coder
 
-from collabfeat import examples
-
 
 class _UnshuffledWrite:
-    """The base ExampleGen executor's Do, writing each split without the reshuffle. An executor
-    whose input transform knows how many records it must write (`self.expected`: split -> count)
-    gets them counted in the files afterwards: a shortfall is run once more, then an error."""
+    """The base ExampleGen executor's Do, writing each split without the reshuffle: every bundle (or
+    byte range) writes a gzipped TFRecord file of its own under a scratch directory and reports (path,
+    records); only the files reported are moved into the split, so a bundle that fails and is retried
+    leaves nothing that counts twice. An executor whose input transform knows how many records it must
+    write (`self.expected`: split -> count) gets them checked against those reports: a shortfall is run
+    once more, then an error."""
 
     ATTEMPTS = 2
 
@@ -62,34 +68,39 @@ class _UnshuffledWrite:
         input_config = proto_utils.json_to_proto(exec_properties[specs.INPUT_CONFIG_KEY], example_gen_pb2.Input())
         output_config = proto_utils.json_to_proto(exec_properties[specs.OUTPUT_CONFIG_KEY], example_gen_pb2.Output())
         outputs = output_dict[specs.EXAMPLES_KEY]
-        artifact_utils.get_single_instance(outputs).split_names = artifact_utils.encode_split_names(
+        artifact = artifact_utils.get_single_instance(outputs)
+        artifact.split_names = artifact_utils.encode_split_names(
             utils.generate_output_split_names(input_config, output_config)
         )
         self.expected: dict[str, int] = {}
-        for attempt in range(1, self.ATTEMPTS + 1):
-            with self._make_beam_pipeline() as p:
-                for split, records in self.GenerateExamplesByBeam(p, exec_properties).items():
-                    path = f"{artifact_utils.get_split_uri(outputs, split)}/{write_split.DEFAULT_FILE_NAME}"
-                    _ = (
-                        records
-                        | f"Serialize[{split}]" >> beam.ParDo(write_split.MaybeSerialize())
-                        | f"Write[{split}]" >> beam.io.WriteToTFRecord(path, file_name_suffix=".gz")
+        splits = artifact_utils.decode_split_names(artifact.split_names)
+        self.scratch = f"{artifact.uri}/.scratch"
+        try:
+            for attempt in range(1, self.ATTEMPTS + 1):
+                fileio.makedirs(self.scratch)
+                with self._make_beam_pipeline() as p:
+                    for split, parts in self._parts(p, exec_properties).items():
+                        _ = (
+                            parts
+                            | f"Parts[{split}]" >> beam.combiners.ToList()
+                            | f"Manifest[{split}]" >> beam.Map(_save, f"{self.scratch}/{split}.parts")
+                        )
+                written = {split: _move_parts(self.scratch, split, outputs) for split in splits}
+                short = {split: (n, written[split]) for split, n in self.expected.items() if n != written[split]}
+                if not short:
+                    break
+                what = "; ".join(f"split {s}: {n} rows read, {m} records written" for s, (n, m) in short.items())
+                if attempt == self.ATTEMPTS:
+                    raise RuntimeError(
+                        f"LogsExampleGen: {what}. Beam's runner lost records, twice; not going on with part of the logs"
                     )
-            written = {
-                split: examples.count_records(artifact_utils.get_split_uri(outputs, split)) for split in self.expected
-            }
-            short = {split: (n, written[split]) for split, n in self.expected.items()}
-            short = {split: c for split, c in short.items() if c[0] != c[1]}
-            if not short:
-                break
-            what = "; ".join(f"split {split}: {n} rows read, {m} records written" for split, (n, m) in short.items())
-            if attempt == self.ATTEMPTS:
-                raise RuntimeError(
-                    f"LogsExampleGen: {what}. Beam's runner lost records, twice; not going on with part of the logs"
-                )
-            logging.warning("LogsExampleGen: %s; Beam's runner lost records: writing again", what)
-            for split in short:
-                fileio.rmtree(artifact_utils.get_split_uri(outputs, split))
+                logging.warning("LogsExampleGen: %s; Beam's runner lost records: writing again", what)
+                for split in short:
+                    fileio.rmtree(artifact_utils.get_split_uri(outputs, split))
+                fileio.rmtree(self.scratch)
+        finally:
+            if fileio.exists(self.scratch):
+                fileio.rmtree(self.scratch)
         payload = exec_properties.get(specs.OUTPUT_DATA_FORMAT_KEY)
         file_format = exec_properties.get(specs.OUTPUT_FILE_FORMAT_KEY)
         for artifact in outputs:
@@ -99,6 +110,68 @@ class _UnshuffledWrite:
                 examples_utils.set_payload_format(artifact, payload)
             if file_format:
                 examples_utils.set_file_format(artifact, write_split.to_file_format_str(file_format))
+
+    def _parts(self, pipeline: beam.Pipeline, exec_properties: dict[str, Any]) -> dict[str, beam.PCollection]:
+        """split -> (path, records) of the files written for it under the scratch directory."""
+        return {
+            split: records
+            | f"Serialize[{split}]" >> beam.ParDo(write_split.MaybeSerialize())
+            | f"Write[{split}]" >> beam.ParDo(_WriteBundles(f"{self.scratch}/{split}"))
+            for split, records in self.GenerateExamplesByBeam(pipeline, exec_properties).items()
+        }
+
+
+def _move_parts(scratch: str, split: str, outputs: list) -> int:
+    """The files a split's manifest names -> the split's directory, as data_tfrecord-i-of-n.gz; the records in them."""
+    with fileio.open(f"{scratch}/{split}.parts", "rb") as f:
+        parts = sorted(p for p in pickle.load(f) if p[1])
+    split_uri = artifact_utils.get_split_uri(outputs, split)
+    fileio.makedirs(split_uri)
+    for i, (path, _) in enumerate(parts):
+        fileio.rename(path, f"{split_uri}/{write_split.DEFAULT_FILE_NAME}-{i:05d}-of-{len(parts):05d}.gz")
+    return sum(n for _, n in parts)
+
+
+def _part_path(directory: str) -> str:
+    return f"{directory}/part-{uuid.uuid4().hex}.gz"
+
+
+def _writer(path: str) -> tf.io.TFRecordWriter:
+    return tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type="GZIP"))
+
+
+def _write_records(path: str, records: Iterable[bytes]) -> int:
+    """Serialized records -> a gzipped TFRecord file; how many were written."""
+    n = 0
+    with _writer(path) as w:
+        for record in records:
+            w.write(record)
+            n += 1
+    return n
+
+
+class _WriteBundles(beam.DoFn):
+    """Serialized records -> a gzipped TFRecord file per bundle under `directory`, and at the bundle's
+    end (path, records written)."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def start_bundle(self):
+        self.path, self.file, self.n = "", None, 0
+
+    def process(self, record: bytes):
+        if self.file is None:
+            fileio.makedirs(self.directory)
+            self.path = _part_path(self.directory)
+            self.file = _writer(self.path)
+        self.file.write(record)
+        self.n += 1
+
+    def finish_bundle(self):
+        if self.file is not None:
+            self.file.close()
+            yield GlobalWindows.windowed_value((self.path, self.n))
 
 
 RANGE_BYTES = 16 << 20
@@ -241,6 +314,13 @@ def _block_examples(r: tuple[str, int, int], columns: list[str], infos: list) ->
         yield from encoder.encode(batch.slice(start, ENCODE_ROWS))
 
 
+def _write_block(r: tuple[str, int, int], columns: list[str], infos: list, directory: str) -> tuple[str, int]:
+    """One byte range -> a gzipped TFRecord file of its tf.Examples under `directory`: (path, records)."""
+    fileio.makedirs(directory)
+    path = _part_path(directory)
+    return path, _write_records(path, _block_examples(r, columns, infos))
+
+
 def _column_types(options, blocks, whole, columns, out: str) -> None:
     """The first pass, a Beam pipeline of its own: the column types as TFX's CsvExampleGen infers
     them (over all rows), and the number of rows, pickled to `out`. (Given to the conversion as a
@@ -287,8 +367,15 @@ def _save(types_and_count, path):
 
 
 @beam.ptransform_fn
-def _CsvToExample(pipeline: beam.Pipeline, exec_properties: dict[str, Any], split_pattern: str, executor: CsvExecutor):
-    """CSV files -> tf.Examples, typed as TFX's CsvExampleGen types them (over all rows)."""
+def _CsvToExample(
+    pipeline: beam.Pipeline,
+    exec_properties: dict[str, Any],
+    split_pattern: str,
+    executor: CsvExecutor,
+    directory: str = "",
+):
+    """CSV files -> tf.Examples, typed as TFX's CsvExampleGen types them (over all rows); with a
+    `directory`, written there as gzipped TFRecord files: (path, records) per file."""
     pattern = f"{exec_properties[specs.INPUT_BASE_KEY]}/{split_pattern}"
     files = fileio.glob(pattern)
     if not files:
@@ -310,14 +397,14 @@ def _CsvToExample(pipeline: beam.Pipeline, exec_properties: dict[str, Any], spli
         blocks, whole = [], ranges
     parts = []
     if blocks:
+        spread = pipeline | "Blocks" >> beam.Create(blocks) | "SpreadBlocks" >> beam.Reshuffle()
         parts.append(
-            pipeline
-            | "Blocks" >> beam.Create(blocks)
-            | "SpreadBlocks" >> beam.Reshuffle()
-            | "BlockExamples" >> beam.FlatMap(_block_examples, columns, executor.types)
+            spread | "WriteBlocks" >> beam.Map(_write_block, columns, executor.types, directory)
+            if directory
+            else spread | "BlockExamples" >> beam.FlatMap(_block_examples, columns, executor.types)
         )
     if whole:
-        parts.append(
+        records = (
             pipeline
             | "Files" >> beam.Create(whole)
             | "Spread" >> beam.Reshuffle()
@@ -326,27 +413,38 @@ def _CsvToExample(pipeline: beam.Pipeline, exec_properties: dict[str, Any], spli
             | "Rows" >> beam.Keys()
             | "ToTFExample" >> beam.ParDo(csv_executor._ParsedCsvToTfExample(), executor.types)
         )
+        parts.append(
+            records
+            | "Serialize" >> beam.ParDo(write_split.MaybeSerialize())
+            | "WriteFiles" >> beam.ParDo(_WriteBundles(directory))
+            if directory
+            else records
+        )
     return parts | "Records" >> beam.Flatten()
 
 
 class CsvExecutor(_UnshuffledWrite, csv_executor.Executor):
     """Two passes, each a streaming Beam pipeline: the column types and row count, then the
-    conversion; the records written are counted against the rows read."""
+    conversion, each byte range writing its own file where the logs go to one split (TFX's
+    partition by a hash of every record is skipped then); the records written are counted
+    against the rows read."""
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:
-        out = artifact_utils.get_single_instance(output_dict[specs.EXAMPLES_KEY]).uri
-        self.types, self.rows, self.scratch = None, 0, f"{out}/.scratch"
-        fileio.makedirs(self.scratch)
-        try:
-            super().Do(input_dict, output_dict, exec_properties)
-        finally:
-            fileio.rmtree(self.scratch)
+        self.types, self.rows = None, 0  # inferred in the first attempt's first pass
+        super().Do(input_dict, output_dict, exec_properties)
 
-    def GenerateExamplesByBeam(self, pipeline, exec_properties):
-        splits = super().GenerateExamplesByBeam(pipeline, exec_properties)
-        if len(splits) == 1:  # one output split: every row goes to it
-            self.expected = {split: self.rows for split in splits}
-        return splits
+    def _parts(self, pipeline, exec_properties):
+        input_config = proto_utils.json_to_proto(exec_properties[specs.INPUT_CONFIG_KEY], example_gen_pb2.Input())
+        output_config = proto_utils.json_to_proto(exec_properties[specs.OUTPUT_CONFIG_KEY], example_gen_pb2.Output())
+        names = utils.generate_output_split_names(input_config, output_config)
+        if len(names) == 1 and len(input_config.splits) == 1:  # one split: every row goes to it
+            [split] = names
+            parts = pipeline | "InputToRecord" >> _CsvToExample(  # pylint: disable=no-value-for-parameter
+                exec_properties, input_config.splits[0].pattern, self, f"{self.scratch}/{split}"
+            )
+            self.expected = {split: self.rows}
+            return {split: parts}
+        return super()._parts(pipeline, exec_properties)
 
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
         return functools.partial(_CsvToExample, executor=self)

@@ -4,7 +4,6 @@ import collections
 import glob
 import json
 
-import apache_beam as beam
 import pytest
 import tensorflow as tf
 from tfx.components.example_gen.csv_example_gen import executor as tfx_csv
@@ -124,24 +123,24 @@ def test_a_bad_csv_names_the_file(tmp_path):
         run(examplegen.CsvExecutor, logs, tmp_path / "out2")
 
 
-class _Lossy(beam.DoFn):
-    """Serialises as TFX's MaybeSerialize does, but loses user u1's record in the first `losses`
-    runs (a file in `flags` marks each): a runner that loses records."""
+def _lossy(flags, losses, write):
+    """Writes as the executor does, but loses user u1's record in the first `losses` runs (a file in
+    `flags` marks each): a runner that loses records."""
 
-    def __init__(self, flags, losses):
-        self.flags, self.losses = flags, losses
-
-    def process(self, record):
+    def lossy_write(path, records):
         import os
 
-        example = tf.train.Example.FromString(record) if isinstance(record, bytes) else record
-        if (
-            example.features.feature["user_id"].bytes_list.value == [b"u1"]
-            and len(os.listdir(self.flags)) < self.losses
-        ):
-            open(os.path.join(self.flags, str(len(os.listdir(self.flags)))), "w").close()
-            return
-        yield example.SerializeToString()
+        def kept():
+            for record in records:
+                example = tf.train.Example.FromString(record)
+                if example.features.feature["user_id"].bytes_list.value == [b"u1"] and len(os.listdir(flags)) < losses:
+                    open(os.path.join(flags, str(len(os.listdir(flags)))), "w").close()
+                    continue
+                yield record
+
+        return write(path, kept())
+
+    return lossy_write
 
 
 @pytest.mark.parametrize("losses", [1, 2])
@@ -150,10 +149,13 @@ def test_records_the_runner_loses_are_written_again_once_then_refused(tmp_path, 
     logs.mkdir()
     flags.mkdir()
     (logs / "a.csv").write_text("user_id,item_id\n" + "".join(f"u{i},i{i}\n" for i in range(1, 31)))
-    monkeypatch.setattr(examplegen.write_split, "MaybeSerialize", lambda: _Lossy(str(flags), losses))
+    monkeypatch.setattr(examplegen, "_write_records", _lossy(str(flags), losses, examplegen._write_records))
     if losses == 1:
-        written = records(run(examplegen.CsvExecutor, logs, tmp_path / "out"))
+        out = run(examplegen.CsvExecutor, logs, tmp_path / "out")
+        written = records(out)
         assert sum(written.values()) == 30 and len(list(flags.iterdir())) == 1
+        assert out.get_int_custom_property("records_all") == 30
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["Split-all"]  # no scratch left
     else:
         with pytest.raises(
             RuntimeError, match="split all: 30 rows read, 29 records written. Beam's runner lost records, twice"
