@@ -5,11 +5,14 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
 import tensorflow as tf
+from tfx_bsl.coders import example_coder
 
 
 def split_dir(uri: str, split: str) -> str:
@@ -101,6 +104,40 @@ def batches(
 ) -> Iterator[dict[str, Any]]:
     """A split's columns as numpy arrays, one batch at a time (streaming counts and samples)."""
     yield from dataset(uri, split, spec, batch_size).as_numpy_iterator()
+
+
+def record_batches(path: str, batch_size: int = 1 << 16) -> Iterator[pa.RecordBatch]:
+    """A gzipped TFRecord file of tf.Examples as Arrow record batches (a list column per feature,
+    typed by tfx_bsl's decoder), read and decoded in C++ `batch_size` records at a time."""
+    decoder = example_coder.ExamplesToRecordBatchDecoder()
+    compression = "GZIP" if path.endswith(".gz") else ""
+    for chunk in tf.data.TFRecordDataset(path, compression).batch(batch_size).as_numpy_iterator():
+        yield decoder.DecodeBatch(list(chunk))
+
+
+def part_path(directory: str) -> str:
+    """A new file name under `directory` for a gzipped TFRecord part."""
+    return f"{directory}/part-{uuid.uuid4().hex}.gz"
+
+
+def write_records(path: str, records: Iterable[bytes]) -> int:
+    """Serialized records -> a gzipped TFRecord file (TF's C++ writer); how many were written."""
+    n = 0
+    with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type="GZIP")) as w:
+        for record in records:
+            w.write(record)
+            n += 1
+    return n
+
+
+def move_parts(parts: Iterable[tuple[str, int]], split_uri: str) -> int:
+    """Part files (path, records) -> <split_uri>/data_tfrecord-i-of-n.gz (empty ones dropped); the records in them.
+    Only the parts a pipeline reported are moved: a retried bundle's leftovers stay behind."""
+    parts = sorted(p for p in parts if p[1])
+    tf.io.gfile.makedirs(split_uri)
+    for i, (path, _) in enumerate(parts):
+        tf.io.gfile.rename(path, f"{split_uri}/data_tfrecord-{i:05d}-of-{len(parts):05d}.gz", overwrite=True)
+    return sum(n for _, n in parts)
 
 
 class ReadSplit(beam.PTransform):

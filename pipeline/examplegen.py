@@ -27,7 +27,6 @@ import functools
 import io
 import logging
 import pickle
-import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -51,6 +50,8 @@ from tfx.types import artifact_utils
 from tfx.types import standard_component_specs as specs
 from tfx.utils import io_utils, proto_utils
 from tfx_bsl.coders import csv_decoder, example_coder
+
+from collabfeat import examples
 
 
 class _UnshuffledWrite:
@@ -122,32 +123,14 @@ class _UnshuffledWrite:
 
 
 def _move_parts(scratch: str, split: str, outputs: list) -> int:
-    """The files a split's manifest names -> the split's directory, as data_tfrecord-i-of-n.gz; the records in them."""
+    """The files a split's manifest names -> the split's directory; the records in them."""
     with fileio.open(f"{scratch}/{split}.parts", "rb") as f:
-        parts = sorted(p for p in pickle.load(f) if p[1])
-    split_uri = artifact_utils.get_split_uri(outputs, split)
-    fileio.makedirs(split_uri)
-    for i, (path, _) in enumerate(parts):
-        fileio.rename(path, f"{split_uri}/{write_split.DEFAULT_FILE_NAME}-{i:05d}-of-{len(parts):05d}.gz")
-    return sum(n for _, n in parts)
-
-
-def _part_path(directory: str) -> str:
-    return f"{directory}/part-{uuid.uuid4().hex}.gz"
-
-
-def _writer(path: str) -> tf.io.TFRecordWriter:
-    return tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type="GZIP"))
+        return examples.move_parts(pickle.load(f), artifact_utils.get_split_uri(outputs, split))
 
 
 def _write_records(path: str, records: Iterable[bytes]) -> int:
-    """Serialized records -> a gzipped TFRecord file; how many were written."""
-    n = 0
-    with _writer(path) as w:
-        for record in records:
-            w.write(record)
-            n += 1
-    return n
+    """examples.write_records, looked up here when a block is written (a test makes it lose records)."""
+    return examples.write_records(path, records)
 
 
 class _WriteBundles(beam.DoFn):
@@ -163,8 +146,8 @@ class _WriteBundles(beam.DoFn):
     def process(self, record: bytes):
         if self.file is None:
             fileio.makedirs(self.directory)
-            self.path = _part_path(self.directory)
-            self.file = _writer(self.path)
+            self.path = examples.part_path(self.directory)
+            self.file = tf.io.TFRecordWriter(self.path, tf.io.TFRecordOptions(compression_type="GZIP"))
         self.file.write(record)
         self.n += 1
 
@@ -314,10 +297,15 @@ def _block_examples(r: tuple[str, int, int], columns: list[str], infos: list) ->
         yield from encoder.encode(batch.slice(start, ENCODE_ROWS))
 
 
-def _write_block(r: tuple[str, int, int], columns: list[str], infos: list, directory: str) -> tuple[str, int]:
-    """One byte range -> a gzipped TFRecord file of its tf.Examples under `directory`: (path, records)."""
+def _write_block(
+    block: tuple[int, tuple[str, int, int]], columns: list[str], infos: list, directory: str
+) -> tuple[str, int]:
+    """(index, byte range) -> a gzipped TFRecord file of the range's tf.Examples under `directory`, named
+    by the index (the split's files then hold the records in the logs' order; a retry writes it again):
+    (path, records)."""
+    index, r = block
     fileio.makedirs(directory)
-    path = _part_path(directory)
+    path = f"{directory}/block-{index:06d}.gz"
     return path, _write_records(path, _block_examples(r, columns, infos))
 
 
@@ -397,12 +385,20 @@ def _CsvToExample(
         blocks, whole = [], ranges
     parts = []
     if blocks:
-        spread = pipeline | "Blocks" >> beam.Create(blocks) | "SpreadBlocks" >> beam.Reshuffle()
-        parts.append(
-            spread | "WriteBlocks" >> beam.Map(_write_block, columns, executor.types, directory)
-            if directory
-            else spread | "BlockExamples" >> beam.FlatMap(_block_examples, columns, executor.types)
-        )
+        if directory:
+            parts.append(
+                pipeline
+                | "Blocks" >> beam.Create(list(enumerate(blocks)))
+                | "SpreadBlocks" >> beam.Reshuffle()
+                | "WriteBlocks" >> beam.Map(_write_block, columns, executor.types, directory)
+            )
+        else:
+            parts.append(
+                pipeline
+                | "Blocks" >> beam.Create(blocks)
+                | "SpreadBlocks" >> beam.Reshuffle()
+                | "BlockExamples" >> beam.FlatMap(_block_examples, columns, executor.types)
+            )
     if whole:
         records = (
             pipeline

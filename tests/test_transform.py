@@ -10,21 +10,41 @@ from collections import Counter
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 import pytest
+import tensorflow as tf
 
+from collabfeat import examples
 from collabfeat.config import TransformConfig
 from tests import fresh
 from transform import aggregate
 
 
+def batches(rows, size=97):
+    """Rows (dicts with user, item, event) -> record batches of up to `size` consecutive rows whose
+    values have the same types (a column of ints, of strings, ...), as the logs' columns come."""
+    out, run = [], []
+
+    def kinds(row):
+        return tuple(type(row[k]) for k in ("user", "item", "event"))
+
+    for row in rows:
+        if run and (kinds(row) != kinds(run[-1]) or len(run) >= size):
+            out.append(pa.RecordBatch.from_pylist(run))
+            run = []
+        run.append(row)
+    return out + ([pa.RecordBatch.from_pylist(run)] if run else [])
+
+
 def run_once(rows, cfg, catalogue=None):
-    """Runs AggregateLogs; -> {"train", "eval", "outcomes": lists of tuples, "summary": dict}."""
+    """Runs AggregateLogs; -> {"train", "eval": (user, item, weight, rows) tuples read back from the
+    tf.Examples written, "outcomes": tuples, "summary": dict}."""
     with tempfile.TemporaryDirectory() as tmp:
         work = os.path.join(tmp, "work")
         os.makedirs(work)
         with beam.Pipeline() as p:
-            out = p | beam.Create(rows) | aggregate.AggregateLogs(cfg, work, len(rows), catalogue)
-            for name in ("train", "eval", "outcomes", "summary"):
+            out = p | beam.Create(batches(rows)) | aggregate.AggregateLogs(cfg, work, len(rows), catalogue)
+            for name in ("files", "outcomes", "summary"):
                 _ = (
                     out[name]
                     | f"Json{name}" >> beam.Map(json.dumps)
@@ -32,11 +52,15 @@ def run_once(rows, cfg, catalogue=None):
                 )
         got = {
             name: [json.loads(line) for path in glob.glob(os.path.join(tmp, name + "-*")) for line in open(path)]
-            for name in ("train", "eval", "outcomes", "summary")
+            for name in ("files", "outcomes", "summary")
         }
+        for name in ("train", "eval"):
+            files = [path for split, path, _ in got["files"] if split == name]
+            records = [examples.to_dict(r.numpy()) for r in tf.data.TFRecordDataset(files, "GZIP")]
+            assert len(records) == sum(n for split, _, n in got["files"] if split == name)
+            got[name] = [(d["user_id"].decode(), d["item_id"].decode(), d["weight"], d["events"]) for d in records]
     [got["summary"]] = got["summary"]
-    for name in ("train", "eval", "outcomes"):
-        got[name] = [tuple(x) for x in got[name]]
+    got["outcomes"] = [tuple(x) for x in got["outcomes"]]
     return got
 
 
@@ -242,45 +266,91 @@ def test_bucketed_transform_equals_a_plain_python_computation():
     for name in ("train", "eval"):
         g = sorted(got[name])
         assert [p[:2] + p[3:] for p in g] == [p[:2] + p[3:] for p in want[name]]
-        assert np.allclose([p[2] for p in g], [p[2] for p in want[name]], rtol=1e-12)
+        assert np.allclose([p[2] for p in g], [p[2] for p in want[name]], rtol=1e-7, atol=0)  # float32, as stored
     assert got["summary"] == want["summary"]
 
 
 PEAK = """
 import sys, tracemalloc
 sys.path.insert(0, {repo!r})
-import apache_beam as beam, tensorflow as tf
+import apache_beam as beam, pyarrow as pa, tensorflow as tf
 from collabfeat import examples
 from collabfeat.config import TransformConfig
 from transform import aggregate
+aggregate.BATCH_ROWS = 4096
 n, tmp = {n}, {tmp!r}
-with tf.io.TFRecordWriter(tmp + "/Split-all/logs.tfrecord") as w:
+with tf.io.TFRecordWriter(tmp + "/logs.gz", "GZIP") as w:
     for i in range(n):      # every row a pair of its own: nothing is combined away
         w.write(examples.make({{"user": f"user{{i % 997}}", "item": f"item{{i % 5003}}", "event": "view"}}))
 cfg = TransformConfig(min_user_items=1, min_item_users=1, max_user_quantile=1, max_item_quantile=1,
                       bucket_rows=2000, filter_rounds=2)
 tracemalloc.start()
 with beam.Pipeline() as p:
-    out = (p | examples.ReadSplit(tmp, "all") | beam.Map(lambda d: {{k: v.decode() for k, v in d.items()}})
+    out = (p | beam.Create([(0, tmp + "/logs.gz")])
+           | beam.FlatMap(aggregate.log_batches, {{"user": "user", "item": "item", "event": "event"}})
            | aggregate.AggregateLogs(cfg, tmp + "/work", n))
-    for name in ("train", "eval"):
-        _ = out[name] | f"W{{name}}" >> beam.Map(repr) | f"T{{name}}" >> beam.io.WriteToText(tmp + "/" + name)
-print(tracemalloc.get_traced_memory()[1])
+    _ = out["files"] | beam.Map(lambda f: f[2]) | beam.CombineGlobally(sum) | beam.io.WriteToText(tmp + "/count")
+assert int(open(tmp + "/count-00000-of-00001").read()) == n  # every row written, as a pair of its own
+print(tracemalloc.get_traced_memory()[1] + pa.default_memory_pool().max_memory())
 """
 
 
 @pytest.mark.slow
 def test_memory_does_not_grow_with_the_pairs(tmp_path):
-    """Peak Python memory (tracemalloc, a fresh interpreter; Beam's in-memory runner runs its workers
-    and holds its shuffles there) at 10,000 and 80,000 rows, every one its own pair, in buckets of
-    2,000 rows. Measured 2026-12-02: 16.25 and 16.28 MB; before the buckets (every pair through a
-    GroupByKey, and held again for each filter round's side inputs), 17.8 and 45.1 MB."""
+    """Peak memory (Python's, by tracemalloc, plus Arrow's pool; a fresh interpreter: Beam's in-memory
+    runner runs its workers and holds its shuffles there) at 10,000 and 80,000 rows, every one its own
+    pair, in buckets of 2,000 rows and batches of 4,096."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     peaks = []
     for n in (10_000, 80_000):
         tmp = tmp_path / f"n{n}"
-        (tmp / "Split-all").mkdir(parents=True)
-        (tmp / "work").mkdir()
+        (tmp / "work").mkdir(parents=True)
         peaks.append(fresh.last_number(PEAK.format(repo=repo, n=n, tmp=str(tmp))))
-        assert sum(1 for name in ("train", "eval") for f in tmp.glob(f"{name}-*") for _ in open(f)) == n
     assert peaks[1] < 1.2 * peaks[0], json.dumps(peaks)
+
+
+def test_a_batch_is_validated_as_each_of_its_rows_would_be():
+    """validate_batch against validate_row, row by row, on values that need care: whitespace Python
+    strips (\\x1c, \\u3000, \\xa0), bad UTF-8, integral and other floats, ints, nulls, case, quotes."""
+    weights = {"view": 1.0, "appreciate": 4.0}
+    names = sorted(weights)
+    users = ["a", " b\u3000", "\x1c", None, "", "é", "it's", "back\\slash", "\u2028x"]
+    items = ["x", "y ", "\xa0", None, "z", "caf\u00e9", '"q"', "x", "x"]
+    events = ["view", " VIEW ", "Appreciate", "like", None, "vİew", "appreciate\n", "view", "view"]
+    catalogue = {"x", "y", "café", '"q"'}
+    columns, fields = [users, items, events], ["user", "item", "event"]
+    batches_of = [pa.RecordBatch.from_arrays([pa.array(c) for c in columns], fields)]
+    encoded = [[None if v is None else v.encode() for v in c] for c in columns]
+    encoded[0][0] = b"\xff\xfea"  # not UTF-8
+    batches_of.append(pa.RecordBatch.from_arrays([pa.array(c, pa.binary()) for c in encoded], fields))
+    as_lists = [pa.array([[v] if v is not None else [] for v in c], pa.list_(pa.binary())) for c in encoded]
+    batches_of.append(pa.RecordBatch.from_arrays(as_lists, fields))  # as tf.Examples decode
+    numbers = [[7, 8, None], [9.0, 9.5, 1e20], ["view", "view", "view"]]
+    batches_of.append(pa.RecordBatch.from_arrays([pa.array(c) for c in numbers], fields))
+    for batch in batches_of:
+        rows = batch.to_pylist()
+        rows = [{k: (v[0] if v else None) if isinstance(v, list) else v for k, v in row.items()} for row in rows]
+        want = [aggregate.validate_row(row, weights, catalogue | {"9", "100000000000000000000"}) for row in rows]
+        table, tally = aggregate.validate_batch(batch, names, catalogue | {"9", "100000000000000000000"})
+        ok = [v for status, v in want if status == "ok"]
+        assert [
+            (u, i, names[e]) for u, i, e in zip(*(table.column(c).to_pylist() for c in ("user", "item", "event")))
+        ] == ok
+        rejected = Counter(status for status, _ in want if status != "ok")
+        assert dict(tally.rows) == dict(rejected)
+        details = {}  # what the row-by-row transform wrote: the values as repr() writes them, the smallest 5
+        for row, (status, _) in zip(rows, want):
+            if status != "ok":
+                shown = ", ".join(f"{k}={aggregate._text(row.get(k))!r}" for k in fields)
+                details.setdefault(status, []).append(f"row {shown}")
+        assert tally.details == {k: sorted(v)[:5] for k, v in details.items()}
+
+
+def test_the_bucket_hash_is_stable_and_spreads():
+    users = pa.array([f"user{i}" for i in range(20000)] + ["", "é", "a" * 300])
+    b = aggregate.bucket_of(users, 16)
+    assert np.array_equal(b, aggregate.bucket_of(users.slice(0), 16))
+    assert np.array_equal(b[5:100], aggregate.bucket_of(users.slice(5, 95), 16))  # a slice hashes the same
+    assert np.array_equal(b[[3, 3]], aggregate.bucket_of(pa.array(["user3", "user3"]), 16))
+    assert np.bincount(b[:20000], minlength=16).min() > 20000 / 16 * 0.9  # near uniform
+    assert aggregate.bucket_of(pa.array(["ab"]), 1 << 30)[0] != aggregate.bucket_of(pa.array(["ba"]), 1 << 30)[0]

@@ -10,12 +10,20 @@ Every input row ends with exactly one outcome (collabfeat/outcomes.py), counted 
   used, or a reason: missing_user, missing_item, unknown_event, unknown_item,
   zero_weight, user_too_rare, user_too_active, item_too_rare, item_too_popular.
 
+Columns, not rows: the rows travel as Arrow record batches and no stage makes a Python call per
+row. A batch is validated with pyarrow's compute functions (the rule is `validate_row`; the few
+distinct event names go through it as they are), its valid rows are hashed to buckets of users
+with numpy, each bucket is aggregated with Arrow's group-by, and the filter rounds, the split and
+the tf.Example encoding (tfx_bsl's C++ encoder) work on a bucket's pairs as columns. Only rejected
+rows' details and the eval split's hash are computed per pair in Python.
+
 Bounded memory. No shuffle carries the rows or the pairs: a runner that holds a shuffle's input
 in memory (Beam's DirectRunner and its portable job service do) would hold the whole log. The
-valid rows are spilled to hash buckets of users, files under `work_dir`, each bundle writing its
-own file per bucket; then each bucket is aggregated on its own (its users' pairs are all in it),
-and every filter round reads a bucket's pairs from its file and writes what it keeps to the next.
-What crosses a shuffle is small: file names, per-bucket degree histograms, per-item user counts
+valid rows are spilled to hash buckets of users as Arrow IPC streams under `work_dir`, each bundle
+writing its own file per bucket; then each bucket is aggregated on its own (its users' pairs are
+all in it), every filter round reads a bucket's pairs from its file and writes what it keeps to the
+next, and the last round writes the train and eval pairs as gzipped TFRecord files. What crosses a
+shuffle is small: file names, per-bucket degree histograms, per-bucket item counts (a column each)
 and the outcome counts. A worker holds one bucket at a time: about `bucket_rows` rows' pairs
 (transform.bucket_rows): AggregateLogs(rows=...) makes rows / bucket_rows buckets.
 """
@@ -27,19 +35,20 @@ import hashlib
 import json
 import math
 import os
-import pickle
 import resource
 import uuid
-import zlib
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
+from tfx_bsl.coders import example_coder
 
 from collabfeat import examples, outcomes, storage
 from collabfeat.config import Config
@@ -56,7 +65,6 @@ REASONS = (
     "item_too_rare",
     "item_too_popular",
 )
-CHUNK = 8192  # records per pickled chunk in a bucket file
 
 
 def _text(value: Any) -> str:
@@ -70,7 +78,7 @@ def _text(value: Any) -> str:
 
 
 def validate_row(row: dict[str, Any], event_weights: dict[str, float], catalogue: set | None) -> tuple[str, Any]:
-    """-> ("ok", (user, item, event)) or (reason, None)."""
+    """-> ("ok", (user, item, event)) or (reason, None). validate_batch applies this rule to a batch."""
     user, item, event = _text(row.get("user")), _text(row.get("item")), _text(row.get("event")).lower()
     if not user:
         return "missing_user", None
@@ -92,14 +100,465 @@ def in_eval_split(user: str, item: str, fraction: float, seed: int) -> bool:
     return int.from_bytes(digest[:8], "big") / 2.0**64 < fraction
 
 
-def bucket_of(user: str, buckets: int) -> int:
-    """A user's hash bucket, the same in every process (Python's own hash is salted per process)."""
-    return zlib.crc32(user.encode()) % buckets
-
-
 def bucket_count(rows: int, cfg) -> int:
     """Hash buckets of users for about `rows` log rows: about cfg.bucket_rows rows each."""
     return max(1, math.ceil(rows / cfg.bucket_rows))
+
+
+# --- columns ----------------------------------------------------------------------------------
+
+BATCH_ROWS = 1 << 16  # log rows decoded and validated at a time
+WHITESPACE = "".join(c for c in map(chr, range(0x3001)) if c.isspace())  # what str.strip() strips
+_PLAIN = r"^[ !\"#-&(-\[\]-~]*$"  # printable ASCII without ' and \\: repr() only adds quotes around it
+
+
+def _first(column: pa.Array) -> pa.Array:
+    """A tf.Example feature's column (a list a row) -> its first value a row, null where the list is
+    empty or absent; a column of plain values as it is."""
+    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+        return column
+    offsets = column.offsets.to_numpy()
+    empty = (np.diff(offsets) == 0) | column.is_null().to_numpy(zero_copy_only=False)
+    return column.values.take(pa.array(np.where(empty, 0, offsets[:-1]), mask=empty))
+
+
+def text(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """`_text` over a column: strings stripped as str.strip() strips them, null where there is no
+    value. Bytes are read as UTF-8 (bad bytes replaced), integral floats written as integers."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    column = _first(column)
+    kind = column.type
+    if pa.types.is_null(kind):
+        return pa.nulls(len(column), pa.string())
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        try:
+            column = column.cast(pa.string())
+        except pa.ArrowInvalid:  # not UTF-8 throughout
+            column = pa.array([None if v is None else v.decode("utf-8", "replace") for v in column.to_pylist()])
+    elif pa.types.is_integer(kind) or pa.types.is_large_string(kind):
+        column = column.cast(pa.string())
+    elif not pa.types.is_string(kind):  # floats and the rest: Python's own rule
+        column = pa.array([None if v is None else _text(v) for v in column.to_pylist()], pa.string())
+    return pc.utf8_trim(column, characters=WHITESPACE)
+
+
+def reprs(strings: pa.Array) -> pa.Array:
+    """repr() of each string: by pyarrow for printable ASCII without quotes or backslashes, else by Python."""
+    strings = pc.fill_null(strings, "")
+    plain = pc.match_substring_regex(strings, _PLAIN).to_numpy(zero_copy_only=False)
+    quoted = pc.binary_join_element_wise("'", strings, "'", "")
+    if plain.all():
+        return quoted
+    odd = np.flatnonzero(~plain)
+    fixed = pa.array([repr(v) for v in strings.take(pa.array(odd)).to_pylist()], pa.string())
+    out = quoted.to_numpy(zero_copy_only=False).astype(object)
+    out[odd] = fixed.to_numpy(zero_copy_only=False)
+    return pa.array(out, pa.string())
+
+
+def bucket_of(users: pa.Array, buckets: int) -> np.ndarray:
+    """Each user's hash bucket, the same in every process and for every batching: a polynomial
+    hash of the UTF-8 bytes mod 2^64, mixed by splitmix64's finaliser, mod `buckets`."""
+    users = pc.fill_null(users, "").cast(pa.string())
+    if len(users) == 0:
+        return np.zeros(0, np.int64)
+    _, offsets_buf, data_buf = users.buffers()
+    offsets = np.frombuffer(offsets_buf, np.int32)[users.offset : users.offset + len(users) + 1].astype(np.int64)
+    lengths = np.diff(offsets)
+    data = np.frombuffer(data_buf, np.uint8)[offsets[0] : offsets[-1]] if data_buf else np.zeros(0, np.uint8)
+    pos = np.arange(len(data)) - np.repeat(offsets[:-1] - offsets[0], lengths)
+    powers = np.cumprod(np.full(max(1, int(lengths.max(initial=0))), 0x100000001B3, np.uint64), dtype=np.uint64)
+    terms = np.append(data.astype(np.uint64) * powers[pos], np.uint64(0))
+    with np.errstate(over="ignore"):
+        h = np.add.reduceat(terms, offsets[:-1] - offsets[0]) * (lengths > 0) + lengths.astype(np.uint64)
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+    return (h % np.uint64(buckets)).astype(np.int64)
+
+
+def _codes(events: pa.Array, names: list[str]) -> np.ndarray:
+    """Each event's index in `names` by validate_row's rule (applied to the distinct values), -1 for none."""
+    distinct = pc.unique(events)
+    index = {name: k for k, name in enumerate(names)}
+    code = np.array([index.get(_text(v).lower(), -1) for v in distinct.to_pylist()] + [-1], np.int8)
+    return code[pc.index_in(events, value_set=distinct).to_numpy(zero_copy_only=False)]
+
+
+def _known(items: pa.Array, catalogue) -> np.ndarray:
+    """Whether each item is in the catalogue (a set or dict), looked up once per distinct item."""
+    distinct = pc.unique(items)
+    found = np.array([v in catalogue for v in distinct.to_pylist()] + [False])
+    return found[pc.index_in(items, value_set=distinct).to_numpy(zero_copy_only=False)]
+
+
+def validate_batch(batch, names: list[str], catalogue=None) -> tuple[pa.Table, _Tally]:
+    """A record batch (columns user, item, event, of any type or a list a row; and seq, the rows'
+    place in the logs, if it has one) -> the valid rows as a table (user, item: strings; event: its
+    index in `names`, int8; seq), and the rejected rows tallied with their details. The rule is
+    validate_row's, for every row."""
+    user, item, event = (text(batch.column(name)) for name in ("user", "item", "event"))
+    codes = _codes(event, names)
+    missing_user = pc.fill_null(pc.equal(user, ""), True).to_numpy(zero_copy_only=False)
+    missing_item = pc.fill_null(pc.equal(item, ""), True).to_numpy(zero_copy_only=False)
+    reason = np.where(missing_user, 1, np.where(missing_item, 2, np.where(codes < 0, 3, 0)))
+    if catalogue is not None:
+        reason = np.where((reason == 0) & ~_known(item, catalogue), 4, reason)
+    tally = _Tally()
+    for code in np.unique(reason[reason > 0]):
+        rows = pa.array(np.flatnonzero(reason == code))
+        details = pc.binary_join_element_wise(
+            "row user=",
+            reprs(user.take(rows)),
+            ", item=",
+            reprs(item.take(rows)),
+            ", event=",
+            reprs(event.take(rows)),
+            "",
+        )
+        tally.add_all(REASONS[code - 1], len(rows), details)
+    keep = pa.array(reason == 0)
+    table = pa.table({"user": user.filter(keep), "item": item.filter(keep), "event": pa.array(codes).filter(keep)})
+    if "seq" in batch.schema.names:  # the rows' place in the logs, which fixes the order of the pairs
+        table = table.append_column("seq", batch.column("seq").filter(keep))
+    return table, tally
+
+
+# --- bucket files: Arrow IPC streams, through Beam's filesystems (local, gs://, ...) -----------
+
+
+def _write_table(path: str, table: pa.Table) -> None:
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        with pa.ipc.new_stream(f, table.schema) as w:
+            w.write_table(table, max_chunksize=BATCH_ROWS)
+
+
+def _read_tables(paths: list[str]) -> pa.Table:
+    tables = []
+    for path in paths:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            tables.append(pa.ipc.open_stream(f).read_all())
+    return pa.concat_tables(tables).combine_chunks()
+
+
+class _Tally:
+    """Outcomes as few tuples: rows per outcome, and the EXAMPLES smallest details per reason
+    (WriteOutcomes keeps the smallest EXAMPLES of all, so the result is the same as for one tuple
+    per row)."""
+
+    def __init__(self):
+        self.rows: Counter = Counter()
+        self.details: dict[str, list[str]] = {}
+
+    def add(self, reason: str, rows: int, detail: str | None = None) -> None:
+        self.rows[reason] += rows
+        if detail is not None:
+            kept = self.details.setdefault(reason, [])
+            if len(kept) < EXAMPLES or detail < kept[-1]:
+                bisect.insort(kept, detail)
+                del kept[EXAMPLES:]
+
+    def add_all(self, reason: str, rows: int, details: pa.Array) -> None:
+        """`rows` rows with this outcome; their details, of which the smallest are kept."""
+        self.rows[reason] += rows
+        for detail in pc.array_take(details, pc.array_sort_indices(details)[:EXAMPLES]).to_pylist():
+            self.add(reason, 0, detail)
+
+    def merge(self, other: _Tally) -> None:
+        self.rows.update(other.rows)
+        for reason, details in other.details.items():
+            for d in details:
+                self.add(reason, 0, d)
+
+    def tuples(self) -> Iterator[tuple]:
+        """(outcome, rows, None) per outcome, and (reason, 0, detail) per example kept."""
+        for reason, n in self.rows.items():
+            yield reason, n, None
+        for reason, details in self.details.items():
+            for d in details:
+                yield reason, 0, d
+
+    def outputs(self, windowed: bool = False) -> Iterator[beam.pvalue.TaggedOutput]:
+        for t in self.tuples():
+            yield beam.pvalue.TaggedOutput("outcomes", GlobalWindows.windowed_value(t) if windowed else t)
+
+
+class _Spill(beam.DoFn):
+    """Record batches of log rows -> validated; each bundle's valid rows appended to an Arrow IPC
+    stream of its own per bucket of users, and at the bundle's end (bucket, path) for every file it
+    wrote and its rejected rows' tally. Only the paths emitted are read later, so a bundle that
+    fails and is retried leaves nothing behind that counts twice."""
+
+    def __init__(self, directory: str, event_weights: dict[str, float], buckets: int):
+        self.directory, self.names, self.buckets = directory, sorted(event_weights), buckets
+
+    def setup(self):
+        """A bundle keeps a file open per bucket: let the worker open that many, and some."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = self.buckets + 256
+        if soft != resource.RLIM_INFINITY and soft < want:
+            limit = want if hard == resource.RLIM_INFINITY else min(want, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+
+    def start_bundle(self):
+        self.files: dict[int, tuple] = {}
+        self.tally = _Tally()
+        self.tag = uuid.uuid4().hex
+
+    def process(self, batch, known=None):
+        table, tally = validate_batch(batch, self.names, known)
+        self.tally.merge(tally)
+        if not table.num_rows:
+            return
+        bucket = bucket_of(table.column("user").combine_chunks(), self.buckets)
+        order = np.argsort(bucket, kind="stable")
+        table, bucket = table.take(pa.array(order)), bucket[order]
+        starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
+        for start, end in zip(starts, np.r_[starts[1:], len(bucket)]):
+            self._writer(int(bucket[start]), table.schema).write_table(table.slice(start, end - start))
+
+    def _writer(self, bucket: int, schema: pa.Schema):
+        if bucket not in self.files:
+            path = FileSystems.join(self.directory, f"rows-{bucket:05d}-{self.tag}.arrow")
+            f = FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
+            self.files[bucket] = (path, f, pa.ipc.new_stream(f, schema))
+        return self.files[bucket][2]
+
+    def finish_bundle(self):
+        for bucket, (path, f, writer) in self.files.items():
+            writer.close()
+            f.close()
+            yield GlobalWindows.windowed_value((bucket, path))
+        yield from self.tally.outputs(windowed=True)
+
+
+def _stats(pairs: pa.Table) -> Iterator[Any]:
+    """What the next filter round's limits need from a bucket: its users' degree histogram (a
+    bucket holds all of its users' pairs) and each item's number of users in it (one table)."""
+    degrees = pc.value_counts(pairs.column("user")).field("counts").to_numpy(zero_copy_only=False)
+    values, n = np.unique(degrees, return_counts=True)
+    yield beam.pvalue.TaggedOutput("user_histogram", dict(zip(values.tolist(), n.tolist())))
+    per_item = pc.value_counts(pairs.column("item"))
+    yield beam.pvalue.TaggedOutput(
+        "item_users", pa.table({"item": per_item.field("values"), "n": per_item.field("counts")})
+    )
+
+
+def _details(pairs: pa.Table) -> pa.Array:
+    return pc.binary_join_element_wise(
+        "user ",
+        reprs(pairs.column("user").combine_chunks()),
+        ", item ",
+        reprs(pairs.column("item").combine_chunks()),
+        "",
+    )
+
+
+class _Aggregate(beam.DoFn):
+    """(bucket, [row files]) -> the bucket's weighted pairs (user, item, weight, rows) in a file,
+    (bucket, that path), zero-weight outcomes and the first round's statistics."""
+
+    def __init__(self, directory: str, event_weights: dict[str, float]):
+        self.directory, self.weights = directory, dict(event_weights)
+
+    def process(self, kv):
+        bucket, paths = kv
+        names = sorted(self.weights)
+        rows = _read_tables(list(paths))
+        event = rows.column("event").combine_chunks()
+        columns = {f"e{k}": pc.equal(event, k).cast(pa.int64()) for k in range(len(names))}
+        # each pair's first row in the logs (seq), whichever bundles spilled the rows, orders the pairs
+        first = rows.column("seq") if "seq" in rows.schema.names else pa.array(np.arange(rows.num_rows))
+        grouped = (
+            pa.table({"user": rows.column("user"), "item": rows.column("item"), "seq": first, **columns})
+            .group_by(["user", "item"])
+            .aggregate([("seq", "min")] + [(c, "sum") for c in columns])
+            .sort_by("seq_min")
+        )
+        del rows, event, columns, first
+        counts = [grouped.column(f"e{k}_sum").to_numpy() for k in range(len(names))]
+        total = 0.0
+        for k, name in enumerate(names):  # the sum pair_weight makes: sorted events, exactly
+            total = total + self.weights[name] * counts[k].astype(np.float64)
+        weight, n = np.log1p(total), np.sum(counts, axis=0)
+        pairs = pa.table({"user": grouped.column("user"), "item": grouped.column("item"), "weight": weight, "rows": n})
+        zero = weight <= 0
+        tally = _Tally()
+        if zero.any():
+            dropped = pairs.filter(pa.array(zero))
+            details = _details(dropped)
+            tally.rows["zero_weight"] += int(n[zero].sum())
+            for row in pc.array_sort_indices(details)[:EXAMPLES].to_pylist():
+                by_event = {name: int(counts[k][zero][row]) for k, name in enumerate(names) if counts[k][zero][row]}
+                tally.add("zero_weight", 0, f"{details[row].as_py()}: {by_event}")
+            pairs = pairs.filter(pa.array(~zero))
+        path = FileSystems.join(self.directory, f"pairs-round0-{bucket:05d}.arrow")
+        _write_table(path, pairs)
+        yield (bucket, path)
+        yield from tally.outputs()
+        yield from _stats(pairs)
+
+
+def _encode(pairs: pa.Table) -> Iterator[bytes]:
+    """Pairs -> tf.Examples {user_id, item_id: bytes, weight: float, events: int}, by tfx_bsl's encoder."""
+
+    def one_each(values: pa.Array) -> pa.Array:
+        return pa.ListArray.from_arrays(pa.array(np.arange(len(values) + 1, dtype=np.int32)), values)
+
+    encoder = example_coder.RecordBatchToExamplesEncoder()
+    for batch in pairs.to_batches(max_chunksize=8192):
+        yield from encoder.encode(
+            pa.RecordBatch.from_arrays(
+                [
+                    one_each(batch.column("user").cast(pa.binary())),
+                    one_each(batch.column("item").cast(pa.binary())),
+                    one_each(batch.column("weight").cast(pa.float32())),
+                    one_each(batch.column("rows").cast(pa.int64())),
+                ],
+                ["user_id", "item_id", "weight", "events"],
+            )
+        )
+
+
+class _FilterRound(beam.DoFn):
+    """One popularity-filter round over a bucket's pairs: a pair goes when its user's degree is
+    outside the user limits, or its item was found too rare or too popular in this round. The kept
+    pairs go to the next round's file, or (in the last round) to a train and an eval file of
+    tf.Examples: ("files", (split, path, records))."""
+
+    def __init__(self, directory: str, round_no: int, last: bool, eval_fraction: float, seed: int):
+        self.directory, self.round_no, self.last = directory, round_no, last
+        self.eval_fraction, self.seed = eval_fraction, seed
+
+    def process(self, kv, user_limits, dropped):
+        bucket, path = kv
+        pairs = _read_tables([path])
+        users = pairs.column("user").combine_chunks().dictionary_encode()
+        index = users.indices.to_numpy(zero_copy_only=False)
+        degree = np.bincount(index, minlength=len(users.dictionary))[index]
+        lo, hi = user_limits
+        found = pc.index_in(pairs.column("item"), value_set=dropped.column("item"))
+        why = np.append(dropped.column("reason").to_numpy(zero_copy_only=False).astype(object), "")
+        item_reason = why[pc.fill_null(found, -1).to_numpy(zero_copy_only=False)]  # -1: the "" at the end
+        reason = np.where(degree < lo, "user_too_rare", np.where(degree > hi, "user_too_active", item_reason))
+        tally = _Tally()
+        n = pairs.column("rows").to_numpy()
+        for name in np.unique(reason[reason != ""]):
+            gone = reason == name
+            tally.add_all(str(name), int(n[gone].sum()), _details(pairs.filter(pa.array(gone))))
+        kept = pairs.filter(pa.array(reason == ""))
+        del pairs
+        yield from tally.outputs()
+        if not self.last:
+            path = FileSystems.join(self.directory, f"pairs-round{self.round_no + 1}-{bucket:05d}.arrow")
+            _write_table(path, kept)
+            yield (bucket, path)
+            yield from _stats(kept)
+            return
+        held = np.array(
+            [
+                in_eval_split(u, i, self.eval_fraction, self.seed)
+                for u, i in zip(kept.column("user").to_pylist(), kept.column("item").to_pylist())
+            ],
+            bool,
+        )
+        for name, rows in (("train", ~held), ("eval", held)):
+            part = kept.filter(pa.array(rows))
+            if part.num_rows:
+                out = FileSystems.join(self.directory, f"{name}-{bucket:05d}.gz")  # a retry writes it again
+                yield beam.pvalue.TaggedOutput("files", (name, out, examples.write_records(out, _encode(part))))
+        yield beam.pvalue.TaggedOutput("outcomes", (USED, int(kept.column("rows").to_numpy().sum()), None))
+        yield beam.pvalue.TaggedOutput(
+            "counts",
+            {"train": int((~held).sum()), "eval": int(held.sum()), "users": len(pc.unique(kept.column("user")))},
+        )
+        yield beam.pvalue.TaggedOutput("items", pc.unique(kept.column("item")))
+
+
+class _SumDicts(beam.CombineFn):
+    def create_accumulator(self):
+        return Counter()
+
+    def add_input(self, acc, d):
+        acc.update(d)
+        return acc
+
+    def merge_accumulators(self, accs):
+        out = Counter()
+        for a in accs:
+            out.update(a)
+        return out
+
+    def extract_output(self, acc):
+        return dict(acc)
+
+
+class _SumItemCounts(beam.CombineFn):
+    """Tables (item, n) -> one table (item, n) summed per item, compacted as they come."""
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, acc, table):
+        acc.append(table)
+        return self._compact(acc) if len(acc) >= 32 else acc
+
+    def merge_accumulators(self, accs):
+        return self._compact([t for acc in accs for t in acc])
+
+    def _compact(self, tables):
+        if not tables:
+            return []
+        summed = pa.concat_tables(tables).group_by("item").aggregate([("n", "sum")])
+        return [summed.rename_columns(["item", "n"])]
+
+    def extract_output(self, acc):
+        acc = self._compact(acc)
+        return acc[0] if acc else pa.table({"item": pa.array([], pa.string()), "n": pa.array([], pa.int64())})
+
+
+class _Distinct(beam.CombineFn):
+    """Arrays of strings -> how many distinct values there are in all of them."""
+
+    def create_accumulator(self):
+        return pa.array([], pa.string())
+
+    def add_input(self, acc, values):
+        return pc.unique(pa.concat_arrays([acc, values.cast(pa.string())]))
+
+    def merge_accumulators(self, accs):
+        return pc.unique(pa.concat_arrays(list(accs)))
+
+    def extract_output(self, acc):
+        return len(acc)
+
+
+def _item_limits(degrees: pa.Table, cfg) -> pa.Table:
+    """The items a round drops: (item, reason) for those whose number of users is outside the limits."""
+    n = degrees.column("n").to_numpy(zero_copy_only=False)
+    values, counts = np.unique(n, return_counts=True)
+    lo, hi = degree_limits(dict(zip(values.tolist(), counts.tolist())), cfg.min_item_users, cfg.max_item_quantile)
+    reason = np.where(n < lo, "item_too_rare", np.where(n > hi, "item_too_popular", ""))
+    gone = reason != ""
+    return pa.table({"item": degrees.column("item").filter(pa.array(gone)), "reason": pa.array(reason[gone])})
+
+
+def _limits(stats, tag: str, cfg):
+    """A round's statistics -> (user limits, a table of the items it drops and why), as side inputs."""
+    user_limits = (
+        stats.user_histogram
+        | f"{tag}UserHistogram" >> beam.CombineGlobally(_SumDicts())
+        | f"{tag}UserLimits" >> beam.Map(degree_limits, cfg.min_user_items, cfg.max_user_quantile)
+    )
+    dropped = (
+        stats.item_users
+        | f"{tag}ItemDegree" >> beam.CombineGlobally(_SumItemCounts())
+        | f"{tag}ItemLimits" >> beam.Map(_item_limits, cfg)
+    )
+    return beam.pvalue.AsSingleton(user_limits), beam.pvalue.AsSingleton(dropped)
 
 
 def histogram_quantile(histogram: dict[int, int], q: float) -> float:
@@ -125,265 +584,17 @@ def degree_limits(histogram: dict[int, int], minimum: int, max_quantile: float) 
     return minimum, histogram_quantile(histogram, max_quantile)
 
 
-# --- bucket files: pickled chunks of tuples, through Beam's filesystems (local, gs://, ...) ------
-
-
-def _dump(path: str, records: list[tuple]) -> None:
-    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        for start in range(0, len(records), CHUNK):
-            pickle.dump(records[start : start + CHUNK], f, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _load(path: str) -> Iterator[tuple]:
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        while True:
-            try:
-                chunk = pickle.load(f)
-            except EOFError:
-                return
-            yield from chunk
-
-
-class _Spill(beam.DoFn):
-    """(bucket, row) -> each bundle's rows appended to a file of its own per bucket; at the bundle's
-    end, (bucket, path) for every file it wrote. Only the paths emitted are read later, so a bundle
-    that fails and is retried leaves nothing behind that counts twice."""
-
-    def __init__(self, directory: str, buckets: int, hold: int):
-        self.directory, self.buckets = directory, buckets
-        self.chunk = max(64, hold // buckets)  # rows held per bucket before they are written
-
-    def setup(self):
-        """A bundle keeps a file open per bucket: let the worker open that many, and some."""
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        want = self.buckets + 256
-        if soft != resource.RLIM_INFINITY and soft < want:
-            limit = want if hard == resource.RLIM_INFINITY else min(want, hard)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
-
-    def start_bundle(self):
-        self.buffers: dict[int, list] = {}
-        self.files: dict[int, tuple] = {}
-        self.tag = uuid.uuid4().hex
-
-    def process(self, kv):
-        bucket, row = kv
-        buffer = self.buffers.setdefault(bucket, [])
-        buffer.append(row)
-        if len(buffer) >= self.chunk:
-            self._flush(bucket)
-
-    def _flush(self, bucket: int) -> None:
-        if bucket not in self.files:
-            path = FileSystems.join(self.directory, f"rows-{bucket:05d}-{self.tag}.pkl")
-            self.files[bucket] = (path, FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED))
-        pickle.dump(self.buffers[bucket], self.files[bucket][1], protocol=pickle.HIGHEST_PROTOCOL)
-        self.buffers[bucket] = []
-
-    def finish_bundle(self):
-        for bucket, buffer in self.buffers.items():
-            if buffer:
-                self._flush(bucket)
-        for bucket, (path, f) in self.files.items():
-            f.close()
-            yield GlobalWindows.windowed_value((bucket, path))
-
-
-class _Tally:
-    """A bucket's (or a bundle's) outcomes as few tuples: rows per outcome, and the EXAMPLES smallest
-    details per reason (WriteOutcomes keeps the smallest EXAMPLES of all, so the result is the same
-    as for one tuple per pair)."""
-
-    def __init__(self):
-        self.rows: Counter = Counter()
-        self.details: dict[str, list[str]] = {}
-
-    def add(self, reason: str, rows: int, detail: str | None = None) -> None:
-        self.rows[reason] += rows
-        if detail is not None:
-            kept = self.details.setdefault(reason, [])
-            if len(kept) < EXAMPLES or detail < kept[-1]:
-                bisect.insort(kept, detail)
-                del kept[EXAMPLES:]
-
-    def tuples(self) -> Iterator[tuple]:
-        """(outcome, rows, None) per outcome, and (reason, 0, detail) per example kept."""
-        for reason, n in self.rows.items():
-            yield reason, n, None
-        for reason, details in self.details.items():
-            for d in details:
-                yield reason, 0, d
-
-    def outputs(self) -> Iterator[beam.pvalue.TaggedOutput]:
-        for t in self.tuples():
-            yield beam.pvalue.TaggedOutput("outcomes", t)
-
-
-class _Validate(beam.DoFn):
-    """rows -> (bucket, (user, item, event)) for the valid ones; the rejected ones tallied per bundle
-    (a log with many bad rows sends a few tuples per bundle, not one per row, to the outcomes'
-    Flatten, which the DirectRunner holds in memory)."""
-
-    def __init__(self, event_weights: dict[str, float], buckets: int):
-        self.weights, self.buckets = dict(event_weights), buckets
-
-    def start_bundle(self):
-        self.tally = _Tally()
-
-    def process(self, row, known=None):
-        status, value = validate_row(row, self.weights, known)
-        if status == "ok":
-            yield bucket_of(value[0], self.buckets), value
-        else:
-            shown = ", ".join(f"{k}={_text(row.get(k))!r}" for k in ("user", "item", "event"))
-            self.tally.add(status, 1, f"row {shown}")
-
-    def finish_bundle(self):
-        for t in self.tally.tuples():
-            yield beam.pvalue.TaggedOutput("rejected", GlobalWindows.windowed_value(t))
-
-
-def _stats(pairs: list[tuple]) -> Iterator[Any]:
-    """What the next filter round's limits need from a bucket: its users' degree histogram (a
-    bucket holds all of its users' pairs) and each item's number of users in it."""
-    degrees = Counter(p[0] for p in pairs)
-    yield beam.pvalue.TaggedOutput("user_histogram", dict(Counter(degrees.values())))
-    for item, n in Counter(p[1] for p in pairs).items():
-        yield beam.pvalue.TaggedOutput("item_users", (item, n))
-
-
-class _Aggregate(beam.DoFn):
-    """(bucket, [row files]) -> the bucket's weighted pairs (user, item, weight, rows) in a file,
-    (bucket, that path), zero-weight outcomes and the first round's statistics."""
-
-    def __init__(self, directory: str, event_weights: dict[str, float]):
-        self.directory, self.weights = directory, dict(event_weights)
-
-    def process(self, kv):
-        bucket, paths = kv
-        events = sorted(self.weights)
-        index = {e: k for k, e in enumerate(events)}
-        counts: dict[tuple[str, str], list[int]] = {}
-        for path in paths:
-            for user, item, event in _load(path):
-                c = counts.get((user, item))
-                if c is None:
-                    c = counts[(user, item)] = [0] * len(events)
-                c[index[event]] += 1
-        tally, pairs = _Tally(), []
-        for (user, item), c in counts.items():
-            by_event = {e: c[k] for k, e in enumerate(events) if c[k]}
-            rows, w = sum(c), pair_weight(by_event, self.weights)
-            if w <= 0:
-                tally.add("zero_weight", rows, f"user {user!r}, item {item!r}: {by_event}")
-            else:
-                pairs.append((user, item, w, rows))
-        del counts
-        path = FileSystems.join(self.directory, f"pairs-round0-{bucket:05d}.pkl")
-        _dump(path, pairs)
-        yield (bucket, path)
-        yield from tally.outputs()
-        yield from _stats(pairs)
-
-
-class _FilterRound(beam.DoFn):
-    """One popularity-filter round over a bucket's pairs: a pair goes when its user's degree is
-    outside the user limits, or its item was found too rare or too popular in this round. The kept
-    pairs go to the next round's file, or (in the last round) out as train and eval."""
-
-    def __init__(self, directory: str, round_no: int, last: bool, eval_fraction: float, seed: int):
-        self.directory, self.round_no, self.last = directory, round_no, last
-        self.eval_fraction, self.seed = eval_fraction, seed
-
-    def process(self, kv, user_limits, item_reasons):
-        bucket, path = kv
-        pairs = list(_load(path))
-        degrees = Counter(p[0] for p in pairs)
-        lo, hi = user_limits
-        tally, kept = _Tally(), []
-        for p in pairs:
-            d = degrees[p[0]]
-            reason = "user_too_rare" if d < lo else "user_too_active" if d > hi else item_reasons.get(p[1])
-            if reason:
-                tally.add(reason, p[3], f"user {p[0]!r}, item {p[1]!r}")
-            else:
-                kept.append(p)
-        del pairs
-        yield from tally.outputs()
-        if not self.last:
-            path = FileSystems.join(self.directory, f"pairs-round{self.round_no + 1}-{bucket:05d}.pkl")
-            _dump(path, kept)
-            yield (bucket, path)
-            yield from _stats(kept)
-            return
-        split = Counter()
-        for p in kept:
-            name = "eval" if in_eval_split(p[0], p[1], self.eval_fraction, self.seed) else "train"
-            split[name] += 1
-            yield beam.pvalue.TaggedOutput(name, p)
-        yield beam.pvalue.TaggedOutput("outcomes", (USED, sum(p[3] for p in kept), None))
-        yield beam.pvalue.TaggedOutput(
-            "counts", {"train": split["train"], "eval": split["eval"], "users": len({p[0] for p in kept})}
-        )
-        for item in {p[1] for p in kept}:
-            yield beam.pvalue.TaggedOutput("items", item)
-
-
-class _SumDicts(beam.CombineFn):
-    def create_accumulator(self):
-        return Counter()
-
-    def add_input(self, acc, d):
-        acc.update(d)
-        return acc
-
-    def merge_accumulators(self, accs):
-        out = Counter()
-        for a in accs:
-            out.update(a)
-        return out
-
-    def extract_output(self, acc):
-        return dict(acc)
-
-
-def _limits(stats, tag: str, cfg):
-    """A round's statistics -> (user limits, {item: reason} for the items it drops), as side inputs."""
-    user_limits = (
-        stats.user_histogram
-        | f"{tag}UserHistogram" >> beam.CombineGlobally(_SumDicts())
-        | f"{tag}UserLimits" >> beam.Map(degree_limits, cfg.min_user_items, cfg.max_user_quantile)
-    )
-    item_degree = stats.item_users | f"{tag}ItemDegree" >> beam.CombinePerKey(sum)
-    item_limits = (
-        item_degree
-        | f"{tag}ItemValues" >> beam.Map(lambda kd: (kd[1], 1))
-        | f"{tag}ItemHistogram" >> beam.CombinePerKey(sum)
-        | f"{tag}ItemHistogramDict" >> beam.combiners.ToDict()
-        | f"{tag}ItemLimits" >> beam.Map(degree_limits, cfg.min_item_users, cfg.max_item_quantile)
-    )
-
-    def dropped(kd, lim):
-        (item, deg), (lo, hi) = kd, lim
-        if deg < lo:
-            yield item, "item_too_rare"
-        elif deg > hi:
-            yield item, "item_too_popular"
-
-    item_reasons = item_degree | f"{tag}ItemDrop" >> beam.FlatMap(dropped, lim=beam.pvalue.AsSingleton(item_limits))
-    return beam.pvalue.AsSingleton(user_limits), beam.pvalue.AsDict(item_reasons)
-
-
 class AggregateLogs(beam.PTransform):
-    """rows (dicts with user, item, event) -> {"train", "eval": (user, item, weight, rows), "outcomes"}.
+    """Record batches of log rows (columns user, item, event) -> {"files", "outcomes", "summary"}.
 
+    "files": (split, path, records) for every file of tf.Examples {user_id, item_id, weight, events}
+    written under `work_dir` for the "train" and "eval" splits; the caller moves them (only the files
+    reported: a retried bundle's leftovers stay behind) and removes work_dir afterwards.
     `catalogue`: the known item ids (a PCollection of them, or a Python collection), or None to
     accept all; given to the workers as a side input.
     `work_dir`: where the bucket files go (a directory every worker can reach: under the output
-    artifact's URI in the pipeline); the caller removes it afterwards. `rows`: about how many rows
-    there are, for the number of hash buckets of users, rows / cfg.bucket_rows (a worker holds one
-    bucket's pairs at a time, and at most bucket_rows rows, or 2^16, waiting to be spilled).
+    artifact's URI in the pipeline). `rows`: about how many rows there are, for the number of hash
+    buckets of users, rows / cfg.bucket_rows (a worker holds one bucket's pairs at a time).
     "outcomes": (outcome, input rows, detail) tuples for collabfeat.outcomes.WriteOutcomes.
     "summary": one dict {"pairs": {"train": n, "eval": n}, "users": n, "items": n}, counted by Beam.
     """
@@ -392,53 +603,45 @@ class AggregateLogs(beam.PTransform):
         super().__init__()
         self.cfg, self.work_dir, self.catalogue = cfg, work_dir, catalogue
         self.buckets = bucket_count(rows, cfg)
-        self.hold = min(1 << 16, cfg.bucket_rows)
 
-    def expand(self, rows):
-        cfg, weights, catalogue, buckets = self.cfg, dict(self.cfg.event_weights), self.catalogue, self.buckets
-        known = None
+    def expand(self, batches):
+        cfg, weights, catalogue = self.cfg, dict(self.cfg.event_weights), self.catalogue
+        spill = _Spill(self.work_dir, weights, self.buckets)
         if catalogue is not None:
             if not isinstance(catalogue, beam.PCollection):
-                catalogue = rows.pipeline | "Catalogue" >> beam.Create(sorted(set(catalogue)))
+                catalogue = batches.pipeline | "Catalogue" >> beam.Create(sorted(set(catalogue)))
             known = beam.pvalue.AsDict(catalogue | "KnownItems" >> beam.Map(lambda i: (i, True)))
-
-        validate = _Validate(weights, buckets)
-        validate = beam.ParDo(validate, known) if known is not None else beam.ParDo(validate)
-        parsed = rows | "Validate" >> validate.with_outputs("rejected", main="ok")
-        files = (
-            parsed.ok
-            | "Spill" >> beam.ParDo(_Spill(self.work_dir, buckets, self.hold))
+            spilled = batches | "Spill" >> beam.ParDo(spill, known).with_outputs("outcomes", main="files")
+        else:
+            spilled = batches | "Spill" >> beam.ParDo(spill).with_outputs("outcomes", main="files")
+        stats = (
+            spilled.files
             | "FilesByBucket" >> beam.GroupByKey()
+            | "Aggregate"
+            >> beam.ParDo(_Aggregate(self.work_dir, weights)).with_outputs(
+                "outcomes", "user_histogram", "item_users", main="pairs"
+            )
         )
-        stats = files | "Aggregate" >> beam.ParDo(_Aggregate(self.work_dir, weights)).with_outputs(
-            "outcomes", "user_histogram", "item_users", main="pairs"
-        )
-        losses = [parsed.rejected, stats.outcomes]
+        losses = [spilled.outcomes, stats.outcomes]
         rounds = max(1, cfg.filter_rounds)
         for r in range(rounds):
             last = r == rounds - 1
-            user_limits, item_reasons = _limits(stats, f"Round{r}", cfg)
-            tags = (
-                ("outcomes", "train", "eval", "counts", "items")
-                if last
-                else ("outcomes", "user_histogram", "item_users")
-            )
+            user_limits, dropped = _limits(stats, f"Round{r}", cfg)
+            tags = ("outcomes", "files", "counts", "items") if last else ("outcomes", "user_histogram", "item_users")
             stats = stats.pairs | f"Round{r}Filter" >> beam.ParDo(
-                _FilterRound(self.work_dir, r, last, cfg.eval_fraction, cfg.split_seed), user_limits, item_reasons
+                _FilterRound(self.work_dir, r, last, cfg.eval_fraction, cfg.split_seed), user_limits, dropped
             ).with_outputs(*tags, main="pairs")
             losses.append(stats.outcomes)
-        outcomes = losses | "AllOutcomes" >> beam.Flatten()
         return {
-            "train": stats.train,
-            "eval": stats.eval,
-            "outcomes": outcomes,
+            "files": stats.files,
+            "outcomes": losses | "AllOutcomes" >> beam.Flatten(),
             "summary": _summary(stats.counts, stats["items"]),
         }
 
 
 def _summary(counts, items):
     """Pairs per split and distinct users and items, counted by Beam (not by the driver)."""
-    n_items = items | "ItemsDistinct" >> beam.Distinct() | "CountItems" >> beam.combiners.Count.Globally()
+    n_items = items | "CountItems" >> beam.CombineGlobally(_Distinct())
     return (
         counts
         | "SumCounts" >> beam.CombineGlobally(_SumDicts())
@@ -452,6 +655,22 @@ def _summary(counts, items):
             i=beam.pvalue.AsSingleton(n_items),
         )
     )
+
+
+def log_batches(file: tuple[int, str], columns: dict[str, str]) -> Iterator[pa.RecordBatch]:
+    """(index, path) of a file of log tf.Examples -> record batches with columns user, item and event
+    (`columns`: our name -> the logs' column; a column the records lack is null throughout), and seq,
+    each row's place in the logs (file index * 2^40 + its row in the file)."""
+    index, path = file
+    done = 0
+    for batch in examples.record_batches(path, BATCH_ROWS):
+        names = set(batch.schema.names)
+        seq = pa.array(np.arange(done, done + batch.num_rows, dtype=np.int64) + (index << 40))
+        done += batch.num_rows
+        yield pa.RecordBatch.from_arrays(
+            [batch.column(c) if c in names else pa.nulls(batch.num_rows) for c in columns.values()] + [seq],
+            [*columns, "seq"],
+        )
 
 
 def transform_logs(
@@ -469,16 +688,12 @@ def transform_logs(
     after. With a catalogue (Examples with a "catalogue" split), items it does not hold are rejected.
     Runs `p` and returns the report: every row's outcome and the data's summary."""
     cols = cfg.data
+    columns = {"user": cols.user_column, "item": cols.item_column, "event": cols.event_column}
     outcomes_path = os.path.join(out_uri, "outcomes.json")
     summary_path = os.path.join(out_uri, "summary.json")
     work_dir = os.path.join(out_uri, "_buckets")
-
-    def row(r):
-        return {"user": r.get(cols.user_column), "item": r.get(cols.item_column), "event": r.get(cols.event_column)}
-
-    def record(pair):
-        return {"user_id": pair[0], "item_id": pair[1], "weight": float(pair[2]), "events": pair[3]}
-
+    manifest = os.path.join(work_dir, "files.json")
+    files = examples.split_files(logs_uri, split)
     storage.makedirs(work_dir)
     try:
         with p:
@@ -491,22 +706,26 @@ def transform_logs(
                 )
             out = (
                 p
-                | "ReadLogs" >> examples.ReadSplit(logs_uri, split)
-                | "Columns" >> beam.Map(row)
+                | "LogFiles" >> beam.Create(list(enumerate(files)))
+                | "Spread" >> beam.Reshuffle()
+                | "ReadLogs" >> beam.FlatMap(log_batches, columns)
                 | "Aggregate" >> AggregateLogs(cfg.transform, work_dir, rows_in, known)
             )
-            for name in ("train", "eval"):
-                _ = (
-                    out[name]
-                    | f"Record{name}" >> beam.Map(record)
-                    | f"Write{name}" >> examples.WriteSplit(out_uri, name)
-                )
+            _ = (
+                out["files"]
+                | "FileList" >> beam.combiners.ToList()
+                | "FilesJson" >> beam.Map(json.dumps)
+                | "WriteFiles" >> beam.io.WriteToText(manifest, shard_name_template="", num_shards=1)
+            )
             _ = out["outcomes"] | "Outcomes" >> outcomes.WriteOutcomes(outcomes_path)
             _ = (
                 out["summary"]
                 | "SummaryJson" >> beam.Map(json.dumps)
                 | "WriteSummary" >> beam.io.WriteToText(summary_path, shard_name_template="", num_shards=1)
             )
+        written = storage.read_json(manifest)
+        for name in ("train", "eval"):
+            examples.move_parts([(path, n) for s, path, n in written if s == name], examples.split_dir(out_uri, name))
     finally:
         storage.rmtree(work_dir)
     rows = outcomes.read(outcomes_path)
