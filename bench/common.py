@@ -54,6 +54,12 @@ def default_interactions(cfg, item_ids: bool = False):
     return out + (sorted(items, key=items.get),) if item_ids else out
 
 
+def stamp() -> dict:
+    """When and on what a result was measured."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, {ram:.0f} GB"}
+
+
 def save(name: str, result: dict) -> str:
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"{name}.json")

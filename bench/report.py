@@ -225,7 +225,30 @@ def scale(r: dict) -> list[str]:
     return out
 
 
+def ann(r: dict) -> list[str]:
+    base = r["base"]
+    out = [
+        _what(r),
+        _when(r),
+        f"Real embeddings: {base[0]:,} x {base[1]} ({r['source']}). Curves: `bench/results/ann.png`.",
+        _md(
+            [
+                {"data": s["data"], "real rows": s["real"], "noisy copies": s["items"] - s["real"]}
+                | {"noise sigma / dim": f"{s['noise sigma']:.4f}"}
+                for s in r["sets"]
+            ],
+            ["data", "real rows", "noisy copies", "noise sigma / dim"],
+        ),
+        "Target, per size: " + "; ".join(r["target"]),
+    ]
+    cols = ["method", "build s", "best recall", "q/s @0.9", "q/s @0.95", "q/s @0.99"]
+    for name in dict.fromkeys(m["data"] for m in r["rows"]):
+        out += [f"### {name}", _md([m for m in r["rows"] if m["data"] == name], cols)]
+    return out
+
+
 RENDER: dict[str, Callable[[dict], list[str]]] = {
+    "ann": ann,
     "quality": quality,
     "sweep": sweep,
     "gate_emoji": gate,
@@ -236,6 +259,7 @@ RENDER: dict[str, Callable[[dict], list[str]]] = {
     "scale_behance": scale,
 }
 TITLES = {
+    "ann": "Nearest-neighbour search: ScaNN against faiss per catalogue size",
     "quality": "Quality: the demo's retrieval table",
     "sweep": "Where collaborative features win: the taste sweep",
     "gate_emoji": "The data gate",

@@ -31,9 +31,8 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
-from bench.common import save, table
+from bench.common import save, stamp, table
 from collabfeat import config as config_lib
 
 BASE = config_lib.SimulatorConfig()
@@ -209,8 +208,7 @@ def run(argv=None) -> dict:
     )
     name = "scale_behance" if args.behance else "scale"
     result = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GB",
+        **stamp(),
         "targets": TARGETS,
         "runs": [],
     }

@@ -222,7 +222,7 @@ class IndexConfig:
     """ScaNN index over the catalogue's embeddings."""
 
     num_neighbors: int = 10
-    kind: str = "auto"  # "auto" (by size and measured speed), "brute_force" or "tree_ah"
+    kind: str = "auto"  # "auto" (by size and measured speed), "brute_force", "int8", "ah", "tree_bf" or "tree_ah"
     leaves: int = 0  # tree leaves; 0: about sqrt(n)
     leaves_to_search: int = 0  # 0: tuned, the fewest that reach min_recall (serving/build/index.py)
     reorder: int = 0  # candidates re-scored exactly; 0: tuned with leaves_to_search
@@ -301,8 +301,11 @@ class Config:
         problems = []
         if self.mf.objective not in ("mse", "softmax"):
             problems.append(f"mf.objective must be 'mse' or 'softmax', not {self.mf.objective!r}")
-        if self.index.kind not in ("auto", "brute_force", "tree_ah"):
-            problems.append(f"index.kind must be 'auto', 'brute_force' or 'tree_ah', not {self.index.kind!r}")
+        if self.index.kind not in ("auto", "brute_force", "int8", "ah", "tree_bf", "tree_ah"):
+            problems.append(
+                "index.kind must be 'auto', 'brute_force', 'int8', 'ah', 'tree_bf' or 'tree_ah', "
+                f"not {self.index.kind!r}"
+            )
         if self.mf.solver not in ("als", "adam"):
             problems.append(f"mf.solver must be 'als' or 'adam', not {self.mf.solver!r}")
         if self.cnn.mode not in ("regression", "pseudo_class"):

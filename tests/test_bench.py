@@ -1,5 +1,6 @@
 """The benchmarks: ANN curve arithmetic and its sweep on a small real set; the serving load loop and report."""
 
+import numpy as np
 import pytest
 
 from bench import ann
@@ -24,16 +25,51 @@ def test_frontier_keeps_the_points_nothing_beats_and_interpolates_between_them()
 def test_every_method_sweeps_its_knob_to_a_curve_on_a_small_set():
     db, queries = ann.synthetic(3000, d=16, clusters=30)
     results = ann.curves("small", db, queries[:200])
-    methods = {m["method"].split(" (")[0].split("+")[0]: m for m in results}
-    assert {"exact numpy", "scann brute force", "faiss flat", "faiss ivf219", "faiss hnsw32"} <= set(methods)
+    methods = {m["method"].split(" (")[0].replace("+AH", ""): m for m in results}
+    assert {
+        "exact numpy",
+        "scann brute force",
+        "scann int8 brute force",
+        "scann AH",
+        "scann tree27",
+        "scann tree54",
+        "scann tree108",
+        "scann tree54+brute force",
+        "scann",
+        "faiss flat",
+        "faiss ivf219",
+        "faiss hnsw32",
+    } <= set(methods)
     for exact in ("exact numpy", "scann brute force", "faiss flat"):
         assert methods[exact]["best recall"] >= 0.999, exact
-    tree = next(m for m in results if m["method"].startswith("scann tree"))
+    tree = methods["scann tree54"]
     assert len(tree["points"]) > 20 and tree["best recall"] >= 0.99
     assert min(p["recall"] for p in tree["points"]) < 0.9  # the sweep starts cheap
     for m in results:
         f = m["frontier"]
         assert all(a["recall"] < b["recall"] and a["q/s"] > b["q/s"] for a, b in zip(f, f[1:])), m["method"]
+    best = methods["scann"]  # "scann (best per size)": the frontier of every ScaNN configuration
+    for m in results:
+        if m["method"].startswith("scann "):  # every configuration's point is matched or beaten on that frontier
+            for p in m["points"]:
+                assert any(b["recall"] >= p["recall"] and b["q/s"] >= p["q/s"] for b in best["frontier"]), m["method"]
+    assert {p["knob"].split(":")[0] for p in best["frontier"]} <= {m["method"].split(" (")[0] for m in results}
+
+
+def test_catalogue_sizes_come_from_the_real_embeddings_replicated_with_noise():
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(500, 8)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    small, _, _ = ann.at_size(base, 200, 10)
+    assert len(small) == len(np.unique(small, axis=0)) == 200 and np.isin(small, base).all()
+    big, queries, sigma = ann.at_size(base, 1700, 50)
+    assert big.shape == (1700, 8) and np.allclose(np.linalg.norm(big, axis=1), 1, atol=1e-5)
+    assert np.array_equal(big[:500], base)  # every real embedding once, then noisy copies of them in turn
+    source = base[np.arange(500, 1700) % 500]
+    own = np.sum(big[500:] * source, axis=1)
+    assert 0 < sigma < 1 and np.all(own < 1 - 1e-6)  # moved, and still nearer its source than most
+    assert np.median(own) > np.quantile(big[500:] @ base.T, 0.99)
+    assert not (queries[:, None, :] == big[None]).all(axis=2).any()  # queries are not in the data
 
 
 def test_serving_report_takes_medians_and_names_every_missed_target(monkeypatch, tmp_path):

@@ -118,7 +118,9 @@ def test_config_errors_name_the_field(tmp_path):
         config_lib.load(overrides=["mf.objective=als"])
     with pytest.raises(ValueError, match="mf.solver must be 'als' or 'adam', not 'wals'"):
         config_lib.load(overrides=["mf.solver=wals"])
-    with pytest.raises(ValueError, match="index.kind must be .auto., .brute_force. or .tree_ah., not .hnsw."):
+    with pytest.raises(
+        ValueError, match="index.kind must be .auto., .brute_force., .int8., .ah., .tree_bf. or .tree_ah., not .hnsw."
+    ):
         config_lib.load(overrides=["index.kind=hnsw"])
     with pytest.raises(ValueError, match="serving.workers must be at least 1, not 0"):
         config_lib.load(overrides=["serving.workers=0"])

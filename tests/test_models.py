@@ -483,6 +483,32 @@ def test_index_search_settings_are_tuned_to_the_required_recall(tmp_path):
     assert small["kind"] == "brute_force" and small["tuning_recall"] == 1.0
 
 
+@pytest.mark.slow
+def test_every_index_configuration_reaches_the_recall_and_auto_takes_the_fastest(tmp_path):
+    """int8 brute force and AH over every item (each with exact re-scoring), and the trees, each built
+    by index.kind: tuned to the recall, saved, loaded and searched with their settings. "auto" tries
+    both trees and keeps the fastest that reaches the recall."""
+    from collabfeat.config import IndexConfig
+    from serving.build import index
+
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(100, 32))
+    emb = cnn.unit((centres[rng.integers(100, size=8000)] + 0.7 * rng.normal(size=(8000, 32))).astype(np.float32))
+    tune, held = emb[:1000], emb[1000:1300]
+    exact, _ = index.exact_top_k(emb, held, 10)
+    for kind in ("int8", "ah", "tree_bf", "tree_ah"):
+        searcher, settings = index.build(emb, IndexConfig(kind=kind, min_recall=0.9), tune)
+        assert settings["kind"] == kind and settings["tuning_recall"] >= 0.9 + index.TUNING_MARGIN, settings
+        store.save_index(searcher, settings, [str(i) for i in range(len(emb))], emb, str(tmp_path / kind))
+        rows, _ = store.search(store.load_index(str(tmp_path / kind)), held, 10)
+        assert index.recall(rows, exact, 10) >= 0.88, (kind, settings)
+    _, auto = index.build(emb, IndexConfig(min_recall=0.9), tune)
+    assert {t["kind"] for t in auto["tried"]} == {"tree_bf", "tree_ah"}
+    reached = [t for t in auto["tried"] if t["tuning_recall"] >= 0.9 + index.TUNING_MARGIN]
+    fastest = min(t["ms_per_query"] for t in reached)
+    assert auto["ms_per_query"] == fastest or auto["kind"] == "brute_force", auto["why"]
+
+
 def test_chunked_top_k_equals_the_exact_answer_for_any_chunk_size():
     from collabfeat import topk
 

@@ -7,6 +7,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 
 import numpy as np
 from scann.scann_ops.py import scann_ops_pybind
@@ -17,9 +18,10 @@ from collabfeat.config import Config, IndexConfig
 from serving import store
 
 # Below this many items a tree gains nothing: search all of them, exactly scored. Up to
-# BRUTE_FORCE_UP_TO items brute force is timed against the tree and taken if it is faster.
+# BRUTE_FORCE_UP_TO items exact brute force is timed against the other configurations too.
 BRUTE_FORCE_BELOW = 2000
 BRUTE_FORCE_UP_TO = 100_000
+KINDS = ("brute_force", "int8", "ah", "tree_bf", "tree_ah")  # index.kind, besides "auto"
 
 
 def build(embeddings: np.ndarray, cfg: IndexConfig, queries: np.ndarray | None = None):
@@ -47,15 +49,61 @@ def _timed_search(searcher, queries: np.ndarray, k: int, **knobs) -> tuple[np.nd
     return found, 1000 * best / max(1, len(queries))
 
 
+def _families(n: int, k: int, cfg: IndexConfig) -> list[tuple[str, dict, Callable, list[dict]]]:
+    """(kind, what it is built with, its builder, the search settings to try, cheapest first per
+    re-scored length) for each ScaNN configuration worth building for n items; index.kind picks one.
+    "auto" tries the trees, with exact scoring in the leaves searched (tree_bf, as faiss's IVF-Flat
+    does) and with anisotropic hashing and exact re-scoring (tree_ah); int8 brute force and hashing
+    of every item (ah) never won on the real catalogue embeddings at 6k, 60k or 10^6 items
+    (bench ann), so they are built only when index.kind asks for them."""
+    want = cfg.kind
+    steps = [cfg.reorder] if cfg.reorder else reorders(k)
+    most = max(cfg.reorder, 4 * k, 400)
+    tree = want == "auto" and n >= BRUTE_FORCE_BELOW
+    leaf_counts = [cfg.leaves] if cfg.leaves else tree_leaves(n)
+
+    def searched(leaves: int) -> list[int]:
+        return [cfg.leaves_to_search] if cfg.leaves_to_search else _leaf_steps(leaves)
+
+    out: list[tuple[str, dict, Callable, list[dict]]] = []
+    if want == "int8":
+        out.append(("int8", {}, lambda db: int8_searcher(db, k, most), [{"reorder": max(k, r)} for r in steps]))
+    if want == "ah":
+        out.append(("ah", {}, lambda db: ah_searcher(db, k, most), [{"reorder": max(k, r)} for r in steps]))
+    if want == "tree_bf" or tree:
+        for leaves in leaf_counts:
+            out.append(
+                (
+                    "tree_bf",
+                    {"leaves": leaves},
+                    lambda db, leaves=leaves: tree_bf_searcher(db, k, leaves),
+                    [{"reorder": k, "leaves_to_search": t} for t in searched(leaves)],
+                )
+            )
+    if want == "tree_ah" or tree:
+        for leaves in leaf_counts:
+            out.append(
+                (
+                    "tree_ah",
+                    {"leaves": leaves},
+                    lambda db, leaves=leaves: tree_searcher(db, k, leaves, most),
+                    [{"reorder": max(k, r), "leaves_to_search": t} for r in steps for t in searched(leaves)],
+                )
+            )
+    return out
+
+
 def choose(db: np.ndarray, queries: np.ndarray, cfg: IndexConfig):
     """ScaNN's configuration picked by the catalogue's size and its search knobs tuned by measurement.
 
-    Brute force (exact) for catalogues below BRUTE_FORCE_BELOW; beyond, a tree over about sqrt(n)
-    leaves with anisotropic hashing and exact re-scoring, searched with the fewest leaves and the
-    shortest re-scored list that reach index.min_recall (+ TUNING_MARGIN) on the tuning queries,
-    whichever pair answers fastest. Up to BRUTE_FORCE_UP_TO items brute force is timed as well and
-    taken when it is faster. If no setting reaches the recall, brute force is taken: exact, slower.
-    Settings given in the config (index.kind, leaves, leaves_to_search, reorder) are used as given."""
+    Brute force (exact) for catalogues below BRUTE_FORCE_BELOW. Beyond, every configuration of
+    `_families` is built and searched with the fewest leaves and the shortest re-scored list that reach
+    index.min_recall (+ TUNING_MARGIN) on the tuning queries: trees of about sqrt(n) leaves (and
+    2 sqrt(n) from 250k items), scored exactly in the leaves searched or by anisotropic hashing with
+    exact re-scoring; the fastest setting that reaches the recall is taken. Up to
+    BRUTE_FORCE_UP_TO items exact brute force is timed as well and taken when it is faster; if nothing
+    reaches the recall, brute force is taken: exact, slower. index.kind picks one configuration, and
+    settings given in the config (leaves, leaves_to_search, reorder) are used as given."""
     n = len(db)
     k = min(cfg.num_neighbors, n)
     target = min(1.0, cfg.min_recall + TUNING_MARGIN)
@@ -66,50 +114,72 @@ def choose(db: np.ndarray, queries: np.ndarray, cfg: IndexConfig):
         found, ms = _timed_search(searcher, queries, k)
         return searcher, {"kind": "brute_force", "tuning_recall": recall(found, exact, k), "ms_per_query": ms}
 
-    wanted = cfg.kind if cfg.kind != "auto" else kind(n)
-    brute = brute_force() if wanted == "brute_force" or (cfg.kind == "auto" and n <= BRUTE_FORCE_UP_TO) else None
-    if wanted == "brute_force":
+    if cfg.kind == "brute_force" or (cfg.kind == "auto" and n < BRUTE_FORCE_BELOW):
         why = (
             "set by index.kind"
             if cfg.kind == "brute_force"
             else f"{n} items < {BRUTE_FORCE_BELOW}: a tree gains nothing"
         )
-        return brute[0], {**brute[1], "why": why}
-    leaves = cfg.leaves or default_leaves(n)
-    tree = tree_searcher(db, k, leaves, max(cfg.reorder, 4 * k, 400))
-    tried = []
-    for reorder in [cfg.reorder] if cfg.reorder else sorted({k, 2 * k, 5 * k, 10 * k, 40 * k}):
-        reorder = max(k, reorder)
-        for search in [cfg.leaves_to_search] if cfg.leaves_to_search else _leaf_steps(leaves):
-            found, ms = _timed_search(tree, queries, k, leaves_to_search=search, pre_reorder_num_neighbors=reorder)
+        searcher, settings = brute_force()
+        return searcher, {**settings, "why": why}
+    brute = brute_force() if cfg.kind == "auto" and n <= BRUTE_FORCE_UP_TO else None
+    fixed = bool(cfg.reorder and (cfg.leaves_to_search or cfg.kind in ("int8", "ah")))
+    tried: list[dict] = []
+    best = None
+    families = _families(n, k, cfg)
+    for kind, built_with, build_searcher, settings in families:
+        searcher = build_searcher(db)
+        stop_at = None  # a tree's leaves_to_search that reached the recall at a shorter re-scored list
+        for knobs in settings:
+            if stop_at is not None and knobs.get("reorder") == stop_at:
+                continue  # more leaves only cost more at this re-scored length
+            found, ms = _timed_search(
+                searcher,
+                queries,
+                k,
+                pre_reorder_num_neighbors=knobs["reorder"],
+                leaves_to_search=knobs.get("leaves_to_search"),
+            )
             r = recall(found, exact, k)
-            tried.append({"leaves_to_search": search, "reorder": reorder, "tuning_recall": r, "ms_per_query": ms})
-            if r >= target:
-                break  # more leaves only cost more at this reorder
-    good = [t for t in tried if t["tuning_recall"] >= target or (cfg.leaves_to_search and cfg.reorder)]
-    fastest = min(good, key=lambda t: t["ms_per_query"]) if good else None
-    if fastest and (brute is None or fastest["ms_per_query"] <= brute[1]["ms_per_query"]):
+            tried.append({"kind": kind, **built_with, **knobs, "tuning_recall": r, "ms_per_query": ms})
+            if r >= target or fixed:
+                if best is None or ms < best[1]["ms_per_query"]:
+                    best = (searcher, tried[-1])
+                if not kind.startswith("tree"):
+                    break  # a longer re-scored list only costs more
+                stop_at = knobs["reorder"]
+    if best and (brute is None or best[1]["ms_per_query"] <= brute[1]["ms_per_query"]):
+        chosen = best[1]
         why = (
-            f"{n} items, {leaves} leaves: the fastest of {len(tried)} search settings tried that reached "
-            f"recall@{k} {target:.3f} on {len(queries)} tuning queries, at {fastest['ms_per_query']:.4f} ms/query"
+            f"{n} items: {chosen['kind']}"
+            + (f" over {chosen['leaves']} leaves" if "leaves" in chosen else "")
+            + f", the fastest of {len(tried)} search settings of {len(families)} configurations tried that "
+            f"reached recall@{k} {target:.3f} on {len(queries)} tuning queries, "
+            f"at {chosen['ms_per_query']:.4f} ms/query"
         )
         if brute is not None:
             why += f"; brute force took {brute[1]['ms_per_query']:.4f}"
-        return tree, {"kind": "tree_ah", "leaves": leaves, **fastest, "why": why, "tried": tried}
+        return best[0], {**chosen, "why": why, "tried": tried}
     brute = brute or brute_force()
     why = (
         (
-            f"brute force answered in {brute[1]['ms_per_query']:.4f} ms/query, the tree's fastest setting that "
-            f"reached recall@{k} {target:.3f} in {fastest['ms_per_query']:.4f}"
+            f"brute force answered in {brute[1]['ms_per_query']:.4f} ms/query, the fastest other setting that "
+            f"reached recall@{k} {target:.3f} in {best[1]['ms_per_query']:.4f}"
         )
-        if fastest
-        else f"no tree setting of {len(tried)} tried reached recall@{k} {target:.3f}: exact search instead"
+        if best
+        else f"no setting of {len(tried)} tried reached recall@{k} {target:.3f}: exact search instead"
     )
     return brute[0], {**brute[1], "why": why, "tried": tried}
 
 
 def default_leaves(n: int) -> int:
     return max(2, int(math.sqrt(n)))
+
+
+def tree_leaves(n: int) -> list[int]:
+    """The trees tried for n items: about sqrt(n) leaves, and 2 sqrt(n) as well from 250k items."""
+    root = default_leaves(n)
+    return [root, 2 * root] if n >= 250_000 else [root]
 
 
 def brute_force_searcher(db: np.ndarray, k: int):
@@ -122,10 +192,50 @@ def tree_searcher(db: np.ndarray, k: int, leaves: int, max_reorder: int):
     return (
         scann_ops_pybind.builder(db, k, "dot_product")
         .tree(num_leaves=leaves, num_leaves_to_search=max(1, leaves // 3), training_sample_size=min(len(db), 250_000))
-        .score_ah(2 if db.shape[1] % 2 == 0 else 1, anisotropic_quantization_threshold=0.2)
+        .score_ah(_ah_dims(db), anisotropic_quantization_threshold=0.2)
         .reorder(max_reorder)
         .build()
     )
+
+
+def tree_bf_searcher(db: np.ndarray, k: int, leaves: int):
+    """A spherical k-means tree over `leaves` leaves, the items in the leaves searched scored exactly
+    (faiss's IVF-Flat, in ScaNN); leaves_to_search is chosen per search."""
+    return (
+        scann_ops_pybind.builder(db, k, "dot_product")
+        .tree(
+            num_leaves=leaves,
+            num_leaves_to_search=max(1, leaves // 3),
+            training_sample_size=min(len(db), 250_000),
+            spherical=True,
+        )
+        .score_brute_force()
+        .build()
+    )
+
+
+def ah_searcher(db: np.ndarray, k: int, max_reorder: int):
+    """Anisotropic hashing over every item (no tree), then exact re-scoring of up to `max_reorder`."""
+    return (
+        scann_ops_pybind.builder(db, k, "dot_product")
+        .score_ah(_ah_dims(db), anisotropic_quantization_threshold=0.2, training_sample_size=min(len(db), 250_000))
+        .reorder(max_reorder)
+        .build()
+    )
+
+
+def int8_searcher(db: np.ndarray, k: int, max_reorder: int):
+    """Brute force over int8-quantised embeddings, then exact re-scoring of up to `max_reorder`."""
+    return scann_ops_pybind.builder(db, k, "dot_product").score_brute_force(quantize=True).reorder(max_reorder).build()
+
+
+def _ah_dims(db: np.ndarray) -> int:
+    return 2 if db.shape[1] % 2 == 0 else 1
+
+
+def reorders(k: int) -> list[int]:
+    """Lengths of the exactly re-scored list to try."""
+    return sorted({k, 2 * k, 5 * k, 10 * k, 40 * k})
 
 
 def _leaf_steps(leaves: int) -> list[int]:
@@ -150,10 +260,6 @@ def recall_against_exact(searcher, db: np.ndarray, queries: np.ndarray, k: int, 
     """Recall@k of the searcher searched with its settings, against exact search."""
     approx, _ = store.search({"searcher": searcher, "meta": settings}, queries, k)
     return recall(approx, exact_top_k(db, queries, k)[0], k)
-
-
-def kind(n: int) -> str:
-    return "brute_force" if n < BRUTE_FORCE_BELOW else "tree_ah"
 
 
 def _umap():
