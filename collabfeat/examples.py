@@ -131,12 +131,15 @@ def write_records(path: str, records: Iterable[bytes]) -> int:
 
 
 def move_parts(parts: Iterable[tuple[str, int]], split_uri: str) -> int:
-    """Part files (path, records) -> <split_uri>/data_tfrecord-i-of-n.gz (empty ones dropped); the records in them.
+    """Part files (path, records) -> <split_uri>/data_tfrecord-i-of-n.gz (empty ones dropped; no records at
+    all: one empty file); the records in them.
     Only the parts a pipeline reported are moved: a retried bundle's leftovers stay behind."""
     parts = sorted(p for p in parts if p[1])
     tf.io.gfile.makedirs(split_uri)
     for i, (path, _) in enumerate(parts):
         tf.io.gfile.rename(path, f"{split_uri}/data_tfrecord-{i:05d}-of-{len(parts):05d}.gz", overwrite=True)
+    if not parts:  # an empty split is one empty file, as Beam's sink writes it: readers find a file
+        write_records(f"{split_uri}/data_tfrecord-00000-of-00001.gz", [])
     return sum(n for _, n in parts)
 
 

@@ -354,3 +354,15 @@ def test_the_bucket_hash_is_stable_and_spreads():
     assert np.array_equal(b[[3, 3]], aggregate.bucket_of(pa.array(["user3", "user3"]), 16))
     assert np.bincount(b[:20000], minlength=16).min() > 20000 / 16 * 0.9  # near uniform
     assert aggregate.bucket_of(pa.array(["ab"]), 1 << 30)[0] != aggregate.bucket_of(pa.array(["ba"]), 1 << 30)[0]
+
+
+def test_a_split_with_no_pairs_is_one_empty_file_readers_can_open(tmp_path):
+    """eval_fraction 0 leaves the eval split empty: it still holds a file (TFX's readers need one)."""
+    part = str(tmp_path / "part.gz")
+    assert examples.write_records(part, [examples.make({"user_id": "u", "item_id": "i"})]) == 1
+    assert examples.move_parts([(part, 1)], str(tmp_path / "Split-train")) == 1
+    assert examples.move_parts([], str(tmp_path / "Split-eval")) == 0
+    files = sorted(p.name for p in (tmp_path / "Split-eval").iterdir())
+    assert files == ["data_tfrecord-00000-of-00001.gz"]
+    assert list(tf.data.TFRecordDataset(str(tmp_path / "Split-eval" / files[0]), "GZIP")) == []
+    assert examples.count_records(str(tmp_path / "Split-train")) == 1 and not os.path.exists(part)
