@@ -301,7 +301,7 @@ def run(argv: list[str] | None = None, cfg=None) -> dict:
     verdicts = target(results)
     print(*verdicts, sep="\n")
     out = {
-        "what": "ScaNN (every configuration the Indexer chooses from) against faiss at each catalogue size: "
+        "what": "ScaNN (every configuration the Indexer can build) against faiss at each catalogue size: "
         "q/s of one thread at recall@10 0.90 / 0.95 / 0.99 against exact search, on the real catalogue "
         "embeddings, replicated with noise beyond their number",
         **stamp(),

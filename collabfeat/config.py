@@ -217,6 +217,9 @@ class FinetuneConfig:
     # 0.465), for 18% more time (finetune.json)
 
 
+INDEX_KINDS = ("auto", "brute_force", "int8", "ah", "tree_bf", "tree_ah")  # serving/build/index.py::choose
+
+
 @pydantic_dataclass(config=SECTION)
 class IndexConfig:
     """ScaNN index over the catalogue's embeddings."""
@@ -301,7 +304,7 @@ class Config:
         problems = []
         if self.mf.objective not in ("mse", "softmax"):
             problems.append(f"mf.objective must be 'mse' or 'softmax', not {self.mf.objective!r}")
-        if self.index.kind not in ("auto", "brute_force", "int8", "ah", "tree_bf", "tree_ah"):
+        if self.index.kind not in INDEX_KINDS:
             problems.append(
                 "index.kind must be 'auto', 'brute_force', 'int8', 'ah', 'tree_bf' or 'tree_ah', "
                 f"not {self.index.kind!r}"

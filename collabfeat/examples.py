@@ -120,10 +120,15 @@ def part_path(directory: str) -> str:
     return f"{directory}/part-{uuid.uuid4().hex}.gz"
 
 
+def record_writer(path: str) -> tf.io.TFRecordWriter:
+    """A gzipped TFRecord file being written (TF's C++ writer)."""
+    return tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type="GZIP"))
+
+
 def write_records(path: str, records: Iterable[bytes]) -> int:
-    """Serialized records -> a gzipped TFRecord file (TF's C++ writer); how many were written."""
+    """Serialized records -> a gzipped TFRecord file; how many were written."""
     n = 0
-    with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type="GZIP")) as w:
+    with record_writer(path) as w:
         for record in records:
             w.write(record)
             n += 1

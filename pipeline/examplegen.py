@@ -7,8 +7,8 @@ measured"). TFX's CSV reader also infers the column types from a side input comp
 parsed rows, so the runner keeps all parsed rows between the two stages.
 
 These executors produce the same records, split and artifact properties, but
-* write each split straight to gzipped TFRecords (nothing downstream depends on record order:
-  LogTransform aggregates, Transform and MFTrainer shuffle what they read), a file per byte range
+* write each split straight to gzipped TFRecords (no reshuffle: LogTransform aggregates, Transform
+  and MFTrainer shuffle what they read; the files keep the logs' order), a file per byte range
   or bundle through TF's C++ writer, not Beam's per-record Python sink, and where the logs go to
   one split, without TFX's partition (a hash of every record to pick its split), and
 * infer the CSV column types in a first pass over the files and convert in a second, each pass
@@ -35,7 +35,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import tensorflow as tf
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
@@ -147,7 +146,7 @@ class _WriteBundles(beam.DoFn):
         if self.file is None:
             fileio.makedirs(self.directory)
             self.path = examples.part_path(self.directory)
-            self.file = tf.io.TFRecordWriter(self.path, tf.io.TFRecordOptions(compression_type="GZIP"))
+            self.file = examples.record_writer(self.path)
         self.file.write(record)
         self.n += 1
 

@@ -180,19 +180,22 @@ def bucket_of(users: pa.Array, buckets: int) -> np.ndarray:
     return (h % np.uint64(buckets)).astype(np.int64)
 
 
+def _per_distinct(values: pa.Array, f, dtype) -> np.ndarray:
+    """f(value) for each value, called once per distinct value (a Python rule over few of them)."""
+    distinct = pc.unique(values)
+    out = np.array([f(v) for v in distinct.to_pylist()], dtype)
+    return out[pc.index_in(values, value_set=distinct).to_numpy(zero_copy_only=False)]
+
+
 def _codes(events: pa.Array, names: list[str]) -> np.ndarray:
     """Each event's index in `names` by validate_row's rule (applied to the distinct values), -1 for none."""
-    distinct = pc.unique(events)
     index = {name: k for k, name in enumerate(names)}
-    code = np.array([index.get(_text(v).lower(), -1) for v in distinct.to_pylist()] + [-1], np.int8)
-    return code[pc.index_in(events, value_set=distinct).to_numpy(zero_copy_only=False)]
+    return _per_distinct(events, lambda v: index.get(_text(v).lower(), -1), np.int8)
 
 
 def _known(items: pa.Array, catalogue) -> np.ndarray:
     """Whether each item is in the catalogue (a set or dict), looked up once per distinct item."""
-    distinct = pc.unique(items)
-    found = np.array([v in catalogue for v in distinct.to_pylist()] + [False])
-    return found[pc.index_in(items, value_set=distinct).to_numpy(zero_copy_only=False)]
+    return _per_distinct(items, lambda v: v in catalogue, bool)
 
 
 def validate_batch(batch, names: list[str], catalogue=None) -> tuple[pa.Table, _Tally]:
@@ -391,8 +394,9 @@ class _Aggregate(beam.DoFn):
             dropped = pairs.filter(pa.array(zero))
             details = _details(dropped)
             tally.rows["zero_weight"] += int(n[zero].sum())
+            zero_counts = [c[zero] for c in counts]
             for row in pc.array_sort_indices(details)[:EXAMPLES].to_pylist():
-                by_event = {name: int(counts[k][zero][row]) for k, name in enumerate(names) if counts[k][zero][row]}
+                by_event = {name: int(zero_counts[k][row]) for k, name in enumerate(names) if zero_counts[k][row]}
                 tally.add("zero_weight", 0, f"{details[row].as_py()}: {by_event}")
             pairs = pairs.filter(pa.array(~zero))
         path = FileSystems.join(self.directory, f"pairs-round0-{bucket:05d}.arrow")

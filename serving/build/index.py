@@ -21,7 +21,6 @@ from serving import store
 # BRUTE_FORCE_UP_TO items exact brute force is timed against the other configurations too.
 BRUTE_FORCE_BELOW = 2000
 BRUTE_FORCE_UP_TO = 100_000
-KINDS = ("brute_force", "int8", "ah", "tree_bf", "tree_ah")  # index.kind, besides "auto"
 
 
 def build(embeddings: np.ndarray, cfg: IndexConfig, queries: np.ndarray | None = None):
@@ -129,7 +128,7 @@ def choose(db: np.ndarray, queries: np.ndarray, cfg: IndexConfig):
     families = _families(n, k, cfg)
     for kind, built_with, build_searcher, settings in families:
         searcher = build_searcher(db)
-        stop_at = None  # a tree's leaves_to_search that reached the recall at a shorter re-scored list
+        stop_at = None  # a re-scored length at which some leaves_to_search already reached the recall
         for knobs in settings:
             if stop_at is not None and knobs.get("reorder") == stop_at:
                 continue  # more leaves only cost more at this re-scored length
