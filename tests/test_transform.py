@@ -366,3 +366,25 @@ def test_a_split_with_no_pairs_is_one_empty_file_readers_can_open(tmp_path):
     assert files == ["data_tfrecord-00000-of-00001.gz"]
     assert list(tf.data.TFRecordDataset(str(tmp_path / "Split-eval" / files[0]), "GZIP")) == []
     assert examples.count_records(str(tmp_path / "Split-train")) == 1 and not os.path.exists(part)
+
+
+def test_pairs_are_grouped_in_the_order_of_their_first_row():
+    """group_pairs against a dict built row by row: every pair once, in the order its first row
+    came (seq, not the table's order), with its rows counted per event; no rows, no pairs."""
+    rng = np.random.default_rng(3)
+    n = 5000
+    user = [f"u{k}" for k in rng.integers(0, 40, n)]
+    item = [f"i{k}" for k in rng.integers(0, 70, n)]
+    event = rng.integers(0, 3, n).astype(np.int8)
+    seq = rng.permutation(n).astype(np.int64) * 7
+    rows = pa.table({"user": user, "item": item, "event": event, "seq": seq})
+    first, counts = {}, {}
+    for u, i, e, s in zip(user, item, event, seq):
+        first[(u, i)] = min(first.get((u, i), s), s)
+        counts.setdefault((u, i), [0, 0, 0])[e] += 1
+    pairs, per_event = aggregate.group_pairs(rows, 3)
+    got = list(zip(pairs.column("user").to_pylist(), pairs.column("item").to_pylist()))
+    assert got == sorted(first, key=first.get)
+    assert per_event.tolist() == [counts[p] for p in got]
+    empty, none = aggregate.group_pairs(rows.slice(0, 0), 3)
+    assert empty.num_rows == 0 and none.shape == (0, 3)

@@ -338,16 +338,28 @@ class _Spill(beam.DoFn):
         yield from self.tally.outputs(windowed=True)
 
 
-def _stats(pairs: pa.Table) -> Iterator[Any]:
+def _stats(pairs: pa.Table, path: str) -> Iterator[Any]:
     """What the next filter round's limits need from a bucket: its users' degree histogram (a
-    bucket holds all of its users' pairs) and each item's number of users in it (one table)."""
+    bucket holds all of its users' pairs) and each item's number of users in it, written to `path`
+    (an item-sized table goes to a file, not through the runner): ("item_users", path)."""
     degrees = pc.value_counts(pairs.column("user")).field("counts").to_numpy(zero_copy_only=False)
     values, n = np.unique(degrees, return_counts=True)
     yield beam.pvalue.TaggedOutput("user_histogram", dict(zip(values.tolist(), n.tolist())))
     per_item = pc.value_counts(pairs.column("item"))
-    yield beam.pvalue.TaggedOutput(
-        "item_users", pa.table({"item": per_item.field("values"), "n": per_item.field("counts")})
+    _write_table(path, pa.table({"item": per_item.field("values"), "n": per_item.field("counts")}))
+    yield beam.pvalue.TaggedOutput("item_users", path)
+
+
+def item_degrees(paths: list[str]) -> pa.Table:
+    """Files of (item, n), a bucket's each -> one table (item, n) summed per item."""
+    if not paths:
+        return pa.table({"item": pa.array([], pa.string()), "n": pa.array([], pa.int64())})
+    table = _read_tables(sorted(paths))
+    items = pc.dictionary_encode(table.column("item").combine_chunks())
+    n = np.bincount(  # float64 sums: exact below 2^53
+        items.indices.to_numpy(zero_copy_only=False), table.column("n").to_numpy(), len(items.dictionary)
     )
+    return pa.table({"item": items.dictionary, "n": n.astype(np.int64)})
 
 
 def _details(pairs: pa.Table) -> pa.Array:
@@ -360,6 +372,31 @@ def _details(pairs: pa.Table) -> pa.Array:
     )
 
 
+def group_pairs(rows: pa.Table, n_events: int) -> tuple[pa.Table, np.ndarray]:
+    """Rows (user, item, event: a code below n_events, seq) -> the distinct (user, item) pairs in the
+    order of their first row (least seq), and each pair's rows per event [pairs, n_events]. Sorted and
+    counted with numpy: Arrow's hash group-by held on to hundreds of MB a bucket in its threads' heaps."""
+    if rows.num_rows == 0:
+        return rows.select(["user", "item"]), np.zeros((0, n_events), np.int64)
+    users = pc.dictionary_encode(rows.column("user").combine_chunks())
+    items = pc.dictionary_encode(rows.column("item").combine_chunks())
+    u, i = users.indices.to_numpy(zero_copy_only=False), items.indices.to_numpy(zero_copy_only=False)
+    key = u.astype(np.int64) * len(items.dictionary) + i
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    new_pair = np.r_[True, key[1:] != key[:-1]]
+    starts, group = np.flatnonzero(new_pair), np.cumsum(new_pair) - 1  # group: each sorted row's pair
+    del key, new_pair
+    events = rows.column("event").to_numpy().astype(np.int64)[order]
+    counts = np.bincount(group * n_events + events, minlength=len(starts) * n_events).reshape(-1, n_events)
+    del group, events
+    seq = rows.column("seq").to_numpy() if "seq" in rows.schema.names else np.arange(rows.num_rows)
+    by_first = np.argsort(np.minimum.reduceat(seq[order], starts), kind="stable")
+    at = order[starts][by_first]  # a row of each pair: its user and item
+    pairs = pa.table({"user": users.dictionary.take(pa.array(u[at])), "item": items.dictionary.take(pa.array(i[at]))})
+    return pairs, counts[by_first]
+
+
 class _Aggregate(beam.DoFn):
     """(bucket, [row files]) -> the bucket's weighted pairs (user, item, weight, rows) in a file,
     (bucket, that path), zero-weight outcomes and the first round's statistics."""
@@ -370,24 +407,13 @@ class _Aggregate(beam.DoFn):
     def process(self, kv):
         bucket, paths = kv
         names = sorted(self.weights)
-        rows = _read_tables(list(paths))
-        event = rows.column("event").combine_chunks()
-        columns = {f"e{k}": pc.equal(event, k).cast(pa.int64()) for k in range(len(names))}
-        # each pair's first row in the logs (seq), whichever bundles spilled the rows, orders the pairs
-        first = rows.column("seq") if "seq" in rows.schema.names else pa.array(np.arange(rows.num_rows))
-        grouped = (
-            pa.table({"user": rows.column("user"), "item": rows.column("item"), "seq": first, **columns})
-            .group_by(["user", "item"])
-            .aggregate([("seq", "min")] + [(c, "sum") for c in columns])
-            .sort_by("seq_min")
-        )
-        del rows, event, columns, first
-        counts = [grouped.column(f"e{k}_sum").to_numpy() for k in range(len(names))]
+        grouped, per_event = group_pairs(_read_tables(list(paths)), len(names))
+        counts = [per_event[:, k] for k in range(len(names))]
         total = 0.0
         for k, name in enumerate(names):  # the sum pair_weight makes: sorted events, exactly
             total = total + self.weights[name] * counts[k].astype(np.float64)
-        weight, n = np.log1p(total), np.sum(counts, axis=0)
-        pairs = pa.table({"user": grouped.column("user"), "item": grouped.column("item"), "weight": weight, "rows": n})
+        weight, n = np.log1p(total), per_event.sum(axis=1)
+        pairs = grouped.append_column("weight", pa.array(weight)).append_column("rows", pa.array(n))
         zero = weight <= 0
         tally = _Tally()
         if zero.any():
@@ -403,7 +429,7 @@ class _Aggregate(beam.DoFn):
         _write_table(path, pairs)
         yield (bucket, path)
         yield from tally.outputs()
-        yield from _stats(pairs)
+        yield from _stats(pairs, FileSystems.join(self.directory, f"items-round0-{bucket:05d}.arrow"))
 
 
 def _encode(pairs: pa.Table) -> Iterator[bytes]:
@@ -460,7 +486,8 @@ class _FilterRound(beam.DoFn):
             path = FileSystems.join(self.directory, f"pairs-round{self.round_no + 1}-{bucket:05d}.arrow")
             _write_table(path, kept)
             yield (bucket, path)
-            yield from _stats(kept)
+            items = FileSystems.join(self.directory, f"items-round{self.round_no + 1}-{bucket:05d}.arrow")
+            yield from _stats(kept, items)
             return
         held = np.array(
             [
@@ -479,7 +506,9 @@ class _FilterRound(beam.DoFn):
             "counts",
             {"train": int((~held).sum()), "eval": int(held.sum()), "users": len(pc.unique(kept.column("user")))},
         )
-        yield beam.pvalue.TaggedOutput("items", pc.unique(kept.column("item")))
+        items = FileSystems.join(self.directory, f"items-kept-{bucket:05d}.arrow")
+        _write_table(items, pa.table({"item": pc.unique(kept.column("item"))}))
+        yield beam.pvalue.TaggedOutput("items", items)
 
 
 class _SumDicts(beam.CombineFn):
@@ -498,46 +527,6 @@ class _SumDicts(beam.CombineFn):
 
     def extract_output(self, acc):
         return dict(acc)
-
-
-class _SumItemCounts(beam.CombineFn):
-    """Tables (item, n) -> one table (item, n) summed per item, compacted as they come."""
-
-    def create_accumulator(self):
-        return []
-
-    def add_input(self, acc, table):
-        acc.append(table)
-        return self._compact(acc) if len(acc) >= 32 else acc
-
-    def merge_accumulators(self, accs):
-        return self._compact([t for acc in accs for t in acc])
-
-    def _compact(self, tables):
-        if not tables:
-            return []
-        summed = pa.concat_tables(tables).group_by("item").aggregate([("n", "sum")])
-        return [summed.rename_columns(["item", "n"])]
-
-    def extract_output(self, acc):
-        acc = self._compact(acc)
-        return acc[0] if acc else pa.table({"item": pa.array([], pa.string()), "n": pa.array([], pa.int64())})
-
-
-class _Distinct(beam.CombineFn):
-    """Arrays of strings -> how many distinct values there are in all of them."""
-
-    def create_accumulator(self):
-        return pa.array([], pa.string())
-
-    def add_input(self, acc, values):
-        return pc.unique(pa.concat_arrays([acc, values.cast(pa.string())]))
-
-    def merge_accumulators(self, accs):
-        return pc.unique(pa.concat_arrays(list(accs)))
-
-    def extract_output(self, acc):
-        return len(acc)
 
 
 def _item_limits(degrees: pa.Table, cfg) -> pa.Table:
@@ -559,8 +548,8 @@ def _limits(stats, tag: str, cfg):
     )
     dropped = (
         stats.item_users
-        | f"{tag}ItemDegree" >> beam.CombineGlobally(_SumItemCounts())
-        | f"{tag}ItemLimits" >> beam.Map(_item_limits, cfg)
+        | f"{tag}ItemFiles" >> beam.combiners.ToList()
+        | f"{tag}ItemLimits" >> beam.Map(lambda paths: _item_limits(item_degrees(paths), cfg))
     )
     return beam.pvalue.AsSingleton(user_limits), beam.pvalue.AsSingleton(dropped)
 
@@ -645,7 +634,7 @@ class AggregateLogs(beam.PTransform):
 
 def _summary(counts, items):
     """Pairs per split and distinct users and items, counted by Beam (not by the driver)."""
-    n_items = items | "CountItems" >> beam.CombineGlobally(_Distinct())
+    n_items = items | "ItemFiles" >> beam.combiners.ToList() | "CountItems" >> beam.Map(_distinct_items)
     return (
         counts
         | "SumCounts" >> beam.CombineGlobally(_SumDicts())
@@ -659,6 +648,11 @@ def _summary(counts, items):
             i=beam.pvalue.AsSingleton(n_items),
         )
     )
+
+
+def _distinct_items(paths: list[str]) -> int:
+    """Files of items (the kept items of a bucket each) -> how many distinct items there are in all."""
+    return len(pc.unique(_read_tables(paths).column("item").combine_chunks())) if paths else 0
 
 
 def log_batches(file: tuple[int, str], columns: dict[str, str]) -> Iterator[pa.RecordBatch]:
