@@ -1,16 +1,22 @@
 """MF: our TFRS model (weighted ALS in TF ops, and the SGD objectives) against `implicit`'s ALS,
 side by side on the same weighted interactions, the same seeded 90/10 split and the same threads.
 
-Data sets: the default simulated logs (weighted exactly as the Beam transform weighs them) and
-MovieLens (real ratings; collabfeat/movielens.py). For each: wall seconds of training (median of
+Data sets: the default simulated logs (weighted exactly as the Beam transform weighs them),
+MovieLens (real ratings; collabfeat/movielens.py), and NAME=ROOT: the weighted pairs a pipeline run
+wrote (its Transform's output under the pipeline root ROOT, every split), e.g. the Behance-size set
+or a fraction of it from `bench scale --behance`. For each: wall seconds of training (median of
 `repeats` runs for the two ALS), recall@k on the held-out pairs with its evaluation time reported
 apart, and the trade-off curves: recall@k and cumulative training seconds after every sweep/epoch.
-Usage: ./run bench mf [--datasets simulated,movielens] [--repeats 3] [--sweeps 20]
+Usage: ./run bench mf [--datasets simulated,movielens] [--repeats 3] [--sweeps 20] [--als-only]
+       ./run bench mf --datasets behance-0.1=runs/bench-scale/mf-behance-0.1/collabfeat/root --als-only
+--als-only: the two ALS side by side and popularity, without the SGD objectives and the curves (at
+millions of pairs those take hours). Each data set's result replaces its own in bench/results/mf.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -19,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm import tqdm
 
-from bench.common import default_interactions, save, step, table
+from bench.common import RESULTS, default_interactions, save, stamp, step, table
 from collabfeat import config as config_lib
 from collabfeat import movielens
 from trainer import mf
@@ -28,8 +34,24 @@ ALS_ITERATIONS = 15  # implicit's default, and its settings from the first versi
 ALS_SETTINGS = dict(regularization=0.05, alpha=10.0)
 
 
+def run_pairs(root: str):
+    """A pipeline run's weighted pairs (its Transform's output, every split):
+    (users, items, weights, n_users, n_items)."""
+    import glob  # lazy: this benchmark's stack, imported when it runs
+
+    from collabfeat import examples
+
+    [uri] = glob.glob(os.path.join(root, "Transform", "transformed_examples", "*"))
+    parts = [b for split in ("train", "eval") for b in examples.column_batches(uri, split, mf.PAIR_SPEC)]
+    u, i = (np.concatenate([b[k] for b in parts]) for k in ("user_idx", "item_idx"))
+    w = np.concatenate([b["rating"] for b in parts]).astype(np.float64)
+    return u, i, w, int(u.max()) + 1, int(i.max()) + 1
+
+
 def load(name: str, cfg):
-    if name == "simulated":
+    if "=" in name:
+        u, i, w, n_users, n_items = run_pairs(name.split("=", 1)[1])
+    elif name == "simulated":
         u, i, w, n_users, n_items = default_interactions(cfg)
     elif name == "movielens":
         u, i, w, n_users, n_items, _ = movielens.interactions()
@@ -69,7 +91,7 @@ def implicit_als(mat, dim, iterations, callback=None, clock=None):
     return mf.Factors(np.asarray(als.user_factors), np.asarray(als.item_factors), [])
 
 
-def run_dataset(name: str, cfg, repeats: int, sweeps: int) -> dict:
+def run_dataset(name: str, cfg, repeats: int, sweeps: int, als_only: bool = False) -> dict:
     u, i, w, n_users, n_items = load(name, cfg)
     held = np.random.default_rng(0).random(len(u)) < 0.1
     train_pairs, eval_pairs = np.c_[u[~held], i[~held]], np.c_[u[held], i[held]]
@@ -116,7 +138,7 @@ def run_dataset(name: str, cfg, repeats: int, sweeps: int) -> dict:
             }
         )
     step(f"{name}: the SGD objectives ({ours[1].epochs} epochs each)")
-    for label, mcfg in (("tfrs-mse-adam", ours[1]), ("tfrs-softmax-adam", ours[2])):
+    for label, mcfg in () if als_only else (("tfrs-mse-adam", ours[1]), ("tfrs-softmax-adam", ours[2])):
         t = time.perf_counter()
         factors = mf.train(u[~held], i[~held], rating, n_users, n_items, mcfg)
         secs = time.perf_counter() - t
@@ -134,7 +156,7 @@ def run_dataset(name: str, cfg, repeats: int, sweeps: int) -> dict:
     r, eval_secs = recall(mf.popularity(i[~held], n_users, n_items))
     rows.append({"model": "popularity", f"recall@{k}": r, "eval seconds": eval_secs})
     base = rows[1]
-    for row in rows[:4]:
+    for row in rows[:-1]:
         row["time vs ALS"] = row["seconds"] / base["seconds"]
         row["recall vs ALS"] = row[f"recall@{k}"] / base[f"recall@{k}"]
 
@@ -151,24 +173,24 @@ def run_dataset(name: str, cfg, repeats: int, sweeps: int) -> dict:
         fit(hook)
         curves[label] = points
 
-    step(f"{name}: trade-off curves (recall after every sweep or epoch)")
-    curve(
-        "tfrs-als (ours)",
-        lambda hook: mf.train(
-            u[~held],
-            i[~held],
-            rating,
-            n_users,
-            n_items,
-            config_lib.MFConfig(**{**ours[0].__dict__, "epochs": sweeps}),
-            callback=hook,
-        ),
-    )
-    curve("implicit-als", lambda hook: implicit_als(mat, cfg.mf.dim, sweeps, callback=hook))
-    for label, mcfg in (("tfrs-mse-adam", ours[1]), ("tfrs-softmax-adam", ours[2])):
+    if not als_only:  # the curves: minutes of recall evaluations at millions of pairs
+        step(f"{name}: trade-off curves (recall after every sweep or epoch)")
         curve(
-            label, lambda hook, mcfg=mcfg: mf.train(u[~held], i[~held], rating, n_users, n_items, mcfg, callback=hook)
+            "tfrs-als (ours)",
+            lambda hook: mf.train(
+                u[~held],
+                i[~held],
+                rating,
+                n_users,
+                n_items,
+                config_lib.MFConfig(**{**ours[0].__dict__, "epochs": sweeps}),
+                callback=hook,
+            ),
         )
+        curve("implicit-als", lambda hook: implicit_als(mat, cfg.mf.dim, sweeps, callback=hook))
+        for label, mcfg in (("tfrs-mse-adam", ours[1]), ("tfrs-softmax-adam", ours[2])):
+            fit = lambda hook, mcfg=mcfg: mf.train(u[~held], i[~held], rating, n_users, n_items, mcfg, callback=hook)
+            curve(label, fit)
 
     print(
         f"\n{name}: {n_users} users x {n_items} items, {len(train_pairs)} train / {len(eval_pairs)} "
@@ -200,11 +222,18 @@ def run(argv=None) -> dict:
     ap.add_argument("--datasets", default="simulated,movielens")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--sweeps", type=int, default=20, help="length of the trade-off curves (ALS)")
+    ap.add_argument("--als-only", action="store_true", help="the two ALS and popularity only")
     args = ap.parse_args(argv)
     cfg = config_lib.Config()
-    result = {"date": time.strftime("%Y-%m-%d"), "datasets": {}}
+    path = os.path.join(RESULTS, "mf.json")
+    result = {"datasets": {}}
+    if os.path.exists(path):
+        with open(path) as f:
+            result = json.load(f)
     for name in args.datasets.split(","):
-        result["datasets"][name] = run_dataset(name, cfg, args.repeats, args.sweeps)
+        measured = run_dataset(name, cfg, args.repeats, args.sweeps, args.als_only)
+        result["datasets"][name.split("=", 1)[0]] = {**stamp(), **measured}
+        result.update(stamp())
         print("saved", save("mf", result))
     return result
 

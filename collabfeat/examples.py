@@ -10,7 +10,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import tensorflow as tf
 from tfx_bsl.coders import example_coder
 
@@ -104,6 +106,49 @@ def batches(
 ) -> Iterator[dict[str, Any]]:
     """A split's columns as numpy arrays, one batch at a time (streaming counts and samples)."""
     yield from dataset(uri, split, spec, batch_size).as_numpy_iterator()
+
+
+_KINDS = {  # the values a tf.Example's list holds for each dtype of a spec
+    tf.int64: pa.types.is_integer,
+    tf.float32: pa.types.is_floating,
+    tf.string: lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_string(t),
+}
+
+
+def column_batches(
+    uri: str, split: str, spec: dict[str, tf.dtypes.DType], batch_size: int = 1 << 16
+) -> Iterator[dict[str, np.ndarray]]:
+    """batches()' columns (a spec as dataset()'s), decoded by tfx_bsl (about 5x faster than tf.data's
+    parsing: 4.9M pairs in 10 s against 54 s), file after file: the records come in another order
+    than records()' interleaved reads, so this is for uses the order does not change (counts, sums,
+    pairs sorted afterwards)."""
+    for path in split_files(uri, split):
+        for batch in record_batches(path, batch_size):
+            out = {}
+            for name, dtype in spec.items():
+                dtype, default = dtype if isinstance(dtype, tuple) else (dtype, None)
+                have = name in batch.schema.names
+                lengths = (
+                    pc.fill_null(pc.list_value_length(batch.column(name)), 0).to_numpy(zero_copy_only=False)
+                    if have
+                    else np.zeros(batch.num_rows, np.int32)
+                )
+                if (lengths > 1).any():
+                    raise ValueError(f"{path}: a record has {lengths.max()} values of feature {name!r}, not one")
+                if default is None and (lengths == 0).any():
+                    raise ValueError(f"{path}: {int((lengths == 0).sum())} records lack feature {name!r}")
+                values = (
+                    np.empty(batch.num_rows, dtype.as_numpy_dtype)
+                    if default is None
+                    else np.full(batch.num_rows, default, dtype.as_numpy_dtype)
+                )
+                if have:
+                    flat = pc.list_flatten(batch.column(name))
+                    if len(flat) and not _KINDS[dtype](flat.type):
+                        raise ValueError(f"{path}: feature {name!r} holds {flat.type} values, not {dtype.name}")
+                    values[lengths == 1] = flat.to_numpy(zero_copy_only=False)
+                out[name] = values
+            yield out
 
 
 def record_batches(path: str, batch_size: int = 1 << 16) -> Iterator[pa.RecordBatch]:

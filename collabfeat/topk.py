@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import numpy as np
+import tensorflow as tf
 
 BUDGET = 1 << 25  # scores held at once
 
@@ -29,7 +30,8 @@ def top_k(
     mask: Callable[[slice, np.ndarray], None] | None = None,
     budget: int = BUDGET,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The k best database rows by dot product for each query, best first: (rows [q, k], scores [q, k]).
+    """The k best database rows by dot product for each query, best first (of equal scores, the lower
+    row first): (rows [q, k], scores [q, k]).
 
     `mask(rows, scores)`, if given, may set entries of a chunk's score block to -inf in place
     (e.g. the query itself, or items a user has already seen); `rows` is the chunk's query slice.
@@ -41,15 +43,8 @@ def top_k(
         scores = np.asarray(queries[rows] @ db.T, dtype=np.float32)
         if mask is not None:
             mask(rows, scores)
-        part = (
-            np.argpartition(-scores, k - 1, axis=1)[:, :k]
-            if k < scores.shape[1]
-            else np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
-        )
-        top = np.take_along_axis(scores, part, axis=1)
-        order = np.argsort(-top, axis=1, kind="stable")
-        idx[rows] = np.take_along_axis(part, order, axis=1)
-        best[rows] = np.take_along_axis(top, order, axis=1)
+        top = tf.math.top_k(scores, k)  # C++, over rows in parallel; ties: the lower row first
+        idx[rows], best[rows] = top.indices.numpy(), top.values.numpy()
     return idx, best
 
 

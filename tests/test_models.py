@@ -201,6 +201,24 @@ def test_recall_at_k_against_a_hand_computation():
     assert mf.recall_at_k(f, train, held, 2) == pytest.approx((1 / 2 + 1 / 1) / 2)
 
 
+def test_popularity_recall_equals_ranking_everyone_by_popularity_factors():
+    """The one-ranking shortcut against recall_at_k of popularity factors (top_k over every item), on
+    counts with many ties (ties: the lower item first in both) and users who saw the most popular items."""
+    rng = np.random.default_rng(5)
+    n_users, n_items = 300, 90
+    counts = rng.integers(0, 6, n_items)  # about 15 items a count
+    train = np.unique(
+        np.c_[rng.integers(0, n_users, 3000), rng.choice(n_items, 3000, p=np.r_[[0.05] * 10, [0.5 / 80] * 80])], axis=0
+    )
+    held = np.unique(np.c_[rng.integers(0, n_users, 600), rng.integers(0, n_items, 600)], axis=0)
+    held = held[~(held[:, None] == train[None]).all(-1).any(1)]
+    for k in (1, 5, 20):
+        fast = mf.popularity_recall_at_k(counts, train, held, k)
+        full = mf.recall_at_k(mf.popularity_from_counts(counts, n_users), train, held, k)
+        assert fast == pytest.approx(full, abs=1e-12), k
+    assert np.isnan(mf.popularity_recall_at_k(counts, train, held[:0], 5))
+
+
 def stripes(n=96, size=16, seed=0):
     """Two kinds of image: a bright vertical or a bright horizontal stripe, at random places."""
     rng = np.random.default_rng(seed)
@@ -527,6 +545,10 @@ def test_chunked_top_k_equals_the_exact_answer_for_any_chunk_size():
 
     rows, _ = topk.top_k(queries, db, 6, mask=hide, budget=600)
     assert (rows == exact[:, 1:7]).all()
+    # Equal scores: the lower row first (rows 3 and 7 tie, and rows 1 and 5, above the rest).
+    tied = np.zeros((9, 1), np.float32)
+    tied[[3, 7]], tied[[1, 5]] = 2.0, 1.0
+    assert topk.top_k(np.ones((1, 1), np.float32), tied, 4)[0].tolist() == [[3, 7, 1, 5]]
     assert [len(range(*s.indices(70))) for s in topk.row_chunks(70, 500, 600)] == [1] * 70
     assert list(topk.sample(10, 20, 0)) == list(range(10))
     assert len(set(topk.sample(1000, 20, 0))) == 20 and (topk.sample(1000, 20, 0) == topk.sample(1000, 20, 0)).all()

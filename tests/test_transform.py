@@ -388,3 +388,42 @@ def test_pairs_are_grouped_in_the_order_of_their_first_row():
     assert per_event.tolist() == [counts[p] for p in got]
     empty, none = aggregate.group_pairs(rows.slice(0, 0), 3)
     assert empty.num_rows == 0 and none.shape == (0, 3)
+
+
+def test_column_batches_read_what_tf_data_parses_and_refuse_what_it_refuses(tmp_path):
+    """column_batches (tfx_bsl's decoder) against batches (tf.data's parse_example) on a split of two
+    files: the same records (in file order), a default for a missing feature, and a clear error for a
+    missing feature without one, two values in a record, or a value of the wrong kind."""
+    split = tmp_path / "Split-train"
+    split.mkdir()
+    rng = np.random.default_rng(2)
+    recs = [
+        {"user_idx": int(u), "item_idx": int(i), "rating": float(r), **({"tag": f"t{u}"} if u % 3 else {})}
+        for u, i, r in zip(rng.integers(0, 50, 900), rng.integers(0, 2**40, 900), rng.random(900))
+    ]
+    examples.write_records(str(split / "a.gz"), [examples.make(r) for r in recs[:400]])
+    examples.write_records(str(split / "b.gz"), [examples.make(r) for r in recs[400:]])
+    spec = {"user_idx": tf.int64, "item_idx": tf.int64, "rating": tf.float32, "tag": (tf.string, b"-")}
+
+    def rows(batches):
+        return sorted(zip(*(np.concatenate([b[k] for b in batches]).tolist() for k in spec)))
+
+    got = list(examples.column_batches(str(tmp_path), "train", spec, batch_size=128))
+    assert rows(got) == rows(list(examples.batches(str(tmp_path), "train", spec, 128)))
+    assert [b["user_idx"].dtype for b in got[:1]] == [np.int64] and got[0]["rating"].dtype == np.float32
+    assert np.concatenate([b["item_idx"] for b in got]).tolist() == [r["item_idx"] for r in recs]  # file order
+
+    def error(records, spec):
+        bad = tmp_path / "bad"
+        (bad / "Split-train").mkdir(parents=True, exist_ok=True)
+        examples.write_records(str(bad / "Split-train" / "c.gz"), records)
+        with pytest.raises(ValueError) as e:
+            list(examples.column_batches(str(bad), "train", spec))
+        return str(e.value)
+
+    assert "lack feature 'tag'" in error([examples.make(r) for r in recs], {"tag": tf.string})
+    two = tf.train.Example(
+        features=tf.train.Features(feature={"user_idx": tf.train.Feature(int64_list=tf.train.Int64List(value=[1, 2]))})
+    ).SerializeToString()
+    assert "2 values of feature 'user_idx'" in error([two], {"user_idx": tf.int64})
+    assert "feature 'rating' holds float" in error([examples.make(r) for r in recs[:5]], {"rating": tf.int64})

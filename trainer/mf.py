@@ -379,6 +379,21 @@ def popularity_from_counts(item_counts: np.ndarray, n_users: int) -> Factors:
     return Factors(np.ones((n_users, 1), np.float32), np.asarray(item_counts, np.float32)[:, None], [])
 
 
+def _by_user(users: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(user, item) pairs of `users` (sorted) -> their items grouped by user, and each user's offsets."""
+    rows = np.searchsorted(users, pairs[:, 0])
+    order = np.argsort(rows, kind="stable")
+    return pairs[order, 1], np.searchsorted(rows[order], np.arange(len(users) + 1))
+
+
+def _recall(top: list | np.ndarray, held_items: np.ndarray, held_at: np.ndarray, k: int) -> float:
+    recalls = []
+    for r in range(len(top)):
+        held = np.unique(held_items[held_at[r] : held_at[r + 1]])
+        recalls.append(np.isin(top[r], held).sum() / min(k, len(held)))
+    return float(np.mean(recalls))
+
+
 def recall_at_k(factors: Factors, train_pairs: np.ndarray, eval_pairs: np.ndarray, k: int) -> float:
     """Mean over users with held-out pairs of |top-k ∩ held-out| / min(k, |held-out|),
     ranking all items by y_i.x_j and excluding the user's training items (chunked, bounded memory).
@@ -387,26 +402,34 @@ def recall_at_k(factors: Factors, train_pairs: np.ndarray, eval_pairs: np.ndarra
         return float("nan")
     eval_pairs, train_pairs = np.asarray(eval_pairs, np.int64), np.asarray(train_pairs, np.int64)
     users = np.unique(eval_pairs[:, 0])
-    train_pairs = train_pairs[np.isin(train_pairs[:, 0], users)]
-
-    def pairs_by_row(pairs):  # -> row of users, items sorted by that row, and each row's offsets
-        rows = np.searchsorted(users, pairs[:, 0])
-        order = np.argsort(rows, kind="stable")
-        return pairs[order, 1], np.searchsorted(rows[order], np.arange(len(users) + 1))
-
-    held_items, held_at = pairs_by_row(eval_pairs)
-    seen_items, seen_at = pairs_by_row(train_pairs)
+    held_items, held_at = _by_user(users, eval_pairs)
+    seen_items, seen_at = _by_user(users, train_pairs[np.isin(train_pairs[:, 0], users)])
 
     def hide_seen(rows, scores):
         for r in range(rows.start, rows.stop):
             scores[r - rows.start, seen_items[seen_at[r] : seen_at[r + 1]]] = -np.inf
 
     top, _ = topk.top_k(factors.users[users], factors.items, k, mask=hide_seen)
-    recalls = []
+    return _recall(top, held_items, held_at, k)
+
+
+def popularity_recall_at_k(item_counts: np.ndarray, train_pairs: np.ndarray, eval_pairs: np.ndarray, k: int) -> float:
+    """recall_at_k of ranking every user's items by their training pairs (popularity_from_counts; of
+    equal counts, the lower item first, as top_k orders ties): one ranking for all, so each user's
+    top k is the first k of it they have not seen, found among its first k + (their training items)."""
+    if len(eval_pairs) == 0:
+        return float("nan")
+    eval_pairs, train_pairs = np.asarray(eval_pairs, np.int64), np.asarray(train_pairs, np.int64)
+    users = np.unique(eval_pairs[:, 0])
+    held_items, held_at = _by_user(users, eval_pairs)
+    seen_items, seen_at = _by_user(users, train_pairs[np.isin(train_pairs[:, 0], users)])
+    ranking = np.argsort(-np.asarray(item_counts, np.float32), kind="stable")
+    top = []
     for r in range(len(users)):
-        held = np.unique(held_items[held_at[r] : held_at[r + 1]])
-        recalls.append(np.isin(top[r], held).sum() / min(k, len(held)))
-    return float(np.mean(recalls))
+        seen = seen_items[seen_at[r] : seen_at[r + 1]]
+        first = ranking[: k + len(seen)]
+        top.append(first[~np.isin(first, seen)][:k])
+    return _recall(top, held_items, held_at, k)
 
 
 def neighbour_agreement(
@@ -480,7 +503,7 @@ def train_on_examples(
     pairs, totals, cold = {}, {}, 0
     for split in ("train", "eval"):
         parts, totals[split] = [], 0
-        for b in examples.batches(transformed_uri, split, PAIR_SPEC):
+        for b in examples.column_batches(transformed_uri, split, PAIR_SPEC):
             u, i = b["user_idx"], b["item_idx"]
             known = (u < n_users) & (i < n_items)  # eval pairs outside the train vocabularies are cold
             totals[split] += int(known.sum())
@@ -498,7 +521,7 @@ def train_on_examples(
                 os.makedirs(os.path.join(tmp, side))
             by_user = PairBuckets(user_counts, cfg.mf.bucket_pairs, os.path.join(tmp, "users"))
             by_item = PairBuckets(counts, cfg.mf.bucket_pairs, os.path.join(tmp, "items"))
-            for b in examples.batches(transformed_uri, "train", PAIR_SPEC):
+            for b in examples.column_batches(transformed_uri, "train", PAIR_SPEC):
                 conf = confidence(b["rating"], cfg.mf)
                 by_user.add(b["user_idx"], b["item_idx"], conf)
                 by_item.add(b["item_idx"], b["user_idx"], conf)
@@ -524,9 +547,7 @@ def train_on_examples(
         "recall_users": int(len(np.unique(pairs["eval"][:, 0]))),
         "recall_users_bound": cfg.mf.eval_users,
         f"recall@{k}": recall_at_k(factors, pairs["train"], pairs["eval"], k),
-        f"recall@{k}_popularity": recall_at_k(
-            popularity_from_counts(counts[:n_items], n_users), pairs["train"], pairs["eval"], k
-        ),
+        f"recall@{k}_popularity": popularity_recall_at_k(counts[:n_items], pairs["train"], pairs["eval"], k),
         **extra,
     }
     if report[f"recall@{k}"] <= report[f"recall@{k}_popularity"]:
