@@ -1,6 +1,6 @@
 import sys
 
-from bench import ann, determinism, finetune, gate, mf, mf_memory, quality, report, scale, serving, sweep
+from bench import ann, determinism, explorer, finetune, gate, mf, mf_memory, quality, report, scale, serving, sweep
 
 # Benchmarks that take their own options. `scale` is long (an hour and more: run it on its own);
 # `mf-memory` reads a finished run's Transform output.
@@ -13,6 +13,7 @@ OWN_OPTIONS = {
     "quality": quality,
     "finetune": finetune,
     "report": report,
+    "explorer": explorer,
 }
 if sys.argv[1:2] and sys.argv[1] in OWN_OPTIONS:
     OWN_OPTIONS[sys.argv[1]].run(sys.argv[2:])

@@ -79,27 +79,40 @@ def _geometric(top: int, steps: int = 12) -> list[int]:
     return sorted({max(1, int(round(top ** (i / (steps - 1))))) for i in range(steps)})
 
 
+def noise_sigma(base: np.ndarray, seed: int = 0) -> float:
+    """The per-dimension sigma that moves a copy about as far as the median distance from an embedding
+    to its nearest other one."""
+    m, d = base.shape
+    probe = np.asarray(base[topk.sample(m, 2000, seed)], np.float32)
+    nearest = topk.top_k(probe, base, 2)[1][:, 1]  # the best other embedding (the first is itself)
+    return float(np.median(np.sqrt(np.maximum(0.0, 2 - 2 * nearest)))) / math.sqrt(d)
+
+
+def noisy_copies(base: np.ndarray, rows: np.ndarray, sigma: float, rng) -> np.ndarray:
+    x = np.asarray(base[rows], np.float32) + sigma * rng.standard_normal((len(rows), base.shape[1]), dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def grown(base: np.ndarray, n: int, seed: int = 0, chunk: int = 1 << 16):
+    """Row chunks of n rows (n >= len(base)): every embedding, then noisy copies of embedding r % m
+    for row r (streamed: the rows need not fit in memory)."""
+    m = len(base)
+    sigma, rng = noise_sigma(base, seed), np.random.default_rng(seed)
+    yield np.asarray(base, np.float32)
+    for start in range(m, n, chunk):
+        yield noisy_copies(base, np.arange(start, min(n, start + chunk)) % m, sigma, rng)
+
+
 def at_size(base: np.ndarray, n: int, queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
     """(data, queries, sigma): n rows from the real embeddings (see the module's docstring)."""
-    rng = np.random.default_rng(seed)
-    m, d = base.shape
-    probe = base[topk.sample(m, 2000, seed)]
-    nearest = topk.top_k(probe, base, 2)[1][:, 1]  # the best other embedding (the first is itself)
-    sigma = float(np.median(np.sqrt(np.maximum(0.0, 2 - 2 * nearest)))) / math.sqrt(d)
-
-    def noisy(rows):
-        x = base[rows] + sigma * rng.standard_normal((len(rows), d), dtype=np.float32)
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
-
+    m = len(base)
+    sigma = noise_sigma(base, seed)
     if n <= m:
-        db = base[np.sort(rng.permutation(m)[:n])]
+        db = base[np.sort(np.random.default_rng(seed).permutation(m)[:n])]
     else:
-        db = np.empty((n, d), np.float32)
-        db[:m] = base
-        for start in range(m, n, 1 << 16):
-            rows = np.arange(start, min(n, start + (1 << 16))) % m
-            db[start : start + len(rows)] = noisy(rows)
-    return np.ascontiguousarray(db), noisy(rng.integers(m, size=queries)), sigma
+        db = np.concatenate(list(grown(base, n, seed)))
+    rng = np.random.default_rng(seed + 1)
+    return np.ascontiguousarray(db), noisy_copies(base, rng.integers(m, size=queries), sigma, rng), sigma
 
 
 def curves(name: str, db: np.ndarray, queries: np.ndarray, hnsw_up_to: int = 100_000) -> list[dict]:

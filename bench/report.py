@@ -247,8 +247,38 @@ def ann(r: dict) -> list[str]:
     return out
 
 
+def mf(r: dict) -> list[str]:
+    out = [_when(r)]
+    for name, d in r["datasets"].items():
+        rows = d["rows"]
+        recall = next(k for k in rows[0] if k.startswith("recall@"))
+        out += [
+            f"### {name}",
+            f"{d['users']:,} users x {d['items']:,} items, {d['train_pairs']:,} train / {d['eval_pairs']:,} held-out "
+            f"pairs, {d['threads']} threads" + (f"; {d['date']}, {d['machine']}" if "machine" in d else ""),
+            _md(rows, ["model", "passes", "seconds", "runs", recall, "time vs ALS", "recall vs ALS"]),
+        ]
+    return out
+
+
+def explorer(r: dict) -> list[str]:
+    left = ", ".join(f"{k} ({v['dim']} dims: {v['gb at n']} GB)" for k, v in r["left out"].items()) or "none"
+    return [
+        _when(r),
+        f"{r['items']:,} catalogue items grown from {r['source items']:,} real ones; index {r['index']} "
+        f"({r['index mb']:.0f} MB, built in {r['index build s']:.0f} s); feature sets served: "
+        f"{', '.join(r['feature sets'])}; left out (too large on disk at this size): {left}.",
+        f"The explorer started in {r['start s']:.1f} s at {r['rss at start mb']:.0f} MB; its peak was "
+        f"{r['peak rss mb']:.0f} MB, {r['beyond index mb']:.0f} MB beyond the index (target "
+        f"{r['targets']['memory_beyond_index_mb']} MB: {'met' if r['met']['memory'] else 'not met'}).",
+        _md(r["pages"], list(r["pages"][0])),
+    ]
+
+
 RENDER: dict[str, Callable[[dict], list[str]]] = {
     "ann": ann,
+    "explorer": explorer,
+    "mf": mf,
     "quality": quality,
     "sweep": sweep,
     "gate_emoji": gate,
@@ -260,6 +290,8 @@ RENDER: dict[str, Callable[[dict], list[str]]] = {
 }
 TITLES = {
     "ann": "Nearest-neighbour search: ScaNN against faiss per catalogue size",
+    "explorer": "The explorer at catalogue scale",
+    "mf": "Matrix factorisation: our weighted ALS against implicit's",
     "quality": "Quality: the demo's retrieval table",
     "sweep": "Where collaborative features win: the taste sweep",
     "gate_emoji": "The data gate",

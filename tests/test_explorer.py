@@ -22,12 +22,13 @@ CHROMIUM = "/usr/bin/chromium"
 REPORT = "<!doctype html><title>collabfeat run report</title><p>the run that pushed this version</p>"
 
 
-def start_explorer(tmp, n=300, map_sample=20000, report=True):
+def explorer_version(tmp, n=300, map_sample=20000, report=True):
+    """A pushed version over n catalogue photos whose run config names an item table with their images
+    (what the thumbnails come from): (version path, ids, labels)."""
     version = push_version(str(tmp / "models"), n=n, map_sample=map_sample)
     if report:  # what the supervisor copies into the version it pushed (pipeline/supervise.write_html)
         with open(os.path.join(version, "assets.extra", "report.html"), "w") as f:
             f.write(REPORT)
-    # The pushed run config names the item table the thumbnails come from: write it.
     ids, blobs, labels = catalogue(n)
     (tmp / "img").mkdir()
     with open(tmp / "items.csv", "w") as f:
@@ -39,6 +40,11 @@ def start_explorer(tmp, n=300, map_sample=20000, report=True):
     cfg = json.load(open(cfg_path))
     cfg["data"].update(items=str(tmp / "items.csv"), image_dir=str(tmp / "img"))
     json.dump(cfg, open(cfg_path, "w"))
+    return version, ids, labels
+
+
+def start_explorer(tmp, n=300, map_sample=20000, report=True):
+    version, ids, labels = explorer_version(tmp, n, map_sample, report)
     proc = subprocess.Popen(
         [sys.executable, "-m", "collabfeat", "explore", "--model-base-path", os.path.dirname(version), "--port", "0"],
         stdout=subprocess.PIPE,
@@ -273,3 +279,26 @@ def test_the_best_rows_are_those_a_stable_sort_of_the_whole_catalogue_gives():
         for sims in (rng.normal(size=n).astype(np.float32), np.round(rng.normal(size=n), 1).astype(np.float32)):
             for k in (1, 5, 13):
                 assert np.array_equal(_best(sims, k), np.argsort(-sims, kind="stable")[:k]), (n, k)
+
+
+def test_the_explorer_benchmark_grows_a_version_and_times_every_page(tmp_path):
+    """bench explorer at a small size: a 300-item version grown to 1,000 items (copies named after their
+    source, showing its image), a set too large for --max-set-gb left out with its size, and every page
+    kind answered by the real explorer and timed."""
+    from bench import explorer as bench_explorer
+    from collabfeat import config as config_lib
+
+    version, ids, _ = explorer_version(tmp_path, n=300, report=False)
+    work = str(tmp_path / "grown")
+    cfg = config_lib.Config()
+    dim = np.load(os.path.join(version, "assets.extra", "features", "pixels", "embeddings.npy"), mmap_mode="r").shape[1]
+    pixels_gb = 1000 * dim * 4 / 2**30  # the fixture's pixels set at 1,000 items
+    info = bench_explorer.make_version(version, 1000, work, max_set_gb=pixels_gb / 2, cfg=cfg)
+    assert len(info["ids"]) == 1000 and info["ids"][:300] == ids and info["ids"][300] == f"{ids[0]}~1"
+    assert set(info["left out"]) == {"pixels"} and "random" in info["feature sets"]
+    grown = os.path.join(work, "models", "collabfeat", "1", "assets.extra")
+    assert np.load(os.path.join(grown, "features", "random", "embeddings.npy"), mmap_mode="r").shape[0] == 1000
+    measured = bench_explorer.measure(work, info, requests=2)
+    kinds = {r["page"] for r in measured["pages"]}
+    assert {"info", "map", "thumbnail", "query: random", "position: random"} <= kinds
+    assert all(r["median ms"] > 0 for r in measured["pages"]) and measured["peak rss mb"] > 0
