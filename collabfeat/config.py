@@ -233,6 +233,9 @@ class IndexConfig:
     recall_queries: int = 1000  # seeded sample of catalogue items that measure recall against exact search
     map_sample: int = 20000  # UMAP is fitted on a seeded sample this large; the rest are placed
     # at the mean of their nearest sampled neighbours
+    explorer_dims: int = 128  # the explorer's copy of a feature set with more dims (raw pixels, ImageNet's
+    # 1,280) is projected onto this many: the top singular vectors of a seeded sample of it (at 10^6
+    # items, pixels' 12,288 floats an item are 46 GB; 128 are 0.5 GB, read by slices per query)
 
 
 @pydantic_dataclass(config=SECTION)
@@ -328,6 +331,8 @@ class Config:
             problems.append("transform.max_*_quantile must be in (0, 1]")
         if not 0 <= self.transform.eval_fraction < 1:
             problems.append("transform.eval_fraction must be in [0, 1)")
+        if self.index.explorer_dims < 2:
+            problems.append(f"index.explorer_dims must be at least 2, not {self.index.explorer_dims}")
         if self.transform.bucket_rows < 1:
             problems.append(f"transform.bucket_rows must be at least 1, not {self.transform.bucket_rows}")
         if self.data.source not in ("emoji", "fashion"):

@@ -50,9 +50,14 @@ def embed(model, blobs: Iterable[Sequence[bytes]], task: str = "", total: int | 
     out = list(embed_batches(model, blobs, task, total))
     if out:
         return np.concatenate(out)
+    return np.zeros((0, output_dim(model)), np.float32)
+
+
+def output_dim(model) -> int:
+    """The size of the embeddings a feature model (a path or loaded) gives (0 if its signature leaves it open)."""
     if isinstance(model, str):
         model = load_model(model)
-    return np.zeros((0, model.signatures["serving_default"].structured_outputs["embedding"].shape[-1] or 0), np.float32)
+    return int(model.signatures["serving_default"].structured_outputs["embedding"].shape[-1] or 0)
 
 
 def in_batches(blobs: Sequence[bytes], batch: int = 256):

@@ -88,12 +88,17 @@ class Catalogue:
         self.served = self.version.index["meta"].get("served", self.run_cfg["cnn"]["mode"])
         self.ids = list(self.version.index["item_ids"])
         self.row = self.version.row
-        self.sets: dict[str, dict] = {self.served: {"embeddings": self.version.index["embeddings"], "net": None}}
+        # Every feature set's embeddings are read by slices (store.EmbeddingFile): at 10^6 items they stay
+        # on disk and in the kernel's cache, and the explorer's memory holds a slice at a time.
+        self.sets: dict[str, dict] = {
+            self.served: {"embeddings": store.EmbeddingFile(os.path.join(extra, "embeddings.npy")), "net": None}
+        }
         features = os.path.join(extra, "features")
         for name in sorted(os.listdir(features)) if os.path.isdir(features) else []:
-            # Memory-mapped: a large catalogue's feature sets (raw pixels above all) stay on disk.
+            projection = os.path.join(features, name, "projection.npy")  # a set stored in fewer dims
             entry = {
-                "embeddings": np.load(os.path.join(features, name, "embeddings.npy"), mmap_mode="r"),
+                "embeddings": store.EmbeddingFile(os.path.join(features, name, "embeddings.npy")),
+                "projection": np.load(projection) if os.path.exists(projection) else None,
                 "net": None,
                 "model": os.path.join(features, name, "model"),
             }
@@ -177,7 +182,10 @@ class Catalogue:
                         f"feature set {feature_set!r} has no model in this version to embed an upload with"
                     )
                 entry["net"] = feature_model.load_model(entry["model"])
-        return feature_model.embed(entry["net"], [[data]])[0]
+        vec = feature_model.embed(entry["net"], [[data]])
+        if entry.get("projection") is not None:  # as the Indexer projected the catalogue's
+            vec = store.project(vec, {"components": entry["projection"]})
+        return vec[0]
 
     def query_vector(self, feature_set: str, source: str, key: str) -> np.ndarray:
         if feature_set not in self.sets:
@@ -193,7 +201,7 @@ class Catalogue:
 
     def query(self, feature_set: str, source: str, key: str) -> dict:
         vec = self.query_vector(feature_set, source, key)
-        sims = self.sets[feature_set]["embeddings"] @ vec
+        sims = self.sets[feature_set]["embeddings"].scores(vec)
         if feature_set == self.served:  # the neighbours come from the served ScaNN index
             rows, scores = store.search(self.version.index, vec[None], min(STRIP + 1, len(self.ids)))
             rows, scores = np.asarray(rows[0]), np.asarray(scores[0])
@@ -220,7 +228,7 @@ class Catalogue:
         if item not in self.row:
             raise LookupError(f"item {item!r} is not in the catalogue")
         vec = self.query_vector(feature_set, source, key)
-        sims = self.sets[feature_set]["embeddings"] @ vec
+        sims = self.sets[feature_set]["embeddings"].scores(vec)
         s = sims[self.row[item]]
         return {"rank": int((sims > s).sum()) + 1, "sim": round(float(s), 5)}
 

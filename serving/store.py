@@ -96,14 +96,73 @@ def load_index(directory: str) -> dict:
         }
 
 
-def write_feature_set(directory: str, name: str, embeddings, model: str = "") -> None:
+class EmbeddingFile:
+    """A local .npy file of float32 embeddings [n, d], read by slices of rows: a scan holds SLICE_BYTES
+    at a time, so the reader's memory stays bounded whatever the catalogue's size (the file's pages
+    sit in the kernel's cache, shared and reclaimable, not in the process). Thread-safe (pread)."""
+
+    SLICE_BYTES = 32 << 20
+
+    def __init__(self, path: str):
+        header = np.load(path, mmap_mode="r")
+        if header.dtype != np.float32 or header.ndim != 2 or not header.flags.c_contiguous:
+            raise ValueError(f"{path}: embeddings must be float32 [n, d] in C order, not {header.dtype} {header.shape}")
+        self.path, self.shape, self.offset = path, header.shape, header.offset
+        del header
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as an array of their own."""
+        d = self.shape[1]
+        out = np.empty((max(0, stop - start), d), np.float32)
+        view, at, done = memoryview(out).cast("B"), self.offset + start * d * 4, 0
+        while done < len(view):
+            n = os.preadv(self.fd, [view[done:]], at + done)
+            if n <= 0:
+                raise OSError(f"{self.path}: the file ended at row {start + done // (4 * d)} of {self.shape[0]}")
+            done += n
+        return out
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        if not -len(self) <= row < len(self):
+            raise IndexError(f"row {row} of {len(self)}")
+        row %= len(self)
+        return self.rows(row, row + 1)[0]
+
+    def scores(self, vec: np.ndarray) -> np.ndarray:
+        """Every row's dot product with `vec` [d], a slice of rows at a time."""
+        n, d = self.shape
+        step = max(1, self.SLICE_BYTES // (4 * d))
+        out = np.empty(n, np.float32)
+        for start in range(0, n, step):
+            out[start : start + step] = self.rows(start, min(n, start + step)) @ np.asarray(vec, np.float32)
+        return out
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def project(x: np.ndarray, projection: dict) -> np.ndarray:
+    """Embeddings [n, d] -> their projection (serving/build/index.py reduction()), unit-normed again:
+    dot product = cosine."""
+    y = np.asarray(x, np.float32) @ projection["components"].T
+    return y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+
+
+def write_feature_set(directory: str, name: str, embeddings, model: str = "", projection: dict | None = None) -> None:
     """Another feature set's catalogue embeddings (and its feature model, a SavedModel directory,
     to embed new images), for comparison. `embeddings`: an array, or an iterable of row batches
-    written one at a time (bounded memory)."""
+    written one at a time (bounded memory). `projection`: what the embeddings were projected with
+    (serving/build/index.py reduction()), kept to project a new image's embedding the same way."""
     with storage.local_dir(os.path.join(directory, "features", name)) as out:
         write_npy(
             os.path.join(out, "embeddings.npy"), [embeddings] if isinstance(embeddings, np.ndarray) else embeddings
         )
+        if projection is not None:
+            np.save(os.path.join(out, "projection.npy"), projection["components"])
         if model:
             with storage.local_copy(model) as local:
                 shutil.copytree(local, os.path.join(out, "model"))

@@ -55,7 +55,11 @@ def push_version(push_dir: str, seed: int = 3, n: int = 300, map_sample: int = 2
         with tempfile.TemporaryDirectory() as models:
             for name, other_net in (("random", cnn.random_init(other)), ("pixels", cnn.pixels_net(cfg.cnn.image_size))):
                 feature_model.save_features(other_net, cfg.cnn.image_size, f"{models}/{name}")
-                store.write_feature_set(tmp, name, cnn.embed(other_net, pixels), f"{models}/{name}")
+                rows = cnn.embed(other_net, pixels)
+                # as the Indexer stores a set of more than index.explorer_dims dims: projected (pixels: 2,352 -> 32)
+                projection = index.reduction(rows, 32) if name == "pixels" else None
+                rows = store.project(rows, projection) if projection else rows
+                store.write_feature_set(tmp, name, rows, f"{models}/{name}", projection)
         return push.push(feature_model.Embedder(net, cfg.cnn.image_size), tmp, cfg)["destination"]
 
 

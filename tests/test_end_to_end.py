@@ -126,6 +126,10 @@ def test_report_accounts_for_everything(run):
         for name in ["regression"] + kinds
     }
     assert set(report["index"]["feature_sets"]) == {"regression", *kinds}
+    # Sets of more dims than the explorer keeps (raw pixels, ImageNet's) are stored projected onto index.explorer_dims.
+    reduced = report["index"]["reduced_sets"]
+    assert {"pixels", "imagenet"} <= set(reduced) and all(r["stored dims"] <= 128 < r["dims"] for r in reduced.values())
+    assert all(0 < r["variance kept"] <= 1 and 0 <= r["neighbours kept@10"] <= 1 for r in reduced.values())
     assert all(c["state"] == "complete" and c["seconds"] >= 0 for c in comps.values())
     assert all(comps[c]["seconds"] > 0 for c in ("LogTransform", "MFTrainer", "CNNTrainer", "Evaluator"))
     assert 100 < comps["MFTrainer"]["peak_rss_mb"] <= report["peak_rss_mb"]

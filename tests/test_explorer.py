@@ -142,6 +142,20 @@ def shots(tmp_path_factory):
     return str(tmp_path_factory.mktemp("screenshots"))
 
 
+def test_an_upload_under_a_reduced_set_is_projected_as_the_catalogue_was(explorer):
+    """The pixels set is stored in 32 of its 2,352 dims (projection.npy): a catalogue image uploaded
+    under it is embedded, projected the same way, and finds itself first at similarity 1."""
+    u = explorer["url"]
+    c = json.loads(get(f"{u}api/query?set=pixels&source=item&key={explorer['ids'][0]}")[2])
+    assert len(c["neighbours"]) > 0
+    png = (explorer["tmp"] / "img" / f"{explorer['ids'][7]}.png").read_bytes()
+    req = urllib.request.Request(f"{u}api/upload?set=pixels", data=png, method="POST")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        got = json.loads(r.read())
+    best = got["neighbours"][0]
+    assert best["id"] == explorer["ids"][7] and best["score"] == pytest.approx(1.0, abs=1e-3)
+
+
 def test_browse_query_brush_upload_compare_and_switch(explorer, shots):
     from playwright.sync_api import sync_playwright
 

@@ -219,6 +219,25 @@ def test_popularity_recall_equals_ranking_everyone_by_popularity_factors():
     assert np.isnan(mf.popularity_recall_at_k(counts, train, held[:0], 5))
 
 
+def test_a_set_with_more_dims_than_the_explorer_keeps_is_projected_onto_its_top_singular_vectors():
+    """Unit embeddings in 40 dims that lie in 6 (plus a little noise): projected onto 6 they keep
+    nearly all their squared norm and their nearest neighbours, onto 2 much less; a set of no more
+    dims than asked is left as it is."""
+    from serving import store
+    from serving.build import index
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(2000, 6)) @ rng.normal(size=(6, 40)) + 0.01 * rng.normal(size=(2000, 40))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    six, two = index.reduction(x, 6), index.reduction(x, 2)
+    assert six["components"].shape == (6, 40) and six["variance kept"] > 0.999 > 0.9 > two["variance kept"]
+    y = store.project(x, six)
+    np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1, rtol=1e-5)
+    np.testing.assert_allclose(y[:50] @ y[:50].T, x[:50] @ x[:50].T, atol=0.01)
+    assert index.neighbours_kept(x, six) > 0.95 > index.neighbours_kept(x, two)
+    assert index.reduction(x, 40) is None and index.reduction(x, 64) is None
+
+
 def stripes(n=96, size=16, seed=0):
     """Two kinds of image: a bright vertical or a bright horizontal stripe, at random places."""
     rng = np.random.default_rng(seed)

@@ -90,3 +90,22 @@ def test_a_feature_model_and_a_pushed_version(root, tmp_path):
     served = tf.saved_model.load(version).signatures["serving_default"]
     _, blobs, _ = serving_fixtures.catalogue(2)
     assert served(images=tf.constant(blobs))["embedding"].shape == (2, cfg.cnn.embedding_dim)
+
+
+def test_embeddings_read_by_slices_equal_numpys(tmp_path, monkeypatch):
+    """store.EmbeddingFile against the array it holds: rows, one row (negative too), and every row's
+    score against a vector over slices of a few rows (the last one short); a wrong file is refused."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(1003, 7)).astype(np.float32)
+    store.write_npy(str(tmp_path / "e.npy"), [x[:500], x[500:]])
+    monkeypatch.setattr(store.EmbeddingFile, "SLICE_BYTES", 10 * 7 * 4)  # 10 rows a slice
+    f = store.EmbeddingFile(str(tmp_path / "e.npy"))
+    v = rng.normal(size=7).astype(np.float32)
+    assert len(f) == 1003 and np.array_equal(f.rows(95, 1003), x[95:]) and np.array_equal(f[-1], x[-1])
+    np.testing.assert_allclose(f.scores(v), x @ v, rtol=1e-5, atol=1e-6)
+    with pytest.raises(IndexError):
+        f[1003]
+    f.close()
+    np.save(tmp_path / "d.npy", x.astype(np.float64))
+    with pytest.raises(ValueError, match="float32"):
+        store.EmbeddingFile(str(tmp_path / "d.npy"))

@@ -363,16 +363,30 @@ def build_index(images_uri: str, models: dict[str, str], served: str, out_uri: s
         write_map(emb, out_uri, sample=cfg.index.map_sample)
         dim = int(emb.shape[1])
         del emb  # the memory map, before its file goes
-    sets = [served]
+    sets, reduced = [served], {}
     for name, path in sorted((n, p) for n, p in models.items() if n != served):
-        # batch by batch: the rows go to disk as they come (raw pixels are 3,072 floats an image)
+        # batch by batch: the rows go to disk as they come; a set of more than index.explorer_dims dims
+        # is projected onto that many first (reduction(), fitted on a seeded sample of its embeddings)
+        projection = None
+        if not 0 < feature_model.output_dim(path) <= cfg.index.explorer_dims:
+            sample = sample_embeddings(path, images_uri, len(ids), cfg.index.map_sample)
+            projection = reduction(sample, cfg.index.explorer_dims)
         rows = feature_model.embed_batches(
             path,
             examples.image_batches(images_uri, "catalogue"),
             task=f"embedding the catalogue: {name}",
             total=batches,
         )
-        store.write_feature_set(out_uri, name, rows, path)
+        if projection is not None:
+            reduced[name] = {
+                "dims": int(sample.shape[1]),
+                "stored dims": int(projection["components"].shape[0]),
+                "variance kept": projection["variance kept"],
+                "neighbours kept@10": neighbours_kept(sample, projection),
+                "sample": len(sample),
+            }
+            rows = (store.project(b, projection) for b in rows)
+        store.write_feature_set(out_uri, name, rows, path, projection)
         sets.append(name)
     return {
         "served": served,
@@ -386,7 +400,59 @@ def build_index(images_uri: str, models: dict[str, str], served: str, out_uri: s
         "tuning_queries": len(tuning),
         "settings": settings,
         "feature_sets": sets,
+        "reduced_sets": reduced,
     }
+
+
+SAMPLE_BYTES = 256 << 20  # a feature set's sample for its reduction holds at most this much
+
+
+def sample_embeddings(model: str, images_uri: str, n: int, size: int, seed: int = 2) -> np.ndarray:
+    """A feature model's embeddings of a seeded sample of at most `size` catalogue images (fewer where
+    they would pass SAMPLE_BYTES: raw pixels are 12,288 floats an image), in catalogue order."""
+    rows = set(topk.sample(n, size, seed).tolist())
+    picked = (
+        [x for j, x in enumerate(b, start) if j in rows]
+        for start, b in zip(range(0, n, examples.EMBED_BATCH), examples.image_batches(images_uri, "catalogue"))
+    )
+    out, held = [], 0
+    for part in feature_model.embed_batches(model, (p for p in picked if p)):
+        out.append(part)
+        held += part.nbytes
+        if held >= SAMPLE_BYTES:
+            break
+    return np.concatenate(out)
+
+
+def reduction(sample: np.ndarray, dims: int, seed: int = 0) -> dict | None:
+    """A projection onto the top `dims` right singular vectors of a feature set's sampled (unit-norm)
+    embeddings, which keeps their dot products best in the least-squares sense; None when they have
+    no more dims than that. {"components": [stored dims, d], "variance kept": the share of the
+    sample's squared norm it keeps}."""
+    from sklearn.utils.extmath import randomized_svd  # lazy: scikit-learn, only to reduce
+
+    n, d = sample.shape
+    if d <= dims:
+        return None
+    _, s, vt = randomized_svd(sample.astype(np.float64), min(dims, n), random_state=seed)
+    kept = float((s**2).sum() / max((sample.astype(np.float64) ** 2).sum(), 1e-30))
+    return {"components": vt.astype(np.float32), "variance kept": kept}
+
+
+def neighbours_kept(sample: np.ndarray, projection: dict, queries: int = 500, k: int = 10) -> float:
+    """How many of a sampled embedding's k nearest others in the sample the projection keeps, on average."""
+    k = min(k, len(sample) - 1)
+    if k < 1:
+        return float("nan")
+    rows = topk.sample(len(sample), queries, 0)
+    small = store.project(sample, projection)
+
+    def hide_self(chunk, scores):
+        scores[np.arange(chunk.stop - chunk.start), rows[chunk]] = -np.inf
+
+    full = topk.top_k(sample[rows], sample, k, mask=hide_self)[0]
+    near = topk.top_k(small[rows], small, k, mask=hide_self)[0]
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(full, near)]))
 
 
 def check_recall(report: dict, cfg: IndexConfig) -> None:
