@@ -4,9 +4,10 @@ A version of N items (default 10^6) is made from the newest pushed version (or -
 SavedModel, its catalogue embeddings grown to N rows (every real embedding, then noisy copies, as
 `bench ann` grows them: bench/ann.py grown), a ScaNN index the Indexer's `auto` choice builds over
 them (serving/build/index.py), the 2-D map (write_map), and each other feature set grown the same
-way, unless its N rows would take more than --max-set-gb on disk (then it is left out, and the
-result says how large it would be). A copy's item id is its source's with "~c" appended, and shows
-its source's image.
+way (a set the source stores in full dims, from before the Indexer reduced them, is first projected
+as the Indexer now projects it: index.explorer_dims), unless its N rows would take more than
+--max-set-gb on disk (then it is left out, and the result says how large it would be). A copy's
+item id is its source's with "~c" appended, and shows its source's image.
 
 The explorer (`collabfeat explore`, its own process) then serves that version, and every page kind
 is requested --requests times with random items: info, a page of the grid (map order and id
@@ -15,7 +16,9 @@ Recorded: each page kind's median, 95th percentile and slowest milliseconds agai
 target, the explorer's start-up seconds, and its resident memory (peak, sampled) against the index's
 own size (the ScaNN files and the served embeddings) and the 4 GB target beyond it.
 
-    ./run bench explorer [--items 1000000] [--requests 20] [--max-set-gb 6] [--version DIR]
+    ./run bench explorer [--items 1000000] [--requests 20] [--max-set-gb 6] [--version DIR] [--reuse]
+
+--reuse serves the version an earlier run made at the same size (the build takes minutes at 10^6).
 
 Writes bench/results/explorer.json.
 """
@@ -81,17 +84,25 @@ def make_version(source: str, n: int, work: str, max_set_gb: float, cfg) -> dict
     scann_index.write_map(emb, extra, sample=cfg.index.map_sample)
     mapped = time.time() - start
     del emb
-    sets, left_out = [served], {}
+    sets, left_out, reduced = [served], {}, {}
     for name in sorted(os.listdir(os.path.join(src, "features"))):
         where = os.path.join(src, "features", name)
-        sbase = np.load(os.path.join(where, "embeddings.npy"), mmap_mode="r")
+        sbase = np.load(os.path.join(where, "embeddings.npy"))
+        projection = None
+        if not os.path.exists(os.path.join(where, "projection.npy")):  # stored before sets were reduced
+            projection = scann_index.reduction(sbase[topk.sample(m, cfg.index.map_sample, 2)], cfg.index.explorer_dims)
+            if projection is not None:  # as the Indexer stores it now
+                reduced[name] = {"dims": int(sbase.shape[1]), "stored dims": int(projection["components"].shape[0])}
+                sbase = store.project(sbase, projection)
         gb = n * sbase.shape[1] * 4 / 2**30
         if gb > max_set_gb:
             left_out[name] = {"dim": int(sbase.shape[1]), "gb at n": round(gb, 1)}
             continue
         step(f"feature set {name}: {sbase.shape[1]} dims, {gb:.1f} GB")
         model = os.path.join(where, "model")
-        store.write_feature_set(extra, name, grown(np.asarray(sbase), n), model if os.path.isdir(model) else "")
+        store.write_feature_set(extra, name, grown(sbase, n), model if os.path.isdir(model) else "", projection)
+        if os.path.exists(os.path.join(where, "projection.npy")):
+            shutil.copy(os.path.join(where, "projection.npy"), os.path.join(extra, "features", name))
         sets.append(name)
     # The item table (copies show their source's image) and the run's config pointing at it.
     with open(os.path.join(src, "config.json")) as f:
@@ -108,7 +119,7 @@ def make_version(source: str, n: int, work: str, max_set_gb: float, cfg) -> dict
     run_cfg["data"] = {**run_cfg["data"], "items": table_path, "eval_items": ""}
     with open(os.path.join(extra, "config.json"), "w") as f:
         json.dump(run_cfg, f)
-    return {
+    info = {
         "items": n,
         "source items": m,
         "index": {k: settings[k] for k in ("kind", "leaves", "leaves_to_search", "reorder") if k in settings},
@@ -117,8 +128,19 @@ def make_version(source: str, n: int, work: str, max_set_gb: float, cfg) -> dict
         "index mb": _dir_mb(os.path.join(extra, "scann")) + _dir_mb(os.path.join(extra, "embeddings.npy")),
         "feature sets": sets,
         "left out": left_out,
-        "ids": ids,
+        "reduced": reduced,
     }
+    with open(os.path.join(work, "version.json"), "w") as f:
+        json.dump(info, f)
+    return {**info, "ids": ids}
+
+
+def made_version(work: str) -> dict:
+    """What make_version() made under `work` earlier (--reuse)."""
+    with open(os.path.join(work, "version.json")) as f:
+        info = json.load(f)
+    with open(os.path.join(work, "models", "collabfeat", "1", store.EXTRA, "item_ids.txt")) as f:
+        return {**info, "ids": [line.rstrip("\n") for line in f if line.strip()]}
 
 
 class Sampler:
@@ -217,11 +239,12 @@ def run(argv=None) -> dict:
     p.add_argument("--max-set-gb", type=float, default=6.0, help="leave out feature sets larger than this at N")
     p.add_argument("--version", default="", help="the version to grow (default: the newest pushed one)")
     p.add_argument("--work", default=os.path.join("runs", "bench-explorer"))
+    p.add_argument("--reuse", action="store_true", help="serve the version an earlier run made at this size")
     args = p.parse_args(argv)
-    cfg = config_lib.Config()
+    cfg = config_lib.load()
     source = args.version or store.newest_version(os.path.join(cfg.serving.push_dir, cfg.serving.model_name))
     work = os.path.abspath(os.path.join(args.work, str(args.items)))
-    info = make_version(source, args.items, work, args.max_set_gb, cfg)
+    info = made_version(work) if args.reuse else make_version(source, args.items, work, args.max_set_gb, cfg)
     step("serving it: every page kind, timed")
     measured = measure(work, info, args.requests)
     result = {

@@ -267,7 +267,11 @@ def explorer(r: dict) -> list[str]:
         _when(r),
         f"{r['items']:,} catalogue items grown from {r['source items']:,} real ones; index {r['index']} "
         f"({r['index mb']:.0f} MB, built in {r['index build s']:.0f} s); feature sets served: "
-        f"{', '.join(r['feature sets'])}; left out (too large on disk at this size): {left}.",
+        f"{', '.join(r['feature sets'])}; left out (too large on disk at this size): {left}."
+        + "".join(
+            f" {k} is stored projected from {v['dims']} onto {v['stored dims']} dims."
+            for k, v in r.get("reduced", {}).items()
+        ),
         f"The explorer started in {r['start s']:.1f} s at {r['rss at start mb']:.0f} MB; its peak was "
         f"{r['peak rss mb']:.0f} MB, {r['beyond index mb']:.0f} MB beyond the index (target "
         f"{r['targets']['memory_beyond_index_mb']} MB: {'met' if r['met']['memory'] else 'not met'}).",
