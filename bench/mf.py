@@ -16,6 +16,7 @@ millions of pairs those take hours). Each data set's result replaces its own in 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import statistics
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from bench.common import RESULTS, default_interactions, save, stamp, step, table
 from collabfeat import config as config_lib
-from collabfeat import movielens
+from collabfeat import examples, movielens
 from trainer import mf
 
 ALS_ITERATIONS = 15  # implicit's default, and its settings from the first version of this benchmark
@@ -37,10 +38,6 @@ ALS_SETTINGS = dict(regularization=0.05, alpha=10.0)
 def run_pairs(root: str):
     """A pipeline run's weighted pairs (its Transform's output, every split):
     (users, items, weights, n_users, n_items)."""
-    import glob  # lazy: this benchmark's stack, imported when it runs
-
-    from collabfeat import examples
-
     [uri] = glob.glob(os.path.join(root, "Transform", "transformed_examples", "*"))
     parts = [b for split in ("train", "eval") for b in examples.column_batches(uri, split, mf.PAIR_SPEC)]
     u, i = (np.concatenate([b[k] for b in parts]) for k in ("user_idx", "item_idx"))

@@ -435,7 +435,7 @@ def reduction(sample: np.ndarray, dims: int, seed: int = 0) -> dict | None:
     if d <= dims:
         return None
     _, s, vt = randomized_svd(sample.astype(np.float64), min(dims, n), random_state=seed)
-    kept = float((s**2).sum() / max((sample.astype(np.float64) ** 2).sum(), 1e-30))
+    kept = min(1.0, float((s**2).sum() / max((sample.astype(np.float64) ** 2).sum(), 1e-30)))  # 1 + rounding
     return {"components": vt.astype(np.float32), "variance kept": kept}
 
 
