@@ -185,6 +185,16 @@ def test_quality_over_seeds_takes_means_and_ranges_and_checks_margins_against_th
     assert by["transfer: served >= pixels"]["met"] and not by["transfer: served >= pixels"]["exceeds_range"]
     assert by["transfer: served >= pixels"]["margin"] == pytest.approx(0.03)
     assert (s["targets_met"], s["targets_beyond_range"]) == (2, 1)
+    # A target with an offset or a ratio: the margin is over what it needs, not over the other's value.
+    cat = [run(0.30, 0.20, 0.29), run(0.34, 0.22, 0.27), run(0.32, 0.21, 0.31)]
+    for r, imagenet in zip(cat, (0.38, 0.40, 0.39)):
+        table = {**r["facets"]["transfer"]["table"], "imagenet": {"precision@10": imagenet}}
+        r["facets"] = {"category": {"table": table, "chance": 0.1}}
+    by = {c["target"]: c for c in over_seeds(cat)["targets"]}
+    ratio = by["category: served >= 0.8 x imagenet"]
+    assert ratio["met"] and ratio["margin"] == pytest.approx(0.32 - 0.8 * 0.39, abs=1e-4)
+    offset = by["category: served >= random + 0.05"]
+    assert offset["met"] and offset["margin"] == pytest.approx(0.32 - 0.21 - 0.05, abs=1e-4)
 
 
 def test_the_behance_settings_are_a_valid_config_of_the_papers_size():
