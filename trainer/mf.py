@@ -386,9 +386,18 @@ def _by_user(users: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return pairs[order, 1], np.searchsorted(rows[order], np.arange(len(users) + 1))
 
 
-def _recall(top: list | np.ndarray, held_items: np.ndarray, held_at: np.ndarray, k: int) -> float:
+def _recall_of(rank, train_pairs: np.ndarray, eval_pairs: np.ndarray, k: int) -> float:
+    """Mean over users with held-out pairs of |top-k ∩ held-out| / min(k, |held-out|), each user's
+    top k from rank(users, seen) (seen(r): the training items of users[r], which it leaves out)."""
+    if len(eval_pairs) == 0:
+        return float("nan")
+    eval_pairs, train_pairs = np.asarray(eval_pairs, np.int64), np.asarray(train_pairs, np.int64)
+    users = np.unique(eval_pairs[:, 0])
+    held_items, held_at = _by_user(users, eval_pairs)
+    seen_items, seen_at = _by_user(users, train_pairs[np.isin(train_pairs[:, 0], users)])
+    top = rank(users, lambda r: seen_items[seen_at[r] : seen_at[r + 1]])
     recalls = []
-    for r in range(len(top)):
+    for r in range(len(users)):
         held = np.unique(held_items[held_at[r] : held_at[r + 1]])
         recalls.append(np.isin(top[r], held).sum() / min(k, len(held)))
     return float(np.mean(recalls))
@@ -398,38 +407,31 @@ def recall_at_k(factors: Factors, train_pairs: np.ndarray, eval_pairs: np.ndarra
     """Mean over users with held-out pairs of |top-k ∩ held-out| / min(k, |held-out|),
     ranking all items by y_i.x_j and excluding the user's training items (chunked, bounded memory).
     The pipeline passes the pairs of a seeded sample of users (mf.eval_users)."""
-    if len(eval_pairs) == 0:
-        return float("nan")
-    eval_pairs, train_pairs = np.asarray(eval_pairs, np.int64), np.asarray(train_pairs, np.int64)
-    users = np.unique(eval_pairs[:, 0])
-    held_items, held_at = _by_user(users, eval_pairs)
-    seen_items, seen_at = _by_user(users, train_pairs[np.isin(train_pairs[:, 0], users)])
 
-    def hide_seen(rows, scores):
-        for r in range(rows.start, rows.stop):
-            scores[r - rows.start, seen_items[seen_at[r] : seen_at[r + 1]]] = -np.inf
+    def rank(users, seen):
+        def hide_seen(rows, scores):
+            for r in range(rows.start, rows.stop):
+                scores[r - rows.start, seen(r)] = -np.inf
 
-    top, _ = topk.top_k(factors.users[users], factors.items, k, mask=hide_seen)
-    return _recall(top, held_items, held_at, k)
+        return topk.top_k(factors.users[users], factors.items, k, mask=hide_seen)[0]
+
+    return _recall_of(rank, train_pairs, eval_pairs, k)
 
 
 def popularity_recall_at_k(item_counts: np.ndarray, train_pairs: np.ndarray, eval_pairs: np.ndarray, k: int) -> float:
     """recall_at_k of ranking every user's items by their training pairs (popularity_from_counts; of
     equal counts, the lower item first, as top_k orders ties): one ranking for all, so each user's
     top k is the first k of it they have not seen, found among its first k + (their training items)."""
-    if len(eval_pairs) == 0:
-        return float("nan")
-    eval_pairs, train_pairs = np.asarray(eval_pairs, np.int64), np.asarray(train_pairs, np.int64)
-    users = np.unique(eval_pairs[:, 0])
-    held_items, held_at = _by_user(users, eval_pairs)
-    seen_items, seen_at = _by_user(users, train_pairs[np.isin(train_pairs[:, 0], users)])
     ranking = np.argsort(-np.asarray(item_counts, np.float32), kind="stable")
-    top = []
-    for r in range(len(users)):
-        seen = seen_items[seen_at[r] : seen_at[r + 1]]
-        first = ranking[: k + len(seen)]
-        top.append(first[~np.isin(first, seen)][:k])
-    return _recall(top, held_items, held_at, k)
+
+    def rank(users, seen):
+        top = []
+        for r in range(len(users)):
+            first = ranking[: k + len(seen(r))]
+            top.append(first[~np.isin(first, seen(r))][:k])
+        return top
+
+    return _recall_of(rank, train_pairs, eval_pairs, k)
 
 
 def neighbour_agreement(
