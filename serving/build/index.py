@@ -367,12 +367,12 @@ def build_index(images_uri: str, models: dict[str, str], served: str, out_uri: s
     for name, path in sorted((n, p) for n, p in models.items() if n != served):
         # batch by batch: the rows go to disk as they come; a set of more than index.explorer_dims dims
         # is projected onto that many first (reduction(), fitted on a seeded sample of its embeddings)
-        projection = None
-        if not 0 < feature_model.output_dim(path) <= cfg.index.explorer_dims:
-            sample = sample_embeddings(path, images_uri, len(ids), cfg.index.map_sample)
+        model, projection = feature_model.load_model(path), None  # loaded once for all three uses
+        if not 0 < feature_model.output_dim(model) <= cfg.index.explorer_dims:
+            sample = sample_embeddings(model, images_uri, len(ids), cfg.index.map_sample)
             projection = reduction(sample, cfg.index.explorer_dims)
         rows = feature_model.embed_batches(
-            path,
+            model,
             examples.image_batches(images_uri, "catalogue"),
             task=f"embedding the catalogue: {name}",
             total=batches,
@@ -407,9 +407,10 @@ def build_index(images_uri: str, models: dict[str, str], served: str, out_uri: s
 SAMPLE_BYTES = 256 << 20  # a feature set's sample for its reduction holds at most this much
 
 
-def sample_embeddings(model: str, images_uri: str, n: int, size: int, seed: int = 2) -> np.ndarray:
-    """A feature model's embeddings of a seeded sample of at most `size` catalogue images (fewer where
-    they would pass SAMPLE_BYTES: raw pixels are 12,288 floats an image), in catalogue order."""
+def sample_embeddings(model, images_uri: str, n: int, size: int, seed: int = 2) -> np.ndarray:
+    """A feature model's (a path or loaded) embeddings of a seeded sample of at most `size` catalogue
+    images (fewer where they would pass SAMPLE_BYTES: raw pixels are 12,288 floats an image), in
+    catalogue order."""
     rows = set(topk.sample(n, size, seed).tolist())
     picked = (
         [x for j, x in enumerate(b, start) if j in rows]
