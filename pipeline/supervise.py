@@ -1,7 +1,8 @@
 """Runs the pipeline in a child process and watches it: which component runs (from MLMD), how long
 each took, and the peak memory (PSS) of the child's whole process tree (Beam's workers included)
-while each component ran (sampled every 0.5 s, or less often when sampling is slow; None: too short to be
-sampled). When the child dies, one line names the component and the cause (an exception,
+while each component ran. Memory is sampled every 0.5 s (less often when sampling is slow); a sample
+counts for the component whose recorded start and end, in MLMD, hold its midpoint (None: too short
+to be sampled). When the child dies, one line names the component and the cause (an exception,
 or the signal that killed it: SIGKILL is what the kernel's out-of-memory killer sends), the report
 of the components that finished is still written, and the log's path is given.
 
@@ -139,8 +140,8 @@ def tree_memory(proc: psutil.Process) -> int:
 
 
 class Watch:
-    """Samples the child's tree every `interval` s (or less often, see _loop); attributes each sample
-    to the running component.
+    """Samples the child's tree every `interval` s (or less often, see _loop), keeping each sample's
+    time (`peaks` attributes them to components).
     Tells `console` when a component starts and ends, and the progress its steps report."""
 
     def __init__(
@@ -155,8 +156,7 @@ class Watch:
         self.proc, self.metadata_path, self.since_ms = psutil.Process(pid), metadata_path, since_ms
         self.interval, self.console = interval, console
         self.progress = progress.Reader(progress_path) if progress_path else None
-        self.peak: dict[str, int] = {}
-        self.running: str | None = None
+        self.samples: list[tuple[float, int]] = []  # (epoch seconds at the sample's midpoint, bytes)
         self.started: set = set()
         self.seen: set = set()
         self.ended: set = set()
@@ -179,8 +179,6 @@ class Watch:
             if e["state"] in ("complete", "cached", "failed") and e["component"] not in self.ended:
                 self.ended.add(e["component"])
                 self.console.end(e)
-        now = [e["component"] for e in ran if e["state"] == "running"]
-        self.running = now[-1] if now else None
 
     def _loop(self):
         last_poll = 0.0
@@ -190,16 +188,40 @@ class Watch:
                 self._poll()
             if self.progress is not None:
                 self.console.progress(self.progress.read())
-            start = time.perf_counter()
+            start, wall = time.perf_counter(), time.time()
             try:
                 rss = tree_memory(self.proc)
             except psutil.Error:
                 break
-            key = self.running or "(between components)"
-            self.peak[key] = max(self.peak.get(key, 0), rss)
+            took = time.perf_counter() - start
+            self.samples.append((wall + took / 2, rss))
             # Reading PSS walks every process's page tables: about 0.1 s for a Beam pipeline's tree
             # here. Sampling waits at least 20x that long, so that watching costs under 5% of a core.
-            self.stop.wait(max(self.interval, 20 * (time.perf_counter() - start)))
+            self.stop.wait(max(self.interval, 20 * took))
+
+    def peaks(self, ran: list[dict], until: float) -> dict[str, int]:
+        """{component: its peak bytes} over the samples taken between its start and end as MLMD
+        recorded them (`until` for one still running); a component no sample fell in is left out.
+        Attributing by recorded times, not by which component the last poll (once a second) saw
+        running, is what measures a component that ran for a second or two."""
+        out: dict[str, int] = {}
+        for e in ran:
+            end = until if e["state"] == "running" else e["ended"]
+            inside = [rss for t, rss in self.samples if e["started"] <= t <= end]
+            if inside:
+                out[e["component"]] = max(out.get(e["component"], 0), *inside)
+        return out
+
+    def largest_gap(self) -> float:
+        """The longest time between two samples, in seconds: a component that ran longer than this
+        has at least one."""
+        times = [t for t, _ in self.samples]
+        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+
+    @property
+    def peak(self) -> int:
+        """The peak bytes over the whole run, between components included."""
+        return max((rss for _, rss in self.samples), default=0)
 
     def __enter__(self):
         self.thread.start()
@@ -328,15 +350,17 @@ def run(cfg, until: str, log_path: str, echo=print, bars: bool = False) -> dict:
             report = json.load(f)
     else:
         report = collect(cfg, ran)
+    peaks = watch.peaks(ran, exited)
     report["components"] = {
         e["component"]: {  # a component still "running" ran until the child died
             "state": e["state"],
             "seconds": round((exited if e["state"] == "running" else e["ended"]) - e["started"], 1),
-            "peak_rss_mb": round(watch.peak[e["component"]] / 2**20) if e["component"] in watch.peak else None,
+            "peak_rss_mb": round(peaks[e["component"]] / 2**20) if e["component"] in peaks else None,
         }
         for e in ran
     }
-    report["peak_rss_mb"] = round(max(watch.peak.values(), default=0) / 2**20)
+    report["peak_rss_mb"] = round(watch.peak / 2**20)
+    report["memory_samples"] = {"count": len(watch.samples), "largest gap s": round(watch.largest_gap(), 2)}
     report["seconds"] = round(time.time() - started, 1)
     if returncode != 0 or not os.path.exists(report_path):
         failed = [e["component"] for e in ran if e["state"] in ("running", "failed")]
@@ -351,7 +375,7 @@ def run(cfg, until: str, log_path: str, echo=print, bars: bool = False) -> dict:
         elif os.path.exists(failure_path):
             with open(failure_path) as f:
                 cause = json.load(f)["error"]
-        peak = watch.peak.get(failed[-1], 0) if failed else 0
+        peak = peaks.get(failed[-1], 0) if failed else 0
         message = (
             f"{where} {'stopped' if stopped else 'failed'}: {cause}"
             + (f" (peak memory {peak / 2**30:.1f} GB)" if peak and not stopped else "")

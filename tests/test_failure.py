@@ -128,3 +128,35 @@ def _cmdline(p):
         return p.cmdline()
     except psutil.Error:
         return []
+
+
+def test_a_component_of_a_second_is_measured_by_its_recorded_start_and_end(tmp_path):
+    """The supervisor's memory samples count for the component whose recorded window holds them, so
+    one that ran for about a second (between two of the once-a-second polls of MLMD) still gets its
+    peak. A real child allocates 400 MB for one second between idle seconds; the windows are the
+    times it wrote down."""
+    from pipeline.supervise import Console, Watch
+
+    times = tmp_path / "times.json"
+    code = (
+        "import json, time\n"
+        "idle = time.time(); time.sleep(1.0)\n"
+        "start = time.time(); block = bytearray(400 * 2**20); block[::4096] = b'x' * len(block[::4096])\n"
+        "time.sleep(1.0); end = time.time(); del block\n"
+        "time.sleep(1.0)\n"
+        f"json.dump([idle, start, end, time.time()], open({str(times)!r}, 'w'))\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code])
+    with Watch(child.pid, str(tmp_path / "none.sqlite"), 0, Console(echo=lambda line: None), interval=0.2) as watch:
+        child.wait()
+    idle, start, end, last = json.load(open(times))
+    ran = [
+        {"component": "Idle", "state": "complete", "started": idle, "ended": start - 0.05},
+        {"component": "Allocates", "state": "complete", "started": start + 0.05, "ended": end},
+        {"component": "After", "state": "complete", "started": end + 0.2, "ended": last},
+        {"component": "Unsampled", "state": "complete", "started": last + 5, "ended": last + 6},
+    ]
+    peaks = watch.peaks(ran, until=time.time())
+    mb = {name: peak / 2**20 for name, peak in peaks.items()}
+    assert mb["Allocates"] > mb["Idle"] + 350 and mb["After"] < mb["Idle"] + 50, mb
+    assert "Unsampled" not in peaks and watch.peak == peaks["Allocates"]
