@@ -7,6 +7,7 @@ the whole process tree while it ran (Beam's workers included).
 
     ./run bench scale [--sizes 1,4,16] [--behaviour 64] [--portable 4] [--work DIR]
     ./run bench scale --sizes '' --behaviour 16 --behance 0.1,1
+    ./run bench scale --sizes '' --behaviour '' --behance 1 --add    (adds to the saved runs)
 
 --behance runs the behaviour path without the image catalogue (runner.catalogue false) on the Behance-size
 simulated set (BEHANCE: 309,000 users, 423,000 items, about 10^8 log rows), or on a fraction of its users
@@ -26,13 +27,14 @@ bench/results/scale.json after every size, so that a partial run keeps what it m
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
 import subprocess
 import sys
 
-from bench.common import save, stamp, table
+from bench.common import RESULTS, save, stamp, table
 from collabfeat import config as config_lib
 
 BASE = config_lib.SimulatorConfig()
@@ -190,6 +192,11 @@ def run(argv=None) -> dict:
     )
     p.add_argument("--behance", default="", help="fractions of the Behance-size set's users for the behaviour path")
     p.add_argument("--work", default=os.path.join("runs", "bench-scale"))
+    p.add_argument(
+        "--add",
+        action="store_true",
+        help="keep the saved file's runs of other sizes (each run keeps its own date) and add these",
+    )
     args = p.parse_args(argv)
     plan = (
         [(f"x{m}", settings(int(m)), "push", "direct") for m in args.sizes.split(",") if m]
@@ -210,10 +217,10 @@ def run(argv=None) -> dict:
     result = {
         **stamp(),
         "targets": TARGETS,
-        "runs": [],
+        "runs": kept(name, {(size, until, engine) for size, _, until, engine in plan}) if args.add else [],
     }
     for size, overrides, until, engine in plan:
-        result["runs"].append(measure(size, overrides, until, os.path.abspath(args.work), engine))
+        result["runs"].append({**measure(size, overrides, until, os.path.abspath(args.work), engine), **stamp()})
         save(name, result)
         direct = [r for r in result["runs"] if r.get("engine", "direct") == "direct"]
         result["exponents"] = exponents([r for r in direct if r["until"] == "push"])
@@ -223,6 +230,21 @@ def run(argv=None) -> dict:
     print(report_text(result))
     print("saved", save(name, result))
     return result
+
+
+def kept(name: str, replaced: set) -> list[dict]:
+    """The saved runs of bench/results/<name>.json but those `replaced` names by (size, until, engine);
+    a run saved without a date of its own takes the file's."""
+    path = os.path.join(RESULTS, f"{name}.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        saved = json.load(f)
+    return [
+        {"date": saved.get("date"), "machine": saved.get("machine"), **r}
+        for r in saved.get("runs", [])
+        if (size_of(r), r["until"], r.get("engine", "direct")) not in replaced
+    ]
 
 
 def size_of(run: dict) -> str:

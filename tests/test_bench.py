@@ -1,5 +1,7 @@
 """The benchmarks: ANN curve arithmetic and its sweep on a small real set; the serving load loop and report."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -209,3 +211,20 @@ def test_the_behance_settings_are_a_valid_config_of_the_papers_size():
     tenth = config_lib.load(overrides=scale.behance(0.1)).simulator
     assert tenth.n_users == sim.n_users // 10 and tenth.n_items == sim.n_items
     assert scale.size_of({"multiple": 16}) == "x16" and scale.size_of({"size": "behance"}) == "behance"
+
+
+def test_scale_add_keeps_the_other_sizes_with_their_dates(tmp_path, monkeypatch):
+    """bench scale --add: the saved runs of other sizes stay, with the file's date when they had none."""
+    from bench import scale
+
+    monkeypatch.setattr(scale, "RESULTS", str(tmp_path))
+    assert scale.kept("scale_behance", set()) == []
+    runs = [
+        {"size": "x16", "until": "mf", "engine": "direct", "seconds": 1},
+        {"size": "behance-0.1", "until": "mf", "seconds": 2, "date": "2026-12-05"},
+        {"size": "behance", "until": "mf", "engine": "direct", "seconds": 3},
+    ]
+    (tmp_path / "scale_behance.json").write_text(json.dumps({"date": "2026-12-01", "machine": "m", "runs": runs}))
+    kept = scale.kept("scale_behance", {("behance", "mf", "direct")})
+    assert [(r["size"], r["date"]) for r in kept] == [("x16", "2026-12-01"), ("behance-0.1", "2026-12-05")]
+    assert all(r["machine"] == "m" for r in kept)
