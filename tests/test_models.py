@@ -77,6 +77,30 @@ def _small_matrix(seed=3):
     return pairs, rng.random(len(pairs)).astype(np.float32)
 
 
+@pytest.mark.parametrize("twice", [False, True])
+def test_pair_buckets_sort_by_row_then_column_and_keep_a_pair_given_twice(twice):
+    """The buckets' pairs come out sorted by row, then column, with each row's range in indptr, as a
+    lexsort of the triples gives them; a pair given twice stays two pairs (not summed)."""
+    rng = np.random.default_rng(5)
+    rows, cols = rng.integers(0, 50, 2000), rng.integers(0, 300, 2000)
+    keep = np.unique(rows * 300 + cols, return_index=True)[1]
+    rows, cols = rows[keep], cols[keep]
+    if twice:
+        rows, cols = np.r_[rows, rows[:7]], np.r_[cols, cols[:7]]
+    conf = rng.random(len(rows)).astype(np.float32)
+    side = mf.PairBuckets(np.bincount(rows, minlength=60))  # rows 50-59 have no pairs
+    side.add(rows, cols, conf)
+    [(lo, hi, r, c, w, indptr)] = side.buckets()
+    order = np.lexsort((np.arange(len(rows)), cols, rows))
+    assert (lo, hi) == (0, 60) and len(r) == len(rows)
+    np.testing.assert_array_equal(r, rows[order])
+    np.testing.assert_array_equal(c, cols[order])
+    np.testing.assert_array_equal(np.sort(w), np.sort(conf))  # a duplicate's two confidences may swap
+    if not twice:
+        np.testing.assert_array_equal(w, conf[order])
+    np.testing.assert_array_equal(indptr, np.searchsorted(rows[order], np.arange(61)))
+
+
 @pytest.mark.parametrize("chunk_pairs,bucket_pairs", [(1 << 15, 0), (5, 0), (5, 30)])
 def test_als_half_sweep_solves_the_normal_equations(chunk_pairs, bucket_pairs, tmp_path):
     """With as many conjugate-gradient steps as dimensions, a half sweep is the exact weighted

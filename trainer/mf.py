@@ -23,6 +23,7 @@ import tempfile
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
@@ -119,6 +120,14 @@ class PairBuckets:
                 records[order[cuts[k] : cuts[k + 1]]].tofile(f)
 
     def _sort(self, records: np.ndarray, lo: int, hi: int):
+        """(local rows, cols, confidences, indptr), sorted by row, then column. scipy's COO to CSR
+        conversion sorts in linear time (8x faster than a lexsort at 4.4M pairs); it would sum a
+        pair given twice, so then the lexsort keeps them apart, as add() was given them."""
+        n_cols = int(records["col"].max()) + 1 if len(records) else 0
+        csr = sp.csr_matrix((records["conf"], (records["row"] - lo, records["col"])), shape=(hi - lo, n_cols))
+        if csr.nnz == len(records):
+            indptr = csr.indptr.astype(np.int64)
+            return np.repeat(np.arange(hi - lo, dtype=np.int32), np.diff(indptr)), csr.indices, csr.data, indptr
         records = records[np.lexsort((records["col"], records["row"]))]
         indptr = np.searchsorted(records["row"], np.arange(lo, hi + 1))
         return records["row"] - lo, records["col"], records["conf"], indptr
