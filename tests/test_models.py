@@ -130,6 +130,12 @@ def test_als_half_sweep_solves_the_normal_equations(chunk_pairs, bucket_pairs, t
     c[pairs[:, 0], pairs[:, 1]], p[pairs[:, 0], pairs[:, 1]] = 1 + cfg.alpha * rating, 1.0
     dense = ((c * (p - xv @ yv.T) ** 2).sum() + cfg.l2 * ((xv**2).sum() + (yv**2).sum())) / len(pairs)
     assert als.objective() == pytest.approx(dense, rel=1e-4)
+    # A sweep's objective is summed while the items are solved, in blocks and chunks (a popular item's
+    # pairs in several): the same as the pass of its own, and the dense loss, at the sweep's factors.
+    loss = als.sweep()
+    xv, yv = x.numpy().astype(np.float64), y.numpy().astype(np.float64)
+    dense = ((c * (p - xv @ yv.T) ** 2).sum() + cfg.l2 * ((xv**2).sum() + (yv**2).sum())) / len(pairs)
+    assert loss == pytest.approx(als.objective(), rel=1e-5) and loss == pytest.approx(dense, rel=1e-4)
 
 
 def test_als_from_buckets_on_disk_equals_als_in_memory(tmp_path):

@@ -179,12 +179,15 @@ class WeightedALS:
         starts = row_ranges(np.asarray(indptr), self.cfg.chunk_pairs)
         return tf.constant(starts.astype(np.int32)), tf.constant(np.asarray(indptr)[starts].astype(np.int32))
 
-    def _half(self, x, y, side: PairBuckets, reg, steps):
+    def _half(self, x, y, side: PairBuckets, reg, steps, with_loss: bool = False) -> float:
+        """x's rows solved from y; with_loss: -> what the observed pairs add to the objective at
+        the new x (see _observed_loss), summed as the rows are solved (no pass of its own)."""
         new = np.empty(tuple(x.shape), np.float32)
+        observed = 0.0
         for lo, hi, rows, cols, conf, indptr in side.buckets():
             if hi == lo:
                 continue
-            new[lo:hi] = _solve(
+            solved, loss = _solve(
                 x[lo:hi],
                 y,
                 tf.constant(rows),
@@ -194,8 +197,12 @@ class WeightedALS:
                 reg,
                 steps,
                 tf.constant(self.cfg.chunk_pairs),
-            ).numpy()
+                tf.constant(with_loss),
+            )
+            new[lo:hi] = solved.numpy()
+            observed += float(loss)
         x.assign(new)
+        return observed
 
     def sweep(self) -> float:
         """One ALS iteration: users from items, then items from users; returns the objective
@@ -203,21 +210,25 @@ class WeightedALS:
         x, y = self.model.users.embeddings, self.model.items.embeddings
         reg, steps = tf.constant(self.cfg.l2, tf.float32), tf.constant(self.cfg.cg_steps)
         self._half(x, y, self.user_side, reg, steps)
-        self._half(y, x, self.item_side, reg, steps)
-        return self.objective()
+        return self._objective(self._half(y, x, self.item_side, reg, steps, with_loss=True))
 
     def objective(self) -> float:
+        """The objective at the current factors, in a pass over the pairs of its own."""
         x, y = self.model.users.embeddings, self.model.items.embeddings
-        observed, pairs = 0.0, 0
+        observed = 0.0
         chunk = tf.constant(self.cfg.chunk_pairs)
         for lo, hi, rows, cols, conf, indptr in self.user_side.buckets():
             observed += float(
                 _observed_loss(x[lo:hi], y, tf.constant(rows), tf.constant(cols), tf.constant(conf), chunk)
             )
-            pairs += len(rows)
+        return self._objective(observed)
+
+    def _objective(self, observed: float) -> float:
+        """The objective per observed pair from the observed pairs' part of it (see _observed_loss)."""
+        x, y = self.model.users.embeddings, self.model.items.embeddings
         everywhere = tf.reduce_sum(tf.matmul(x, x, transpose_a=True) * tf.matmul(y, y, transpose_a=True))
         penalty = self.cfg.l2 * (tf.reduce_sum(x * x) + tf.reduce_sum(y * y))
-        return (observed + float(everywhere) + float(penalty)) / max(pairs, 1)
+        return (observed + float(everywhere) + float(penalty)) / max(self.user_side.pairs, 1)
 
 
 _SIDE = [
@@ -232,14 +243,16 @@ _SIDE = [
 ]
 
 
-@tf.function(input_signature=_SIDE + [tf.TensorSpec([], tf.int32)] * 2)
-def _solve(x, y, rows, cols, conf, row_starts, pair_starts, reg, cg_steps, chunk):
+@tf.function(input_signature=_SIDE + [tf.TensorSpec([], tf.int32)] * 2 + [tf.TensorSpec([], tf.bool)])
+def _solve(x, y, rows, cols, conf, row_starts, pair_starts, reg, cg_steps, chunk, with_loss):
     """New x [n, d] from y [m, d] and the pairs (rows into x, sorted; cols into y; confidence):
     `cg_steps` conjugate-gradient steps on every row's normal equations from x's current value,
-    one block of rows (row_starts, pair_starts) at a time."""
+    one block of rows (row_starts, pair_starts) at a time. -> (new x, with_loss: what the pairs
+    add to the objective at the new x, as _observed_loss sums it; else 0)."""
     d = tf.shape(x)[1]
     yty = tf.matmul(y, y, transpose_a=True) + reg * tf.eye(d)
     blocks = tf.TensorArray(tf.float32, size=tf.shape(row_starts)[0] - 1, infer_shape=False)
+    loss = tf.constant(0.0, tf.float64)
     for b in tf.range(tf.shape(row_starts)[0] - 1):
         r0, r1 = row_starts[b], row_starts[b + 1]
         p0, p1 = pair_starts[b], pair_starts[b + 1]
@@ -274,7 +287,14 @@ def _solve(x, y, rows, cols, conf, row_starts, pair_starts, reg, cg_steps, chunk
             p = res + tf.where(live, rs_new / tf.maximum(rs, 1e-30), 0.0) * p
             rs = rs_new
         blocks = blocks.write(b, xb)
-    return blocks.concat()
+        if with_loss:
+            for q0 in tf.range(p0, p1, chunk):
+                tf.autograph.experimental.set_loop_options(parallel_iterations=1)
+                q1 = tf.minimum(q0 + chunk, p1)
+                yg = tf.cond(q0 == p0, lambda: first, lambda: tf.gather(y, cols[q0:q1]))
+                s = tf.reduce_sum(yg * tf.gather(xb, rows[q0:q1] - r0), axis=1)
+                loss += tf.cast(tf.reduce_sum(conf[q0:q1] * (1.0 - s) ** 2 - s * s), tf.float64)
+    return blocks.concat(), loss
 
 
 @tf.function(input_signature=_SIDE[:5] + [tf.TensorSpec([], tf.int32)])
