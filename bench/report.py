@@ -191,9 +191,27 @@ def scale(r: dict) -> list[str]:
             "peak RSS MB": x["peak_rss_mb"],
             "failed": x["failed"] or "",
         }
+        | ({"measured": x.get("date") or r["date"]} if any("date" in x for x in r["runs"]) else {})
         for x in r["runs"]
     ]
     out = [_when(r), f"Targets: {', '.join(f'{k} {v}' for k, v in r['targets'].items())}.", _md(runs, list(runs[0]))]
+    t = r["targets"]
+    for x in r["runs"]:
+        if x.get("size") == "behance" and not x["failed"]:
+            worst = max((e["b (time)"] for e in r.get("exponents_whole_span", [])), default=None)
+            out.append(
+                f"At Behance size ({x['rows_in_logs']:,} log rows, {x['users']:,} users, {x['items']:,} items): "
+                f"{x['pipeline_seconds']:,.0f} s against {t['behance_seconds']:,} "
+                f"({'met' if x['pipeline_seconds'] <= t['behance_seconds'] else 'NOT met'}); "
+                f"peak {x['peak_rss_mb']:,} MB against {t['behance_peak_rss_mb']:,} "
+                f"({'met' if x['peak_rss_mb'] <= t['behance_peak_rss_mb'] else 'NOT met'})"
+                + (
+                    f"; the largest growth exponent from the smallest size, {worst:.3f}, against {t['exponent']} "
+                    f"({'met' if worst <= t['exponent'] else 'NOT met'})."
+                    if worst is not None
+                    else "."
+                )
+            )
     made = [
         {"size": x.get("size"), "users": x["users"], "items": x["items"], **x["generation"]}
         for x in r["runs"]
@@ -214,6 +232,12 @@ def scale(r: dict) -> list[str]:
         growth = r["exponents_all_sizes"]
         out += [
             "Growth exponents (time ~ n^b) per component, between its two largest sizes:",
+            _md(growth, list(growth[0])),
+        ]
+    if made and r.get("exponents_whole_span") and len(r["runs"]) > 2:
+        growth = r["exponents_whole_span"]
+        out += [
+            "Growth exponents per component from its smallest size to its largest:",
             _md(growth, list(growth[0])),
         ]
     if r.get("exponents"):

@@ -148,8 +148,9 @@ def measure(size: str, overrides: list[str], until: str, work_root: str, engine:
     }
 
 
-def exponents(runs: list[dict]) -> list[dict]:
-    """b for time and for memory per component, between the two largest sizes it ran at."""
+def exponents(runs: list[dict], whole_span: bool = False) -> list[dict]:
+    """b for time and for memory per component, between the two largest sizes it ran at
+    (whole_span: between the smallest and the largest, e.g. x16 to Behance size)."""
     by: dict[str, list[dict]] = {}
     for r in runs:
         for c in r["components"]:
@@ -161,7 +162,7 @@ def exponents(runs: list[dict]) -> list[dict]:
         cs = sorted({c["n"]: c for c in cs}.values(), key=lambda c: c["n"])
         if len(cs) < 2 or cs[-1]["n"] <= cs[-2]["n"]:
             continue
-        a, b = cs[-2], cs[-1]
+        a, b = cs[0 if whole_span else -2], cs[-1]
         growth = math.log(b["n"] / a["n"])
         bt = math.log(max(b["seconds"], 0.1) / max(a["seconds"], 0.1)) / growth
         bm = math.log(max(b["peak_rss_mb"], 1) / max(a["peak_rss_mb"], 1)) / growth
@@ -225,6 +226,7 @@ def run(argv=None) -> dict:
         direct = [r for r in result["runs"] if r.get("engine", "direct") == "direct"]
         result["exponents"] = exponents([r for r in direct if r["until"] == "push"])
         result["exponents_all_sizes"] = exponents(direct)
+        result["exponents_whole_span"] = exponents(direct, whole_span=True)
         result["engines"] = engine_ratios(result["runs"])
         save(name, result)
     print(report_text(result))
