@@ -226,7 +226,7 @@ class IndexConfig:
 
     num_neighbors: int = 10
     kind: str = "auto"  # "auto" (by size and measured speed), "brute_force", "int8", "ah", "tree_bf" or "tree_ah"
-    leaves: int = 0  # tree leaves; 0: about sqrt(n)
+    leaves: int = 0  # tree leaves; 0: sqrt(n) and 2 sqrt(n) tried (sqrt(n) alone if leaves_to_search is set)
     leaves_to_search: int = 0  # 0: tuned, the fewest that reach min_recall (serving/build/index.py)
     reorder: int = 0  # candidates re-scored exactly; 0: tuned with leaves_to_search
     min_recall: float = 0.95  # recall@num_neighbors against exact search the index must reach

@@ -571,6 +571,8 @@ def test_every_index_configuration_reaches_the_recall_and_auto_takes_the_fastest
         assert index.recall(rows, exact, 10) >= 0.88, (kind, settings)
     _, auto = index.build(emb, IndexConfig(min_recall=0.9), tune)
     assert {t["kind"] for t in auto["tried"]} == {"tree_bf", "tree_ah"}
+    # Both trees, of about sqrt(n) and 2 sqrt(n) leaves (89 and 178 over 8,000 items).
+    assert {t["leaves"] for t in auto["tried"] if "leaves" in t} == {89, 178}, auto["tried"]
     reached = [t for t in auto["tried"] if t["tuning_recall"] >= 0.9 + index.TUNING_MARGIN]
     fastest = min(t["ms_per_query"] for t in reached)
     assert auto["ms_per_query"] == fastest or auto["kind"] == "brute_force", auto["why"]
