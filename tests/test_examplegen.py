@@ -195,6 +195,9 @@ def test_memory_does_not_grow_with_the_rows(tmp_path, executor="examplegen.CsvEx
                 for i in range(n)
             )
         )
-        code = PEAK.format(repo=repo, executor=executor, logs=str(logs), out=str(tmp_path / f"out{n}"))
-        peaks.append(fresh.last_number(code))
+        code = lambda k: PEAK.format(repo=repo, executor=executor, logs=str(logs), out=str(tmp_path / f"out{n}-{k}"))
+        # The least of two runs: on a busy machine one run in several peaked about 7 MB higher (at
+        # either size: 22.7 and 29.6 MB in one CI run), a transient of the in-memory runner's
+        # scheduling; holding the rows would raise both runs.
+        peaks.append(min(fresh.last_number(code(k)) for k in range(2)))
     assert peaks[1] < 1.2 * peaks[0], json.dumps(peaks)
