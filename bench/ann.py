@@ -144,8 +144,8 @@ def curves(name: str, db: np.ndarray, queries: np.ndarray, hnsw_up_to: int = 100
     method("scann AH (reorder)", lambda: scann_index.ah_searcher(db, K, 40 * K), reorders, scann_search)
     root = scann_index.default_leaves(n)
     for leaves in sorted({max(2, root // 2), root, 2 * root, 4 * root}):
-        if leaves * 10 > n:
-            continue  # fewer than 10 items a leaf: not a tree worth having
+        if leaves * scann_index.MIN_LEAF_ITEMS > n:
+            continue
         method(
             f"scann tree{leaves}+brute force (leaves_to_search)",
             lambda: scann_index.tree_bf_searcher(db, K, leaves),

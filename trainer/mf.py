@@ -292,9 +292,14 @@ def _solve(x, y, rows, cols, conf, row_starts, pair_starts, reg, cg_steps, chunk
                 tf.autograph.experimental.set_loop_options(parallel_iterations=1)
                 q1 = tf.minimum(q0 + chunk, p1)
                 yg = tf.cond(q0 == p0, lambda: first, lambda: tf.gather(y, cols[q0:q1]))
-                s = tf.reduce_sum(yg * tf.gather(xb, rows[q0:q1] - r0), axis=1)
-                loss += tf.cast(tf.reduce_sum(conf[q0:q1] * (1.0 - s) ** 2 - s * s), tf.float64)
+                loss += _pairs_loss(tf.reduce_sum(yg * tf.gather(xb, rows[q0:q1] - r0), axis=1), conf[q0:q1])
     return blocks.concat(), loss
+
+
+def _pairs_loss(s, conf):
+    """sum of c (1 - s)^2 - s^2 over pairs of scores s = x.y and confidences c, in float64 (see
+    _observed_loss)."""
+    return tf.cast(tf.reduce_sum(conf * (1.0 - s) ** 2 - s * s), tf.float64)
 
 
 @tf.function(input_signature=_SIDE[:5] + [tf.TensorSpec([], tf.int32)])
@@ -306,8 +311,7 @@ def _observed_loss(x, y, rows, cols, conf, chunk):
     for p0 in tf.range(0, tf.shape(rows)[0], chunk):
         tf.autograph.experimental.set_loop_options(parallel_iterations=1)
         p1 = tf.minimum(p0 + chunk, tf.shape(rows)[0])
-        s = tf.reduce_sum(tf.gather(x, rows[p0:p1]) * tf.gather(y, cols[p0:p1]), axis=1)
-        total += tf.cast(tf.reduce_sum(conf[p0:p1] * (1.0 - s) ** 2 - s * s), tf.float64)
+        total += _pairs_loss(tf.reduce_sum(tf.gather(x, rows[p0:p1]) * tf.gather(y, cols[p0:p1]), axis=1), conf[p0:p1])
     return total
 
 

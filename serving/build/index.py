@@ -176,12 +176,15 @@ def default_leaves(n: int) -> int:
     return max(2, int(math.sqrt(n)))
 
 
+MIN_LEAF_ITEMS = 10  # a tree whose leaves average fewer items than this is not one worth having
+
+
 def tree_leaves(n: int) -> list[int]:
     """The trees tried for n items: about sqrt(n) and 2 sqrt(n) leaves (the finer one, with fewer
     items scored a query, was ScaNN's fastest at recall 0.95 at 6k and 60k items in bench ann), the
     finer one only while its leaves average at least 10 items."""
     root = default_leaves(n)
-    return [root, 2 * root] if 2 * root * 10 <= n else [root]
+    return [root, 2 * root] if 2 * root * MIN_LEAF_ITEMS <= n else [root]
 
 
 def min_partition(n: int, leaves: int) -> int:
@@ -200,13 +203,7 @@ def tree_searcher(db: np.ndarray, k: int, leaves: int, max_reorder: int):
     """A tree over `leaves` leaves with anisotropic hashing (2 dims a subspace) and exact re-scoring of
     up to `max_reorder` candidates; leaves_to_search and the re-scored length are chosen per search."""
     return (
-        scann_ops_pybind.builder(db, k, "dot_product")
-        .tree(
-            num_leaves=leaves,
-            num_leaves_to_search=max(1, leaves // 3),
-            training_sample_size=min(len(db), 250_000),
-            min_partition_size=min_partition(len(db), leaves),
-        )
+        _tree(db, k, leaves, spherical=False)
         .score_ah(_ah_dims(db), anisotropic_quantization_threshold=0.2)
         .reorder(max_reorder)
         .build()
@@ -216,17 +213,17 @@ def tree_searcher(db: np.ndarray, k: int, leaves: int, max_reorder: int):
 def tree_bf_searcher(db: np.ndarray, k: int, leaves: int):
     """A spherical k-means tree over `leaves` leaves, the items in the leaves searched scored exactly
     (faiss's IVF-Flat, in ScaNN); leaves_to_search is chosen per search."""
-    return (
-        scann_ops_pybind.builder(db, k, "dot_product")
-        .tree(
-            num_leaves=leaves,
-            num_leaves_to_search=max(1, leaves // 3),
-            training_sample_size=min(len(db), 250_000),
-            min_partition_size=min_partition(len(db), leaves),
-            spherical=True,
-        )
-        .score_brute_force()
-        .build()
+    return _tree(db, k, leaves, spherical=True).score_brute_force().build()
+
+
+def _tree(db: np.ndarray, k: int, leaves: int, spherical: bool):
+    """A ScaNN builder with its tree over `leaves` leaves set (k-means on up to 250k items)."""
+    return scann_ops_pybind.builder(db, k, "dot_product").tree(
+        num_leaves=leaves,
+        num_leaves_to_search=max(1, leaves // 3),
+        training_sample_size=min(len(db), 250_000),
+        min_partition_size=min_partition(len(db), leaves),
+        spherical=spherical,
     )
 
 
