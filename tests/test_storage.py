@@ -69,6 +69,39 @@ def test_index_map_and_feature_sets(root, tmp_path):
     assert len(storage.read_json(f"{where}/map.json")["x"]) == 300
 
 
+def test_the_maps_neighbours_beyond_umaps_exact_size_are_the_exact_cosine_ones():
+    from sklearn.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(2)
+    n = index.UMAP_EXACT_BELOW + 100
+    sample = (rng.normal(size=(n, 8)) * rng.uniform(0.5, 3, (n, 1))).astype(np.float32)  # norms apart
+    near, dist, search = index.sample_neighbours(sample, 15)
+    want_dist, want = (
+        NearestNeighbors(n_neighbors=15, metric="cosine", algorithm="brute").fit(sample).kneighbors(sample)
+    )
+    assert search is None and near.shape == dist.shape == (len(sample), 15)
+    np.testing.assert_array_equal(near[:, 0], np.arange(len(sample)))  # each point first, at distance 0
+    assert (dist[:, 0] == 0).all() and (np.diff(dist, axis=1) >= -1e-6).all()
+    np.testing.assert_allclose(dist, want_dist, atol=1e-5)
+    assert (near[:, 1:] == want[:, 1:]).mean() > 0.999  # all but float ties
+    assert index.sample_neighbours(sample[: index.UMAP_EXACT_BELOW - 1], 15) == (None, None, None)
+
+
+def test_a_map_of_more_items_than_umaps_exact_size_keeps_planted_clusters_together(tmp_path):
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(6, 16))
+    cluster = np.arange(index.UMAP_EXACT_BELOW + 400) % 6
+    emb = (centres[cluster] + 0.3 * rng.normal(size=(len(cluster), 16))).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    index.write_map(emb, str(tmp_path))
+    m = storage.read_json(f"{tmp_path}/map.json")
+    xy = np.c_[m["x"], m["y"]]
+    d = ((xy[:500, None, :] - xy[None, :, :]) ** 2).sum(axis=2)
+    d[np.arange(500), np.arange(500)] = np.inf
+    assert (cluster[d.argmin(axis=1)] == cluster[:500]).mean() > 0.95  # each item's nearest on the map
+    assert sorted(m["grid"]) == list(range(len(cluster)))
+
+
 def test_a_feature_model_and_a_pushed_version(root, tmp_path):
     import tensorflow as tf
 

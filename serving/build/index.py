@@ -7,6 +7,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -295,10 +296,33 @@ def _umap():
 
 
 def warm_map_cache() -> None:
-    """Compiles what write_map() runs into numba's cache (pynndescent's and umap's functions)."""
+    """Compiles what write_map() runs into numba's cache (umap's functions; its neighbours come from
+    sample_neighbours, not pynndescent)."""
 
     with tempfile.TemporaryDirectory() as d:
         write_map(np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32), d)
+
+
+UMAP_EXACT_BELOW = 4096  # umap computes every distance itself for fewer points than this
+
+
+def sample_neighbours(sample: np.ndarray, k: int) -> tuple:
+    """umap's precomputed_knn for the map's sample: every point's k nearest points by cosine (itself
+    first), exact, by the chunked top-k (collabfeat/topk.py), (indices, distances, None). From
+    UMAP_EXACT_BELOW points on umap would search them approximately with pynndescent, whose numba
+    code compiles in every process (~36 s on 2 cores at 12,000 items); exact is ~1 s at 20,000. Below
+    that: (None, None, None), and umap's own exact search."""
+    if len(sample) < UMAP_EXACT_BELOW:
+        return None, None, None
+    unit = sample / np.maximum(np.linalg.norm(sample, axis=1, keepdims=True), 1e-30)
+
+    def self_first(rows, scores):
+        scores[np.arange(rows.stop - rows.start), np.arange(rows.start, rows.stop)] = np.inf
+
+    near, sims = topk.top_k(unit, unit, k, mask=self_first)
+    dist = np.maximum(1.0 - sims, 0.0).astype(np.float32)
+    dist[:, 0] = 0.0
+    return near, dist, None
 
 
 MAP_CHUNK = 65536  # items placed on the map at a time
@@ -314,11 +338,17 @@ def write_map(embeddings: np.ndarray, directory: str, seed: int = 0, sample: int
         umap = _umap()
         fit = topk.sample(n, sample, seed)
         xy = np.zeros((n, 2), np.float32)
-        xy[fit] = umap.UMAP(n_neighbors=min(15, len(fit) - 1), metric="cosine", random_state=seed).fit_transform(
-            embeddings[fit]
-        )
-        rest = np.setdiff1d(np.arange(n), fit)
         sampled = np.asarray(embeddings[fit])
+        neighbours = min(15, len(fit) - 1)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "precomputed_knn", UserWarning)  # no search index: no transform()
+            xy[fit] = umap.UMAP(
+                n_neighbors=neighbours,
+                metric="cosine",
+                random_state=seed,
+                precomputed_knn=sample_neighbours(sampled, neighbours),
+            ).fit_transform(sampled)
+        rest = np.setdiff1d(np.arange(n), fit)
         for start in range(0, len(rest), MAP_CHUNK):  # a chunk of the other items at a time
             part = rest[start : start + MAP_CHUNK]
             near, sims = topk.top_k(np.asarray(embeddings[part]), sampled, 5)
