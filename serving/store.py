@@ -78,16 +78,17 @@ def save_index(
             f.write("\n".join(item_ids) + "\n")
 
 
-def load_index(directory: str) -> dict:
-    """What save_index() wrote (a local path or a URI). A local index's embeddings are memory-mapped: a
-    large catalogue's stay on disk, read by the pages a search touches."""
+def load_index(directory: str, searcher: bool = True) -> dict:
+    """What save_index() wrote (a local path or a URI); searcher=False: all but the ScaNN searcher
+    (None), for a reader of the catalogue that does not search it. A local index's embeddings are
+    memory-mapped: a large catalogue's stay on disk, read by the pages a search touches."""
     with storage.local_copy(directory) as local:
         with open(os.path.join(local, "item_ids.txt")) as f:
             ids = [line.rstrip("\n") for line in f if line.strip()]
         with open(os.path.join(local, "index.json")) as f:
             meta = json.load(f)
         return {
-            "searcher": scann_ops_pybind.load_searcher(os.path.join(local, "scann")),
+            "searcher": scann_ops_pybind.load_searcher(os.path.join(local, "scann")) if searcher else None,
             "meta": meta,
             "item_ids": ids,
             "embeddings": np.load(

@@ -60,6 +60,9 @@ def test_index_map_and_feature_sets(root, tmp_path):
     store.save_index(searcher, settings, ids, emb, str(tmp_path))
     local = store.load_index(str(tmp_path))["embeddings"]
     assert isinstance(local, np.memmap) and np.array_equal(local, emb)  # a local index's catalogue stays on disk
+    catalogue = store.load_index(str(tmp_path), searcher=False)  # what the Pusher reads: no searcher loaded
+    assert catalogue["searcher"] is None and catalogue["item_ids"] == ids
+    np.testing.assert_array_equal(catalogue["embeddings"], emb)
     want = store.search({"searcher": searcher, "meta": loaded["meta"]}, emb[:20], 10)
     got = store.search(loaded, emb[:20], 10)
     np.testing.assert_array_equal(got[0], want[0])

@@ -130,7 +130,7 @@ def push(features, index_dir: str, cfg, heldout: dict[str, tuple[Sequence[bytes]
         # A local version is made beside its final place and renamed into it (atomic).
         tmp = os.path.join(model_dir if storage.is_local(model_dir) else work, f".tmp-{version}")
         shutil.rmtree(tmp, ignore_errors=True)
-        idx = store.load_index(index_local)
+        idx = store.load_index(index_local, searcher=False)  # the catalogue, for the SavedModel
         export.export(features, idx["embeddings"], idx["item_ids"], cfg.serving.max_k, tmp)
         extra = os.path.join(tmp, store.EXTRA)
         # The files a version writes itself are never taken from the index: a write to a hard link
