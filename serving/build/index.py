@@ -310,8 +310,9 @@ def sample_neighbours(sample: np.ndarray, k: int) -> tuple:
     """umap's precomputed_knn for the map's sample: every point's k nearest points by cosine (itself
     first), exact, by the chunked top-k (collabfeat/topk.py), (indices, distances, None). From
     UMAP_EXACT_BELOW points on umap would search them approximately with pynndescent, whose numba
-    code compiles in every process (~36 s on 2 cores at 12,000 items); exact is ~1 s at 20,000. Below
-    that: (None, None, None), and umap's own exact search."""
+    code compiles in every process: a fresh process's fit on 20,000 points of 128 dims took 36-37 s
+    that way, 12-13 s with these (4 s of it finding them). Below that: (None, None, None), and umap's
+    own exact search."""
     if len(sample) < UMAP_EXACT_BELOW:
         return None, None, None
     unit = sample / np.maximum(np.linalg.norm(sample, axis=1, keepdims=True), 1e-30)
