@@ -18,8 +18,14 @@ import subprocess
 import sys
 import time
 
-from bench.common import save, step, table
+from bench.common import save, stamp, step, table
 from pipeline.report import find_artifact, read_report
+
+WHAT = (
+    "MFTrainer (weighted ALS) on a finished run's Transform output at each mf.bucket_pairs: its seconds, "
+    "peak memory, the row buckets per side (sorted one at a time, memory-mapped at every sweep), and recall@k, "
+    "which must not change with the buckets."
+)
 
 
 def newest(root: str, output: str) -> str:
@@ -92,4 +98,4 @@ def run(argv) -> None:
             )
         rows.append(json.loads(lines[-1][len("RESULT ") :]))
     print(table(rows, list(rows[0])))
-    print("results:", save("mf_memory", {"date": time.strftime("%Y-%m-%d"), "run": args.run, "rows": rows}))
+    print("results:", save("mf_memory", {**stamp(), "what": WHAT, "run": args.run, "rows": rows}))
