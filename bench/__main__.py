@@ -1,6 +1,20 @@
 import sys
 
-from bench import ann, determinism, explorer, finetune, gate, mf, mf_memory, quality, report, scale, serving, sweep
+from bench import (
+    ann,
+    determinism,
+    explorer,
+    finetune,
+    gate,
+    itemside,
+    mf,
+    mf_memory,
+    quality,
+    report,
+    scale,
+    serving,
+    sweep,
+)
 
 # Benchmarks that take their own options. `scale` is long (an hour and more: run it on its own);
 # `mf-memory` reads a finished run's Transform output.
@@ -14,6 +28,7 @@ OWN_OPTIONS = {
     "finetune": finetune,
     "report": report,
     "explorer": explorer,
+    "itemside": itemside,
 }
 if sys.argv[1:2] and sys.argv[1] in OWN_OPTIONS:
     OWN_OPTIONS[sys.argv[1]].run(sys.argv[2:])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import threading
 import time
 
 import numpy as np
@@ -92,3 +93,32 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return "" if v is None else str(v)
+
+
+class Sampler:
+    """The resident memory of a process, sampled every 50 ms: its peak."""
+
+    def __init__(self, pid: int):
+        import psutil  # lazy: a benchmark dependency
+
+        self.proc, self.peak, self.stop = psutil.Process(pid), 0, False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def now(self) -> int:
+        return self.proc.memory_info().rss
+
+    def _run(self):
+        import psutil  # lazy: a benchmark dependency
+
+        while not self.stop:
+            try:
+                self.peak = max(self.peak, self.now())
+            except psutil.NoSuchProcess:  # it ended: its peak is what was sampled
+                return
+            time.sleep(0.05)
+
+    def close(self) -> int:
+        self.stop = True
+        self.thread.join()
+        return self.peak

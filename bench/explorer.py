@@ -33,7 +33,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -41,7 +40,7 @@ import urllib.request
 import numpy as np
 
 from bench.ann import grown
-from bench.common import save, stamp, step, table
+from bench.common import Sampler, save, stamp, step, table
 from collabfeat import config as config_lib
 from collabfeat import topk
 from serving import store
@@ -141,30 +140,6 @@ def made_version(work: str) -> dict:
         info = json.load(f)
     with open(os.path.join(work, "models", "collabfeat", "1", store.EXTRA, "item_ids.txt")) as f:
         return {**info, "ids": [line.rstrip("\n") for line in f if line.strip()]}
-
-
-class Sampler:
-    """The resident memory of a process, sampled every 50 ms: its peak."""
-
-    def __init__(self, pid: int):
-        import psutil  # lazy: a benchmark dependency
-
-        self.proc, self.peak, self.stop = psutil.Process(pid), 0, False
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def now(self) -> int:
-        return self.proc.memory_info().rss
-
-    def _run(self):
-        while not self.stop:
-            self.peak = max(self.peak, self.now())
-            time.sleep(0.05)
-
-    def close(self) -> int:
-        self.stop = True
-        self.thread.join()
-        return self.peak
 
 
 def measure(work: str, info: dict, requests: int, seed: int = 0) -> dict:

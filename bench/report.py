@@ -303,9 +303,56 @@ def explorer(r: dict) -> list[str]:
     ]
 
 
+def mf_memory(r: dict) -> list[str]:
+    rows = [{**x, "buckets": ", ".join(f"{k} {v}" for k, v in x["buckets"].items())} for x in r["rows"]]
+    return [_what(r), _when(r), f"Run: `{r['run']}`.", _md(rows, list(rows[0]))]
+
+
+def itemside(r: dict) -> list[str]:
+    from bench.itemside import __doc__ as what  # lazy: this benchmark's stack, imported when it runs
+
+    out = [" ".join(what.split("\n\n")[0].split())]
+    for s in r["sizes"]:
+        target = r["targets"]["memory_beyond_index_mb"]
+        out += [
+            f"### {s['items']:,} catalogue items",
+            _when(s),
+            f"{s['catalogue images']:,} catalogue images; the data made in {_secs(s['data s'])}, its records in "
+            f"{_secs(s['records s'])}; the Indexer embedded the sets {', '.join(s['indexed sets'])} (not the "
+            f"source run's {', '.join(x for x in r.get('source sets', []) if x not in s['indexed sets']) or '-'}; "
+            "the Evaluator scores them all). The index's own "
+            f"size (ScaNN files and served embeddings): {s['index mb']:.0f} MB; the pushed versions: "
+            f"{s.get('versions mb', 0):.0f} MB on disk beyond the index files they link to.",
+            _md(
+                [
+                    {
+                        "step": x["step"],
+                        "seconds": x["seconds"],
+                        "peak RSS MB": x["peak rss mb"],
+                        "of the index held MB": x["index held mb"],
+                        "beyond the index MB": x["beyond index mb"],
+                        f"≤ {target} MB": "met" if x["met"] else "NOT MET",
+                    }
+                    for x in s["steps"]
+                ],
+                ["step", "seconds", "peak RSS MB", "of the index held MB", "beyond the index MB", f"≤ {target} MB"],
+            ),
+        ]
+    return out + [
+        "Of the index, the Indexer holds all (it builds it), a push the memory-mapped embeddings (not the "
+        "searcher), the Evaluator nothing (it reads the held-out images only)."
+    ]
+
+
+def _secs(v) -> str:
+    return "an earlier run (reused)" if v is None else f"{v:.0f} s"
+
+
 RENDER: dict[str, Callable[[dict], list[str]]] = {
     "ann": ann,
     "explorer": explorer,
+    "itemside": itemside,
+    "mf_memory": mf_memory,
     "mf": mf,
     "quality": quality,
     "sweep": sweep,
@@ -319,7 +366,9 @@ RENDER: dict[str, Callable[[dict], list[str]]] = {
 TITLES = {
     "ann": "Nearest-neighbour search: ScaNN against faiss per catalogue size",
     "explorer": "The explorer at catalogue scale",
+    "itemside": "The Indexer, the Pusher and the Evaluator at catalogue scale",
     "mf": "Matrix factorisation: our weighted ALS against implicit's",
+    "mf_memory": "MFTrainer's memory against its row buckets",
     "quality": "Quality: the demo's retrieval table",
     "sweep": "Where collaborative features win: the taste sweep",
     "gate_emoji": "The data gate",
