@@ -147,7 +147,7 @@ def child(step_name: str, spec: dict) -> dict:
     cfg = config_lib.load(overrides=spec["overrides"])
     images, splits = spec["images"], spec["splits"]
     if step_name == "indexer":
-        from serving.build import index
+        from serving.build import index  # lazy: the step's own stack, in its own process
 
         shutil.rmtree(spec["index"], ignore_errors=True)
         report = index.build_index(images, spec["index_models"], spec["served"], spec["index"], cfg)
@@ -157,13 +157,13 @@ def child(step_name: str, spec: dict) -> dict:
             "settings": {k: report["settings"].get(k) for k in ("kind", "leaves", "leaves_to_search", "reorder")},
         }
     if step_name in ("push", "guarded push"):
-        from serving.build import push
+        from serving.build import push  # lazy: the step's own stack, in its own process
 
         heldout = push.heldout_images(images, splits) if step_name == "guarded push" else None
         out = push.push(spec["index_models"][spec["served"]], spec["index"], cfg, heldout)
         return {k: out[k] for k in ("pushed", "version", "why") if k in out}
     if step_name == "evaluator":
-        from trainer.evaluate import evaluate
+        from trainer.evaluate import evaluate  # lazy: the step's own stack, in its own process
 
         report = evaluate(images, splits, spec["models"], cfg)
         return {"served": report["served"], "images": report["images"]}
@@ -204,9 +204,9 @@ def beyond(rows: list[dict], index_mb: float, embeddings_mb: float) -> None:
 
 
 def at_size(items: int, models: dict, served: str, index_sets: dict, work_root: str) -> dict:
-    from bench.scale import generate  # its data generation, measured the same way
+    from bench.scale import generate  # lazy: its data generation, measured the same way
     from collabfeat import config as config_lib  # lazy: this benchmark's stack
-    from pipeline.data import prepare_data
+    from pipeline.data import prepare_data  # lazy: this benchmark's stack
 
     work = os.path.abspath(os.path.join(work_root, str(items)))
     os.makedirs(work, exist_ok=True)
