@@ -95,13 +95,28 @@ def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
+def _files(path: str) -> dict:
+    """(device, inode) -> size of every file under path (a file's hard links once)."""
+    if os.path.isfile(path):
+        st = os.stat(path)
+        return {(st.st_dev, st.st_ino): st.st_size}
+    return {k: v for d, _, fs in os.walk(path) for f in fs for k, v in _files(os.path.join(d, f)).items()}
+
+
+def disk_mb(path: str, besides: str = "") -> float:
+    """The size on disk of a file or a directory, MB, each file once however many hard links it has,
+    and without the files it shares (hard links) with `besides`."""
+    shared = _files(besides) if besides else {}
+    return sum(v for k, v in _files(path).items() if k not in shared) / 2**20
+
+
 class Sampler:
     """The resident memory of a process, sampled every 50 ms: its peak."""
 
     def __init__(self, pid: int):
         import psutil  # lazy: a benchmark dependency
 
-        self.proc, self.peak, self.stop = psutil.Process(pid), 0, False
+        self.proc, self.peak, self.stop, self.ended = psutil.Process(pid), 0, False, psutil.NoSuchProcess
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -109,12 +124,10 @@ class Sampler:
         return self.proc.memory_info().rss
 
     def _run(self):
-        import psutil  # lazy: a benchmark dependency
-
         while not self.stop:
             try:
                 self.peak = max(self.peak, self.now())
-            except psutil.NoSuchProcess:  # it ended: its peak is what was sampled
+            except self.ended:  # it ended: its peak is what was sampled
                 return
             time.sleep(0.05)
 

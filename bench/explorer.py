@@ -40,20 +40,13 @@ import urllib.request
 import numpy as np
 
 from bench.ann import grown
-from bench.common import Sampler, save, stamp, step, table
+from bench.common import Sampler, disk_mb, save, stamp, step, table
 from collabfeat import config as config_lib
 from collabfeat import topk
 from serving import store
 from serving.build import index as scann_index
 
 TARGETS = {"page_ms": 300, "memory_beyond_index_mb": 4096}
-
-
-def _dir_mb(path: str) -> float:
-    """A file's or a directory's size on disk, MB."""
-    if os.path.isfile(path):
-        return os.path.getsize(path) / 2**20
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs) / 2**20
 
 
 def make_version(source: str, n: int, work: str, max_set_gb: float, cfg) -> dict:
@@ -124,7 +117,7 @@ def make_version(source: str, n: int, work: str, max_set_gb: float, cfg) -> dict
         "index": {k: settings[k] for k in ("kind", "leaves", "leaves_to_search", "reorder") if k in settings},
         "index build s": built,
         "map s": mapped,
-        "index mb": _dir_mb(os.path.join(extra, "scann")) + _dir_mb(os.path.join(extra, "embeddings.npy")),
+        "index mb": disk_mb(os.path.join(extra, "scann")) + disk_mb(os.path.join(extra, "embeddings.npy")),
         "feature sets": sets,
         "left out": left_out,
         "reduced": reduced,

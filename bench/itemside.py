@@ -37,7 +37,8 @@ import sys
 import time
 from typing import Any
 
-from bench.common import RESULTS, Sampler, save, stamp, step, table
+from bench.common import RESULTS, Sampler, disk_mb, save, stamp, step, table
+from collabfeat import config as config_lib
 
 TARGETS = {"memory_beyond_index_mb": 4096}
 SPLITS = {"catalogue": "items", "heldout": "eval_items", "transfer": "transfer_items", "unseen": "unseen_items"}
@@ -45,24 +46,10 @@ STEPS = ("indexer", "push", "guarded push", "evaluator")
 USERS = 2000  # the catalogue's data set's users: their logs are not read here
 
 
-def _files(path: str) -> dict:
-    """(device, inode) -> size of every file under path (a file's hard links once)."""
-    if os.path.isfile(path):
-        st = os.stat(path)
-        return {(st.st_dev, st.st_ino): st.st_size}
-    return {k: v for d, _, fs in os.walk(path) for f in fs for k, v in _files(os.path.join(d, f)).items()}
-
-
-def _mb(path: str, besides: str = "") -> float:
-    """The size on disk of a file or a directory, MB, without the files it shares (hard links) with `besides`."""
-    shared = _files(besides) if besides else {}
-    return sum(v for k, v in _files(path).items() if k not in shared) / 2**20
-
-
 def overrides(items: int, work: str) -> list[str]:
     return [
         f"simulator.n_items={items}",
-        f"simulator.augment={'true' if items > 6000 else 'false'}",
+        f"simulator.augment={'true' if items > config_lib.SimulatorConfig().n_items else 'false'}",
         f"simulator.n_users={USERS}",
         f"runner.output_dir={work}",
         f"serving.push_dir={work}/models",
@@ -112,7 +99,7 @@ def write_records(cfg, out: str) -> dict:
     return counts
 
 
-def source_models(source: str, sets: list[str] | None) -> tuple[dict[str, str], str]:
+def source_models(source: str) -> tuple[dict[str, str], str]:
     """A finished run's feature models (set -> path) and the set it served."""
     from collabfeat import feature_model  # lazy: this benchmark's stack
 
@@ -132,17 +119,19 @@ def source_models(source: str, sets: list[str] | None) -> tuple[dict[str, str], 
             models[name] = path
     if served not in models:
         raise ValueError(f"bench itemside: {source} served {served!r}, whose model is not among {sorted(models)}")
-    if sets:
-        unknown = set(sets) - set(models)
-        if unknown:
-            raise ValueError(f"bench itemside: --sets {sorted(unknown)} are not in {source}: {sorted(models)}")
-        models = {n: p for n, p in models.items() if n in sets or n == served}
     return models, served
+
+
+def chosen(models: dict[str, str], served: str, sets: list[str]) -> dict[str, str]:
+    """The models of `sets` and the served one (ValueError naming a set the run lacks)."""
+    unknown = set(sets) - set(models)
+    if unknown:
+        raise ValueError(f"bench itemside: --sets {sorted(unknown)} are not in the source run: {sorted(models)}")
+    return {n: p for n, p in models.items() if n in sets or n == served}
 
 
 def child(step_name: str, spec: dict) -> dict:
     """One step, in this process (run by measure())."""
-    from collabfeat import config as config_lib  # lazy: this benchmark's stack
 
     cfg = config_lib.load(overrides=spec["overrides"])
     images, splits = spec["images"], spec["splits"]
@@ -205,7 +194,6 @@ def beyond(rows: list[dict], index_mb: float, embeddings_mb: float) -> None:
 
 def at_size(items: int, models: dict, served: str, index_sets: dict, work_root: str) -> dict:
     from bench.scale import generate  # lazy: its data generation, measured the same way
-    from collabfeat import config as config_lib  # lazy: this benchmark's stack
     from pipeline.data import prepare_data  # lazy: this benchmark's stack
 
     work = os.path.abspath(os.path.join(work_root, str(items)))
@@ -242,8 +230,9 @@ def at_size(items: int, models: dict, served: str, index_sets: dict, work_root: 
         step(f"{items:,} items: {name}")
         rows.append(measure(name, spec, log))
         print(table([rows[-1]], ["step", "seconds", "peak rss mb"]), flush=True)
-    index_mb = _mb(os.path.join(spec["index"], "scann")) + _mb(os.path.join(spec["index"], "embeddings.npy"))
-    beyond(rows, index_mb, _mb(os.path.join(spec["index"], "embeddings.npy")))
+    embeddings_mb = disk_mb(os.path.join(spec["index"], "embeddings.npy"))
+    index_mb = disk_mb(os.path.join(spec["index"], "scann")) + embeddings_mb
+    beyond(rows, index_mb, embeddings_mb)
     return {
         "items": items,
         "catalogue images": counts["catalogue"].get("used", 0),
@@ -251,7 +240,7 @@ def at_size(items: int, models: dict, served: str, index_sets: dict, work_root: 
         "data s": None if made else generated["seconds"],
         "records s": recorded,
         "index mb": index_mb,
-        "versions mb": _mb(os.path.join(work, "models"), besides=spec["index"]),
+        "versions mb": disk_mb(os.path.join(work, "models"), besides=spec["index"]),
         "indexed sets": sorted(index_sets),
         "steps": rows,
     }
@@ -264,8 +253,8 @@ def run(argv=None) -> dict:
     p.add_argument("--source", default=os.path.join("runs", "collabfeat"), help="a finished run (its report.json)")
     p.add_argument("--work", default=os.path.join("runs", "bench-itemside"))
     args = p.parse_args(argv)
-    models, served = source_models(args.source, None)
-    index_sets, _ = source_models(args.source, [s for s in args.sets.split(",") if s])
+    models, served = source_models(args.source)
+    index_sets = chosen(models, served, [s for s in args.sets.split(",") if s])
     path = os.path.join(RESULTS, "itemside.json")
     sizes = []
     if os.path.exists(path):
