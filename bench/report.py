@@ -249,6 +249,9 @@ def scale(r: dict) -> list[str]:
     return out
 
 
+PAIRED_RATIOS = ["ratio median", "ratio min", "ratio max"]
+
+
 def ann(r: dict) -> list[str]:
     base = r["base"]
     out = [
@@ -258,13 +261,19 @@ def ann(r: dict) -> list[str]:
         _md(
             [
                 {"data": s["data"], "real rows": s["real"], "noisy copies": s["items"] - s["real"]}
-                | {"noise sigma / dim": f"{s['noise sigma']:.4f}"}
+                | {"noise sigma / dim": f"{s['noise sigma']:.4f}", "measured": s.get("date", r.get("date"))}
                 for s in r["sets"]
             ],
-            ["data", "real rows", "noisy copies", "noise sigma / dim"],
+            ["data", "real rows", "noisy copies", "noise sigma / dim", "measured"],
         ),
         "Target, per size: " + "; ".join(r["target"]),
     ]
+    pairs = [{"data": m["data"], **m["paired"]} for m in r["rows"] if m.get("paired")]
+    if pairs:
+        out += [
+            "The target's figures timed again side by side (q/s at recall 0.95; ratio = ScaNN / faiss IVF):",
+            _md(pairs, ["data", "scann", "scann q/s median", "faiss", "faiss q/s median"] + PAIRED_RATIOS),
+        ]
     cols = ["method", "build s", "best recall", "q/s @0.9", "q/s @0.95", "q/s @0.99"]
     for name in dict.fromkeys(m["data"] for m in r["rows"]):
         out += [f"### {name}", _md([m for m in r["rows"] if m["data"] == name], cols)]

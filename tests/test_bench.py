@@ -22,6 +22,9 @@ def test_frontier_keeps_the_points_nothing_beats_and_interpolates_between_them()
     assert ann.qps_at(front, 0.99) == pytest.approx(100 + 0.8 * (10 - 100))
     assert ann.qps_at(front, 0.3) == 1000  # below every point: the fastest above
     assert ann.qps_at(front[:3], 0.95) is None  # never reached
+    assert [p["recall"] for p in ann.bracket(front, 0.92)] == [0.9, 0.95]  # the points qps_at reads
+    assert [p["recall"] for p in ann.bracket(front, 0.95)] == [0.9, 0.95]
+    assert [p["recall"] for p in ann.bracket(front, 0.3)] == [0.5] and ann.bracket(front[:3], 0.95) == []
 
 
 def test_every_method_sweeps_its_knob_to_a_curve_on_a_small_set():
@@ -55,7 +58,19 @@ def test_every_method_sweeps_its_knob_to_a_curve_on_a_small_set():
         if m["method"].startswith("scann "):  # every configuration's point is matched or beaten on that frontier
             for p in m["points"]:
                 assert any(b["recall"] >= p["recall"] and b["q/s"] >= p["q/s"] for b in best["frontier"]), m["method"]
+            for r in ann.RECALLS:  # and its figure at each recall is the best configuration's own
+                assert (best[f"q/s @{r}"] or 0) >= (m[f"q/s @{r}"] or 0), (m["method"], r)
     assert {p["knob"].split(":")[0] for p in best["frontier"]} <= {m["method"].split(" (")[0] for m in results}
+    own = max(m["q/s @0.95"] or 0 for m in results if m["method"].startswith("scann "))
+    assert best["q/s @0.95"] == own
+    pair = best["paired"]  # the target's figures timed again, side by side: the best ScaNN one and faiss IVF's
+    assert pair["faiss"] == methods["faiss ivf219"]["method"]
+    assert methods["scann"]["paired"]["scann"] in {m["method"] for m in results if m["q/s @0.95"] == own}
+    assert pair["rounds"] == 9 and pair["ratio min"] <= pair["ratio median"] <= pair["ratio max"]
+    assert pair["scann q/s median"] > 0 and pair["faiss q/s median"] > 0
+    [verdict] = ann.target(results)
+    assert verdict.startswith("small: ScaNN >= faiss IVF at recall 0.95 ") and "median of 9 paired rounds" in verdict
+    assert ("NOT met" not in verdict) == (pair["ratio median"] >= 1)
 
 
 def test_catalogue_sizes_come_from_the_real_embeddings_replicated_with_noise():
@@ -228,3 +243,37 @@ def test_scale_add_keeps_the_other_sizes_with_their_dates(tmp_path, monkeypatch)
     kept = scale.kept("scale_behance", {("behance", "mf", "direct")})
     assert [(r["size"], r["date"]) for r in kept] == [("x16", "2026-12-01"), ("behance-0.1", "2026-12-05")]
     assert all(r["machine"] == "m" for r in kept)
+
+
+def test_ann_keeps_the_sizes_it_does_not_measure_again_and_reads_their_figures_afresh(tmp_path):
+    def rows(name, scann_pts, ivf_pts):
+        mk = lambda pts: [{"knob": str(i), "recall": r, "q/s": q} for i, (r, q) in enumerate(pts)]  # noqa: E731
+        return [
+            {"data": name, "method": "scann tree10+brute force (leaves_to_search)", "points": mk(scann_pts)},
+            {"data": name, "method": "faiss ivf40 (nprobe)", "points": mk(ivf_pts)},
+            {"data": name, "method": "scann (best per size)", "points": [], "q/s @0.95": 1.0, "paired": pair},
+        ]
+
+    pair = {"scann": "scann tree10+brute force (x)", "faiss": "faiss ivf40 (nprobe)", "rounds": 9}
+    pair |= {"scann q/s median": 36.0, "faiss q/s median": 30.0}
+    pair |= {"ratio median": 1.2, "ratio min": 1.1, "ratio max": 1.3}
+
+    old = {
+        "date": "2026-12-01",
+        "machine": "2 cores, 24 GB",
+        "base": [100, 8],
+        "sets": [{"data": f"catalogue {n}x8", "items": n, "real": 100, "noise sigma": 0.01} for n in (600, 6000)],
+        "rows": rows("catalogue 600x8", [(0.9, 400), (1.0, 200)], [(0.9, 300), (1.0, 100)])
+        + rows("catalogue 6000x8", [(0.9, 40), (1.0, 20)], [(0.9, 30), (1.0, 10)]),
+    }
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(old))
+    got, sets = ann.kept_sizes(str(path), [600], [100, 8])
+    assert [s["data"] for s in sets] == ["catalogue 6000x8"] and sets[0]["date"] == "2026-12-01"
+    best = [m for m in got if m["method"] == "scann (best per size)"]
+    assert len(best) == 1 and best[0]["q/s @0.95"] == pytest.approx(30)  # read again from the points: (40+20)/2
+    assert best[0]["paired"] == pair  # the re-timing it had is kept
+    assert {m["data"] for m in got} == {"catalogue 6000x8"}
+    assert ann.kept_sizes(str(path), [600], [50, 8]) == ([], [])  # other embeddings: nothing kept
+    [verdict] = ann.target(got)
+    assert "met" in verdict and "NOT" not in verdict and "1.200x" in verdict
