@@ -192,7 +192,7 @@ def beyond(rows: list[dict], index_mb: float, embeddings_mb: float) -> None:
         r["met"] = r["beyond index mb"] <= TARGETS["memory_beyond_index_mb"]
 
 
-def at_size(items: int, models: dict, served: str, index_sets: dict, work_root: str) -> dict:
+def at_size(items: int, models: dict, served: str, index_sets: dict, work_root: str, steps=STEPS, before=None) -> dict:
     from bench.scale import generate  # lazy: its data generation, measured the same way
     from pipeline.data import prepare_data  # lazy: this benchmark's stack
 
@@ -225,8 +225,12 @@ def at_size(items: int, models: dict, served: str, index_sets: dict, work_root: 
     }
     shutil.rmtree(os.path.join(work, "models"), ignore_errors=True)
     log = os.path.join(work, "steps.log")
+    kept = {r["step"]: r for r in (before or {}).get("steps", [])}
     rows = []
     for name in STEPS:
+        if name not in steps and name in kept:  # not measured again: as the earlier run measured it
+            rows.append(kept[name])
+            continue
         step(f"{items:,} items: {name}")
         rows.append(measure(name, spec, log))
         print(table([rows[-1]], ["step", "seconds", "peak rss mb"]), flush=True)
@@ -252,7 +256,16 @@ def run(argv=None) -> dict:
     p.add_argument("--sets", default="pixels,supervised", help="feature sets the Indexer embeds besides the served one")
     p.add_argument("--source", default=os.path.join("runs", "collabfeat"), help="a finished run (its report.json)")
     p.add_argument("--work", default=os.path.join("runs", "bench-itemside"))
+    p.add_argument(
+        "--steps",
+        default=",".join(STEPS),
+        help="steps to measure (comma-separated; the others are kept from the saved result at that size; "
+        "a guarded push needs the push before it)",
+    )
     args = p.parse_args(argv)
+    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    if unknown := [s for s in steps if s not in STEPS]:
+        raise SystemExit(f"bench itemside: no step(s) {unknown} (steps: {', '.join(STEPS)})")
     models, served = source_models(args.source)
     index_sets = chosen(models, served, [s for s in args.sets.split(",") if s])
     path = os.path.join(RESULTS, "itemside.json")
@@ -261,8 +274,10 @@ def run(argv=None) -> dict:
         with open(path) as f:
             sizes = json.load(f).get("sizes", [])
     for items in (int(s) for s in args.items.split(",") if s):
-        got = {**stamp(), **at_size(items, models, served, index_sets, args.work)}
         before = next((s for s in sizes if s["items"] == items), {})
+        if before and before["indexed sets"] != sorted(index_sets):
+            before = {k: v for k, v in before.items() if k != "steps"}  # other sets: its steps are not these
+        got = {**stamp(), **at_size(items, models, served, index_sets, args.work, steps, before)}
         for key in ("data s", "records s"):  # reused files keep the times measured when they were made
             if got[key] is None:
                 got[key] = before.get(key)

@@ -277,3 +277,10 @@ def test_ann_keeps_the_sizes_it_does_not_measure_again_and_reads_their_figures_a
     assert ann.kept_sizes(str(path), [600], [50, 8]) == ([], [])  # other embeddings: nothing kept
     [verdict] = ann.target(got)
     assert "met" in verdict and "NOT" not in verdict and "1.200x" in verdict
+
+
+def test_itemside_names_a_step_it_does_not_have():
+    from bench import itemside
+
+    with pytest.raises(SystemExit, match=r"no step\(s\) \['pushh'\]"):
+        itemside.run(["--steps", "indexer,pushh"])

@@ -18,6 +18,7 @@ what is compared is exactly what a client gets (compare()).
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import tempfile
@@ -85,6 +86,7 @@ def compare(candidate: str, served: str, heldout: dict[str, Heldout], cfg) -> di
         return out
 
     mine = scores(candidate)
+    gc.collect()  # the candidate's loaded SavedModel (its catalogue too), before the served one is loaded
     try:
         theirs = scores(served)
     except Exception as e:  # a version TensorFlow cannot load is not being served either
@@ -132,6 +134,7 @@ def push(features, index_dir: str, cfg, heldout: dict[str, tuple[Sequence[bytes]
         shutil.rmtree(tmp, ignore_errors=True)
         idx = store.load_index(index_local, searcher=False)  # the catalogue, for the SavedModel
         export.export(features, idx["embeddings"], idx["item_ids"], cfg.serving.max_k, tmp)
+        gc.collect()  # the export's graph and its copy of the catalogue, before any version is loaded to compare
         extra = os.path.join(tmp, store.EXTRA)
         # The files a version writes itself are never taken from the index: a write to a hard link
         # would change the Indexer's artifact.
