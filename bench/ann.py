@@ -133,7 +133,8 @@ def curves(name: str, db: np.ndarray, queries: np.ndarray, hnsw_up_to: int = 100
     n, d = db.shape
     exact = topk.top_k(queries, db, K)[0]
     out = []
-    kept: dict[str, Callable] = {}  # "scann"/"ivf": the best ScaNN configuration at TARGET so far, faiss IVF
+    # "scann"/"ivf" -> (q/s at TARGET, label, search(knob, queries)): the best ScaNN configuration so far, faiss IVF
+    kept: dict[str, tuple[float, str, Callable]] = {}
 
     def method(label: str, build: Callable, settings: list, search: Callable):
         start = time.perf_counter()
@@ -144,10 +145,9 @@ def curves(name: str, db: np.ndarray, queries: np.ndarray, hnsw_up_to: int = 100
         step(f"{name}: {label} built in {seconds:.1f} s, {len(points)} search settings timed")
         side = "ivf" if label.startswith("faiss ivf") else "scann" if label.startswith("scann") else None
         qps = qps_at(frontier(points), TARGET) or 0
-        if side and qps > kept.get(side + " q/s", 0):
+        if side and qps > kept.get(side, (0.0,))[0]:
             by_knob = {str(s): s for s in settings}
-            kept[side] = lambda knob, q: search(built, q, by_knob[knob])
-            kept.update({side + " q/s": qps, side + " method": label})
+            kept[side] = (qps, label, lambda knob, q: search(built, q, by_knob[knob]))
 
     def scann_search(b, q, s):
         return b.search_batched(q, final_num_neighbors=K, **(s or {}))[0]
@@ -233,7 +233,9 @@ def summarise(name: str, out: list[dict]) -> dict:
         "method": "scann (best per size)",
         "build s": None,
         "points": [],
-        "frontier": frontier([{**p, "knob": f"{_short(m)}: {p['knob']}"} for m in scann for p in m["points"]]),
+        "frontier": frontier(
+            [{**p, "knob": f"{_short(m['method'])}: {p['knob']}"} for m in scann for p in m["points"]]
+        ),
         "best recall": max(m["best recall"] for m in scann),
     }
     for r in RECALLS:
@@ -242,8 +244,9 @@ def summarise(name: str, out: list[dict]) -> dict:
     return best
 
 
-def _short(m: dict) -> str:
-    return m["method"].split(" (")[0]
+def _short(label: str) -> str:
+    """A method's label without its knob: "faiss ivf979 (nprobe)" -> "faiss ivf979"."""
+    return label.split(" (")[0]
 
 
 def bracket(front: list[dict], recall: float) -> list[dict]:
@@ -259,22 +262,22 @@ def paired(out: list[dict], kept: dict, queries: np.ndarray, rounds: int = 9) ->
     each round's ratio of their q/s at TARGET (their recalls as measured: searches are deterministic).
     One sweep's figures differ by more than the margin between the two at the smaller sizes."""
     rows = {m["method"]: m for m in out}
-    sides = {side: bracket(rows[kept[side + " method"]]["frontier"], TARGET) for side in ("scann", "ivf")}
+    sides = {side: bracket(rows[kept[side][1]]["frontier"], TARGET) for side in ("scann", "ivf")}
     ratios, figures = [], {"scann": [], "ivf": []}
     for r in range(rounds):
         got = {}
         for side in ("scann", "ivf") if r % 2 == 0 else ("ivf", "scann"):
             timed = [
-                {**p, "q/s": _point(lambda q: kept[side](p["knob"], q), queries, None, p["knob"])["q/s"]}
+                {**p, "q/s": _point(lambda q: kept[side][2](p["knob"], q), queries, None, p["knob"])["q/s"]}
                 for p in sides[side]
             ]
             got[side] = qps_at(timed, TARGET) or 0.0
             figures[side].append(got[side])
         ratios.append(got["scann"] / max(got["ivf"], 1e-9))
     return {
-        "scann": kept["scann method"],
+        "scann": kept["scann"][1],
         "scann knobs": [p["knob"] for p in sides["scann"]],
-        "faiss": kept["ivf method"],
+        "faiss": kept["ivf"][1],
         "faiss knobs": [p["knob"] for p in sides["ivf"]],
         "rounds": rounds,
         "scann q/s median": float(np.median(figures["scann"])),
@@ -321,7 +324,7 @@ def plot(results: list[dict], stem: str) -> list[str]:
     colours = {}
     for col, name in enumerate(sets, 1):
         for m in (m for m in results if m["data"] == name):
-            label = re.sub(r"\d+", "", m["method"].split(" (")[0])  # one colour per method on every panel
+            label = re.sub(r"\d+", "", _short(m["method"]))  # one colour per method on every panel
             colour = colours.setdefault(label, qualitative.D3[len(colours) % len(qualitative.D3)])
             f = m["frontier"]
             fig.add_trace(
@@ -380,9 +383,9 @@ def run(argv: list[str] | None = None, cfg=None) -> dict:
         sets.append({"data": name, "items": n, "real": min(n, len(base)), "noise sigma": sigma, **stamp()})
         results += curves(name, db, queries, args.hnsw_up_to)
         del db
-    order = [s["data"] for s in sorted(sets, key=lambda s: s["items"])]
+    items = {s["data"]: s["items"] for s in sets}  # kept sizes and new ones, smallest first
     sets.sort(key=lambda s: s["items"])
-    results.sort(key=lambda m: order.index(m["data"]))
+    results.sort(key=lambda m: items[m["data"]])
     if args.synthetic:
         db, queries = synthetic(args.synthetic)
         results += curves(f"synthetic {len(db)}x{db.shape[1]}", db, queries[: args.queries], args.hnsw_up_to)
@@ -439,13 +442,13 @@ def target(results: list[dict]) -> list[str]:
         scann = rows["scann (best per size)"]
         [ivf] = [m for label, m in rows.items() if label.startswith("faiss ivf")]
         s, f = scann[f"q/s @{TARGET}"] or 0, ivf[f"q/s @{TARGET}"] or 0
-        sweep = f"one sweep: ScaNN {s:.0f} q/s, {ivf['method'].split(' (')[0]} {f:.0f} q/s ({s / max(f, 1e-9):.3f}x)"
+        sweep = f"one sweep: ScaNN {s:.0f} q/s, {_short(ivf['method'])} {f:.0f} q/s ({s / max(f, 1e-9):.3f}x)"
         pair = scann.get("paired")
         if pair:
             ratio = pair["ratio median"]
             how = (
-                f"ScaNN {pair['scann'].split(' (')[0]} {pair['scann q/s median']:.0f} q/s against "
-                f"{pair['faiss'].split(' (')[0]} {pair['faiss q/s median']:.0f} q/s, median of {pair['rounds']} "
+                f"ScaNN {_short(pair['scann'])} {pair['scann q/s median']:.0f} q/s against "
+                f"{_short(pair['faiss'])} {pair['faiss q/s median']:.0f} q/s, median of {pair['rounds']} "
                 f"paired rounds {ratio:.3f}x (rounds {pair['ratio min']:.3f}-{pair['ratio max']:.3f}x); {sweep}"
             )
         else:

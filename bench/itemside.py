@@ -241,8 +241,9 @@ def at_size(items: int, models: dict, served: str, index_sets: dict, work_root: 
         "items": items,
         "catalogue images": counts["catalogue"].get("used", 0),
         "records": counts,
-        "data s": None if made else generated["seconds"],
-        "records s": recorded,
+        # reused files keep the times measured when they were made
+        "data s": (before or {}).get("data s") if made else generated["seconds"],
+        "records s": (before or {}).get("records s") if recorded is None else recorded,
         "index mb": index_mb,
         "versions mb": disk_mb(os.path.join(work, "models"), besides=spec["index"]),
         "indexed sets": sorted(index_sets),
@@ -278,9 +279,6 @@ def run(argv=None) -> dict:
         if before and before["indexed sets"] != sorted(index_sets):
             before = {k: v for k, v in before.items() if k != "steps"}  # other sets: its steps are not these
         got = {**stamp(), **at_size(items, models, served, index_sets, args.work, steps, before)}
-        for key in ("data s", "records s"):  # reused files keep the times measured when they were made
-            if got[key] is None:
-                got[key] = before.get(key)
         sizes = sorted([s for s in sizes if s["items"] != items] + [got], key=lambda s: s["items"])
         result = {
             "targets": TARGETS,
