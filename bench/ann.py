@@ -14,7 +14,10 @@ between the frontier points on either side. "scann (best per size)" takes at eac
 ScaNN configuration's own figure, read off its curve as faiss IVF's is off its one curve (its frontier,
 drawn, is that of all ScaNN configurations together). The target (ScaNN >= faiss IVF at recall 0.95)
 is judged on a paired re-timing: the two figures' settings timed again alternately, 9 rounds, and the
-median ratio; one sweep's figures move by more than the two differ at the smaller sizes.
+median ratio; one sweep's figures move by more than the two differ at the smaller sizes. Where a
+query's time goes is split at each side's cheapest setting (one leaf, one list): the search against
+the same library's brute force over as many rows as the index has centroids and as an average leaf
+holds; the rest is what the partitioned search costs beyond scoring.
 
 Data: real catalogue embeddings (the newest pushed catalogue,
 <serving.push_dir>/<name>/<v>/assets.extra/embeddings.npy, present after `./run demo`, or
@@ -215,6 +218,7 @@ def curves(name: str, db: np.ndarray, queries: np.ndarray, hnsw_up_to: int = 100
     best = summarise(name, out)
     if "scann" in kept and "ivf" in kept:
         best["paired"] = paired(out, kept, queries)
+        best["cost"] = cost_split(out, kept, db, queries)
     return out
 
 
@@ -286,6 +290,53 @@ def paired(out: list[dict], kept: dict, queries: np.ndarray, rounds: int = 9) ->
         "ratio min": float(min(ratios)),
         "ratio max": float(max(ratios)),
     }
+
+
+def cost_split(out: list[dict], kept: dict, db: np.ndarray, queries: np.ndarray, rounds: int = 5) -> dict:
+    """Where a query's time goes at each side's cheapest setting (one leaf, one list): the search's
+    microseconds a query (median of `rounds`, the sides alternating), what the same library's brute force
+    takes to score as many rows as the index has centroids and as an average leaf (list) holds, and the
+    rest: what the partitioned search costs beyond its scoring. The "why" when the two differ."""
+    import faiss  # lazy: an optional benchmark dependency
+
+    rows = {m["method"]: m for m in out}
+
+    def flat(side: str, m: int) -> Callable[[np.ndarray], object]:
+        part = np.ascontiguousarray(db[: max(K, m)])
+        if side == "scann":
+            s = scann_index.brute_force_searcher(part, K)
+            return lambda q: s.search_batched(q, final_num_neighbors=K)
+        f = faiss.IndexFlatIP(db.shape[1])
+        f.add(part)
+        return lambda q: f.search(q, K)
+
+    def micros(search: Callable[[np.ndarray], object]) -> float:
+        return 1e6 / _point(search, queries, None, "")["q/s"]
+
+    timed: dict[str, dict] = {}
+    for side in ("scann", "ivf"):
+        label, search = kept[side][1], kept[side][2]
+        cheapest = rows[label]["points"][0]  # settings go from the cheapest: one leaf (list), fewest re-scored
+        found = re.search(r"(?:tree|ivf)(\d+)", label)
+        lists = int(found.group(1)) if found else 0
+        parts = {"search": lambda q, s=search, k=cheapest["knob"]: s(k, q)}
+        if lists:
+            parts |= {"centroids": flat(side, lists), "one list": flat(side, len(db) // lists)}
+        timed[side] = {"index": label, "setting": cheapest["knob"], "recall": cheapest["recall"], "lists": lists}
+        timed[side] |= {"items a list": len(db) // lists if lists else None}
+        timed[side] |= {"parts": parts, "us": {p: [] for p in parts}}
+    for r in range(rounds):
+        for side in ("scann", "ivf") if r % 2 == 0 else ("ivf", "scann"):
+            for part, search in timed[side]["parts"].items():
+                timed[side]["us"][part].append(micros(search))
+    split = {}
+    for side, t in timed.items():
+        us = {f"{part} us": float(np.median(v)) for part, v in t.pop("us").items()}
+        t.pop("parts")
+        if "centroids us" in us:
+            us["rest us"] = us["search us"] - us["centroids us"] - us["one list us"]
+        split["faiss" if side == "ivf" else side] = t | us
+    return split
 
 
 def frontier(points: list[dict]) -> list[dict]:
@@ -427,8 +478,7 @@ def kept_sizes(path: str, sizes: list[int], base: list[int]) -> tuple[list[dict]
         mine = [m for m in old["rows"] if m["data"] == s["data"] and m["method"] != "scann (best per size)"]
         was = next((m for m in old["rows"] if m["data"] == s["data"] and m["method"] == "scann (best per size)"), {})
         best = summarise(s["data"], mine)
-        if was.get("paired"):
-            best["paired"] = was["paired"]
+        best |= {k: was[k] for k in ("paired", "cost") if was.get(k)}
         rows += mine
     return rows, sets
 

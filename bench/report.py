@@ -250,6 +250,7 @@ def scale(r: dict) -> list[str]:
 
 
 PAIRED_RATIOS = ["ratio median", "ratio min", "ratio max"]
+COST_PARTS = ["search us", "centroids us", "one list us", "rest us"]
 
 
 def ann(r: dict) -> list[str]:
@@ -273,6 +274,16 @@ def ann(r: dict) -> list[str]:
         out += [
             "The target's figures timed again side by side (q/s at recall 0.95; ratio = ScaNN / faiss IVF):",
             _md(pairs, ["data", "scann", "scann q/s median", "faiss", "faiss q/s median"] + PAIRED_RATIOS),
+        ]
+    costs = [
+        {"data": m["data"], "side": side, **c} for m in r["rows"] if m.get("cost") for side, c in m["cost"].items()
+    ]
+    if costs:
+        out += [
+            "Where a query's time goes at each side's cheapest setting (one leaf, one list): the search, what "
+            "the same library's brute force takes to score as many rows as the index has centroids and as an "
+            "average leaf holds, and the rest, the partitioned search's own cost (microseconds a query):",
+            _md(costs, ["data", "side", "index", "setting", "recall", "items a list"] + COST_PARTS),
         ]
     cols = ["method", "build s", "best recall", "q/s @0.9", "q/s @0.95", "q/s @0.99"]
     for name in dict.fromkeys(m["data"] for m in r["rows"]):

@@ -68,6 +68,14 @@ def test_every_method_sweeps_its_knob_to_a_curve_on_a_small_set():
     assert methods["scann"]["paired"]["scann"] in {m["method"] for m in results if m["q/s @0.95"] == own}
     assert pair["rounds"] == 9 and pair["ratio min"] <= pair["ratio median"] <= pair["ratio max"]
     assert pair["scann q/s median"] > 0 and pair["faiss q/s median"] > 0
+    cost = best["cost"]  # where a query's time goes at each side's cheapest setting
+    assert cost["faiss"]["index"] == pair["faiss"] and cost["faiss"]["lists"] == 219
+    assert cost["faiss"]["setting"] == "1" and cost["faiss"]["items a list"] == 3000 // 219
+    for side in cost.values():
+        assert side["search us"] > 0
+        if side["lists"]:  # a tree: its search split into scoring the centroids, one average leaf and the rest
+            assert side["centroids us"] > 0 and side["one list us"] > 0
+            assert side["rest us"] == pytest.approx(side["search us"] - side["centroids us"] - side["one list us"])
     [verdict] = ann.target(results)
     assert verdict.startswith("small: ScaNN >= faiss IVF at recall 0.95 ") and "median of 9 paired rounds" in verdict
     assert ("NOT met" not in verdict) == (pair["ratio median"] >= 1)
@@ -251,7 +259,8 @@ def test_ann_keeps_the_sizes_it_does_not_measure_again_and_reads_their_figures_a
         return [
             {"data": name, "method": "scann tree10+brute force (leaves_to_search)", "points": mk(scann_pts)},
             {"data": name, "method": "faiss ivf40 (nprobe)", "points": mk(ivf_pts)},
-            {"data": name, "method": "scann (best per size)", "points": [], "q/s @0.95": 1.0, "paired": pair},
+            {"data": name, "method": "scann (best per size)", "points": [], "q/s @0.95": 1.0, "paired": pair}
+            | {"cost": {"scann": {"search us": 8.0}, "faiss": {"search us": 6.0}}},
         ]
 
     pair = {"scann": "scann tree10+brute force (x)", "faiss": "faiss ivf40 (nprobe)", "rounds": 9}
@@ -272,7 +281,7 @@ def test_ann_keeps_the_sizes_it_does_not_measure_again_and_reads_their_figures_a
     assert [s["data"] for s in sets] == ["catalogue 6000x8"] and sets[0]["date"] == "2026-12-01"
     best = [m for m in got if m["method"] == "scann (best per size)"]
     assert len(best) == 1 and best[0]["q/s @0.95"] == pytest.approx(30)  # read again from the points: (40+20)/2
-    assert best[0]["paired"] == pair  # the re-timing it had is kept
+    assert best[0]["paired"] == pair and best[0]["cost"]["scann"] == {"search us": 8.0}  # its re-timings are kept
     assert {m["data"] for m in got} == {"catalogue 6000x8"}
     assert ann.kept_sizes(str(path), [600], [50, 8]) == ([], [])  # other embeddings: nothing kept
     [verdict] = ann.target(got)
