@@ -248,7 +248,11 @@ def _solve(x, y, rows, cols, conf, row_starts, pair_starts, reg, cg_steps, chunk
     """New x [n, d] from y [m, d] and the pairs (rows into x, sorted; cols into y; confidence):
     `cg_steps` conjugate-gradient steps on every row's normal equations from x's current value,
     one block of rows (row_starts, pair_starts) at a time. -> (new x, with_loss: what the pairs
-    add to the objective at the new x, as _observed_loss sums it; else 0)."""
+    add to the objective at the new x, as _observed_loss sums it; else 0).
+
+    A block's first `chunk` pairs (all of them but for a heavy row's block) keep their gathered y
+    and their scores y.x, which each step updates from the y.p it computes anyway: the loss at the
+    new x then costs no pass over them of its own."""
     d = tf.shape(x)[1]
     yty = tf.matmul(y, y, transpose_a=True) + reg * tf.eye(d)
     blocks = tf.TensorArray(tf.float32, size=tf.shape(row_starts)[0] - 1, infer_shape=False)
@@ -256,44 +260,55 @@ def _solve(x, y, rows, cols, conf, row_starts, pair_starts, reg, cg_steps, chunk
     for b in tf.range(tf.shape(row_starts)[0] - 1):
         r0, r1 = row_starts[b], row_starts[b + 1]
         p0, p1 = pair_starts[b], pair_starts[b + 1]
-
-        first = tf.gather(y, cols[p0 : tf.minimum(p0 + chunk, p1)])  # every block but a heavy row's: all of it
+        q = tf.minimum(p0 + chunk, p1)  # the first chunk: every block but a heavy row's is all in it
+        first, first_rows, first_conf = _chunk(y, rows, cols, conf, r0, p0, q)
 
         def observed(p, target):
-            # per row: sum_j (c_j - 1)(y_j.p) y_j  - target * sum_j c_j y_j, over the block's pairs
-            # `chunk` at a time: a row with more pairs than that (a popular item) is summed in parts,
-            # so no intermediate exceeds [chunk, d]
-            out = tf.zeros([r1 - r0, d])
-            for q0 in tf.range(p0, p1, chunk):
+            """per row: sum_j (c_j - 1)(y_j.p) y_j - target * sum_j c_j y_j over the block's pairs, and
+            y_j.p on the first chunk's pairs. A row with more pairs than `chunk` (a popular item) is
+            summed in parts, so no intermediate exceeds [chunk, d]."""
+            out, s = _observed(p, target, first, first_rows, first_conf, r1 - r0)
+            for q0 in tf.range(q, p1, chunk):
                 tf.autograph.experimental.set_loop_options(parallel_iterations=1)  # one chunk live at a time
-                q1 = tf.minimum(q0 + chunk, p1)
-                yg = tf.cond(q0 == p0, lambda: first, lambda: tf.gather(y, cols[q0:q1]))
-                local, c = rows[q0:q1] - r0, conf[q0:q1]
-                s = (c - 1.0) * tf.reduce_sum(yg * tf.gather(p, local), axis=1) - target * c
-                part = tf.math.segment_sum(s[:, None] * yg, local)  # rows are sorted
-                out += tf.pad(part, [[0, r1 - r0 - tf.shape(part)[0]], [0, 0]])
-            return out
+                yg, local, c = _chunk(y, rows, cols, conf, r0, q0, tf.minimum(q0 + chunk, p1))
+                out += _observed(p, target, yg, local, c, r1 - r0)[0]
+            return out, s
 
         xb = x[r0:r1]
-        res = -(tf.matmul(xb, yty) + observed(xb, 1.0))  # b - A x
+        known, score = observed(xb, 1.0)  # score: y.x on the first chunk's pairs, kept up to date below
+        res = -(tf.matmul(xb, yty) + known)  # b - A x
         p, rs = res, tf.reduce_sum(res * res, axis=1, keepdims=True)
         for _ in tf.range(cg_steps):
-            ap = tf.matmul(p, yty) + observed(p, 0.0)
+            known, along = observed(p, 0.0)
+            ap = tf.matmul(p, yty) + known
             live = rs > 1e-20
             step = tf.where(live, rs / tf.maximum(tf.reduce_sum(p * ap, axis=1, keepdims=True), 1e-30), 0.0)
             xb += step * p
+            score += tf.gather(step[:, 0], first_rows) * along
             res -= step * ap
             rs_new = tf.reduce_sum(res * res, axis=1, keepdims=True)
             p = res + tf.where(live, rs_new / tf.maximum(rs, 1e-30), 0.0) * p
             rs = rs_new
         blocks = blocks.write(b, xb)
         if with_loss:
-            for q0 in tf.range(p0, p1, chunk):
+            loss += _pairs_loss(score, first_conf)
+            for q0 in tf.range(q, p1, chunk):
                 tf.autograph.experimental.set_loop_options(parallel_iterations=1)
-                q1 = tf.minimum(q0 + chunk, p1)
-                yg = tf.cond(q0 == p0, lambda: first, lambda: tf.gather(y, cols[q0:q1]))
-                loss += _pairs_loss(tf.reduce_sum(yg * tf.gather(xb, rows[q0:q1] - r0), axis=1), conf[q0:q1])
+                yg, local, c = _chunk(y, rows, cols, conf, r0, q0, tf.minimum(q0 + chunk, p1))
+                loss += _pairs_loss(tf.reduce_sum(yg * tf.gather(xb, local), axis=1), c)
     return blocks.concat(), loss
+
+
+def _chunk(y, rows, cols, conf, r0, q0, q1):
+    """Pairs q0..q1 of a block starting at row r0: (y gathered, rows local to the block, confidences)."""
+    return tf.gather(y, cols[q0:q1]), rows[q0:q1] - r0, conf[q0:q1]
+
+
+def _observed(p, target, yg, local, c, n_rows):
+    """One chunk's part of _solve's observed(): ([n_rows, d] sums, y.p per pair)."""
+    s = tf.reduce_sum(yg * tf.gather(p, local), axis=1)
+    summed = tf.math.segment_sum(((c - 1.0) * s - target * c)[:, None] * yg, local)  # rows are sorted
+    return tf.pad(summed, [[0, n_rows - tf.shape(summed)[0]], [0, 0]]), s
 
 
 def _pairs_loss(s, conf):
