@@ -295,20 +295,21 @@ def paired(out: list[dict], kept: dict, queries: np.ndarray, rounds: int = 9) ->
 def cost_split(out: list[dict], kept: dict, db: np.ndarray, queries: np.ndarray, rounds: int = 5) -> dict:
     """Where a query's time goes at each side's cheapest setting (one leaf, one list): the search's
     microseconds a query (median of `rounds`, the sides alternating), what the same library's brute force
-    takes to score as many rows as the index has centroids and as an average leaf (list) holds, and the
-    rest: what the partitioned search costs beyond its scoring. The "why" when the two differ."""
+    takes to score as many rows as the index has centroids (keeping the best one) and as an average leaf
+    (list) holds (keeping the best K), and the rest: what the partitioned search costs beyond its
+    scoring. The "why" when the two differ."""
     import faiss  # lazy: an optional benchmark dependency
 
     rows = {m["method"]: m for m in out}
 
-    def flat(side: str, m: int) -> Callable[[np.ndarray], object]:
-        part = np.ascontiguousarray(db[: max(K, m)])
+    def flat(side: str, m: int, k: int) -> Callable[[np.ndarray], object]:
+        part = np.ascontiguousarray(db[: max(k, m)])
         if side == "scann":
-            s = scann_index.brute_force_searcher(part, K)
-            return lambda q: s.search_batched(q, final_num_neighbors=K)
+            s = scann_index.brute_force_searcher(part, k)
+            return lambda q: s.search_batched(q, final_num_neighbors=k)
         f = faiss.IndexFlatIP(db.shape[1])
         f.add(part)
-        return lambda q: f.search(q, K)
+        return lambda q: f.search(q, k)
 
     def micros(search: Callable[[np.ndarray], object]) -> float:
         return 1e6 / _point(search, queries, None, "")["q/s"]
@@ -321,7 +322,7 @@ def cost_split(out: list[dict], kept: dict, db: np.ndarray, queries: np.ndarray,
         lists = int(found.group(1)) if found else 0
         parts = {"search": lambda q, s=search, k=cheapest["knob"]: s(k, q)}
         if lists:
-            parts |= {"centroids": flat(side, lists), "one list": flat(side, len(db) // lists)}
+            parts |= {"centroids": flat(side, lists, 1), "one list": flat(side, len(db) // lists, K)}
         timed[side] = {"index": label, "setting": cheapest["knob"], "recall": cheapest["recall"], "lists": lists}
         timed[side] |= {"items a list": len(db) // lists if lists else None}
         timed[side] |= {"parts": parts, "us": {p: [] for p in parts}}
