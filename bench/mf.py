@@ -75,16 +75,18 @@ class Clock:
 
 def implicit_als(mat, dim, iterations, callback=None, clock=None):
     import implicit  # lazy: an optional benchmark dependency
+    from threadpoolctl import threadpool_limits  # lazy: implicit's dependency
 
-    als = implicit.als.AlternatingLeastSquares(
-        factors=dim, iterations=iterations, random_state=0, num_threads=os.cpu_count(), **ALS_SETTINGS
-    )
     hook = None
     if callback is not None:
         hook = lambda it, _secs, _loss: callback(
             it + 1, mf.Factors(np.asarray(als.user_factors), np.asarray(als.item_factors), [])
         )
-    als.fit(mat, show_progress=False, callback=hook)
+    with threadpool_limits(1, "blas"):  # implicit's own advice: its threads, not OpenBLAS's, use the cores
+        als = implicit.als.AlternatingLeastSquares(
+            factors=dim, iterations=iterations, random_state=0, num_threads=os.cpu_count(), **ALS_SETTINGS
+        )
+        als.fit(mat, show_progress=False, callback=hook)
     return mf.Factors(np.asarray(als.user_factors), np.asarray(als.item_factors), [])
 
 
