@@ -260,6 +260,11 @@ def bracket(front: list[dict], recall: float) -> list[dict]:
     return below + above if above else []
 
 
+def _alternating(r: int) -> tuple[str, str]:
+    """The two sides in round r: ScaNN first in even rounds, faiss IVF first in odd ones."""
+    return ("scann", "ivf") if r % 2 == 0 else ("ivf", "scann")
+
+
 def paired(out: list[dict], kept: dict, queries: np.ndarray, rounds: int = 9) -> dict:
     """The target's two figures timed again, side by side: the best ScaNN configuration's and faiss IVF's
     settings either side of recall TARGET, alternately, `rounds` times (the order swapped every round);
@@ -270,7 +275,7 @@ def paired(out: list[dict], kept: dict, queries: np.ndarray, rounds: int = 9) ->
     ratios, figures = [], {"scann": [], "ivf": []}
     for r in range(rounds):
         got = {}
-        for side in ("scann", "ivf") if r % 2 == 0 else ("ivf", "scann"):
+        for side in _alternating(r):
             timed = [
                 {**p, "q/s": _point(lambda q: kept[side][2](p["knob"], q), queries, None, p["knob"])["q/s"]}
                 for p in sides[side]
@@ -314,29 +319,29 @@ def cost_split(out: list[dict], kept: dict, db: np.ndarray, queries: np.ndarray,
     def micros(search: Callable[[np.ndarray], object]) -> float:
         return 1e6 / _point(search, queries, None, "")["q/s"]
 
-    timed: dict[str, dict] = {}
+    about: dict[str, dict] = {}  # per side: what was timed
+    parts: dict[str, dict[str, Callable]] = {}  # per side: part -> search over the queries
     for side in ("scann", "ivf"):
         label, search = kept[side][1], kept[side][2]
         cheapest = rows[label]["points"][0]  # settings go from the cheapest: one leaf (list), fewest re-scored
         found = re.search(r"(?:tree|ivf)(\d+)", label)
         lists = int(found.group(1)) if found else 0
-        parts = {"search": lambda q, s=search, k=cheapest["knob"]: s(k, q)}
+        about[side] = {"index": label, "setting": cheapest["knob"], "recall": cheapest["recall"], "lists": lists}
+        about[side]["items a list"] = len(db) // lists if lists else None
+        parts[side] = {"search": lambda q, s=search, k=cheapest["knob"]: s(k, q)}
         if lists:
-            parts |= {"centroids": flat(side, lists, 1), "one list": flat(side, len(db) // lists, K)}
-        timed[side] = {"index": label, "setting": cheapest["knob"], "recall": cheapest["recall"], "lists": lists}
-        timed[side] |= {"items a list": len(db) // lists if lists else None}
-        timed[side] |= {"parts": parts, "us": {p: [] for p in parts}}
+            parts[side] |= {"centroids": flat(side, lists, 1), "one list": flat(side, len(db) // lists, K)}
+    us: dict[str, dict[str, list[float]]] = {side: {p: [] for p in parts[side]} for side in parts}
     for r in range(rounds):
-        for side in ("scann", "ivf") if r % 2 == 0 else ("ivf", "scann"):
-            for part, search in timed[side]["parts"].items():
-                timed[side]["us"][part].append(micros(search))
+        for side in _alternating(r):
+            for part, search in parts[side].items():
+                us[side][part].append(micros(search))
     split = {}
-    for side, t in timed.items():
-        us = {f"{part} us": float(np.median(v)) for part, v in t.pop("us").items()}
-        t.pop("parts")
-        if "centroids us" in us:
-            us["rest us"] = us["search us"] - us["centroids us"] - us["one list us"]
-        split["faiss" if side == "ivf" else side] = t | us
+    for side in about:
+        median = {f"{part} us": float(np.median(v)) for part, v in us[side].items()}
+        if about[side]["lists"]:
+            median["rest us"] = median["search us"] - median["centroids us"] - median["one list us"]
+        split["faiss" if side == "ivf" else side] = about[side] | median
     return split
 
 
