@@ -1,4 +1,4 @@
-"""MF: our TFRS model (weighted ALS in TF ops, and the SGD objectives) against `implicit`'s ALS,
+"""MF: our TFRS model (weighted ALS by our numba kernel, and the SGD objectives) against `implicit`'s ALS,
 side by side on the same weighted interactions, the same seeded 90/10 split and the same threads.
 
 Data sets: the default simulated logs (weighted exactly as the Beam transform weighs them),

@@ -115,11 +115,10 @@ class MFConfig:
     dim: int = 32
     objective: str = "mse"  # "mse": the paper's weighted squared loss; "softmax": TFRS
     # retrieval with in-batch negatives (solver adam)
-    solver: str = "als"  # how mse is solved: "als", weighted ALS with conjugate gradients
-    # in TF ops; "adam", SGD with sampled negatives (softmax: always adam)
+    solver: str = "als"  # how mse is solved: "als", weighted ALS with conjugate gradients, a
+    # compiled kernel per row; "adam", SGD with sampled negatives (softmax: always adam)
     alpha: float = 40.0  # als: confidence 1 + alpha * rating on observed pairs
     cg_steps: int = 3  # als: conjugate-gradient steps per row and half sweep
-    chunk_pairs: int = 1 << 15  # als: observed pairs processed at a time (bounds memory)
     bucket_pairs: int = 1 << 20  # als: train pairs held in memory (~37 B each); beyond, row-range buckets on disk
     negatives: int = 8  # adam, mse: sampled negatives per observed pair
     negative_weight: float = 0.3

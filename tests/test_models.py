@@ -101,39 +101,39 @@ def test_pair_buckets_sort_by_row_then_column_and_keep_a_pair_given_twice(twice)
     np.testing.assert_array_equal(indptr, np.searchsorted(rows[order], np.arange(61)))
 
 
-@pytest.mark.parametrize("chunk_pairs,bucket_pairs", [(1 << 15, 0), (5, 0), (5, 30)])
-def test_als_half_sweep_solves_the_normal_equations(chunk_pairs, bucket_pairs, tmp_path):
+@pytest.mark.parametrize("workers,bucket_pairs", [(1, 0), (3, 0), (2, 30)])
+def test_als_half_sweep_solves_the_normal_equations(workers, bucket_pairs, tmp_path):
     """With as many conjugate-gradient steps as dimensions, a half sweep is the exact weighted
-    least-squares solution, checked against dense numpy: in one block, in blocks of 5 pairs (rows
-    with more pairs than that are blocks of their own), and from buckets of 30 pairs on disk. Users
-    27-29 have no pairs."""
-    import tensorflow as tf
-
+    least-squares solution, checked against dense numpy: from memory and from buckets of 30 pairs
+    on disk, the rows shared among 1 to 3 threads in ranges of a few pairs (a row with more pairs is
+    a range of its own). Users 27-29 have no pairs."""
     n_users, n_items, dim = 30, 20, 4
     pairs, rating = _small_matrix()
     for side in "ui":
         (tmp_path / side).mkdir()
-    cfg = MFConfig(dim=dim, alpha=5.0, l2=0.3, cg_steps=2 * dim, chunk_pairs=chunk_pairs)
+    cfg = MFConfig(dim=dim, alpha=5.0, l2=0.3, cg_steps=2 * dim)
     model, als = _als(pairs, rating, n_users, n_items, cfg, bucket_pairs, str(tmp_path) if bucket_pairs else "")
-    x, y = model.users.embeddings, model.items.embeddings
-    expected = _normal_equations(x.numpy(), y.numpy().astype(np.float64), pairs, 1 + cfg.alpha * rating, cfg.l2)
-    als._half(x, y, als.user_side, tf.constant(cfg.l2), tf.constant(cfg.cg_steps))
-    np.testing.assert_allclose(x.numpy(), expected, atol=2e-4)
+    als.workers = workers
+    x, y = als.x, als.y  # the model's tables, solved in place
+    expected = _normal_equations(x.copy(), y.astype(np.float64), pairs, 1 + cfg.alpha * rating, cfg.l2)
+    als._half(x, y, als.user_side)
+    np.testing.assert_allclose(x, expected, atol=2e-4)
     if bucket_pairs:  # buckets of consecutive rows with at most 30 pairs, rows with more alone
         b, ends = als.user_side.bounds, np.concatenate([[0], np.cumsum(np.bincount(pairs[:, 0], minlength=30))])
         sizes = ends[b[1:]] - ends[b[:-1]]
         assert len(b) > 3 and b[0] == 0 and b[-1] == 30 and all((sizes <= 30) | (np.diff(b) == 1))
         assert len(list((tmp_path / "u").glob("bucket-*-rows.npy"))) == len(b) - 1
     # The reported objective is the dense weighted loss over every (user, item), per observed pair.
-    xv, yv = x.numpy().astype(np.float64), y.numpy().astype(np.float64)
+    xv, yv = x.astype(np.float64), y.astype(np.float64)
     c, p = np.ones((n_users, n_items)), np.zeros((n_users, n_items))
     c[pairs[:, 0], pairs[:, 1]], p[pairs[:, 0], pairs[:, 1]] = 1 + cfg.alpha * rating, 1.0
     dense = ((c * (p - xv @ yv.T) ** 2).sum() + cfg.l2 * ((xv**2).sum() + (yv**2).sum())) / len(pairs)
     assert als.objective() == pytest.approx(dense, rel=1e-4)
-    # A sweep's objective is summed while the items are solved, in blocks and chunks (a popular item's
-    # pairs in several): the same as the pass of its own, and the dense loss, at the sweep's factors.
+    # A sweep's objective is summed while the items are solved: the same as the pass of its own, and
+    # the dense loss, at the sweep's factors.
     loss = als.sweep()
-    xv, yv = x.numpy().astype(np.float64), y.numpy().astype(np.float64)
+    als.save()
+    xv, yv = model.users.embeddings.numpy().astype(np.float64), model.items.embeddings.numpy().astype(np.float64)
     dense = ((c * (p - xv @ yv.T) ** 2).sum() + cfg.l2 * ((xv**2).sum() + (yv**2).sum())) / len(pairs)
     assert loss == pytest.approx(als.objective(), rel=1e-5) and loss == pytest.approx(dense, rel=1e-4)
 
@@ -143,16 +143,28 @@ def test_als_from_buckets_on_disk_equals_als_in_memory(tmp_path):
     pairs, rating = _small_matrix(seed=5)
     for side in "ui":
         (tmp_path / side).mkdir()
-    cfg = MFConfig(dim=4, chunk_pairs=7)
+    cfg = MFConfig(dim=4)
     results = []
     for bucket_pairs, directory in ((0, ""), (40, str(tmp_path))):
         model, als = _als(pairs, rating, 30, 20, cfg, bucket_pairs, directory)
         losses = [als.sweep() for _ in range(3)]
-        results.append((model.users.embeddings.numpy(), model.items.embeddings.numpy(), losses))
+        results.append((als.x, als.y, losses))
     np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-5)
     np.testing.assert_allclose(results[0][1], results[1][1], atol=1e-5)
     np.testing.assert_allclose(results[0][2], results[1][2], rtol=1e-5)
     assert results[0][2][-1] < results[0][2][0]
+
+
+def test_als_names_a_pair_whose_column_is_outside_the_factors():
+    """The kernel reads factors unchecked: a pair pointing past the other side's table is refused
+    with a named error before any row is solved, never read out of bounds."""
+    pairs, rating = _small_matrix()
+    cfg = MFConfig(dim=4)
+    _, als = _als(pairs, rating, 30, 20, cfg)
+    before = als.x.copy()
+    with pytest.raises(ValueError, match="column is outside the 19 rows"):
+        als._half(als.x, als.y[:19], als.user_side)
+    np.testing.assert_array_equal(als.x, before)
 
 
 ALS_PEAK = """
@@ -192,11 +204,11 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
 def test_als_memory_does_not_grow_with_the_pairs():
     """What one ALS sweep adds to the process's memory (peak RSS over the RSS before it, in a fresh
     interpreter) at 400,000 and 3,200,000 train pairs in row buckets of 2^17 pairs, with the same
-    factor tables, a quarter of the pairs on one item (a row of n / 4 pairs, far beyond a bucket and a
-    chunk). The big run may add the popular item's bucket (12 bytes a pair), nothing per pair beyond.
-    Measured 2026-12-02: +108 and +102 MB, +97 and +115 MB; before the popular row was summed
-    `chunk_pairs` at a time, one chunk live, and the objective chunked (it gathered [pairs, dim] at
-    once): +127 and +299 MB, +110 and +312 MB."""
+    factor tables, a quarter of the pairs on one item (a row of n / 4 pairs, far beyond a bucket).
+    The big run may add the popular item's bucket (12 bytes a pair), nothing per pair beyond.
+    Measured with the per-row kernel: +93 and +106 MB; with the TF ops it replaced, which summed
+    the popular row a chunk at a time: +108 and +102 MB; before that (the row and the objective
+    gathered at once): +127 and +299 MB."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     grown = []
     for n in (400_000, 3_200_000):

@@ -7,8 +7,9 @@ observed pairs, p_ij = 0 with confidence 1 everywhere else. Two solvers:
   solver="als"  (default) weighted alternating least squares (Hu, Koren & Volinsky 2008): each half
                 sweep solves every user's (then every item's) normal equations
                     (Y'Y + Y'(C_u - I)Y + lambda I) y_u = Y'C_u p_u
-                by `cg_steps` conjugate-gradient steps warm-started from the last sweep, with TF ops
-                over chunks of the observed pairs. Exact objective, no sampling, no learning rate.
+                by `cg_steps` conjugate-gradient steps warm-started from the last sweep, one row at
+                a time by a numba-compiled kernel on every core, the factors staying in the TFRS
+                model's tables. Exact objective, no sampling, no learning rate.
   solver="adam" stochastic gradients through the TFRS model: `negatives` uniformly sampled
                 unobserved items per observed pair, with target 0 and confidence `negative_weight`.
 objective="softmax" (solver adam) is TFRS's retrieval task: in-batch sampled softmax, weighted by
@@ -20,8 +21,10 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 import tensorflow as tf
@@ -163,170 +166,156 @@ class PairBuckets:
 
 
 class WeightedALS:
-    """The solver="als" sweeps on a MatrixFactorization's embedding tables, in TF ops.
+    """The solver="als" sweeps on a MatrixFactorization's embedding tables.
 
     The train pairs come in PairBuckets, one per orientation (in memory: int32 row and column,
-    float32 confidence, 24 bytes per pair in all; on disk beyond `mf.bucket_pairs`). Within a bucket,
-    rows are solved in blocks whose pairs number at most `chunk_pairs` (a row with more pairs is a
-    block of its own, its pairs summed `chunk_pairs` at a time), so every intermediate is bounded by
-    `chunk_pairs` and the factor tables."""
+    float32 confidence, 24 bytes per pair in all; on disk beyond `mf.bucket_pairs`). Each row is
+    solved on its own by a compiled kernel (_solve_rows) that reads its pairs where they lie and
+    keeps nothing per pair: memory holds the factor tables, one bucket and the new rows. The rows
+    are shared among the cores in ranges of about equal pairs."""
 
     def __init__(self, model: MatrixFactorization, user_side: PairBuckets, item_side: PairBuckets, cfg: MFConfig):
         self.model, self.cfg, self.user_side, self.item_side = model, cfg, user_side, item_side
+        self.workers = len(os.sched_getaffinity(0))
+        # The sweeps work on numpy copies of the model's tables, solved in place; save() writes them back.
+        self.x, self.y = model.users.embeddings.numpy(), model.items.embeddings.numpy()
 
-    def _blocks(self, indptr):
-        """Row blocks of at most chunk_pairs pairs: block b holds rows [starts[b], starts[b+1])."""
-        starts = row_ranges(np.asarray(indptr), self.cfg.chunk_pairs)
-        return tf.constant(starts.astype(np.int32)), tf.constant(np.asarray(indptr)[starts].astype(np.int32))
+    def save(self) -> None:
+        """The factors into the model's tables."""
+        self.model.users.embeddings.assign(self.x)
+        self.model.items.embeddings.assign(self.y)
 
-    def _half(self, x, y, side: PairBuckets, reg, steps, with_loss: bool = False) -> float:
-        """x's rows solved from y; with_loss: -> what the observed pairs add to the objective at
-        the new x (see _observed_loss), summed as the rows are solved (no pass of its own)."""
-        new = np.empty(tuple(x.shape), np.float32)
+    def _half(self, x: np.ndarray, y: np.ndarray, side: PairBuckets, with_loss: bool = False) -> float:
+        """x's rows solved from y, in place; with_loss: -> what the observed pairs add to the
+        objective at the new x (see _observed_rows), summed as the rows are solved (no pass of its own)."""
+        yty = y.T @ y + np.float32(self.cfg.l2) * np.eye(y.shape[1], dtype=np.float32)
         observed = 0.0
-        for lo, hi, rows, cols, conf, indptr in side.buckets():
-            if hi == lo:
-                continue
-            solved, loss = _solve(
-                x[lo:hi],
-                y,
-                tf.constant(rows),
-                tf.constant(cols),
-                tf.constant(conf),
-                *self._blocks(indptr),
-                reg,
-                steps,
-                tf.constant(self.cfg.chunk_pairs),
-                tf.constant(with_loss),
+        for lo, hi, _rows, cols, conf, indptr in side.buckets():
+            part = x[lo:hi]
+            observed += self._rows(
+                _solve_rows, hi - lo, indptr, cols, y, part, yty, conf, self.cfg.cg_steps, with_loss, part
             )
-            new[lo:hi] = solved.numpy()
-            observed += float(loss)
-        x.assign(new)
         return observed
+
+    def _rows(self, kernel, n_rows, indptr, cols, y, *args) -> float:
+        """kernel(rows r0..r1, indptr, cols, y, *args) over a bucket's rows in ranges of about
+        equal pairs, on every core; -> the sum of what the ranges return, in row order."""
+        indptr, cols = np.asarray(indptr, np.int64), np.asarray(cols)
+        if len(cols) and (int(cols.min()) < 0 or int(cols.max()) >= len(y)):
+            raise ValueError(f"ALS: a pair's column is outside the {len(y)} rows of the other side's factors")
+        bounds = row_ranges(indptr, max(len(cols) // (8 * self.workers), 1)) if n_rows else [0]
+        with ThreadPoolExecutor(self.workers) as pool:  # the kernels release the GIL
+            parts = [pool.submit(kernel, r0, r1, indptr, cols, y, *args) for r0, r1 in zip(bounds[:-1], bounds[1:])]
+            return float(sum(part.result() for part in parts))
 
     def sweep(self) -> float:
         """One ALS iteration: users from items, then items from users; returns the objective
         (the weighted squared loss over the whole matrix plus the penalty, per observed pair)."""
-        x, y = self.model.users.embeddings, self.model.items.embeddings
-        reg, steps = tf.constant(self.cfg.l2, tf.float32), tf.constant(self.cfg.cg_steps)
-        self._half(x, y, self.user_side, reg, steps)
-        return self._objective(self._half(y, x, self.item_side, reg, steps, with_loss=True))
+        self._half(self.x, self.y, self.user_side)
+        return self._objective(self._half(self.y, self.x, self.item_side, with_loss=True))
 
     def objective(self) -> float:
         """The objective at the current factors, in a pass over the pairs of its own."""
-        x, y = self.model.users.embeddings, self.model.items.embeddings
         observed = 0.0
-        chunk = tf.constant(self.cfg.chunk_pairs)
-        for lo, hi, rows, cols, conf, indptr in self.user_side.buckets():
-            observed += float(
-                _observed_loss(x[lo:hi], y, tf.constant(rows), tf.constant(cols), tf.constant(conf), chunk)
-            )
+        for lo, hi, _rows, cols, conf, indptr in self.user_side.buckets():
+            observed += self._rows(_observed_rows, hi - lo, indptr, cols, self.y, self.x[lo:hi], conf)
         return self._objective(observed)
 
     def _objective(self, observed: float) -> float:
-        """The objective per observed pair from the observed pairs' part of it (see _observed_loss)."""
-        x, y = self.model.users.embeddings, self.model.items.embeddings
-        everywhere = tf.reduce_sum(tf.matmul(x, x, transpose_a=True) * tf.matmul(y, y, transpose_a=True))
-        penalty = self.cfg.l2 * (tf.reduce_sum(x * x) + tf.reduce_sum(y * y))
-        return (observed + float(everywhere) + float(penalty)) / max(self.user_side.pairs, 1)
+        """The objective per observed pair from the observed pairs' part of it (see _observed_rows)."""
+        xtx, yty = (self.x.T @ self.x).astype(np.float64), (self.y.T @ self.y).astype(np.float64)
+        everywhere, penalty = np.sum(xtx * yty), self.cfg.l2 * (np.trace(xtx) + np.trace(yty))
+        return float(observed + everywhere + penalty) / max(self.user_side.pairs, 1)
 
 
-_SIDE = [
-    tf.TensorSpec([None, None], tf.float32),
-    tf.TensorSpec([None, None], tf.float32),
-    tf.TensorSpec([None], tf.int32),
-    tf.TensorSpec([None], tf.int32),
-    tf.TensorSpec([None], tf.float32),
-    tf.TensorSpec([None], tf.int32),
-    tf.TensorSpec([None], tf.int32),
-    tf.TensorSpec([], tf.float32),
-]
+# The kernels: one row at a time, in cache, as implicit's are; reassociated sums (vectorised), with
+# NaN and infinity keeping their meaning.
+_FAST = {"reassoc", "contract", "arcp", "nsz"}
 
 
-@tf.function(input_signature=_SIDE + [tf.TensorSpec([], tf.int32)] * 2 + [tf.TensorSpec([], tf.bool)])
-def _solve(x, y, rows, cols, conf, row_starts, pair_starts, reg, cg_steps, chunk, with_loss):
-    """New x [n, d] from y [m, d] and the pairs (rows into x, sorted; cols into y; confidence):
-    `cg_steps` conjugate-gradient steps on every row's normal equations from x's current value,
-    one block of rows (row_starts, pair_starts) at a time. -> (new x, with_loss: what the pairs
-    add to the objective at the new x, as _observed_loss sums it; else 0).
+def _kernel(fn):
+    """fn compiled by numba, without the GIL, kept in numba's on-disk cache (a few seconds saved in
+    every later process); where no cache directory is writable, compiled in every process."""
+    try:
+        return numba.njit(nogil=True, cache=True, fastmath=_FAST)(fn)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True, fastmath=_FAST)(fn)
 
-    A block's first `chunk` pairs (all of them but for a heavy row's block) keep their gathered y
-    and their scores y.x, which each step updates from the y.p it computes anyway: the loss at the
-    new x then costs no pass over them of its own."""
-    d = tf.shape(x)[1]
-    yty = tf.matmul(y, y, transpose_a=True) + reg * tf.eye(d)
-    blocks = tf.TensorArray(tf.float32, size=tf.shape(row_starts)[0] - 1, infer_shape=False)
-    loss = tf.constant(0.0, tf.float64)
-    for b in tf.range(tf.shape(row_starts)[0] - 1):
-        r0, r1 = row_starts[b], row_starts[b + 1]
-        p0, p1 = pair_starts[b], pair_starts[b + 1]
-        q = tf.minimum(p0 + chunk, p1)  # the first chunk: every block but a heavy row's is all in it
-        first, first_rows, first_conf = _chunk(y, rows, cols, conf, r0, p0, q)
 
-        def observed(p, target):
-            """per row: sum_j (c_j - 1)(y_j.p) y_j - target * sum_j c_j y_j over the block's pairs, and
-            y_j.p on the first chunk's pairs. A row with more pairs than `chunk` (a popular item) is
-            summed in parts, so no intermediate exceeds [chunk, d]."""
-            out, s = _observed(p, target, first, first_rows, first_conf, r1 - r0)
-            for q0 in tf.range(q, p1, chunk):
-                tf.autograph.experimental.set_loop_options(parallel_iterations=1)  # one chunk live at a time
-                yg, local, c = _chunk(y, rows, cols, conf, r0, q0, tf.minimum(q0 + chunk, p1))
-                out += _observed(p, target, yg, local, c, r1 - r0)[0]
-            return out, s
+@_kernel
+def _dot(a, b):
+    total = np.float32(0.0)
+    for i in range(a.shape[0]):
+        total += a[i] * b[i]
+    return total
 
-        xb = x[r0:r1]
-        known, score = observed(xb, 1.0)  # score: y.x on the first chunk's pairs, kept up to date below
-        res = -(tf.matmul(xb, yty) + known)  # b - A x
-        p, rs = res, tf.reduce_sum(res * res, axis=1, keepdims=True)
-        for _ in tf.range(cg_steps):
-            known, along = observed(p, 0.0)
-            ap = tf.matmul(p, yty) + known
-            live = rs > 1e-20
-            step = tf.where(live, rs / tf.maximum(tf.reduce_sum(p * ap, axis=1, keepdims=True), 1e-30), 0.0)
-            xb += step * p
-            score += tf.gather(step[:, 0], first_rows) * along
-            res -= step * ap
-            rs_new = tf.reduce_sum(res * res, axis=1, keepdims=True)
-            p = res + tf.where(live, rs_new / tf.maximum(rs, 1e-30), 0.0) * p
+
+@_kernel
+def _add(out, scale, a):
+    """out += scale * a, in place."""
+    for i in range(a.shape[0]):
+        out[i] += scale * a[i]
+
+
+@_kernel
+def _solve_rows(r0, r1, indptr, cols, y, x, yty, conf, cg_steps, with_loss, out):
+    """Rows r0..r1 of x [n, d] solved from y [m, d] into out: `cg_steps` conjugate-gradient steps
+    on each row's normal equations (yty = Y'Y + lambda I), from its current value. Row u's pairs are
+    indptr[u]..indptr[u + 1] (cols into y, confidences). -> with_loss: what the rows' pairs add to
+    the objective at the new rows (see _observed_rows); else 0."""
+    d = x.shape[1]
+    res, p, ap = np.empty(d, np.float32), np.empty(d, np.float32), np.empty(d, np.float32)
+    one = np.float32(1.0)
+    total = 0.0
+    for u in range(r0, r1):
+        xu = out[u]
+        xu[:] = x[u]
+        # res = b - A x = sum_j c_j y_j - (yty x + sum_j (c_j - 1)(y_j.x) y_j)
+        for a in range(d):
+            res[a] = -_dot(yty[a], xu)
+        for k in range(indptr[u], indptr[u + 1]):
+            yj, c = y[cols[k]], conf[k]
+            _add(res, c - (c - one) * _dot(yj, xu), yj)
+        p[:] = res
+        rs = _dot(res, res)
+        for _ in range(cg_steps):
+            if rs <= 1e-20:
+                break
+            for a in range(d):
+                ap[a] = _dot(yty[a], p)
+            for k in range(indptr[u], indptr[u + 1]):
+                yj = y[cols[k]]
+                _add(ap, (conf[k] - one) * _dot(yj, p), yj)
+            step = rs / max(_dot(p, ap), np.float32(1e-30))
+            _add(xu, step, p)
+            _add(res, -step, ap)
+            rs_new = _dot(res, res)
+            beta = rs_new / rs
+            for a in range(d):
+                p[a] = res[a] + beta * p[a]
             rs = rs_new
-        blocks = blocks.write(b, xb)
         if with_loss:
-            loss += _pairs_loss(score, first_conf)
-            for q0 in tf.range(q, p1, chunk):
-                tf.autograph.experimental.set_loop_options(parallel_iterations=1)
-                yg, local, c = _chunk(y, rows, cols, conf, r0, q0, tf.minimum(q0 + chunk, p1))
-                loss += _pairs_loss(tf.reduce_sum(yg * tf.gather(xb, local), axis=1), c)
-    return blocks.concat(), loss
+            total += _pairs_loss(indptr[u], indptr[u + 1], cols, y, xu, conf)
+    return total
 
 
-def _chunk(y, rows, cols, conf, r0, q0, q1):
-    """Pairs q0..q1 of a block starting at row r0: (y gathered, rows local to the block, confidences)."""
-    return tf.gather(y, cols[q0:q1]), rows[q0:q1] - r0, conf[q0:q1]
+@_kernel
+def _pairs_loss(k0, k1, cols, y, xu, conf):
+    """sum over pairs k0..k1 of one row xu of c (1 - s)^2 - s^2, s = y_j.xu, in float64."""
+    total = 0.0
+    for k in range(k0, k1):
+        s = np.float64(_dot(y[cols[k]], xu))
+        total += conf[k] * (1.0 - s) ** 2 - s * s
+    return total
 
 
-def _observed(p, target, yg, local, c, n_rows):
-    """One chunk's part of _solve's observed(): ([n_rows, d] sums, y.p per pair)."""
-    s = tf.reduce_sum(yg * tf.gather(p, local), axis=1)
-    summed = tf.math.segment_sum(((c - 1.0) * s - target * c)[:, None] * yg, local)  # rows are sorted
-    return tf.pad(summed, [[0, n_rows - tf.shape(summed)[0]], [0, 0]]), s
-
-
-def _pairs_loss(s, conf):
-    """sum of c (1 - s)^2 - s^2 over pairs of scores s = x.y and confidences c, in float64 (see
-    _observed_loss)."""
-    return tf.cast(tf.reduce_sum(conf * (1.0 - s) ** 2 - s * s), tf.float64)
-
-
-@tf.function(input_signature=_SIDE[:5] + [tf.TensorSpec([], tf.int32)])
-def _observed_loss(x, y, rows, cols, conf, chunk):
-    """sum over the observed pairs of c (1 - x.y)^2 - (x.y)^2: what they add to the loss over the
-    whole matrix, whose every entry counts (x.y)^2 once (tr(X'X Y'Y)); `chunk` pairs at a time, so
-    the gathered factors ([chunk, d] each) stay bounded, not [pairs, d]."""
-    total = tf.constant(0.0, tf.float64)
-    for p0 in tf.range(0, tf.shape(rows)[0], chunk):
-        tf.autograph.experimental.set_loop_options(parallel_iterations=1)
-        p1 = tf.minimum(p0 + chunk, tf.shape(rows)[0])
-        total += _pairs_loss(tf.reduce_sum(tf.gather(x, rows[p0:p1]) * tf.gather(y, cols[p0:p1]), axis=1), conf[p0:p1])
+@_kernel
+def _observed_rows(r0, r1, indptr, cols, y, x, conf):
+    """sum over the pairs of rows r0..r1 of c (1 - x.y)^2 - (x.y)^2: what they add to the loss over
+    the whole matrix, whose every entry counts (x.y)^2 once (tr(X'X Y'Y))."""
+    total = 0.0
+    for u in range(r0, r1):
+        total += _pairs_loss(indptr[u], indptr[u + 1], cols, y, x[u], conf)
     return total
 
 
@@ -414,7 +403,8 @@ def fit_als(user_side: PairBuckets, item_side: PairBuckets, cfg: MFConfig, callb
         losses.append(als.sweep())
         progress.update("MF ALS sweeps", sweep + 1, cfg.epochs, "sweeps")
         if callback is not None:
-            callback(sweep + 1, Factors(model.users.embeddings.numpy(), model.items.embeddings.numpy(), losses))
+            callback(sweep + 1, Factors(als.x.copy(), als.y.copy(), losses))
+    als.save()
     return Factors(model.users.embeddings.numpy(), model.items.embeddings.numpy(), losses)
 
 
