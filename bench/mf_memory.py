@@ -11,6 +11,7 @@ Usage: ./run bench mf-memory --run OUTPUT_DIR [--bucket-pairs 16777216,4194304,1
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -19,6 +20,7 @@ import sys
 import time
 
 from bench.common import save, stamp, step, table
+from collabfeat.config import MFConfig
 from pipeline.report import find_artifact, read_report
 
 WHAT = (
@@ -45,7 +47,8 @@ def one(run_dir: str, bucket_pairs: int, out: str) -> dict:
 
     root = os.path.join(run_dir, "collabfeat", "root")
     with open(os.path.join(run_dir, "collabfeat", "config.json")) as f:
-        settings = {"mf": json.load(f)["mf"]}
+        known = {field.name for field in dataclasses.fields(MFConfig)}  # a run by an older version may have more
+        settings = {"mf": {k: v for k, v in json.load(f)["mf"].items() if k in known}}
     settings["mf"]["bucket_pairs"] = bucket_pairs
     transformed = standard_artifacts.Examples()
     transformed.uri = newest(root, "transformed_examples")
