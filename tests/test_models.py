@@ -90,10 +90,10 @@ def test_pair_buckets_sort_by_row_then_column_and_keep_a_pair_given_twice(twice)
     conf = rng.random(len(rows)).astype(np.float32)
     side = mf.PairBuckets(np.bincount(rows, minlength=60))  # rows 50-59 have no pairs
     side.add(rows, cols, conf)
-    [(lo, hi, r, c, w, indptr)] = side.buckets()
+    [(lo, hi, c, w, indptr)] = side.buckets()
     order = np.lexsort((np.arange(len(rows)), cols, rows))
-    assert (lo, hi) == (0, 60) and len(r) == len(rows)
-    np.testing.assert_array_equal(r, rows[order])
+    assert (lo, hi) == (0, 60) and len(c) == len(rows)
+    np.testing.assert_array_equal(np.repeat(np.arange(60), np.diff(indptr)), rows[order])
     np.testing.assert_array_equal(c, cols[order])
     np.testing.assert_array_equal(np.sort(w), np.sort(conf))  # a duplicate's two confidences may swap
     if not twice:
@@ -122,7 +122,7 @@ def test_als_half_sweep_solves_the_normal_equations(workers, bucket_pairs, tmp_p
         b, ends = als.user_side.bounds, np.concatenate([[0], np.cumsum(np.bincount(pairs[:, 0], minlength=30))])
         sizes = ends[b[1:]] - ends[b[:-1]]
         assert len(b) > 3 and b[0] == 0 and b[-1] == 30 and all((sizes <= 30) | (np.diff(b) == 1))
-        assert len(list((tmp_path / "u").glob("bucket-*-rows.npy"))) == len(b) - 1
+        assert len(list((tmp_path / "u").glob("bucket-*-cols.npy"))) == len(b) - 1
     # The reported objective is the dense weighted loss over every (user, item), per observed pair.
     xv, yv = x.astype(np.float64), y.astype(np.float64)
     c, p = np.ones((n_users, n_items)), np.zeros((n_users, n_items))
