@@ -167,8 +167,10 @@ class PairBuckets:
 class WeightedALS:
     """The solver="als" sweeps on a MatrixFactorization's embedding tables.
 
-    The train pairs come in PairBuckets, one per orientation (in memory: int32 row and column,
-    float32 confidence, 24 bytes per pair in all; on disk beyond `mf.bucket_pairs`). Each row is
+    The train pairs come in PairBuckets, one per orientation (in memory: 12-byte records of int32
+    row and column and float32 confidence as added, 24 bytes per pair for both orientations; once
+    sorted, 8 bytes per pair per orientation, column and confidence, the rows given by an index of
+    row starts; on disk beyond `mf.bucket_pairs`). Each row is
     solved on its own by a compiled kernel (_solve_rows) that reads its pairs where they lie and
     keeps nothing per pair: memory holds the factor tables, one bucket and the new rows. The rows
     are shared among the cores in ranges of about equal pairs."""
