@@ -138,11 +138,9 @@ def at_size(base: np.ndarray, n: int, queries: int, seed: int = 0) -> tuple[np.n
     return np.ascontiguousarray(db), noisy_copies(base, rng.integers(m, size=queries), sigma, rng), sigma
 
 
-def curves(
-    name: str, db: np.ndarray, queries: np.ndarray, hnsw_up_to: int = 100_000, batches: list[int] | None = None
-) -> list[dict]:
+def curves(name: str, db: np.ndarray, queries: np.ndarray, batches: list[int], hnsw_up_to: int = 100_000) -> list[dict]:
     """Every method's curve on (db, queries); the target's paired re-timing at each of `batches`
-    queries a call (default: 1, and all the queries in one call)."""
+    queries a call."""
     import faiss  # lazy: an optional benchmark dependency
 
     faiss.omp_set_num_threads(1)  # searches run on one thread, like ScaNN's search_batched
@@ -230,7 +228,7 @@ def curves(
         )
     best = summarise(name, out)
     if "scann" in kept and "ivf" in kept:
-        best["paired"] = [paired(out, kept, queries, b) for b in batches or [1, len(queries)]]
+        best["paired"] = [paired(out, kept, queries, b) for b in batches]
         best["cost"] = cost_split(out, kept, db, queries)
     return out
 
@@ -473,7 +471,10 @@ def run(argv: list[str] | None = None, cfg=None) -> dict:
     )
     args = p.parse_args(argv or [])
     cfg = cfg or config_lib.load()
-    batches = [int(v) for v in (args.batches or f"1,{cfg.serving.max_images},{args.queries}").split(",") if v]
+    try:
+        batches = [int(v) for v in (args.batches or f"1,{cfg.serving.max_images},{args.queries}").split(",") if v]
+    except ValueError:
+        batches = []
     if not batches or min(batches) < 1:
         raise SystemExit(f"bench ann: --batches must be positive numbers of queries a call, not {args.batches!r}")
     source = args.embeddings or newest_catalogue(cfg)
@@ -487,14 +488,14 @@ def run(argv: list[str] | None = None, cfg=None) -> dict:
         db, queries, sigma = at_size(base, n, args.queries)
         name = f"catalogue {n}x{db.shape[1]}"
         sets.append({"data": name, "items": n, "real": min(n, len(base)), "noise sigma": sigma, **stamp()})
-        results += curves(name, db, queries, args.hnsw_up_to, batches)
+        results += curves(name, db, queries, batches, args.hnsw_up_to)
         del db
     items = {s["data"]: s["items"] for s in sets}  # kept sizes and new ones, smallest first
     sets.sort(key=lambda s: s["items"])
     results.sort(key=lambda m: items[m["data"]])
     if args.synthetic:
         db, queries = synthetic(args.synthetic)
-        results += curves(f"synthetic {len(db)}x{db.shape[1]}", db, queries[: args.queries], args.hnsw_up_to, batches)
+        results += curves(f"synthetic {len(db)}x{db.shape[1]}", db, queries[: args.queries], batches, args.hnsw_up_to)
     cols = ["data", "method", "build s", "best recall"] + [f"q/s @{r}" for r in RECALLS]
     print(table([{k: v for k, v in m.items() if k != "points"} for m in results], cols))
     verdicts = target(results)

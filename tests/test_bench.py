@@ -29,7 +29,7 @@ def test_frontier_keeps_the_points_nothing_beats_and_interpolates_between_them()
 
 def test_every_method_sweeps_its_knob_to_a_curve_on_a_small_set():
     db, queries = ann.synthetic(3000, d=16, clusters=30)
-    results = ann.curves("small", db, queries[:200])
+    results = ann.curves("small", db, queries[:200], batches=[1, 200])
     methods = {m["method"].split(" (")[0].replace("+AH", ""): m for m in results}
     assert {
         "exact numpy",
@@ -84,6 +84,12 @@ def test_every_method_sweeps_its_knob_to_a_curve_on_a_small_set():
     [verdict] = ann.target(results)
     assert verdict.startswith("small: ScaNN >= faiss IVF at recall 0.95 ") and "median of 9 paired rounds" in verdict
     assert ("NOT met" not in verdict) == (min(one["ratio median"], bulk["ratio median"]) >= 1)  # met only at both
+
+
+@pytest.mark.parametrize("batches", ["abc", "1,x", "0,256", ","])
+def test_ann_names_a_bad_batches_flag(batches):
+    with pytest.raises(SystemExit, match=r"bench ann: --batches must be positive numbers of queries a call"):
+        ann.run(["--batches", batches])
 
 
 def test_catalogue_sizes_come_from_the_real_embeddings_replicated_with_noise():
