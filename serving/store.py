@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 from numpy.lib import format as npy
-from scann.scann_ops.py import scann_ops_pybind
 
 from collabfeat import storage
+from serving.scann_lib import scann_ops_pybind
 
 EXTRA = "assets.extra"
 

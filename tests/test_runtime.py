@@ -61,6 +61,62 @@ def test_scann_tf_ops_are_stubbed_with_a_clear_message():
         scann_ops.builder
 
 
+def test_scann_runs_the_simd_kernels_the_cpu_has():
+    """scann 1.4.2's own CPU check answers no to every feature; serving.scann_lib switches on the kernels
+    the CPU can run. Checked against numpy's CPU detection (cpuid, not /proc/cpuinfo)."""
+    import numpy as np
+    from numpy._core._multiarray_umath import __cpu_features__ as cpu
+
+    from serving import scann_lib
+
+    if not scann_lib.flags():
+        pytest.skip("not x86-64: ScaNN has no AVX kernels to switch on")
+    avx2 = cpu["AVX2"] and cpu["FMA3"]
+    avx512 = avx2 and cpu["AVX512F"] and cpu["AVX512DQ"] and cpu["AVX512BW"]
+    want = {"avx2": avx2, "avx512": avx512, "avx512_vnni": avx512 and cpu["AVX512VNNI"]}
+    assert scann_lib.KERNELS == want
+    assert {name: flag.value for name, flag in scann_lib.flags().items()} == want  # the library's own globals
+
+    # the switched-on kernels find what ScaNN's baseline kernels find (exact search; no ties in this data)
+    rng = np.random.default_rng(0)
+    db = rng.standard_normal((3000, 64)).astype(np.float32)
+    queries = rng.standard_normal((300, 64)).astype(np.float32)
+    searcher = scann_lib.scann_ops_pybind.builder(db, 10, "dot_product").score_brute_force().build()
+    fast = searcher.search_batched(queries)[0]
+    flags = scann_lib.flags()
+    try:
+        for flag in flags.values():
+            flag.value = False
+        baseline = searcher.search_batched(queries)[0]
+    finally:
+        for name, flag in flags.items():
+            flag.value = want[name]
+    exact = np.argsort(-(queries @ db.T), axis=1, kind="stable")[:, :10]
+    assert np.array_equal(fast, exact) and np.array_equal(baseline, exact)
+
+
+def test_scann_kernels_follow_scanns_rules_and_are_never_turned_off():
+    from serving import scann_lib
+
+    flags = scann_lib.flags()
+    if not flags:
+        pytest.skip("not x86-64")
+    kept = {name: flag.value for name, flag in flags.items()}
+    try:
+        for flag in flags.values():
+            flag.value = False
+        assert scann_lib.enable({"avx2"}) == {"avx2": False, "avx512": False, "avx512_vnni": False}  # FMA too
+        assert scann_lib.enable({"avx2", "fma", "avx512f", "avx512bw"}) == {
+            "avx2": True,
+            "avx512": False,  # DQ missing
+            "avx512_vnni": False,
+        }
+        assert scann_lib.enable(set())["avx2"]  # what is on stays on
+    finally:
+        for name, flag in flags.items():
+            flag.value = kept[name]
+
+
 def test_keras_is_keras_2():
     assert tf.keras.__name__.startswith("tf_keras") or tf.keras.__version__.startswith("2.")
 

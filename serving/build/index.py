@@ -1,4 +1,5 @@
-"""A ScaNN index over the catalogue's embeddings (through scann_ops_pybind; see env/scann_shim.py)."""
+"""A ScaNN index over the catalogue's embeddings (through scann_ops_pybind, from serving/scann_lib.py, which
+switches on the SIMD kernels the CPU can run; see also env/scann_shim.py)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
-from scann.scann_ops.py import scann_ops_pybind
 
 from collabfeat import examples, feature_model, progress, storage, topk
 from collabfeat.catalogue import read_labels
 from collabfeat.config import Config, IndexConfig
 from serving import store
+from serving.scann_lib import KERNELS, scann_ops_pybind
 
 # Below this many items a tree gains nothing: search all of them, exactly scored. Up to
 # BRUTE_FORCE_UP_TO items exact brute force is timed against the other configurations too.
@@ -444,6 +445,7 @@ def build_index(images_uri: str, models: dict[str, str], served: str, out_uri: s
         "required_recall": cfg.index.min_recall,
         "tuning_queries": len(tuning),
         "settings": settings,
+        "scann_kernels": sorted(name for name, on in KERNELS.items() if on) or ["baseline"],
         "feature_sets": sets,
         "reduced_sets": reduced,
     }
