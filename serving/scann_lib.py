@@ -22,6 +22,8 @@ from scann.scann_ops.py import scann_ops_pybind
 
 __all__ = ["KERNELS", "scann_ops_pybind"]
 
+X86_64 = platform.machine() in ("x86_64", "AMD64")  # ScaNN has AVX kernels (and these flags) only there
+
 # ScaNN's flag (research_scann::flags_internal::should_use_<name>) -> the CPU features it needs
 RULES = {
     "avx2": {"avx2", "fma"},
@@ -45,7 +47,7 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
 def flags() -> dict[str, ctypes.c_bool]:
     """ScaNN's kernel flags, as writable views of the loaded library's globals (none off x86-64)."""
     found = glob.glob(os.path.join(os.path.dirname(scann.__file__), "scann_ops", "cc", "python", "scann_pybind*.so"))
-    if platform.machine() not in ("x86_64", "AMD64") or not found:
+    if not X86_64 or not found:
         return {}
     lib = ctypes.CDLL(found[0])  # the module scann_ops_pybind loaded: the same handle and globals
     out = {}
